@@ -1,0 +1,752 @@
+//! The admin REST API (DESIGN.md §3): routes, the status-code contract, and the one write
+//! path every mutation takes.
+//!
+//! A write is: parse (malformed JSON → 400 with the parser's position; unknown field → 400
+//! naming it) → validate the spec (400 naming the field path) → build a [`Mutation`] →
+//! [`State::check`] (404/409/400) → journal + fsync → [`State::apply`] → compile the next
+//! [`Snapshot`] incrementally → publish it to every worker and wait for all of them → answer.
+//! So an answered write is both durable and live on every worker (read-your-writes).
+//!
+//! Errors become `{"error": "..."}` responses here and nowhere else.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use shardgate_core::keys::{self, hash_key};
+use shardgate_core::model::{
+    GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
+};
+use shardgate_core::plugins::CATALOGUE;
+use shardgate_core::snapshot::Snapshot;
+use shardgate_core::state::{ApplyError, Child, Kind, Mutation, State};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::broadcast::Broadcaster;
+use crate::http::{Request, Response};
+use crate::store::Store;
+
+/// Largest `limit` a list accepts, and its default.
+pub const MAX_PAGE: usize = 100;
+/// How long a write waits for every worker to apply its snapshot.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin API's state: the configuration, its store, and the link to the workers.
+#[derive(Debug)]
+pub struct Api {
+    state: State,
+    store: Store<State>,
+    snapshot: Arc<Snapshot>,
+    broadcaster: Broadcaster,
+    /// SHA-256 of the admin token, so the comparison is constant-time whatever its length.
+    token_hash: Option<keys::KeyHash>,
+    started: Instant,
+}
+
+/// An error answer on its way out; `?` turns core errors into it.
+struct Fail(Response);
+
+type Reply = Result<Response, Fail>;
+
+impl Fail {
+    fn new(status: u16, msg: impl fmt::Display) -> Fail {
+        Fail(Response::error(status, msg))
+    }
+}
+
+impl From<ApplyError> for Fail {
+    fn from(e: ApplyError) -> Fail {
+        let status = match e {
+            ApplyError::NotFound(_) => 404,
+            ApplyError::Conflict(_) => 409,
+            ApplyError::Invalid(_) => 400,
+        };
+        Fail::new(status, e)
+    }
+}
+
+impl From<shardgate_core::model::Invalid> for Fail {
+    fn from(e: shardgate_core::model::Invalid) -> Fail {
+        Fail::new(400, e)
+    }
+}
+
+/// The collections that live inside a gateway, as they appear in URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Upstreams,
+    Services,
+    Rules,
+    Keys,
+}
+
+impl Collection {
+    fn parse(segment: &str) -> Option<Collection> {
+        Some(match segment {
+            "upstreams" => Collection::Upstreams,
+            "services" => Collection::Services,
+            "rules" => Collection::Rules,
+            "keys" => Collection::Keys,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Collection::Upstreams => "upstreams",
+            Collection::Services => "services",
+            Collection::Rules => "rules",
+            Collection::Keys => "keys",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Collection::Upstreams => Kind::Upstream,
+            Collection::Services => Kind::Service,
+            Collection::Rules => Kind::Rule,
+            Collection::Keys => Kind::Key,
+        }
+    }
+}
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    // Millisecond precision reads better in JSON and is plenty for auditing.
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t)
+}
+
+fn rfc3339(t: OffsetDateTime) -> Value {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+/// An entity as the API shows it: the spec's fields plus id, parent and timestamps.
+fn entity_json<T: serde::Serialize>(record: &Record<T>, gateway_id: Option<Uuid>) -> Value {
+    let mut object = Map::new();
+    object.insert("id".into(), json!(record.id));
+    if let Some(g) = gateway_id {
+        object.insert("gateway_id".into(), json!(g));
+    }
+    if let Ok(Value::Object(spec)) = serde_json::to_value(&record.spec) {
+        object.extend(spec);
+    }
+    object.insert("created_at".into(), rfc3339(record.created_at));
+    object.insert("updated_at".into(), rfc3339(record.updated_at));
+    Value::Object(object)
+}
+
+/// An API key as every GET shows it: never the key, never its hash.
+fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
+    let spec = &record.spec.spec;
+    json!({
+        "id": record.id,
+        "gateway_id": gateway_id,
+        "name": spec.name,
+        "prefix": record.spec.prefix,
+        "expires_at": spec.expires_at.map(rfc3339),
+        "active": spec.active,
+        "created_at": rfc3339(record.created_at),
+        "updated_at": rfc3339(record.updated_at),
+    })
+}
+
+/// Fields the server owns: accepted in a body (so GET → edit → PUT works) but ignored, and
+/// `id`/`gateway_id` must match the URL when present.
+const READ_ONLY: [&str; 5] = ["id", "gateway_id", "created_at", "updated_at", "prefix"];
+
+/// Parses a request body into a spec: JSON syntax errors keep the parser's position,
+/// type errors and unknown fields name the field path.
+fn parse_body<T: DeserializeOwned>(req: &Request, ids: &[(&str, Option<Uuid>)]) -> Result<T, Fail> {
+    let content_type = req
+        .header("content-type")
+        .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+        .unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media != "application/json" && !media.ends_with("+json") {
+        return Err(Fail::new(
+            415,
+            format!(
+                "Content-Type must be application/json (got {:?}); add -H 'Content-Type: application/json'",
+                if media.is_empty() { "none" } else { media }
+            ),
+        ));
+    }
+    let mut value: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| Fail::new(400, format!("malformed JSON: {e}")))?;
+    let Value::Object(map) = &mut value else {
+        return Err(Fail::new(400, "the request body must be a JSON object"));
+    };
+    for field in READ_ONLY {
+        let Some(given) = map.remove(field) else {
+            continue;
+        };
+        if let Some((_, Some(expected))) = ids.iter().find(|(name, _)| *name == field) {
+            let matches = given
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .is_some_and(|u| u == *expected);
+            if !matches {
+                return Err(Fail::new(
+                    400,
+                    format!("{field}: does not match the URL ({expected}); it cannot be changed"),
+                ));
+            }
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            Fail::new(400, e.into_inner())
+        } else {
+            Fail::new(400, format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
+struct Page {
+    offset: usize,
+    limit: usize,
+}
+
+fn page(req: &Request) -> Result<Page, Fail> {
+    let number = |name: &str, default: usize| -> Result<usize, Fail> {
+        match req.query_param(name) {
+            None => Ok(default),
+            Some(text) => text.trim().parse::<usize>().map_err(|_| {
+                Fail::new(
+                    400,
+                    format!("{name}: {text:?} is not a non-negative integer"),
+                )
+            }),
+        }
+    };
+    let offset = number("offset", 0)?;
+    let limit = number("limit", MAX_PAGE)?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Fail::new(400, format!("limit: must be 1 to {MAX_PAGE}")));
+    }
+    Ok(Page { offset, limit })
+}
+
+fn list_json(
+    name: &str,
+    total: usize,
+    page: &Page,
+    items: impl Iterator<Item = Value>,
+) -> Response {
+    let items: Vec<Value> = items.skip(page.offset).take(page.limit).collect();
+    Response::json(
+        200,
+        &json!({ name: items, "count": total, "offset": page.offset, "limit": page.limit }),
+    )
+}
+
+fn method_not_allowed(allow: &str) -> Reply {
+    Err(Fail(
+        Response::error(405, format!("method not allowed; allowed: {allow}"))
+            .with_header("Allow", allow),
+    ))
+}
+
+fn parse_id(segment: &str, what: &str) -> Result<Uuid, Fail> {
+    Uuid::parse_str(segment).map_err(|_| Fail::new(404, format!("{what} {segment:?} not found")))
+}
+
+impl Api {
+    pub fn new(
+        state: State,
+        store: Store<State>,
+        snapshot: Arc<Snapshot>,
+        broadcaster: Broadcaster,
+        token: Option<&str>,
+    ) -> Api {
+        Api {
+            state,
+            store,
+            snapshot,
+            broadcaster,
+            token_hash: token.map(|t| hash_key(t.as_bytes())),
+            started: Instant::now(),
+        }
+    }
+
+    /// Answers one request. Never panics on client input.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let started = Instant::now();
+        let response = match self.route(&req) {
+            Ok(r) | Err(Fail(r)) => r,
+        };
+        // Never the body or headers: bodies can carry keys.
+        tracing::debug!(
+            method = %req.method, path = %req.path, status = response.status,
+            micros = started.elapsed().as_micros() as u64, "admin request"
+        );
+        response
+    }
+
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(expected) = &self.token_hash else {
+            return true;
+        };
+        let presented = req
+            .header("authorization")
+            .and_then(|v| {
+                v.strip_prefix(b"Bearer ")
+                    .or_else(|| v.strip_prefix(b"bearer "))
+            })
+            .or_else(|| req.header("x-admin-token"));
+        match presented {
+            Some(token) => hash_key(token.trim_ascii()).0.ct_eq(&expected.0).into(),
+            None => false,
+        }
+    }
+
+    fn route(&mut self, req: &Request) -> Reply {
+        let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method.as_str();
+        if segments.as_slice() == ["health"] {
+            return match method {
+                "GET" | "HEAD" => Ok(Response::json(200, &json!({"status": "ok"}))),
+                _ => method_not_allowed("GET, HEAD"),
+            };
+        }
+        if !self.authorized(req) {
+            return Err(Fail(
+                Response::error(
+                    401,
+                    "admin token required: send Authorization: Bearer <token>",
+                )
+                .with_header("WWW-Authenticate", "Bearer realm=\"shardgate-admin\""),
+            ));
+        }
+        match segments.as_slice() {
+            ["metrics"] => read_only(method, || Ok(self.metrics())),
+            ["api", "v1", "version"] => read_only(method, || {
+                Ok(Response::json(
+                    200,
+                    &json!({
+                        "name": "shardgate",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "config_version": self.snapshot.version,
+                        "workers": self.broadcaster.workers(),
+                        "uptime_seconds": self.started.elapsed().as_secs(),
+                    }),
+                ))
+            }),
+            ["api", "v1", "plugins"] => read_only(method, || {
+                Ok(Response::json(
+                    200,
+                    &json!({"plugins": CATALOGUE, "count": CATALOGUE.len()}),
+                ))
+            }),
+            ["api", "v1", "gateways"] => match method {
+                "GET" | "HEAD" => self.list_gateways(req),
+                "POST" => self.create_gateway(req),
+                _ => method_not_allowed("GET, HEAD, POST"),
+            },
+            ["api", "v1", "gateways", id] => {
+                let id = parse_id(id, "gateway")?;
+                match method {
+                    "GET" | "HEAD" => self.get_gateway(id),
+                    "PUT" => self.update_gateway(req, id),
+                    "DELETE" => self.delete(Mutation::DeleteGateway { id }),
+                    _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
+                }
+            }
+            ["api", "v1", "gateways", id, collection] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                let Some(collection) = Collection::parse(collection) else {
+                    return Err(not_found(req));
+                };
+                match method {
+                    "GET" | "HEAD" => self.list_children(req, gateway_id, collection),
+                    "POST" => self.create_child(req, gateway_id, collection),
+                    _ => method_not_allowed("GET, HEAD, POST"),
+                }
+            }
+            ["api", "v1", "gateways", id, collection, child] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                let Some(collection) = Collection::parse(collection) else {
+                    return Err(not_found(req));
+                };
+                let id = parse_id(child, collection.kind().as_str())?;
+                match method {
+                    "GET" | "HEAD" => self.get_child(gateway_id, collection, id),
+                    "PUT" => self.update_child(req, gateway_id, collection, id),
+                    "DELETE" => self.delete(Mutation::Delete {
+                        gateway_id,
+                        kind: collection.kind(),
+                        id,
+                    }),
+                    _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
+                }
+            }
+            _ => Err(not_found(req)),
+        }
+    }
+
+    // -- the write path -----------------------------------------------------------------
+
+    /// Journals, applies, compiles and publishes one mutation. Answers only once every
+    /// worker runs the new snapshot.
+    fn commit(&mut self, m: Mutation) -> Result<(), Fail> {
+        self.state.check(&m)?;
+        self.store.append(&m).map_err(|e| {
+            tracing::error!(error = %e, "journal append failed; the write was not applied");
+            Fail::new(500, format!("the write could not be persisted: {e}"))
+        })?;
+        self.state.apply(&m).map_err(|e| {
+            // check() passed, so this is a bug; the journal holds a record apply refuses,
+            // which recovery will report.
+            tracing::error!(error = %e, "apply refused a checked mutation");
+            Fail::new(500, format!("internal error: {e}"))
+        })?;
+        if let Err(e) = self.store.maybe_checkpoint(&self.state) {
+            // The journal still holds every record; a failed checkpoint only delays truncation.
+            tracing::error!(error = %e, "checkpoint failed");
+        }
+        let next = Arc::new(self.snapshot.next(
+            self.snapshot.version + 1,
+            &self.state,
+            m.gateway_id(),
+        ));
+        self.snapshot = next.clone();
+        self.broadcaster
+            .publish(next, PUBLISH_TIMEOUT)
+            .map_err(|e| {
+                tracing::error!(error = %e, "snapshot publish failed");
+                Fail::new(
+                    500,
+                    format!("the write is persisted but not yet live on every worker: {e}"),
+                )
+            })
+    }
+
+    fn delete(&mut self, m: Mutation) -> Reply {
+        self.commit(m)?;
+        Ok(Response::empty(204))
+    }
+
+    // -- gateways -----------------------------------------------------------------------
+
+    fn gateway_state(&self, id: Uuid) -> Result<&shardgate_core::state::GatewayState, Fail> {
+        self.state
+            .gateway(id)
+            .ok_or_else(|| Fail::new(404, format!("gateway {id} not found")))
+    }
+
+    fn list_gateways(&self, req: &Request) -> Reply {
+        let page = page(req)?;
+        let total = self.state.gateways().len();
+        Ok(list_json(
+            "gateways",
+            total,
+            &page,
+            self.state.gateways().map(|g| entity_json(&g.gateway, None)),
+        ))
+    }
+
+    fn get_gateway(&self, id: Uuid) -> Reply {
+        let g = self.gateway_state(id)?;
+        Ok(Response::json(200, &entity_json(&g.gateway, None)))
+    }
+
+    fn create_gateway(&mut self, req: &Request) -> Reply {
+        let spec: GatewaySpec = parse_body(req, &[])?;
+        spec.validate()?;
+        let t = now();
+        let record = Record {
+            id: Uuid::now_v7(),
+            created_at: t,
+            updated_at: t,
+            spec,
+        };
+        let body = entity_json(&record, None);
+        let location = format!("/api/v1/gateways/{}", record.id);
+        self.commit(Mutation::PutGateway(record))?;
+        Ok(Response::json(201, &body).with_header("Location", location))
+    }
+
+    fn update_gateway(&mut self, req: &Request, id: Uuid) -> Reply {
+        let spec: GatewaySpec = parse_body(req, &[("id", Some(id))])?;
+        spec.validate()?;
+        let created_at = self.gateway_state(id)?.gateway.created_at;
+        let record = Record {
+            id,
+            created_at,
+            updated_at: now(),
+            spec,
+        };
+        let body = entity_json(&record, None);
+        self.commit(Mutation::PutGateway(record))?;
+        Ok(Response::json(200, &body))
+    }
+
+    // -- children -----------------------------------------------------------------------
+
+    fn list_children(&self, req: &Request, gateway_id: Uuid, c: Collection) -> Reply {
+        let page = page(req)?;
+        let g = self.gateway_state(gateway_id)?;
+        let gid = Some(gateway_id);
+        Ok(match c {
+            Collection::Upstreams => list_json(
+                c.name(),
+                g.upstreams.len(),
+                &page,
+                g.upstreams.values().map(|r| entity_json(r, gid)),
+            ),
+            Collection::Services => list_json(
+                c.name(),
+                g.services.len(),
+                &page,
+                g.services.values().map(|r| entity_json(r, gid)),
+            ),
+            Collection::Rules => list_json(
+                c.name(),
+                g.rules.len(),
+                &page,
+                g.rules.values().map(|r| entity_json(r, gid)),
+            ),
+            Collection::Keys => list_json(
+                c.name(),
+                g.keys.len(),
+                &page,
+                g.keys.values().map(|r| key_json(r, gateway_id)),
+            ),
+        })
+    }
+
+    fn get_child(&self, gateway_id: Uuid, c: Collection, id: Uuid) -> Reply {
+        let g = self.gateway_state(gateway_id)?;
+        let gid = Some(gateway_id);
+        let found = match c {
+            Collection::Upstreams => g.upstreams.get(&id).map(|r| entity_json(r, gid)),
+            Collection::Services => g.services.get(&id).map(|r| entity_json(r, gid)),
+            Collection::Rules => g.rules.get(&id).map(|r| entity_json(r, gid)),
+            Collection::Keys => g.keys.get(&id).map(|r| key_json(r, gateway_id)),
+        };
+        found.map(|body| Response::json(200, &body)).ok_or_else(|| {
+            Fail::new(
+                404,
+                format!(
+                    "{} {id} not found in gateway {gateway_id}",
+                    c.kind().as_str()
+                ),
+            )
+        })
+    }
+
+    fn create_child(&mut self, req: &Request, gateway_id: Uuid, c: Collection) -> Reply {
+        // A missing gateway is a 404 before any body error.
+        self.gateway_state(gateway_id)?;
+        let ids = [("gateway_id", Some(gateway_id))];
+        let t = now();
+        let id = Uuid::now_v7();
+        let location = format!("/api/v1/gateways/{gateway_id}/{}/{id}", c.name());
+        let (entity, body) = match c {
+            Collection::Keys => {
+                let spec: KeySpec = parse_body(req, &ids)?;
+                spec.validate(OffsetDateTime::now_utc())?;
+                let new_key = keys::generate().map_err(|e| {
+                    Fail::new(500, format!("the system random generator failed: {e}"))
+                })?;
+                let record = Record {
+                    id,
+                    created_at: t,
+                    updated_at: t,
+                    spec: StoredKey {
+                        spec,
+                        prefix: new_key.prefix,
+                        hash: new_key.hash,
+                    },
+                };
+                let mut body = key_json(&record, gateway_id);
+                if let Value::Object(map) = &mut body {
+                    // The only time the plaintext exists outside the client.
+                    map.insert("key".into(), Value::String(new_key.plaintext));
+                    map.insert(
+                        "warning".into(),
+                        Value::String(
+                            "store this key now: it is kept hashed and cannot be shown again"
+                                .into(),
+                        ),
+                    );
+                }
+                (Child::Key(record), body)
+            }
+            other => {
+                let entity = self.child_from_body(req, other, id, t, t, &ids)?;
+                let body = child_json(&entity, gateway_id);
+                (entity, body)
+            }
+        };
+        self.commit(Mutation::Put { gateway_id, entity })?;
+        Ok(Response::json(201, &body).with_header("Location", location))
+    }
+
+    fn update_child(&mut self, req: &Request, gateway_id: Uuid, c: Collection, id: Uuid) -> Reply {
+        let g = self.gateway_state(gateway_id)?;
+        let missing = || {
+            Fail::new(
+                404,
+                format!(
+                    "{} {id} not found in gateway {gateway_id}",
+                    c.kind().as_str()
+                ),
+            )
+        };
+        let ids = [("gateway_id", Some(gateway_id)), ("id", Some(id))];
+        let entity = match c {
+            Collection::Keys => {
+                let old = g.keys.get(&id).ok_or_else(missing)?;
+                let spec: KeySpec = parse_body(req, &ids)?;
+                spec.validate(OffsetDateTime::now_utc())?;
+                Child::Key(Record {
+                    id,
+                    created_at: old.created_at,
+                    updated_at: now(),
+                    spec: StoredKey {
+                        spec,
+                        prefix: old.spec.prefix.clone(),
+                        hash: old.spec.hash,
+                    },
+                })
+            }
+            other => {
+                let created_at = match other {
+                    Collection::Upstreams => g.upstreams.get(&id).map(|r| r.created_at),
+                    Collection::Services => g.services.get(&id).map(|r| r.created_at),
+                    Collection::Rules => g.rules.get(&id).map(|r| r.created_at),
+                    Collection::Keys => None,
+                }
+                .ok_or_else(missing)?;
+                self.child_from_body(req, other, id, created_at, now(), &ids)?
+            }
+        };
+        let body = child_json(&entity, gateway_id);
+        self.commit(Mutation::Put { gateway_id, entity })?;
+        Ok(Response::json(200, &body))
+    }
+
+    fn child_from_body(
+        &self,
+        req: &Request,
+        c: Collection,
+        id: Uuid,
+        created_at: OffsetDateTime,
+        updated_at: OffsetDateTime,
+        ids: &[(&str, Option<Uuid>)],
+    ) -> Result<Child, Fail> {
+        Ok(match c {
+            Collection::Upstreams => {
+                let spec: UpstreamSpec = parse_body(req, ids)?;
+                spec.validate()?;
+                Child::Upstream(Record {
+                    id,
+                    created_at,
+                    updated_at,
+                    spec,
+                })
+            }
+            Collection::Services => {
+                let spec: ServiceSpec = parse_body(req, ids)?;
+                spec.validate()?;
+                Child::Service(Record {
+                    id,
+                    created_at,
+                    updated_at,
+                    spec,
+                })
+            }
+            Collection::Rules => {
+                let spec: RuleSpec = parse_body(req, ids)?;
+                spec.validate()?;
+                Child::Rule(Record {
+                    id,
+                    created_at,
+                    updated_at,
+                    spec,
+                })
+            }
+            Collection::Keys => {
+                return Err(Fail::new(
+                    500,
+                    "internal error: keys are built by their own path",
+                ));
+            }
+        })
+    }
+
+    fn metrics(&self) -> Response {
+        use std::fmt::Write as _;
+        let stats = self.store.stats();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "shardgate_config_version",
+            "Version of the newest configuration snapshot.",
+            self.snapshot.version,
+        );
+        gauge(
+            "shardgate_gateways",
+            "Configured gateways.",
+            self.state.gateways().len() as u64,
+        );
+        gauge(
+            "shardgate_store_journal_bytes",
+            "Size of the journal file.",
+            stats.journal_bytes,
+        );
+        gauge(
+            "shardgate_store_checkpoint_generation",
+            "Generation of the newest checkpoint.",
+            stats.generation,
+        );
+        gauge(
+            "shardgate_uptime_seconds",
+            "Seconds since the admin API started.",
+            self.started.elapsed().as_secs(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardgate_worker_config_version Configuration version each worker runs.\n# TYPE shardgate_worker_config_version gauge"
+        );
+        for (i, v) in self.broadcaster.applied_versions().iter().enumerate() {
+            let _ = writeln!(out, "shardgate_worker_config_version{{worker=\"{i}\"}} {v}");
+        }
+        Response::bytes(200, "text/plain; version=0.0.4", out.into_bytes())
+    }
+}
+
+fn child_json(entity: &Child, gateway_id: Uuid) -> Value {
+    let gid = Some(gateway_id);
+    match entity {
+        Child::Upstream(r) => entity_json(r, gid),
+        Child::Service(r) => entity_json(r, gid),
+        Child::Rule(r) => entity_json(r, gid),
+        Child::Key(r) => key_json(r, gateway_id),
+    }
+}
+
+fn read_only(method: &str, answer: impl FnOnce() -> Reply) -> Reply {
+    match method {
+        "GET" | "HEAD" => answer(),
+        _ => method_not_allowed("GET, HEAD"),
+    }
+}
+
+fn not_found(req: &Request) -> Fail {
+    Fail::new(404, format!("no route for {} {}", req.method, req.path))
+}

@@ -1,0 +1,202 @@
+//! The admin thread: opens the store, serves the REST API, compiles and broadcasts snapshots.
+//!
+//! Life cycle: [`Admin::open`] runs on the main thread before any worker exists — it takes
+//! the data directory's lock, recovers checkpoint + journal (refusing to start when they are
+//! damaged beyond a torn tail) and compiles the first snapshot, which workers start with.
+//! [`Admin::spawn`] binds the listener (so a bad address fails start-up, not a thread) and
+//! runs the API on its own thread with its own monoio runtime; every mutation is handled
+//! there, one at a time, which is what serializes writes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use shardgate_core::snapshot::Snapshot;
+use shardgate_core::state::{ApplyError, Mutation, State};
+
+use crate::api::Api;
+use crate::broadcast::Broadcaster;
+use crate::http::{self, ServerLimits};
+use crate::store::{Durable, Store, StoreOptions};
+
+impl Durable for State {
+    type Mutation = Mutation;
+    type Error = ApplyError;
+
+    fn apply(&mut self, m: &Mutation) -> Result<(), ApplyError> {
+        State::apply(self, m)
+    }
+}
+
+/// Everything the admin thread needs from the command line.
+#[derive(Clone)]
+pub struct AdminOptions {
+    pub listen: SocketAddr,
+    /// When set, every route but `/health` requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    pub data_dir: PathBuf,
+    pub base_domain: String,
+    /// fsync every write (default). Off only for benchmarks that measure everything else.
+    pub fsync: bool,
+}
+
+impl std::fmt::Debug for AdminOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOptions")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("base_domain", &self.base_domain)
+            .field("fsync", &self.fsync)
+            .finish()
+    }
+}
+
+/// Why the admin side could not start.
+#[derive(Debug)]
+pub struct AdminError(pub String);
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+/// The opened (recovered) store and state, before the admin thread runs.
+#[derive(Debug)]
+pub struct Admin {
+    opts: AdminOptions,
+    store: Store<State>,
+    state: State,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Admin {
+    /// Opens the data directory and recovers it; refuses (Err) when it is corrupt.
+    pub fn open(opts: AdminOptions) -> Result<Admin, AdminError> {
+        let store_opts = StoreOptions {
+            fsync: opts.fsync,
+            ..StoreOptions::default()
+        };
+        let (store, state) = Store::<State>::open(&opts.data_dir, store_opts)
+            .map_err(|e| AdminError(format!("cannot open the data directory: {e}")))?;
+        let recovery = store.stats().recovery;
+        tracing::info!(
+            data_dir = %opts.data_dir.display(),
+            gateways = state.gateways().len(),
+            checkpoint_generation = recovery.checkpoint_generation,
+            replayed_records = recovery.replayed_records,
+            torn_tail = recovery.torn_tail.is_some(),
+            "store recovered"
+        );
+        let snapshot = Arc::new(Snapshot::compile(1, &state));
+        for g in state.gateways() {
+            if let Some(compiled) = snapshot.gateway_by_id(g.gateway.id)
+                && let Some(reason) = &compiled.broken
+            {
+                tracing::error!(gateway = %g.gateway.id, %reason, "stored gateway no longer compiles; it answers 503 until fixed");
+            }
+        }
+        Ok(Admin {
+            opts,
+            store,
+            state,
+            snapshot,
+        })
+    }
+
+    /// The snapshot compiled from the recovered state: workers start with it.
+    pub fn initial_snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// Binds the admin listener (bind errors surface here) and runs the API on its own thread.
+    pub fn spawn(self, broadcaster: Broadcaster) -> Result<AdminThread, AdminError> {
+        let listen = self.opts.listen;
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|e| AdminError(format!("cannot listen on {listen} (admin API): {e}")))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| AdminError(format!("admin listener: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| AdminError(format!("admin listener: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let api = Api::new(
+            self.state,
+            self.store,
+            self.snapshot,
+            broadcaster,
+            self.opts.token.as_deref(),
+        );
+        let join = std::thread::Builder::new()
+            .name("shardgate-admin".into())
+            .spawn(move || run(listener, api, stop_flag))
+            .map_err(|e| AdminError(format!("cannot start the admin thread: {e}")))?;
+        Ok(AdminThread {
+            local_addr,
+            stop,
+            join: Some(join),
+        })
+    }
+}
+
+fn run(listener: std::net::TcpListener, mut api: Api, stop: Arc<AtomicBool>) {
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "admin thread: cannot build its runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match monoio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin thread: cannot register its listener");
+                return;
+            }
+        };
+        http::serve(
+            listener,
+            ServerLimits::default(),
+            move |req| api.handle(req),
+            http::until_flag_set(stop, Duration::from_millis(50)),
+        )
+        .await;
+    });
+}
+
+/// A running admin thread.
+#[derive(Debug)]
+pub struct AdminThread {
+    pub local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl AdminThread {
+    /// Stops serving (in-flight requests are answered) and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(join) = self.join.take()
+            && join.join().is_err()
+        {
+            tracing::error!("admin thread panicked");
+        }
+    }
+
+    /// Whether the admin thread has stopped on its own (it only does on a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.join.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}

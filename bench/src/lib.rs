@@ -1,0 +1,12 @@
+//! shardgate-bench: benchmarks that compare against a baseline in the same run.
+//!
+//! * `benches/` — criterion micro-benchmarks of the hot-path data structures, each beside
+//!   the naive alternative (router, key table, balancer, HTTP head parse, snapshot compile).
+//! * `src/bin/admin_write.rs` — admin write-to-live latency through the real binary, with
+//!   100 000 keys present.
+//!
+//! [`fixture`] builds realistic configurations (many rules, many keys) without going
+//! through the API, so benchmarks start in milliseconds.
+
+pub mod client;
+pub mod fixture;

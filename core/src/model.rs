@@ -1,0 +1,971 @@
+//! The entities an operator configures over the admin API (DESIGN.md §3), as they are
+//! written in JSON and as they are journaled.
+//!
+//! Each entity has a *spec* (what the client sends: every field has a documented default,
+//! unknown fields are refused by name) and is stored as a [`Record`] that adds the
+//! server-assigned id and timestamps. Specs stay bincode-friendly on purpose (no
+//! `skip_serializing_if`, no `flatten`, no internally tagged enums; free-form JSON goes through
+//! [`Json`]) because the journal stores them as they are.
+//!
+//! `validate` checks what a spec can check alone and reports the failing field path
+//! (`required_plugins[0].settings.limits.global.window: invalid duration "1x"`); what needs the
+//! rest of the configuration (uniqueness, references) is checked by [`crate::state`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::duration::Span;
+use crate::keys::KeyHash;
+use crate::plugins;
+use crate::router::{self, MethodSet};
+
+/// A validation failure: the JSON path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub path: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same failure seen from one level up: `settings` + `limits.x` → `settings.limits.x`.
+    pub fn under(mut self, parent: &str) -> Invalid {
+        self.path = join_path(parent, &self.path);
+        self
+    }
+}
+
+/// Joins JSON path segments: `a` + `b` → `a.b`, `a` + `[0].b` → `a[0].b`.
+pub fn join_path(parent: &str, child: &str) -> String {
+    match (parent.is_empty(), child.is_empty()) {
+        (true, _) => child.to_owned(),
+        (_, true) => parent.to_owned(),
+        _ if child.starts_with('[') => format!("{parent}{child}"),
+        _ => format!("{parent}.{child}"),
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Free-form JSON inside an entity (plugin settings, service metadata).
+///
+/// In JSON it is the value itself; in binary formats (the journal) it is the JSON text,
+/// because bincode cannot encode a self-describing value.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Json(pub serde_json::Value);
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            serde_json::Value::deserialize(d).map(Json)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Json)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// A stored entity: the spec plus what the server assigns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record<T> {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub spec: T,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway and plugins
+
+/// A tenant: one subdomain with its own upstreams, services, rules, keys and plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// A descriptive name, 1–128 characters.
+    pub name: String,
+    /// The DNS label clients reach it at: `<subdomain>.<base-domain>`. Unique.
+    pub subdomain: String,
+    /// `active` (default) or `inactive` (the proxy answers 503).
+    #[serde(default)]
+    pub status: GatewayStatus,
+    /// Plugins that run for every request of this gateway, before any rule's plugins.
+    #[serde(default)]
+    pub required_plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayStatus {
+    #[default]
+    Active,
+    Inactive,
+}
+
+/// Where in the request's life a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Before the upstream is called: may reject or modify the request.
+    PreRequest,
+    /// After the request has been sent upstream, before its response is read.
+    PostRequest,
+    /// With the upstream's response headers in hand: may modify or replace the response.
+    PreResponse,
+    /// After the client has the response: accounting and logging.
+    PostResponse,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::PreRequest,
+        Stage::PostRequest,
+        Stage::PreResponse,
+        Stage::PostResponse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::PreRequest => "pre_request",
+            Stage::PostRequest => "post_request",
+            Stage::PreResponse => "pre_response",
+            Stage::PostResponse => "post_response",
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One plugin in a chain (a gateway's `required_plugins` or a rule's `plugin_chain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// A plugin from the catalogue (`GET /api/v1/plugins`).
+    pub name: String,
+    /// Disabled plugins stay in the configuration and cost nothing per request. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The stage it runs in; must be one the plugin allows.
+    pub stage: Stage,
+    /// Lower runs first within a stage; ties keep configuration order. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Accepted for compatibility; plugins of one stage run in order regardless.
+    #[serde(default)]
+    pub parallel: bool,
+    /// Plugin-specific settings, validated against the plugin's schema.
+    #[serde(default = "empty_object")]
+    pub settings: Json,
+}
+
+fn empty_object() -> Json {
+    Json(serde_json::Value::Object(serde_json::Map::new()))
+}
+
+impl PluginConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let def = plugins::find(&self.name).ok_or_else(|| {
+            Invalid::new(
+                "name",
+                format!(
+                    "unknown plugin {:?}; known plugins: {}",
+                    self.name,
+                    plugins::names().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if !def.stages.contains(&self.stage) {
+            return Err(Invalid::new(
+                "stage",
+                format!(
+                    "plugin {} cannot run in stage {}; allowed: {}",
+                    def.name,
+                    self.stage.as_str(),
+                    def.stages
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        plugins::parse_settings(&self.name, &self.settings.0)
+            .map(drop)
+            .map_err(|e| e.under("settings"))
+    }
+}
+
+fn validate_chain(chain: &[PluginConfig], field: &str) -> Result<(), Invalid> {
+    for (i, plugin) in chain.iter().enumerate() {
+        plugin
+            .validate()
+            .map_err(|e| e.under(&format!("{field}[{i}]")))?;
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str, field: &str) -> Result<(), Invalid> {
+    let len = name.chars().count();
+    if name.trim().is_empty() || len > 128 {
+        return Err(Invalid::new(
+            field,
+            "must be 1 to 128 characters, not blank",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn is_dns_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+impl GatewaySpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_name(&self.name, "name")?;
+        if !is_dns_label(&self.subdomain) {
+            return Err(Invalid::new(
+                "subdomain",
+                format!(
+                    "{:?} is not a DNS label: use 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'",
+                    self.subdomain
+                ),
+            ));
+        }
+        validate_chain(&self.required_plugins, "required_plugins")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams
+
+/// A pool of targets that services send traffic to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Unique within the gateway.
+    pub name: String,
+    /// How a target is picked. Default `round-robin`.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// For `consistent-hash`: hash this request header instead of the client IP.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    /// At least one.
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub health_checks: HealthChecks,
+    /// TCP connect timeout per attempt. Default `2s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Span,
+    /// Longest wait for the upstream's response head, and between body reads. Default `60s`.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Span,
+    /// Longest wait for a write to the upstream to make progress. Default `60s`.
+    #[serde(default = "default_read_timeout")]
+    pub write_timeout: Span,
+    #[serde(default)]
+    pub pool: PoolSettings,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_connect_timeout() -> Span {
+    Span::from_secs(2)
+}
+
+fn default_read_timeout() -> Span {
+    Span::from_secs(60)
+}
+
+/// Per-worker, per-target pool of idle upstream connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Idle connections kept per target per worker. Default 64; 0 disables reuse.
+    #[serde(default = "default_max_idle")]
+    pub max_idle: u32,
+    /// An idle connection older than this is closed. Default `60s`; keep it below the
+    /// upstream's own keep-alive timeout so the gateway never reuses a connection the
+    /// upstream is closing.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+}
+
+fn default_max_idle() -> u32 {
+    64
+}
+
+fn default_idle_timeout() -> Span {
+    Span::from_secs(60)
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Algorithm {
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// Smooth weighted round-robin (nginx's algorithm): even interleaving by weight.
+    #[serde(rename = "weighted-round-robin")]
+    WeightedRoundRobin,
+    /// Fewest in-flight requests on this worker; ties by weight.
+    #[serde(rename = "least-connections", alias = "least-conn")]
+    LeastConnections,
+    /// Weighted random.
+    #[serde(rename = "random")]
+    Random,
+    /// Client IP (or `hash_header`) on a hash ring; adding a target remaps few clients.
+    #[serde(rename = "consistent-hash")]
+    ConsistentHash,
+}
+
+/// One backend address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// A hostname or an IP literal.
+    pub host: String,
+    /// 1..=65535.
+    pub port: u32,
+    /// `http` (default) or `https`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Relative share of traffic, 0..=65535; 0 drains the target. Default 100.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failover tier: targets of the lowest tier with a healthy member get all traffic.
+    /// Default 0.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Https,
+}
+
+/// Active probes and passive (traffic-observed) health tracking.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecks {
+    /// Periodic probes from the admin thread. Off when absent.
+    #[serde(default)]
+    pub active: Option<ActiveHealthCheck>,
+    /// Mark a target down after consecutive failed requests. Off when absent.
+    #[serde(default)]
+    pub passive: Option<PassiveHealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealthCheck {
+    /// `http` (GET `path`, expect 2xx/3xx) or `tcp` (connect only). Default `http`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Default `/health`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Default `10s`.
+    #[serde(default = "default_health_interval")]
+    pub interval: Span,
+    /// Default `2s`.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Span,
+    /// Consecutive successes to mark a target up. Default 2.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to mark a target down. Default 3.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthCheck {
+    /// Consecutive connect failures or 5xx answers before the target is taken out. Default 5.
+    #[serde(default = "five")]
+    pub max_failures: u32,
+    /// How long a target stays out before traffic probes it again. Default `30s`.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Span,
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+fn default_health_interval() -> Span {
+    Span::from_secs(10)
+}
+fn default_health_timeout() -> Span {
+    Span::from_secs(2)
+}
+fn default_cooldown() -> Span {
+    Span::from_secs(30)
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn five() -> u32 {
+    5
+}
+
+fn is_valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl UpstreamSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_name(&self.name, "name")?;
+        if self.targets.is_empty() {
+            return Err(Invalid::new("targets", "at least one target is required"));
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let at = |field: &str| format!("targets[{i}].{field}");
+            if !is_valid_host(&t.host) {
+                return Err(Invalid::new(
+                    at("host"),
+                    format!("{:?} is not a hostname or IP address", t.host),
+                ));
+            }
+            if !(1..=65535).contains(&t.port) {
+                return Err(Invalid::new(
+                    at("port"),
+                    format!("{} is not a port: use 1 to 65535", t.port),
+                ));
+            }
+            if t.weight > 65535 {
+                return Err(Invalid::new(
+                    at("weight"),
+                    format!("{} is too large: use 0 to 65535", t.weight),
+                ));
+            }
+        }
+        if let Some(h) = &self.hash_header {
+            if self.algorithm != Algorithm::ConsistentHash {
+                return Err(Invalid::new(
+                    "hash_header",
+                    "only applies to the consistent-hash algorithm",
+                ));
+            }
+            if !is_header_name(h) {
+                return Err(Invalid::new(
+                    "hash_header",
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
+        if let Some(active) = &self.health_checks.active {
+            if !active.path.starts_with('/') {
+                return Err(Invalid::new(
+                    "health_checks.active.path",
+                    "must start with '/'",
+                ));
+            }
+            if active.healthy_threshold == 0 || active.unhealthy_threshold == 0 {
+                return Err(Invalid::new(
+                    "health_checks.active",
+                    "thresholds must be at least 1",
+                ));
+            }
+        }
+        if let Some(passive) = &self.health_checks.passive
+            && passive.max_failures == 0
+        {
+            return Err(Invalid::new(
+                "health_checks.passive.max_failures",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An RFC 9110 token.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+/// What kind of API a service is; it decides protocol-specific handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceType {
+    #[default]
+    Rest,
+    Grpc,
+    Graphql,
+    Ai,
+}
+
+/// A named backend API, linked to an upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique within the gateway.
+    pub name: String,
+    /// `rest` (default), `grpc`, `graphql` or `ai`.
+    #[serde(default, rename = "type")]
+    pub kind: ServiceType,
+    /// The upstream that serves it; must exist in the same gateway.
+    pub upstream_id: Uuid,
+    /// Tried in order when every target of `upstream_id` is down.
+    #[serde(default)]
+    pub fallback_upstream_ids: Vec<Uuid>,
+    #[serde(default)]
+    pub description: String,
+    /// Free-form JSON object for owners, versions, links.
+    #[serde(default = "empty_object")]
+    pub metadata: Json,
+    /// Whole-request deadline (connect to last response byte); none by default.
+    #[serde(default)]
+    pub timeout: Option<Span>,
+    /// Extra attempts on another target after a connect failure (any method) or a
+    /// 502/503/timeout (idempotent methods only). Default 2.
+    #[serde(default = "two")]
+    pub retries: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl ServiceSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_name(&self.name, "name")?;
+        if !self.metadata.0.is_object() {
+            return Err(Invalid::new("metadata", "must be a JSON object"));
+        }
+        if self.retries > 10 {
+            return Err(Invalid::new("retries", "at most 10"));
+        }
+        if self.fallback_upstream_ids.contains(&self.upstream_id) {
+            return Err(Invalid::new(
+                "fallback_upstream_ids",
+                "must not repeat upstream_id",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every upstream this service may send to.
+    pub fn upstream_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        std::iter::once(self.upstream_id).chain(self.fallback_upstream_ids.iter().copied())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+
+/// A routing rule: which requests go to which service, with which plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Exact `/v1/chat`, parameter `/users/{id}` or prefix `/v1/*`.
+    pub path: String,
+    /// HTTP methods it accepts; empty (default) accepts all. A GET rule also answers HEAD.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The service requests go to; or use `services` for weighted traffic shifting.
+    #[serde(default)]
+    pub service_id: Option<Uuid>,
+    /// Weighted services (traffic shifting); exclusive with `service_id`.
+    #[serde(default)]
+    pub services: Vec<WeightedService>,
+    /// Remove the matched prefix before forwarding (the query string is kept). Default false.
+    #[serde(default)]
+    pub strip_path: bool,
+    /// Forward the client's Host header instead of the target's. Default false.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Among equally specific rules, lower wins. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Plugins for requests matching this rule, after the gateway's within each stage.
+    #[serde(default)]
+    pub plugin_chain: Vec<PluginConfig>,
+    /// Inactive rules do not route. Default true.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// Public rules need no API key. Default false.
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedService {
+    pub service_id: Uuid,
+    /// Relative share, 0..=65535; 0 receives nothing. Default 100.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+impl RuleSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        router::parse_pattern(&self.path).map_err(|e| Invalid::new("path", e.to_string()))?;
+        MethodSet::parse(&self.methods).map_err(|e| Invalid::new("methods", e.to_string()))?;
+        for name in self.headers.keys() {
+            if !is_header_name(name) {
+                return Err(Invalid::new(
+                    format!("headers.{name}"),
+                    "not an HTTP header name",
+                ));
+            }
+        }
+        match (self.service_id.is_some(), self.services.is_empty()) {
+            (true, false) => {
+                return Err(Invalid::new(
+                    "services",
+                    "give either service_id or services, not both",
+                ));
+            }
+            (false, true) => {
+                return Err(Invalid::new(
+                    "service_id",
+                    "required (or a non-empty services list)",
+                ));
+            }
+            _ => {}
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.weight > 65535 {
+                return Err(Invalid::new(
+                    format!("services[{i}].weight"),
+                    "use 0 to 65535",
+                ));
+            }
+        }
+        if !self.services.is_empty() && self.services.iter().all(|s| s.weight == 0) {
+            return Err(Invalid::new(
+                "services",
+                "at least one service needs a weight above 0",
+            ));
+        }
+        validate_chain(&self.plugin_chain, "plugin_chain")
+    }
+
+    /// Every service this rule may send to.
+    pub fn service_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.service_id
+            .into_iter()
+            .chain(self.services.iter().map(|s| s.service_id))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+
+/// What a client may set on an API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Unique within the gateway.
+    pub name: String,
+    /// RFC 3339; absent means the key never expires.
+    #[serde(default, with = "rfc3339_option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Inactive keys are refused with 401. Default true.
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+impl KeySpec {
+    /// `now` is passed in so that recovery (replaying old writes) never re-checks expiry.
+    pub fn validate(&self, now: OffsetDateTime) -> Result<(), Invalid> {
+        validate_name(&self.name, "name")?;
+        if let Some(at) = self.expires_at
+            && at <= now
+        {
+            return Err(Invalid::new("expires_at", "must be in the future"));
+        }
+        Ok(())
+    }
+}
+
+/// An API key as stored: never the plaintext, only its hash and a recognisable prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub spec: KeySpec,
+    /// The first characters of the plaintext (`sgk_AbCd1234`), to tell keys apart.
+    pub prefix: String,
+    pub hash: KeyHash,
+}
+
+/// `Option<OffsetDateTime>` as an RFC 3339 string or null. `time`'s own `rfc3339::option`
+/// deserializes through `deserialize_any`, which bincode (the journal) cannot do.
+mod rfc3339_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<OffsetDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(t) => {
+                let text = t.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
+                s.serialize_some(&text)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => OffsetDateTime::parse(&text, &Rfc3339)
+                .map(Some)
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not an RFC 3339 timestamp like 2027-12-31T23:59:59Z ({e})"
+                    ))
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(settings: serde_json::Value) -> PluginConfig {
+        PluginConfig {
+            name: "rate_limiter".into(),
+            enabled: true,
+            stage: Stage::PreRequest,
+            priority: 1,
+            parallel: false,
+            settings: Json(settings),
+        }
+    }
+
+    fn gateway() -> GatewaySpec {
+        GatewaySpec {
+            name: "g".into(),
+            subdomain: "api".into(),
+            status: GatewayStatus::Active,
+            required_plugins: vec![plugin(serde_json::json!({
+                "limits": {"global": {"limit": 15, "window": "1m"}}
+            }))],
+        }
+    }
+
+    #[test]
+    fn dns_labels_follow_the_rfc_shape() {
+        for ok in ["a", "api", "my-api-2", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_window_is_reported_with_its_full_path() {
+        let mut g = gateway();
+        g.required_plugins[0].settings = Json(serde_json::json!({
+            "limits": {"global": {"limit": 15, "window": "1x"}}
+        }));
+        let err = g.validate().expect_err("1x is no duration");
+        assert_eq!(
+            err.path,
+            "required_plugins[0].settings.limits.global.window"
+        );
+        assert!(err.message.contains("invalid duration \"1x\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_plugin_and_wrong_stage_are_refused() {
+        let mut g = gateway();
+        g.required_plugins[0].name = "nope".into();
+        let err = g.validate().expect_err("unknown plugin");
+        assert_eq!(err.path, "required_plugins[0].name");
+        let mut g = gateway();
+        g.required_plugins[0].stage = Stage::PostResponse;
+        let err = g.validate().expect_err("wrong stage");
+        assert_eq!(err.path, "required_plugins[0].stage");
+    }
+
+    #[test]
+    fn the_docs_typo_plugins_chain_is_refused_by_name() {
+        let body = r#"{"path":"/v1/*","service_id":"0190b7a4-0000-7000-8000-000000000000","plugins_chain":[]}"#;
+        let err = serde_json::from_str::<RuleSpec>(body).expect_err("typo");
+        assert!(
+            err.to_string().contains("unknown field `plugins_chain`"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("plugin_chain"), "{err}");
+    }
+
+    #[test]
+    fn upstream_targets_are_checked_field_by_field() {
+        let mut u: UpstreamSpec = serde_json::from_value(serde_json::json!({
+            "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}]
+        }))
+        .expect("valid upstream");
+        assert!(u.validate().is_ok());
+        u.targets[0].port = 70000;
+        assert_eq!(u.validate().expect_err("port").path, "targets[0].port");
+        u.targets[0].port = 80;
+        u.targets[0].weight = 65536;
+        assert_eq!(u.validate().expect_err("weight").path, "targets[0].weight");
+        u.targets.clear();
+        assert_eq!(u.validate().expect_err("empty").path, "targets");
+    }
+
+    #[test]
+    fn least_conn_is_an_alias_of_least_connections() {
+        let a: Algorithm = serde_json::from_str("\"least-conn\"").expect("alias");
+        assert_eq!(a, Algorithm::LeastConnections);
+        assert_eq!(
+            serde_json::to_string(&a).expect("serialize"),
+            "\"least-connections\""
+        );
+    }
+
+    #[test]
+    fn records_roundtrip_through_bincode_including_free_form_json() {
+        let record = Record {
+            id: Uuid::now_v7(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            spec: gateway(),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&record, bincode::config::standard()).expect("encode");
+        let (back, _): (Record<GatewaySpec>, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn stored_keys_with_an_expiry_roundtrip_through_bincode() {
+        let key = StoredKey {
+            spec: KeySpec {
+                name: "k".into(),
+                expires_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)),
+                active: true,
+            },
+            prefix: "sgk_x".into(),
+            hash: crate::keys::hash_key(b"x"),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&key, bincode::config::standard()).expect("encode");
+        let (back, _): (StoredKey, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        assert_eq!(back, key);
+        let json: KeySpec =
+            serde_json::from_str(r#"{"name":"k","expires_at":"2027-12-31T23:59:59Z"}"#)
+                .expect("json");
+        assert_eq!(json.expires_at.map(|t| t.year()), Some(2027));
+        let err = serde_json::from_str::<KeySpec>(r#"{"name":"k","expires_at":"tomorrow"}"#)
+            .expect_err("not a timestamp");
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn key_expiry_must_be_in_the_future() {
+        let now = OffsetDateTime::now_utc();
+        let spec = KeySpec {
+            name: "k".into(),
+            expires_at: Some(now - time::Duration::seconds(1)),
+            active: true,
+        };
+        assert_eq!(spec.validate(now).expect_err("past").path, "expires_at");
+    }
+}

@@ -1,0 +1,277 @@
+//! The plugin catalogue and typed plugin settings.
+//!
+//! One definition per plugin feeds three consumers: the validator (names, stages, settings
+//! schema), `GET /api/v1/plugins` (the catalogue with each setting's type, default and
+//! meaning) and the README. Settings are parsed into typed structs once per snapshot, never
+//! per request.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::duration::Span;
+use crate::model::{Invalid, Stage};
+
+/// A documented setting of a plugin: its JSON path under `settings`, type, default, meaning.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettingDoc {
+    pub path: &'static str,
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+/// A plugin the gateway knows.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PluginDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub stages: &'static [Stage],
+    pub settings: &'static [SettingDoc],
+}
+
+/// Every plugin the gateway knows, in the order `GET /api/v1/plugins` lists them.
+pub static CATALOGUE: &[PluginDef] = &[PluginDef {
+    name: "rate_limiter",
+    description: "Exact sliding-window request limits across all workers, globally, per client IP \
+                  and per user (API key). All dimensions are checked before any is charged; a \
+                  rejected request never reaches the upstream.",
+    stages: &[Stage::PreRequest],
+    settings: &[
+        SettingDoc {
+            path: "limits.global.limit",
+            ty: "integer > 0",
+            default: "none (dimension off)",
+            description: "Requests admitted per window for the whole gateway (or rule).",
+        },
+        SettingDoc {
+            path: "limits.global.window",
+            ty: "duration (30s, 1m, 1h, 1d)",
+            default: "required with limit",
+            description: "Length of the sliding window.",
+        },
+        SettingDoc {
+            path: "limits.per_ip.limit",
+            ty: "integer > 0",
+            default: "none (dimension off)",
+            description: "Requests per client IP per window. The client IP is the socket peer, \
+                          or the X-Forwarded-For client when the peer is a trusted proxy.",
+        },
+        SettingDoc {
+            path: "limits.per_ip.window",
+            ty: "duration",
+            default: "required with limit",
+            description: "Length of the sliding window.",
+        },
+        SettingDoc {
+            path: "limits.per_user.limit",
+            ty: "integer > 0",
+            default: "none (dimension off)",
+            description: "Requests per user per window. The user is the authenticated API key, \
+                          or the value of `user_header` when set; requests without a user \
+                          identity skip this dimension.",
+        },
+        SettingDoc {
+            path: "limits.per_user.window",
+            ty: "duration",
+            default: "required with limit",
+            description: "Length of the sliding window.",
+        },
+        SettingDoc {
+            path: "actions.type",
+            ty: "\"reject\"",
+            default: "reject",
+            description: "What happens over the limit: answer 429 without calling the upstream.",
+        },
+        SettingDoc {
+            path: "actions.retry_after",
+            ty: "integer seconds (number or string)",
+            default: "seconds until a slot frees",
+            description: "Value of the Retry-After header and `retry_after` field on a 429.",
+        },
+        SettingDoc {
+            path: "user_header",
+            ty: "header name",
+            default: "none (the API key is the user)",
+            description: "Take the per_user identity from this request header instead of the key.",
+        },
+    ],
+}];
+
+pub fn find(name: &str) -> Option<&'static PluginDef> {
+    CATALOGUE.iter().find(|p| p.name == name)
+}
+
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CATALOGUE.iter().map(|p| p.name)
+}
+
+/// A plugin's settings, parsed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSettings {
+    RateLimiter(RateLimiterSettings),
+}
+
+/// Parses and validates `settings` for plugin `name`. Paths in errors are relative to
+/// `settings`.
+pub fn parse_settings(name: &str, settings: &serde_json::Value) -> Result<PluginSettings, Invalid> {
+    match name {
+        "rate_limiter" => {
+            let parsed: RateLimiterSettings = typed(settings)?;
+            parsed.validate()?;
+            Ok(PluginSettings::RateLimiter(parsed))
+        }
+        other => Err(Invalid::new("name", format!("unknown plugin {other:?}"))),
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Invalid::new(path, e.into_inner().to_string())
+    })
+}
+
+/// `rate_limiter` settings (the seed's shape).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterSettings {
+    pub limits: Limits,
+    #[serde(default)]
+    pub actions: Actions,
+    #[serde(default)]
+    pub user_header: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub global: Option<Limit>,
+    #[serde(default)]
+    pub per_ip: Option<Limit>,
+    #[serde(default)]
+    pub per_user: Option<Limit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub limit: u64,
+    pub window: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    #[serde(rename = "type", default)]
+    pub kind: ActionKind,
+    #[serde(default, deserialize_with = "seconds_number_or_string")]
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    #[default]
+    Reject,
+}
+
+/// The seed writes `"retry_after": "60"`; users also write `60`. Both mean 60 seconds.
+fn seconds_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Number(n)) => Ok(Some(n)),
+        Some(Raw::Text(t)) => t.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("{t:?} is not a whole number of seconds"))
+        }),
+    }
+}
+
+impl RateLimiterSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        let dims = [
+            ("global", &self.limits.global),
+            ("per_ip", &self.limits.per_ip),
+            ("per_user", &self.limits.per_user),
+        ];
+        if dims.iter().all(|(_, l)| l.is_none()) {
+            return Err(Invalid::new(
+                "limits",
+                "set at least one of global, per_ip, per_user",
+            ));
+        }
+        for (dim, limit) in dims {
+            if let Some(l) = limit
+                && l.limit == 0
+            {
+                return Err(Invalid::new(
+                    format!("limits.{dim}.limit"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if let Some(h) = &self.user_header
+            && !crate::model::is_header_name(h)
+        {
+            return Err(Invalid::new(
+                "user_header",
+                format!("{h:?} is not an HTTP header name"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_seed_settings_parse_including_string_retry_after() {
+        let s = parse_settings(
+            "rate_limiter",
+            &json!({
+                "limits": {
+                    "global": {"limit": 15, "window": "1m"},
+                    "per_ip": {"limit": 5, "window": "1m"},
+                    "per_user": {"limit": 5, "window": "1m"}
+                },
+                "actions": {"type": "reject", "retry_after": "60"}
+            }),
+        )
+        .expect("seed settings are valid");
+        let PluginSettings::RateLimiter(s) = s;
+        assert_eq!(s.actions.retry_after, Some(60));
+        assert_eq!(s.limits.per_ip.map(|l| l.limit), Some(5));
+    }
+
+    #[test]
+    fn zero_limit_and_string_limit_are_refused_at_their_path() {
+        let err = parse_settings(
+            "rate_limiter",
+            &json!({"limits": {"per_ip": {"limit": 0, "window": "1m"}}}),
+        )
+        .expect_err("zero");
+        assert_eq!(err.path, "limits.per_ip.limit");
+        let err = parse_settings(
+            "rate_limiter",
+            &json!({"limits": {"per_ip": {"limit": "5", "window": "1m"}}}),
+        )
+        .expect_err("string limit");
+        assert_eq!(err.path, "limits.per_ip.limit");
+    }
+
+    #[test]
+    fn no_dimension_at_all_is_refused() {
+        let err = parse_settings("rate_limiter", &json!({"limits": {}})).expect_err("empty");
+        assert_eq!(err.path, "limits");
+    }
+}

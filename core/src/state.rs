@@ -1,0 +1,774 @@
+//! The admin state machine: every configuration change is one [`Mutation`], and
+//! [`State::apply`] is the only way to change [`State`] — used alike by the API (after the
+//! mutation is journaled) and by recovery (replaying the journal).
+//!
+//! `apply` checks what depends on the rest of the configuration (unique subdomains and
+//! names, references that must resolve, references that block a delete) and leaves the
+//! state unchanged when it refuses. Shape checks of a single spec (`validate`) happen at the
+//! API edge before a mutation is built, because some of them depend on the wall clock
+//! (a key's expiry) and must not be re-judged when an old journal is replayed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{KeyEntry, KeyTable};
+use crate::model::{GatewaySpec, Invalid, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec};
+use crate::router::MethodSet;
+
+/// One configuration change, as journaled.
+// Variants differ in size, but a mutation is built once per admin write and journaled at
+// once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// Create or replace a gateway.
+    PutGateway(Record<GatewaySpec>),
+    /// Delete a gateway and everything in it.
+    DeleteGateway { id: Uuid },
+    /// Create or replace an entity inside a gateway.
+    Put { gateway_id: Uuid, entity: Child },
+    /// Delete an entity inside a gateway.
+    Delete {
+        gateway_id: Uuid,
+        kind: Kind,
+        id: Uuid,
+    },
+}
+
+impl Mutation {
+    /// The gateway whose compiled view this mutation changes.
+    pub fn gateway_id(&self) -> Uuid {
+        match self {
+            Mutation::PutGateway(r) => r.id,
+            Mutation::DeleteGateway { id } => *id,
+            Mutation::Put { gateway_id, .. } | Mutation::Delete { gateway_id, .. } => *gateway_id,
+        }
+    }
+}
+
+/// An entity that lives inside a gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Child {
+    Upstream(Record<UpstreamSpec>),
+    Service(Record<ServiceSpec>),
+    Rule(Record<RuleSpec>),
+    Key(Record<StoredKey>),
+}
+
+impl Child {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Child::Upstream(_) => Kind::Upstream,
+            Child::Service(_) => Kind::Service,
+            Child::Rule(_) => Kind::Rule,
+            Child::Key(_) => Kind::Key,
+        }
+    }
+}
+
+/// The kinds of [`Child`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Upstream,
+    Service,
+    Rule,
+    Key,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Upstream => "upstream",
+            Kind::Service => "service",
+            Kind::Rule => "rule",
+            Kind::Key => "api key",
+        }
+    }
+}
+
+/// Why `apply` refused a mutation. The state is unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyError {
+    /// The entity (or its gateway) does not exist.
+    NotFound(String),
+    /// A uniqueness rule, or a reference that blocks a delete.
+    Conflict(String),
+    /// A reference that does not resolve, with the field that holds it.
+    Invalid(Invalid),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::NotFound(m) | ApplyError::Conflict(m) => f.write_str(m),
+            ApplyError::Invalid(i) => i.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// One gateway and everything that belongs to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayState {
+    pub gateway: Record<GatewaySpec>,
+    pub upstreams: BTreeMap<Uuid, Record<UpstreamSpec>>,
+    pub services: BTreeMap<Uuid, Record<ServiceSpec>>,
+    pub rules: BTreeMap<Uuid, Record<RuleSpec>>,
+    pub keys: BTreeMap<Uuid, Record<StoredKey>>,
+    /// Derived from `keys`; rebuilt on load, kept in step by `apply`.
+    #[serde(skip)]
+    key_table: KeyTable,
+    /// Derived: (kind, name) → id, so uniqueness checks stay O(1) with 100 000 keys.
+    #[serde(skip)]
+    names: HashMap<(Kind, String), Uuid>,
+}
+
+impl GatewayState {
+    fn new(gateway: Record<GatewaySpec>) -> GatewayState {
+        GatewayState {
+            gateway,
+            upstreams: BTreeMap::new(),
+            services: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            key_table: KeyTable::default(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// The authentication table for this gateway's keys.
+    pub fn key_table(&self) -> &KeyTable {
+        &self.key_table
+    }
+
+    /// Rebuilds what is derived from the stored records (after loading a checkpoint).
+    fn rebuild_indexes(&mut self) {
+        self.key_table =
+            KeyTable::from_entries(self.keys.values().map(|k| (k.spec.hash, key_entry(k))));
+        let names = self
+            .upstreams
+            .values()
+            .map(|r| ((Kind::Upstream, r.spec.name.clone()), r.id))
+            .chain(
+                self.services
+                    .values()
+                    .map(|r| ((Kind::Service, r.spec.name.clone()), r.id)),
+            )
+            .chain(
+                self.keys
+                    .values()
+                    .map(|r| ((Kind::Key, r.spec.spec.name.clone()), r.id)),
+            );
+        self.names = names.collect();
+    }
+
+    /// The id of the `kind` entity named `name`, if any. Rules have no names.
+    pub fn id_by_name(&self, kind: Kind, name: &str) -> Option<Uuid> {
+        self.names.get(&(kind, name.to_owned())).copied()
+    }
+
+    fn rename(&mut self, kind: Kind, id: Uuid, old: Option<&str>, new: Option<&str>) {
+        if let Some(old) = old {
+            self.names.remove(&(kind, old.to_owned()));
+        }
+        if let Some(new) = new {
+            self.names.insert((kind, new.to_owned()), id);
+        }
+    }
+}
+
+fn key_entry(record: &Record<StoredKey>) -> KeyEntry {
+    KeyEntry {
+        id: record.id,
+        expires_at: record.spec.spec.expires_at.map(|t| t.unix_timestamp()),
+        active: record.spec.spec.active,
+    }
+}
+
+/// All configuration. Ids are UUIDv7, so `BTreeMap` order is creation order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Persisted")]
+pub struct State {
+    gateways: BTreeMap<Uuid, GatewayState>,
+    #[serde(skip)]
+    subdomains: HashMap<String, Uuid>,
+}
+
+#[derive(Deserialize)]
+struct Persisted {
+    gateways: BTreeMap<Uuid, GatewayState>,
+}
+
+impl From<Persisted> for State {
+    fn from(p: Persisted) -> State {
+        let mut gateways = p.gateways;
+        let mut subdomains = HashMap::with_capacity(gateways.len());
+        for (id, g) in gateways.iter_mut() {
+            g.rebuild_indexes();
+            subdomains.insert(g.gateway.spec.subdomain.clone(), *id);
+        }
+        State {
+            gateways,
+            subdomains,
+        }
+    }
+}
+
+fn not_found_gateway(id: Uuid) -> ApplyError {
+    ApplyError::NotFound(format!("gateway {id} not found"))
+}
+
+impl State {
+    pub fn gateways(&self) -> impl ExactSizeIterator<Item = &GatewayState> {
+        self.gateways.values()
+    }
+
+    pub fn gateway(&self, id: Uuid) -> Option<&GatewayState> {
+        self.gateways.get(&id)
+    }
+
+    pub fn gateway_by_subdomain(&self, subdomain: &str) -> Option<&GatewayState> {
+        self.subdomains
+            .get(subdomain)
+            .and_then(|id| self.gateways.get(id))
+    }
+
+    /// Applies one mutation, or refuses it and leaves the state unchanged.
+    pub fn apply(&mut self, m: &Mutation) -> Result<(), ApplyError> {
+        self.check(m)?;
+        match m {
+            Mutation::PutGateway(record) => match self.gateways.get_mut(&record.id) {
+                Some(existing) => {
+                    self.subdomains.remove(&existing.gateway.spec.subdomain);
+                    existing.gateway = record.clone();
+                    self.subdomains
+                        .insert(record.spec.subdomain.clone(), record.id);
+                }
+                None => {
+                    self.subdomains
+                        .insert(record.spec.subdomain.clone(), record.id);
+                    self.gateways
+                        .insert(record.id, GatewayState::new(record.clone()));
+                }
+            },
+            Mutation::DeleteGateway { id } => {
+                if let Some(g) = self.gateways.remove(id) {
+                    self.subdomains.remove(&g.gateway.spec.subdomain);
+                }
+            }
+            Mutation::Put { gateway_id, entity } => {
+                let g = self
+                    .gateways
+                    .get_mut(gateway_id)
+                    .ok_or_else(|| not_found_gateway(*gateway_id))?;
+                match entity {
+                    Child::Upstream(r) => {
+                        let old = g.upstreams.insert(r.id, r.clone());
+                        let old_name = old.as_ref().map(|o| o.spec.name.as_str());
+                        g.rename(Kind::Upstream, r.id, old_name, Some(&r.spec.name));
+                    }
+                    Child::Service(r) => {
+                        let old = g.services.insert(r.id, r.clone());
+                        let old_name = old.as_ref().map(|o| o.spec.name.as_str());
+                        g.rename(Kind::Service, r.id, old_name, Some(&r.spec.name));
+                    }
+                    Child::Rule(r) => {
+                        g.rules.insert(r.id, r.clone());
+                    }
+                    Child::Key(r) => {
+                        let old = g.keys.insert(r.id, r.clone());
+                        if let Some(old) = &old
+                            && old.spec.hash != r.spec.hash
+                        {
+                            g.key_table.remove(&old.spec.hash);
+                        }
+                        g.key_table.insert(r.spec.hash, key_entry(r));
+                        let old_name = old.as_ref().map(|o| o.spec.spec.name.as_str());
+                        g.rename(Kind::Key, r.id, old_name, Some(&r.spec.spec.name));
+                    }
+                }
+            }
+            Mutation::Delete {
+                gateway_id,
+                kind,
+                id,
+            } => {
+                let g = self
+                    .gateways
+                    .get_mut(gateway_id)
+                    .ok_or_else(|| not_found_gateway(*gateway_id))?;
+                match kind {
+                    Kind::Upstream => {
+                        if let Some(old) = g.upstreams.remove(id) {
+                            g.rename(Kind::Upstream, *id, Some(&old.spec.name), None);
+                        }
+                    }
+                    Kind::Service => {
+                        if let Some(old) = g.services.remove(id) {
+                            g.rename(Kind::Service, *id, Some(&old.spec.name), None);
+                        }
+                    }
+                    Kind::Rule => {
+                        g.rules.remove(id);
+                    }
+                    Kind::Key => {
+                        if let Some(old) = g.keys.remove(id) {
+                            g.key_table.remove(&old.spec.hash);
+                            g.rename(Kind::Key, *id, Some(&old.spec.spec.name), None);
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(debug_assertions)]
+        self.assert_invariants();
+        Ok(())
+    }
+
+    /// Everything `apply` refuses, without changing anything.
+    pub fn check(&self, m: &Mutation) -> Result<(), ApplyError> {
+        match m {
+            Mutation::PutGateway(record) => {
+                if let Some(&owner) = self.subdomains.get(&record.spec.subdomain)
+                    && owner != record.id
+                {
+                    return Err(ApplyError::Conflict(format!(
+                        "subdomain {:?} is already used by gateway {owner}",
+                        record.spec.subdomain
+                    )));
+                }
+                Ok(())
+            }
+            Mutation::DeleteGateway { id } => self
+                .gateways
+                .get(id)
+                .map(drop)
+                .ok_or_else(|| not_found_gateway(*id)),
+            Mutation::Put { gateway_id, entity } => {
+                let g = self
+                    .gateways
+                    .get(gateway_id)
+                    .ok_or_else(|| not_found_gateway(*gateway_id))?;
+                check_put(g, entity)
+            }
+            Mutation::Delete {
+                gateway_id,
+                kind,
+                id,
+            } => {
+                let g = self
+                    .gateways
+                    .get(gateway_id)
+                    .ok_or_else(|| not_found_gateway(*gateway_id))?;
+                check_delete(g, *kind, *id)
+            }
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn assert_invariants(&self) {
+        assert_eq!(self.subdomains.len(), self.gateways.len());
+        for (id, g) in &self.gateways {
+            assert_eq!(self.subdomains.get(&g.gateway.spec.subdomain), Some(id));
+            assert_eq!(g.key_table.len(), g.keys.len());
+            assert_eq!(
+                g.names.len(),
+                g.upstreams.len() + g.services.len() + g.keys.len()
+            );
+            for s in g.services.values() {
+                assert!(s.spec.upstream_ids().all(|u| g.upstreams.contains_key(&u)));
+            }
+            for r in g.rules.values() {
+                assert!(r.spec.service_ids().all(|s| g.services.contains_key(&s)));
+            }
+        }
+    }
+}
+
+fn unique_name(g: &GatewayState, kind: Kind, id: Uuid, name: &str) -> Result<(), ApplyError> {
+    match g.id_by_name(kind, name) {
+        Some(other) if other != id => Err(ApplyError::Conflict(format!(
+            "{} named {name:?} already exists in this gateway ({other})",
+            kind.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_put(g: &GatewayState, entity: &Child) -> Result<(), ApplyError> {
+    match entity {
+        Child::Upstream(r) => unique_name(g, Kind::Upstream, r.id, &r.spec.name),
+        Child::Service(r) => {
+            unique_name(g, Kind::Service, r.id, &r.spec.name)?;
+            let fields = std::iter::once("upstream_id".to_owned()).chain(
+                (0..r.spec.fallback_upstream_ids.len())
+                    .map(|i| format!("fallback_upstream_ids[{i}]")),
+            );
+            for (field, upstream) in fields.zip(r.spec.upstream_ids()) {
+                if !g.upstreams.contains_key(&upstream) {
+                    return Err(ApplyError::Invalid(Invalid::new(
+                        field,
+                        format!("upstream {upstream} does not exist in this gateway"),
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Child::Rule(r) => {
+            let fields = r
+                .spec
+                .service_id
+                .iter()
+                .map(|_| "service_id".to_owned())
+                .chain((0..r.spec.services.len()).map(|i| format!("services[{i}].service_id")));
+            for (field, service) in fields.zip(r.spec.service_ids()) {
+                if !g.services.contains_key(&service) {
+                    return Err(ApplyError::Invalid(Invalid::new(
+                        field,
+                        format!("service {service} does not exist in this gateway"),
+                    )));
+                }
+            }
+            for (other_id, other) in &g.rules {
+                if *other_id != r.id && rules_collide(&r.spec, &other.spec) {
+                    return Err(ApplyError::Conflict(format!(
+                        "rule {other_id} already routes {} with the same headers and priority \
+                         and overlapping methods",
+                        other.spec.path
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Child::Key(r) => unique_name(g, Kind::Key, r.id, &r.spec.spec.name),
+    }
+}
+
+/// Two active rules that no request could tell apart.
+fn rules_collide(a: &RuleSpec, b: &RuleSpec) -> bool {
+    if !(a.active && b.active)
+        || a.path != b.path
+        || a.headers != b.headers
+        || a.priority != b.priority
+    {
+        return false;
+    }
+    match (MethodSet::parse(&a.methods), MethodSet::parse(&b.methods)) {
+        (Ok(x), Ok(y)) => x.iter().any(|m| y.contains(m)),
+        _ => false,
+    }
+}
+
+fn check_delete(g: &GatewayState, kind: Kind, id: Uuid) -> Result<(), ApplyError> {
+    let exists = match kind {
+        Kind::Upstream => g.upstreams.contains_key(&id),
+        Kind::Service => g.services.contains_key(&id),
+        Kind::Rule => g.rules.contains_key(&id),
+        Kind::Key => g.keys.contains_key(&id),
+    };
+    if !exists {
+        return Err(ApplyError::NotFound(format!(
+            "{} {id} not found in gateway {}",
+            kind.as_str(),
+            g.gateway.id
+        )));
+    }
+    match kind {
+        Kind::Upstream => {
+            if let Some(s) = g
+                .services
+                .values()
+                .find(|s| s.spec.upstream_ids().any(|u| u == id))
+            {
+                return Err(ApplyError::Conflict(format!(
+                    "upstream {id} is used by service {:?} ({}); change or delete that service first",
+                    s.spec.name, s.id
+                )));
+            }
+        }
+        Kind::Service => {
+            if let Some(r) = g
+                .rules
+                .values()
+                .find(|r| r.spec.service_ids().any(|s| s == id))
+            {
+                return Err(ApplyError::Conflict(format!(
+                    "service {id} is used by rule {} ({}); change or delete that rule first",
+                    r.id, r.spec.path
+                )));
+            }
+        }
+        Kind::Rule | Kind::Key => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::hash_key;
+    use crate::model::{GatewayStatus, KeySpec};
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    fn record<T>(spec: T) -> Record<T> {
+        Record {
+            id: Uuid::now_v7(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            spec,
+        }
+    }
+
+    fn gateway(subdomain: &str) -> Record<GatewaySpec> {
+        record(GatewaySpec {
+            name: subdomain.into(),
+            subdomain: subdomain.into(),
+            status: GatewayStatus::Active,
+            required_plugins: Vec::new(),
+        })
+    }
+
+    fn upstream(name: &str) -> Record<UpstreamSpec> {
+        record(
+            serde_json::from_value(json!({
+                "name": name,
+                "targets": [{"host": "127.0.0.1", "port": 9000}],
+                "health_checks": {"active": {"interval": "5s"}, "passive": {}},
+                "pool": {"max_idle": 8, "idle_timeout": "30s"}
+            }))
+            .expect("upstream"),
+        )
+    }
+
+    fn service(name: &str, upstream_id: Uuid) -> Record<ServiceSpec> {
+        record(
+            serde_json::from_value(json!({
+                "name": name, "type": "ai", "upstream_id": upstream_id,
+                "timeout": "30s", "metadata": {"owner": "ml"}
+            }))
+            .expect("service"),
+        )
+    }
+
+    fn rule(path: &str, service_id: Uuid) -> Record<RuleSpec> {
+        record(
+            serde_json::from_value(json!({
+                "path": path, "service_id": service_id, "methods": ["GET"],
+                "headers": {"x-version": "2"}
+            }))
+            .expect("rule"),
+        )
+    }
+
+    fn key(name: &str) -> Record<StoredKey> {
+        record(StoredKey {
+            spec: KeySpec {
+                name: name.into(),
+                expires_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(30_000)),
+                active: true,
+            },
+            prefix: "sgk_test".into(),
+            hash: hash_key(name.as_bytes()),
+        })
+    }
+
+    fn put(gateway_id: Uuid, entity: Child) -> Mutation {
+        Mutation::Put { gateway_id, entity }
+    }
+
+    /// A gateway with one of everything; returns (state, gateway, upstream, service, rule, key).
+    fn populated() -> (State, [Uuid; 5]) {
+        let mut state = State::default();
+        let g = gateway("api");
+        let u = upstream("origin");
+        let s = service("chat", u.id);
+        let r = rule("/v1/*", s.id);
+        let k = key("ci");
+        let ids = [g.id, u.id, s.id, r.id, k.id];
+        for m in [
+            Mutation::PutGateway(g),
+            put(ids[0], Child::Upstream(u)),
+            put(ids[0], Child::Service(s)),
+            put(ids[0], Child::Rule(r)),
+            put(ids[0], Child::Key(k)),
+        ] {
+            state.apply(&m).expect("valid mutation");
+        }
+        (state, ids)
+    }
+
+    #[test]
+    fn duplicate_subdomain_is_a_conflict_and_changes_nothing() {
+        let (mut state, _) = populated();
+        let err = state
+            .apply(&Mutation::PutGateway(gateway("api")))
+            .expect_err("duplicate");
+        assert!(matches!(err, ApplyError::Conflict(_)), "{err}");
+        assert_eq!(state.gateways().len(), 1);
+    }
+
+    #[test]
+    fn renaming_frees_the_old_name_and_duplicate_names_conflict() {
+        let (mut state, [g, u, ..]) = populated();
+        let other = upstream("other");
+        state
+            .apply(&put(g, Child::Upstream(other.clone())))
+            .expect("new name");
+        let mut clash = upstream("origin");
+        clash.id = other.id;
+        assert!(matches!(
+            state.apply(&put(g, Child::Upstream(clash))),
+            Err(ApplyError::Conflict(_))
+        ));
+        let mut renamed = upstream("renamed");
+        renamed.id = u;
+        state
+            .apply(&put(g, Child::Upstream(renamed)))
+            .expect("rename");
+        let mut takes_old = upstream("origin");
+        takes_old.id = other.id;
+        state
+            .apply(&put(g, Child::Upstream(takes_old)))
+            .expect("the old name is free again");
+    }
+
+    #[test]
+    fn references_must_resolve_in_the_same_gateway() {
+        let (mut state, [g, ..]) = populated();
+        let other = gateway("other");
+        let other_id = other.id;
+        state.apply(&Mutation::PutGateway(other)).expect("gateway");
+        let foreign_upstream = state
+            .gateway(g)
+            .and_then(|gs| gs.upstreams.keys().next().copied())
+            .expect("upstream");
+        let err = state
+            .apply(&put(
+                other_id,
+                Child::Service(service("s", foreign_upstream)),
+            ))
+            .expect_err("upstream of another gateway");
+        assert!(
+            matches!(&err, ApplyError::Invalid(i) if i.path == "upstream_id"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deleting_what_is_referenced_conflicts_and_cascade_removes_everything() {
+        let (mut state, [g, u, s, r, k]) = populated();
+        let del = |kind, id| Mutation::Delete {
+            gateway_id: g,
+            kind,
+            id,
+        };
+        assert!(matches!(
+            state.apply(&del(Kind::Upstream, u)),
+            Err(ApplyError::Conflict(_))
+        ));
+        assert!(matches!(
+            state.apply(&del(Kind::Service, s)),
+            Err(ApplyError::Conflict(_))
+        ));
+        state.apply(&del(Kind::Rule, r)).expect("rule");
+        state
+            .apply(&del(Kind::Service, s))
+            .expect("service now unused");
+        assert!(matches!(
+            state.apply(&del(Kind::Rule, r)),
+            Err(ApplyError::NotFound(_))
+        ));
+        let hash = hash_key(b"ci");
+        assert!(
+            state
+                .gateway(g)
+                .is_some_and(|gs| gs.key_table().get(&hash).is_some())
+        );
+        state.apply(&del(Kind::Key, k)).expect("key");
+        assert!(
+            state
+                .gateway(g)
+                .is_some_and(|gs| gs.key_table().get(&hash).is_none())
+        );
+        state
+            .apply(&Mutation::DeleteGateway { id: g })
+            .expect("cascade");
+        assert!(state.gateway_by_subdomain("api").is_none());
+        state
+            .apply(&Mutation::PutGateway(gateway("api")))
+            .expect("subdomain is free again");
+    }
+
+    #[test]
+    fn conflicting_rules_are_refused_but_different_methods_coexist() {
+        let (mut state, [g, _, s, ..]) = populated();
+        assert!(matches!(
+            state.apply(&put(g, Child::Rule(rule("/v1/*", s)))),
+            Err(ApplyError::Conflict(_))
+        ));
+        let mut post = rule("/v1/*", s);
+        post.spec.methods = vec!["POST".into()];
+        state
+            .apply(&put(g, Child::Rule(post)))
+            .expect("other method");
+    }
+
+    #[test]
+    fn state_roundtrips_through_bincode_with_indexes_rebuilt() {
+        let (state, [g, ..]) = populated();
+        let bytes =
+            bincode::serde::encode_to_vec(&state, bincode::config::standard()).expect("encode");
+        let (back, _): (State, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+        let gs = back.gateway(g).expect("gateway");
+        assert!(back.gateway_by_subdomain("api").is_some());
+        assert!(gs.key_table().get(&hash_key(b"ci")).is_some());
+        assert!(gs.id_by_name(Kind::Upstream, "origin").is_some());
+        let original = state.gateway(g).expect("gateway");
+        assert_eq!(gs.upstreams, original.upstreams);
+        assert_eq!(gs.services, original.services);
+        assert_eq!(gs.rules, original.rules);
+        assert_eq!(gs.keys, original.keys);
+    }
+
+    #[test]
+    fn every_mutation_roundtrips_through_bincode() {
+        let (state, [g, ..]) = populated();
+        let gs = state.gateway(g).expect("gateway");
+        let mutations = [
+            Mutation::PutGateway(gs.gateway.clone()),
+            put(
+                g,
+                Child::Upstream(gs.upstreams.values().next().cloned().expect("u")),
+            ),
+            put(
+                g,
+                Child::Service(gs.services.values().next().cloned().expect("s")),
+            ),
+            put(
+                g,
+                Child::Rule(gs.rules.values().next().cloned().expect("r")),
+            ),
+            put(g, Child::Key(gs.keys.values().next().cloned().expect("k"))),
+            Mutation::Delete {
+                gateway_id: g,
+                kind: Kind::Key,
+                id: g,
+            },
+            Mutation::DeleteGateway { id: g },
+        ];
+        for m in mutations {
+            let bytes =
+                bincode::serde::encode_to_vec(&m, bincode::config::standard()).expect("encode");
+            let (back, _): (Mutation, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                    .expect("decode");
+            assert_eq!(back, m);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Accept: the first stage of the request flow. Binds the per-worker SO_REUSEPORT
+//! listeners (at start-up, on the main thread, so a port conflict fails start-up before any
+//! worker runs) and runs each worker's accept loop, which hands every connection to
+//! [`crate::connection::serve_connection`] on its own task.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::io::CancelHandle;
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::connection::serve_connection;
+use crate::shutdown::InFlight;
+use crate::worker::WorkerContext;
+
+/// Listen backlog per worker; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// Binds `count` listeners on `addr`, all with SO_REUSEPORT on the same port, so the kernel
+/// spreads incoming connections across workers. With port 0 the first bind picks a free
+/// port and the rest join it.
+///
+/// Before that, one exclusive bind (SO_REUSEADDR, no SO_REUSEPORT) probes the port: it
+/// fails if anything listens there, *including another shardgate* whose listeners all
+/// have SO_REUSEPORT and would otherwise silently share (and split) the traffic with us.
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let port = {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // SO_REUSEADDR so that a restart is not refused because of TIME_WAIT connections
+        // left by the previous process; it never lets us bind over a listening socket.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+        probe
+            .local_addr()?
+            .as_socket()
+            .map(|bound| bound.port())
+            .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))?
+    };
+    let addr = SocketAddr::new(addr.ip(), port);
+    (0..count)
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(BACKLOG)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Accepts connections until `cancel` fires (shutdown), spawning one task per connection.
+pub(crate) async fn accept_loop(
+    listener: &TcpListener,
+    cancel: CancelHandle,
+    ctx: &Rc<WorkerContext>,
+    in_flight: &InFlight,
+) {
+    loop {
+        if ctx.shutdown().is_triggered() {
+            return;
+        }
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                // Responses go out as soon as they are written; no Nagle delay.
+                let _ = stream.set_nodelay(true);
+                let guard = in_flight.enter();
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    let _counted = guard;
+                    let worker = ctx.id();
+                    match catch_unwind(serve_connection(stream, peer, ctx)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(worker, %peer, error = %e, "connection ended with an error")
+                        }
+                        Err(panic) => tracing::error!(
+                            worker,
+                            %peer,
+                            panic = panic_message(&*panic),
+                            "connection handler panicked; connection dropped, worker continues"
+                        ),
+                    }
+                });
+            }
+            Err(_) if ctx.shutdown().is_triggered() => return,
+            Err(e) => {
+                let pause = match e.raw_os_error() {
+                    // Out of descriptors or memory: the connection stays in the backlog;
+                    // back off instead of spinning on the same error.
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        Duration::from_millis(100)
+                    }
+                    // The peer gave up between SYN and accept: nothing to do.
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => continue,
+                    _ => Duration::from_millis(10),
+                };
+                tracing::warn!(worker = ctx.id(), error = %e, "accept failed; retrying in {pause:?}");
+                monoio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// Runs `fut`, turning a panic inside any of its polls into `Err`, so that one broken
+/// request cannot take down the worker and every other connection on it (the release
+/// profile keeps `panic = "unwind"` for this).
+async fn catch_unwind<F: Future>(fut: F) -> std::thread::Result<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// The message of a panic payload (`panic!("...")` gives `&str` or `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_is_contained() -> io::Result<()> {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build()?;
+        let outcome = runtime.block_on(catch_unwind(async {
+            if std::hint::black_box(true) {
+                panic!("handler bug");
+            }
+            7
+        }));
+        let Err(payload) = outcome else {
+            panic!("the panic escaped catch_unwind's Err");
+        };
+        assert_eq!(panic_message(&*payload), "handler bug");
+        let fine = runtime.block_on(catch_unwind(async { 7 }));
+        assert!(matches!(fine, Ok(7)));
+        Ok(())
+    }
+
+    #[test]
+    fn port_zero_gives_every_listener_the_same_port() -> io::Result<()> {
+        let listeners = bind_listeners("127.0.0.1:0".parse().map_err(io::Error::other)?, 4)?;
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<io::Result<Vec<_>>>()?;
+        assert_ne!(ports[0], 0);
+        assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_port_held_by_another_shardgate_is_refused() -> io::Result<()> {
+        // The first "instance" binds with SO_REUSEPORT, as shardgate does.
+        let first = bind_listeners("127.0.0.1:0".parse().map_err(io::Error::other)?, 2)?;
+        let taken = first[0].local_addr()?;
+        let Err(err) = bind_listeners(taken, 2) else {
+            panic!("a second instance silently shared port {taken}");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        Ok(())
+    }
+
+    #[test]
+    fn a_port_held_by_a_plain_listener_is_refused() -> io::Result<()> {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let Err(err) = bind_listeners(plain.local_addr()?, 1) else {
+            panic!("bound over a listening socket");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        Ok(())
+    }
+}
