@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::broadcast::Broadcaster;
 use crate::http::{Request, Response};
+use crate::resolve::SystemResolver;
 use crate::store::Store;
 
 /// Largest `limit` a list accepts, and its default.
@@ -44,6 +45,7 @@ pub struct Api {
     broadcaster: Broadcaster,
     /// SHA-256 of the admin token, so the comparison is constant-time whatever its length.
     token_hash: Option<keys::KeyHash>,
+    resolver: SystemResolver,
     started: Instant,
 }
 
@@ -273,6 +275,7 @@ impl Api {
             snapshot,
             broadcaster,
             token_hash: token.map(|t| hash_key(t.as_bytes())),
+            resolver: SystemResolver::default(),
             started: Instant::now(),
         }
     }
@@ -416,6 +419,7 @@ impl Api {
             self.snapshot.version + 1,
             &self.state,
             m.gateway_id(),
+            &self.resolver,
         ));
         self.snapshot = next.clone();
         self.broadcaster

@@ -10,5 +10,6 @@
 pub mod api;
 pub mod broadcast;
 pub mod http;
+pub mod resolve;
 pub mod server;
 pub mod store;

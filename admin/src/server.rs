@@ -20,6 +20,7 @@ use shardgate_core::state::{ApplyError, Mutation, State};
 use crate::api::Api;
 use crate::broadcast::Broadcaster;
 use crate::http::{self, ServerLimits};
+use crate::resolve::SystemResolver;
 use crate::store::{Durable, Store, StoreOptions};
 
 impl Durable for State {
@@ -94,7 +95,7 @@ impl Admin {
             torn_tail = recovery.torn_tail.is_some(),
             "store recovered"
         );
-        let snapshot = Arc::new(Snapshot::compile(1, &state));
+        let snapshot = Arc::new(Snapshot::compile(1, &state, &SystemResolver::default()));
         for g in state.gateways() {
             if let Some(compiled) = snapshot.gateway_by_id(g.gateway.id)
                 && let Some(reason) = &compiled.broken

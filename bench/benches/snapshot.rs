@@ -5,7 +5,7 @@
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use shardgate_bench::fixture;
-use shardgate_core::snapshot::Snapshot;
+use shardgate_core::snapshot::{LiteralOnly, Snapshot};
 use shardgate_core::state::{Child, Mutation};
 use uuid::Uuid;
 
@@ -13,7 +13,7 @@ fn compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_after_key_write_100k_keys");
     group.sample_size(20);
     let (mut state, gateway_id, _) = fixture::gateway_with(100, 100_000);
-    let base = Snapshot::compile(1, &state);
+    let base = Snapshot::compile(1, &state, &LiteralOnly);
     let mut n = 1_000_000usize;
 
     group.bench_function("incremental_next", |b| {
@@ -29,13 +29,13 @@ fn compile(c: &mut Criterion) {
                 if let Err(e) = state.apply(&m) {
                     panic!("{e}");
                 }
-                base.next(2, &state, gateway_id)
+                base.next(2, &state, gateway_id, &LiteralOnly)
             },
             BatchSize::SmallInput,
         )
     });
     group.bench_function("naive_full_compile", |b| {
-        b.iter(|| Snapshot::compile(2, &state))
+        b.iter(|| Snapshot::compile(2, &state, &LiteralOnly))
     });
     group.finish();
 }

@@ -5,8 +5,11 @@
 //! [`parse_response`] until they return [`Parse::Complete`]. The result holds **offsets**
 //! ([`Span`]) into that buffer, not borrows, so the async caller may move or grow the buffer
 //! between reads and between parsing and forwarding. Headers live in a fixed-capacity inline
-//! array ([`Headers`], [`HEADER_CAPACITY`] entries) and `httparse` is given an uninitialised
-//! stack array, so a parse never touches the heap, in steady state or otherwise. Bodies are
+//! array ([`Headers`], [`HEADER_CAPACITY`] entries, 2 KiB) and `httparse` is given an
+//! uninitialised stack array, so a parse never touches the heap, in steady state or
+//! otherwise. The hot path uses [`parse_request_into`] / [`parse_response_into`] with a
+//! head kept per connection, which also avoids zeroing and moving that table per request
+//! ([`parse_request`] / [`parse_response`] return a fresh head by value). Bodies are
 //! never decoded: [`BodyKind`] says how the body is framed, and [`ChunkedScanner`] validates a
 //! chunked body as it streams through so the original bytes are forwarded unchanged and the
 //! end of the body (and so the start of the next pipelined message) is known exactly.
@@ -25,7 +28,9 @@
 //!
 //! - **Bare LF** where CRLF is required, bare CR (RFC 9112 §2.2 allows recognising a lone LF;
 //!   we do not, because a peer that does not would see different lines). `httparse` accepts
-//!   bare LF, so the head is pre-scanned with `memchr` first. → 400
+//!   bare LF, so a complete head has each line ending checked from its line offsets, and an
+//!   incomplete or failed one is scanned with `memchr`, which also rejects a bare LF or
+//!   obs-fold before the head completes. → 400
 //! - **obs-fold** (a field line starting with SP/HT, RFC 9112 §5.2), whitespace between a
 //!   field name and its colon (§5.1), invalid field-name bytes, NUL/CR/CTL in values. → 400
 //! - **Content-Length** that is empty, signed, non-decimal or overflows `u64`; duplicates or
@@ -60,9 +65,10 @@
 //! - Enforce the body limit (413) on [`Scanned::consumed`] or [`ChunkedScanner::data_len`].
 //! - Forward 1xx responses other than 101 and parse the next head (they are interim).
 //!
-//! Re-parsing a partial head rescans it from the start; with `max_head` bounded (16 KiB) a
-//! byte-at-a-time client costs at most a few milliseconds of CPU over its whole
-//! header-read timeout, which is the slowloris defence.
+//! Garbage (a TLS ClientHello, an HTTP/2 preface) is rejected as soon as the bytes seen
+//! prove it, not when the size limit is reached. Re-parsing a partial head rescans it from
+//! the start: quadratic in the number of reads, but bounded by `max_head` and by the
+//! caller's header-read timeout (the slowloris defence).
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -419,6 +425,29 @@ pub struct RequestHead {
     pub host: Option<Span>,
 }
 
+impl Default for RequestHead {
+    /// An empty head to pass to [`parse_request_into`].
+    fn default() -> Self {
+        RequestHead {
+            head_len: 0,
+            method_span: Span::EMPTY,
+            method: None,
+            target: Span::EMPTY,
+            form: TargetForm::Origin,
+            authority: None,
+            path: Span::EMPTY,
+            query: None,
+            version_minor: 1,
+            headers: Headers::default(),
+            body: BodyKind::None,
+            keep_alive: false,
+            expect_continue: false,
+            upgrade: false,
+            host: None,
+        }
+    }
+}
+
 impl RequestHead {
     /// First value of header `name` (ASCII case-insensitive).
     pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
@@ -465,6 +494,21 @@ impl RequestHead {
 /// a TLS handshake, a too-long URI or too many fields is rejected before the head
 /// completes). `Ok(Complete(head))`: the first `head.head_len` bytes are the head.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, HeadError> {
+    let mut head = RequestHead::default();
+    Ok(match parse_request_into(buf, limits, &mut head)? {
+        Parse::Complete(()) => Parse::Complete(head),
+        Parse::Partial => Parse::Partial,
+    })
+}
+
+/// [`parse_request`] into a head the caller keeps (one per connection or worker), so the
+/// 2 KiB field table is neither zeroed nor moved per request: what the proxy's hot path
+/// uses. On `Partial` or an error, `out` holds unspecified (but valid) contents.
+pub fn parse_request_into(
+    buf: &[u8],
+    limits: &Limits,
+    out: &mut RequestHead,
+) -> Result<Parse<()>, HeadError> {
     let max_head = limits.max_head.min(u32::MAX as usize);
     let window = &buf[..buf.len().min(max_head)];
     let cap = limits.max_headers.min(HEADER_CAPACITY);
@@ -519,7 +563,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
         return Err(HeadError::InvalidTarget);
     }
 
-    let (headers, fields) = collect_fields(head, req.headers)?;
+    let fields = collect_fields(head, req.headers, &mut out.headers)?;
 
     if fields.host_count > 1 {
         return Err(HeadError::DuplicateHost);
@@ -549,23 +593,21 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
     };
 
     let http11 = version_minor == 1;
-    Ok(Parse::Complete(RequestHead {
-        head_len,
-        method_span,
-        method: known_method,
-        target: target_span,
-        form: parsed_target.form,
-        authority: parsed_target.authority,
-        path: parsed_target.path,
-        query: parsed_target.query,
-        version_minor,
-        headers,
-        body,
-        keep_alive: fields.connection.keep_alive(version_minor),
-        expect_continue: http11 && fields.expect_continue,
-        upgrade: http11 && fields.has_upgrade && fields.connection.upgrade,
-        host: fields.host,
-    }))
+    out.head_len = head_len;
+    out.method_span = method_span;
+    out.method = known_method;
+    out.target = target_span;
+    out.form = parsed_target.form;
+    out.authority = parsed_target.authority;
+    out.path = parsed_target.path;
+    out.query = parsed_target.query;
+    out.version_minor = version_minor;
+    out.body = body;
+    out.keep_alive = fields.connection.keep_alive(version_minor);
+    out.expect_continue = http11 && fields.expect_continue;
+    out.upgrade = http11 && fields.has_upgrade && fields.connection.upgrade;
+    out.host = fields.host;
+    Ok(Parse::Complete(()))
 }
 
 fn leading_empty_lines(window: &[u8]) -> usize {
@@ -741,6 +783,22 @@ pub struct ResponseHead {
     pub upgrade: bool,
 }
 
+impl Default for ResponseHead {
+    /// An empty head to pass to [`parse_response_into`].
+    fn default() -> Self {
+        ResponseHead {
+            head_len: 0,
+            status: 200,
+            reason: Span::EMPTY,
+            version_minor: 1,
+            headers: Headers::default(),
+            body: BodyKind::None,
+            keep_alive: false,
+            upgrade: false,
+        }
+    }
+}
+
 impl ResponseHead {
     pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         self.headers.get(buf, name)
@@ -767,6 +825,22 @@ pub fn parse_response(
     request_method_was_head: bool,
     limits: &Limits,
 ) -> Result<Parse<ResponseHead>, HeadError> {
+    let mut head = ResponseHead::default();
+    Ok(
+        match parse_response_into(buf, request_method_was_head, limits, &mut head)? {
+            Parse::Complete(()) => Parse::Complete(head),
+            Parse::Partial => Parse::Partial,
+        },
+    )
+}
+
+/// [`parse_response`] into a head the caller keeps; see [`parse_request_into`].
+pub fn parse_response_into(
+    buf: &[u8],
+    request_method_was_head: bool,
+    limits: &Limits,
+    out: &mut ResponseHead,
+) -> Result<Parse<()>, HeadError> {
     let max_head = limits.max_head.min(u32::MAX as usize);
     let window = &buf[..buf.len().min(max_head)];
     let cap = limits.max_headers.min(HEADER_CAPACITY);
@@ -801,7 +875,7 @@ pub fn parse_response(
         return Err(HeadError::InvalidStatusLine);
     }
     let reason = span_of(head, res.reason.unwrap_or("").as_bytes());
-    let (headers, fields) = collect_fields(head, res.headers)?;
+    let fields = collect_fields(head, res.headers, &mut out.headers)?;
 
     let te = fields.transfer_encoding;
     if te.present && version_minor == 0 {
@@ -825,16 +899,15 @@ pub fn parse_response(
         BodyKind::CloseDelimited
     };
 
-    Ok(Parse::Complete(ResponseHead {
-        head_len,
-        status,
-        reason,
-        version_minor,
-        headers,
-        body,
-        keep_alive: body != BodyKind::CloseDelimited && fields.connection.keep_alive(version_minor),
-        upgrade: status == 101 && fields.has_upgrade,
-    }))
+    out.head_len = head_len;
+    out.status = status;
+    out.reason = reason;
+    out.version_minor = version_minor;
+    out.body = body;
+    out.keep_alive =
+        body != BodyKind::CloseDelimited && fields.connection.keep_alive(version_minor);
+    out.upgrade = status == 101 && fields.has_upgrade;
+    Ok(Parse::Complete(()))
 }
 
 fn map_response_error(e: httparse::Error, head: &[u8]) -> HeadError {
@@ -972,13 +1045,14 @@ impl TransferEncoding {
 fn collect_fields(
     head: &[u8],
     parsed: &[httparse::Header<'_>],
-) -> Result<(Headers, Fields), HeadError> {
+    headers: &mut Headers,
+) -> Result<Fields, HeadError> {
     let crlf_before = |at: usize| at >= 2 && head.get(at - 2..at) == Some(b"\r\n");
     let end = head.len();
     if !crlf_before(end) || !crlf_before(end - 2) {
         return Err(HeadError::BareLf);
     }
-    let mut headers = Headers::default();
+    headers.len = 0;
     let mut fields = Fields::default();
     for h in parsed {
         let name = h.name.as_bytes();
@@ -992,7 +1066,7 @@ fn collect_fields(
         headers.push(header);
         fields.observe(name, h.value, header.value)?;
     }
-    Ok((headers, fields))
+    Ok(fields)
 }
 
 impl Fields {
@@ -1503,6 +1577,29 @@ mod tests {
                 Ok(true)
             );
         }
+    }
+
+    #[test]
+    fn a_reused_head_keeps_nothing_from_the_previous_request() {
+        let mut head = RequestHead::default();
+        let first = b"POST /a?x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nX-1: 1\r\n\r\n";
+        assert_eq!(
+            parse_request_into(first, &Limits::default(), &mut head),
+            Ok(Parse::Complete(()))
+        );
+        assert_eq!(head.headers.len(), 4);
+        assert_eq!(
+            parse_request_into(CURL_GET, &Limits::default(), &mut head),
+            Ok(Parse::Complete(()))
+        );
+        assert_eq!(head, accepted(CURL_GET));
+        let mut response = ResponseHead::default();
+        let raw = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(
+            parse_response_into(raw, false, &Limits::default(), &mut response),
+            Ok(Parse::Complete(()))
+        );
+        assert_eq!(response, response_accepted(raw, false));
     }
 
     #[test]

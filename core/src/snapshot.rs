@@ -12,13 +12,16 @@
 //! services and upstreams behind each rule.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::balance::{Balancer, TargetWeight, hash_bytes};
 use crate::keys::KeyTable;
 use crate::model::{
-    GatewayStatus, PluginConfig, Record, RuleSpec, ServiceSpec, Stage, UpstreamSpec,
+    Algorithm, GatewayStatus, PluginConfig, Protocol, Record, RuleSpec, ServiceSpec, Stage,
+    UpstreamSpec,
 };
 use crate::plugins::{self, PluginSettings};
 use crate::router::{self, MethodSet, RouteSpec, Router};
@@ -33,23 +36,52 @@ pub struct Snapshot {
     by_subdomain: HashMap<Box<str>, Arc<CompiledGateway>>,
 }
 
+/// Turns a target's host into an address. The admin thread passes one that may block on
+/// DNS; core itself never does I/O. `None` leaves the target unusable (503) until the next
+/// compile resolves it.
+pub trait Resolve {
+    fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr>;
+}
+
+/// Resolves IP literals only; hostnames stay unresolved. For tests and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LiteralOnly;
+
+impl Resolve for LiteralOnly {
+    fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.parse().ok().map(|ip| SocketAddr::new(ip, port))
+    }
+}
+
 impl Snapshot {
     /// Compiles every gateway (start-up and recovery).
-    pub fn compile(version: u64, state: &State) -> Snapshot {
+    pub fn compile(version: u64, state: &State, resolver: &dyn Resolve) -> Snapshot {
         let by_id = state
             .gateways()
-            .map(|g| (g.gateway.id, Arc::new(CompiledGateway::compile(g))))
+            .map(|g| {
+                (
+                    g.gateway.id,
+                    Arc::new(CompiledGateway::compile(g, resolver)),
+                )
+            })
             .collect();
         Snapshot::from_parts(version, by_id)
     }
 
     /// The next snapshot after a mutation of one gateway: that gateway is recompiled from
     /// `state` (or dropped if it no longer exists), the others are shared with `self`.
-    pub fn next(&self, version: u64, state: &State, changed: Uuid) -> Snapshot {
+    pub fn next(
+        &self,
+        version: u64,
+        state: &State,
+        changed: Uuid,
+        resolver: &dyn Resolve,
+    ) -> Snapshot {
         let mut by_id = self.by_id.clone();
         match state.gateway(changed) {
             Some(g) => {
-                by_id.insert(changed, Arc::new(CompiledGateway::compile(g)));
+                by_id.insert(changed, Arc::new(CompiledGateway::compile(g, resolver)));
             }
             None => {
                 by_id.remove(&changed);
@@ -68,6 +100,11 @@ impl Snapshot {
             by_id,
             by_subdomain,
         }
+    }
+
+    /// Every gateway (admin-side tasks such as health checks walk them).
+    pub fn gateways(&self) -> impl Iterator<Item = &Arc<CompiledGateway>> {
+        self.by_id.values()
     }
 
     /// The gateway serving `<subdomain>.<base-domain>`.
@@ -99,8 +136,52 @@ pub struct CompiledGateway {
     pub rules: Vec<CompiledRule>,
     /// The gateway's `required_plugins`, by stage.
     pub plugins: Chains,
-    pub services: HashMap<Uuid, Arc<Record<ServiceSpec>>>,
-    pub upstreams: HashMap<Uuid, Arc<Record<UpstreamSpec>>>,
+    pub services: HashMap<Uuid, Arc<CompiledService>>,
+    pub upstreams: HashMap<Uuid, Arc<CompiledUpstream>>,
+}
+
+/// An upstream ready for target selection.
+#[derive(Debug)]
+pub struct CompiledUpstream {
+    pub id: Uuid,
+    pub spec: Arc<Record<UpstreamSpec>>,
+    pub balancer: Balancer,
+    /// Indexed like `spec.targets` and the balancer's picks.
+    pub targets: Vec<CompiledTarget>,
+}
+
+/// One target: its address resolved at compile time, and what the proxy sends it.
+#[derive(Debug, Clone)]
+pub struct CompiledTarget {
+    pub host: Box<str>,
+    pub port: u16,
+    pub https: bool,
+    /// `None` when the host did not resolve: the target is unusable.
+    pub addr: Option<SocketAddr>,
+    /// The Host header value for this target (`host`, or `host:port` off the default port).
+    pub host_header: Box<str>,
+    /// Stable identity across snapshots (protocol, host, port, address): keys per-worker
+    /// connection pools and health, so a config change keeps warm connections.
+    pub key: u64,
+}
+
+/// A service with its upstreams resolved: the primary first, then the fallbacks in order.
+#[derive(Debug)]
+pub struct CompiledService {
+    pub id: Uuid,
+    pub spec: Arc<Record<ServiceSpec>>,
+    pub upstreams: Vec<Arc<CompiledUpstream>>,
+}
+
+/// Where a rule sends traffic.
+#[derive(Debug)]
+pub enum RuleTarget {
+    One(Arc<CompiledService>),
+    /// Traffic shifting: services picked by smooth weighted round-robin per worker.
+    Weighted {
+        services: Vec<Arc<CompiledService>>,
+        balancer: Balancer,
+    },
 }
 
 /// A routing rule with its plugin chain resolved.
@@ -109,6 +190,7 @@ pub struct CompiledRule {
     pub id: Uuid,
     pub spec: Arc<RuleSpec>,
     pub plugins: Chains,
+    pub target: RuleTarget,
 }
 
 /// A plugin ready to run: settings parsed, position fixed.
@@ -158,8 +240,53 @@ impl Chains {
     }
 }
 
+fn compile_upstream(record: &Record<UpstreamSpec>, resolver: &dyn Resolve) -> CompiledUpstream {
+    let targets = record
+        .spec
+        .targets
+        .iter()
+        .map(|t| {
+            let port = u16::try_from(t.port).unwrap_or(0);
+            let https = t.protocol == Protocol::Https;
+            let addr = if port == 0 {
+                None
+            } else {
+                resolver.resolve(&t.host, port)
+            };
+            let default_port = if https { 443 } else { 80 };
+            let host_header: Box<str> = if port == default_port {
+                t.host.as_str().into()
+            } else if t.host.contains(':') && !t.host.starts_with('[') {
+                format!("[{}]:{port}", t.host).into()
+            } else {
+                format!("{}:{port}", t.host).into()
+            };
+            let identity = format!(
+                "{}://{}:{port}@{}",
+                if https { "https" } else { "http" },
+                t.host,
+                addr.map(|a| a.to_string()).unwrap_or_default()
+            );
+            CompiledTarget {
+                host: t.host.as_str().into(),
+                port,
+                https,
+                addr,
+                host_header,
+                key: hash_bytes(identity.as_bytes()),
+            }
+        })
+        .collect();
+    CompiledUpstream {
+        id: record.id,
+        spec: Arc::new(record.clone()),
+        balancer: Balancer::for_upstream(&record.spec),
+        targets,
+    }
+}
+
 impl CompiledGateway {
-    pub fn compile(g: &GatewayState) -> CompiledGateway {
+    pub fn compile(g: &GatewayState, resolver: &dyn Resolve) -> CompiledGateway {
         let spec = &g.gateway.spec;
         let mut broken = None;
         let plugins =
@@ -167,6 +294,29 @@ impl CompiledGateway {
                 broken = Some(e);
                 Chains::default()
             });
+
+        let upstreams: HashMap<Uuid, Arc<CompiledUpstream>> = g
+            .upstreams
+            .iter()
+            .map(|(id, u)| (*id, Arc::new(compile_upstream(u, resolver))))
+            .collect();
+        let services: HashMap<Uuid, Arc<CompiledService>> = g
+            .services
+            .iter()
+            .map(|(id, s)| {
+                let compiled = CompiledService {
+                    id: *id,
+                    spec: Arc::new(s.clone()),
+                    // State::apply guarantees these resolve.
+                    upstreams: s
+                        .spec
+                        .upstream_ids()
+                        .filter_map(|u| upstreams.get(&u).cloned())
+                        .collect(),
+                };
+                (*id, Arc::new(compiled))
+            })
+            .collect();
 
         let mut rules = Vec::with_capacity(g.rules.len());
         let mut routes = Vec::with_capacity(g.rules.len());
@@ -177,10 +327,11 @@ impl CompiledGateway {
                     let methods =
                         MethodSet::parse(&record.spec.methods).map_err(|e| e.to_string())?;
                     let chains = Chains::compile(&record.spec.plugin_chain, "plugin_chain")?;
-                    Ok((pattern, methods, chains))
+                    let target = rule_target(&record.spec, &services)?;
+                    Ok((pattern, methods, chains, target))
                 });
             match compiled {
-                Ok((pattern, methods, chains)) => {
+                Ok((pattern, methods, chains, target)) => {
                     routes.push(RouteSpec {
                         id: rules.len() as u32,
                         pattern,
@@ -197,6 +348,7 @@ impl CompiledGateway {
                         id: record.id,
                         spec: Arc::new(record.spec.clone()),
                         plugins: chains,
+                        target,
                     });
                 }
                 Err(e) => {
@@ -214,16 +366,39 @@ impl CompiledGateway {
             router: Router::build(routes),
             rules,
             plugins,
-            services: g
-                .services
-                .iter()
-                .map(|(id, s)| (*id, Arc::new(s.clone())))
-                .collect(),
-            upstreams: g
-                .upstreams
-                .iter()
-                .map(|(id, u)| (*id, Arc::new(u.clone())))
-                .collect(),
+            services,
+            upstreams,
         }
     }
+}
+
+fn rule_target(
+    spec: &RuleSpec,
+    services: &HashMap<Uuid, Arc<CompiledService>>,
+) -> Result<RuleTarget, String> {
+    let lookup = |id: Uuid| {
+        services
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("service {id} does not exist"))
+    };
+    if let Some(id) = spec.service_id {
+        return Ok(RuleTarget::One(lookup(id)?));
+    }
+    let weights: Vec<TargetWeight> = spec
+        .services
+        .iter()
+        .map(|s| TargetWeight {
+            weight: s.weight,
+            priority: 0,
+        })
+        .collect();
+    Ok(RuleTarget::Weighted {
+        services: spec
+            .services
+            .iter()
+            .map(|s| lookup(s.service_id))
+            .collect::<Result<_, _>>()?,
+        balancer: Balancer::new(Algorithm::WeightedRoundRobin, &weights),
+    })
 }

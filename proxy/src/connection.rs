@@ -1,16 +1,15 @@
-//! Serving one accepted client connection: the entry of the request flow (DESIGN.md §4).
+//! One client connection: wait for a request, read and parse its head, hand it to
+//! [`crate::request::handle`], repeat while keep-alive allows.
 //!
-//! The worker's accept loop calls [`serve_connection`] on its own task for every accepted
-//! socket, counted in the worker's in-flight set and with panics caught at the task
-//! boundary. Everything per connection starts here, so the data plane replaces this file's
-//! body, not the worker.
+//! Memory while idle is the point of the shape of this loop: between requests the
+//! connection holds no buffer (it waits for readability, then borrows one from the
+//! worker's pool), and the per-request state (the parsed head, the request future) is
+//! boxed only while a request is in flight, so an idle keep-alive connection costs its
+//! task and socket, not kilobytes of buffers.
 //!
-//! Until the data plane lands, every request is answered with
-//! `503 {"error":"proxy data plane not implemented yet"}` and the connection is closed.
-//! Even this placeholder is careful HTTP/1.1: it reads the whole request head before
-//! answering (answering earlier and closing with unread data makes the kernel send RST,
-//! which can destroy the response before the client reads it), omits the body for HEAD,
-//! and lingers briefly after its FIN for the same reason.
+//! Slowloris: the whole head must arrive within `header_timeout` of its first byte (408 and
+//! close otherwise); idle keep-alive connections close after `keepalive_timeout`; on
+//! shutdown idle connections close at once and busy ones after their response.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,166 +19,243 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request};
 
+use crate::request::{self, Outcome};
+use crate::respond::ErrorResponse;
+use crate::tunnel;
 use crate::worker::WorkerContext;
 
-/// Largest request head (request line + headers) read before answering 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most headers a request may carry before it is answered 431.
-const MAX_HEADERS: usize = 100;
-/// A client must deliver its request head within this (slowloris bound).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// After answering, how long and how much of an unread request body is drained before
-/// closing, so the close does not turn into an RST that races the response.
-const LINGER_TIME: Duration = Duration::from_secs(2);
+/// After a final error answer, how long and how much unread request data is drained
+/// before closing, so the close does not become an RST that destroys the response.
+const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// The client side of a connection.
+#[derive(Debug)]
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Received bytes not yet consumed: the current head, body bytes, pipelined requests.
+    pub buf: Vec<u8>,
+    io_timeout: Duration,
+}
+
+impl Client {
+    /// Drops the first `n` buffered bytes (a finished request).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n);
+    }
+
+    /// Writes all of `bytes` within the client I/O timeout.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        self.write_returning(bytes).await.0
+    }
+
+    /// Like [`Client::write`], giving the buffer back for reuse.
+    pub async fn write_returning(&mut self, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match monoio::time::timeout(self.io_timeout, self.stream.write_all(bytes)).await {
+            Ok((Ok(_), buf)) => (Ok(()), buf),
+            Ok((Err(e), buf)) => (Err(e), buf),
+            Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+        }
+    }
+
+    /// Reads into `buf` (appending) within the client I/O timeout.
+    pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let mut buf = buf;
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        match monoio::time::timeout(self.io_timeout, self.stream.read(buf.slice_mut(len..cap)))
+            .await
+        {
+            Ok((res, slice)) => (res, slice.into_inner()),
+            Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+        }
+    }
+
+    /// Writes an error answer of the gateway's own.
+    pub async fn send_error(
+        &mut self,
+        error: &ErrorResponse,
+        close: bool,
+        head_only: bool,
+    ) -> io::Result<()> {
+        let mut out = Vec::with_capacity(256);
+        error.encode(close, head_only, &mut out);
+        self.write(out).await
+    }
+
+    /// Half-closes and drains what the client still sends, briefly, before the close.
+    pub async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = monoio::time::Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        let mut scratch = Vec::with_capacity(4096);
+        while drained < LINGER_BYTES {
+            scratch.clear();
+            match monoio::time::timeout_at(deadline, self.stream.read(scratch)).await {
+                Ok((Ok(n), buf)) if n > 0 => {
+                    drained += n;
+                    scratch = buf;
+                }
+                _ => break,
+            }
+        }
+    }
+}
 
 /// Serves one client connection until it is done (or broken). Errors are the
 /// connection's own I/O errors; the caller logs them at debug level.
 pub async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
 ) -> io::Result<()> {
-    // A request keeps the snapshot it started with, even if a newer one arrives mid-way.
-    let snapshot = ctx.snapshot();
-    let head = match monoio::time::timeout(HEAD_TIMEOUT, read_request_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_elapsed) => {
-            tracing::debug!(worker = ctx.id(), %peer, "request head timed out");
-            return Ok(());
+    let plane = ctx.plane();
+    let settings = plane.settings.clone();
+    let open = plane.connections.get();
+    let mut client = Client {
+        stream,
+        peer,
+        buf: Vec::new(),
+        io_timeout: settings.client_io_timeout,
+    };
+    if open >= settings.max_connections {
+        let e = ErrorResponse::new(503, "too many connections; try again later")
+            .header("Retry-After", "1");
+        let _ = client.send_error(&e, true, false).await;
+        return Ok(());
+    }
+    plane.connections.set(open + 1);
+    let result = match serve(&mut client, &ctx).await {
+        // The buffer goes with the client: it may hold bytes of the new protocol.
+        Ok(Some(tunnel)) => tunnel::run(client, tunnel, &ctx).await,
+        other => {
+            if client.buf.capacity() > 0 {
+                plane.heads.give(std::mem::take(&mut client.buf));
+            }
+            other.map(drop)
         }
     };
-    let response = match head {
-        RequestHead::Closed => return Ok(()),
-        RequestHead::Complete { head_only } => json_error(
-            503,
-            "Service Unavailable",
-            "proxy data plane not implemented yet",
-            head_only,
-        ),
-        RequestHead::Malformed => json_error(400, "Bad Request", "malformed request", false),
-        RequestHead::TooLarge => json_error(
-            431,
-            "Request Header Fields Too Large",
-            "request head too large",
-            false,
-        ),
-    };
-    tracing::trace!(worker = ctx.id(), %peer, snapshot = snapshot.version, "answering placeholder response");
-    drop(snapshot);
-
-    let (written, _) = stream.write_all(response).await;
-    written?;
-    stream.shutdown().await?;
-    linger(&mut stream).await;
-    Ok(())
+    plane
+        .connections
+        .set(plane.connections.get().saturating_sub(1));
+    result
 }
 
-/// What the client sent before we answer.
-enum RequestHead {
-    /// A complete, parseable request head; `head_only` for HEAD requests.
-    Complete { head_only: bool },
-    /// Not HTTP/1.x.
-    Malformed,
-    /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`].
-    TooLarge,
-    /// The client closed before sending a complete head.
-    Closed,
-}
-
-async fn read_request_head(stream: &mut TcpStream) -> io::Result<RequestHead> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+/// The request loop; returns a tunnel when the connection switched protocols.
+async fn serve(
+    client: &mut Client,
+    ctx: &Rc<WorkerContext>,
+) -> io::Result<Option<crate::forward::Tunnel>> {
+    let plane = ctx.plane();
+    let settings = plane.settings.clone();
+    let mut first = true;
     loop {
-        if buf.len() >= MAX_HEAD_BYTES {
-            return Ok(RequestHead::TooLarge);
+        if client.buf.is_empty() {
+            if client.buf.capacity() > 0 {
+                plane.heads.give(std::mem::take(&mut client.buf));
+            }
+            if !first && !wait_for_request(client, ctx, settings.keepalive_timeout).await {
+                return Ok(None);
+            }
+            client.buf = plane.heads.take();
         }
+        first = false;
+
+        let head = match monoio::time::timeout(
+            settings.header_timeout,
+            read_head(client, &settings.head_limits),
+        )
+        .await
+        {
+            Err(_elapsed) => {
+                tracing::debug!(peer = %client.peer, "request head timed out");
+                let e = ErrorResponse::new(408, "request head not received in time");
+                let _ = client.send_error(&e, true, false).await;
+                return Ok(None);
+            }
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Ok(Some(head))) => head,
+            Ok(Err(ReadHead::Invalid(e))) => {
+                let mut error = ErrorResponse::new(e.status(), e.to_string());
+                if e == HeadError::ConnectUnsupported {
+                    error = error.header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
+                }
+                client.buf.clear();
+                client.send_error(&error, true, false).await?;
+                client.linger().await;
+                return Ok(None);
+            }
+            Ok(Err(ReadHead::Io(e))) => return Err(e),
+        };
+
+        // Boxed: the request's state lives only while it is in flight (see module docs).
+        let outcome = Box::pin(request::handle(client, *head, ctx)).await?;
+        match outcome {
+            Outcome::Upgrade(tunnel) => return Ok(Some(tunnel)),
+            Outcome::Done { keep_alive } => {
+                if !keep_alive || ctx.shutdown().is_triggered() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Waits, holding no buffer, until the client sends more; false on idle timeout, close
+/// or shutdown.
+async fn wait_for_request(client: &Client, ctx: &WorkerContext, idle: Duration) -> bool {
+    if ctx.shutdown().is_triggered() {
+        return false;
+    }
+    monoio::select! {
+        ready = client.stream.readable(false) => ready.is_ok(),
+        _ = monoio::time::sleep(idle) => false,
+        _ = ctx.shutdown().triggered() => false,
+    }
+}
+
+enum ReadHead {
+    Invalid(HeadError),
+    Io(io::Error),
+}
+
+/// Reads until a whole request head is buffered. `None`: the client closed cleanly
+/// before sending anything.
+async fn read_head(
+    client: &mut Client,
+    limits: &shardgate_core::http1::Limits,
+) -> Result<Option<Box<RequestHead>>, ReadHead> {
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&client.buf, limits) {
+                Ok(Parse::Complete(head)) => return Ok(Some(Box::new(head))),
+                Ok(Parse::Partial) => {}
+                Err(e) => return Err(ReadHead::Invalid(e)),
+            }
+        }
+        let mut buf = std::mem::take(&mut client.buf);
         if buf.len() == buf.capacity() {
-            buf.reserve(buf.len().min(MAX_HEAD_BYTES - buf.len()));
+            buf.reserve(4096);
         }
-        let (start, end) = (buf.len(), buf.capacity().min(MAX_HEAD_BYTES));
-        let (read, slice) = stream.read(buf.slice_mut(start..end)).await;
-        buf = slice.into_inner();
-        if read? == 0 {
-            return Ok(RequestHead::Closed);
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let head_only = request.method == Some("HEAD");
-                return Ok(RequestHead::Complete { head_only });
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = client.stream.read(buf.slice_mut(len..cap)).await;
+        client.buf = slice.into_inner();
+        match res {
+            Ok(0) if client.buf.is_empty() => return Ok(None),
+            Ok(0) => {
+                return Err(ReadHead::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed mid-head",
+                )));
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Ok(RequestHead::TooLarge),
-            Err(_) => return Ok(RequestHead::Malformed),
+            Ok(_) => {}
+            Err(e) => return Err(ReadHead::Io(e)),
         }
-    }
-}
-
-/// A complete `Connection: close` response with a JSON `{"error": ...}` body.
-fn json_error(status: u16, reason: &str, message: &str, head_only: bool) -> Vec<u8> {
-    let body = format!("{{\"error\":{}}}", serde_json::Value::from(message));
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        response.extend_from_slice(body.as_bytes());
-    }
-    response
-}
-
-/// Reads and discards what the client still sends (a request body we did not want), up
-/// to a bound, so that closing the socket sends FIN rather than RST.
-async fn linger(stream: &mut TcpStream) {
-    let drain = async {
-        let mut buf = vec![0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            let (read, returned) = stream.read(buf).await;
-            buf = returned;
-            match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = monoio::time::timeout(LINGER_TIME, drain).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholder_response_is_complete_http_1_1() {
-        let response = json_error(
-            503,
-            "Service Unavailable",
-            "proxy data plane not implemented yet",
-            false,
-        );
-        let text = String::from_utf8_lossy(&response);
-        let body = r#"{"error":"proxy data plane not implemented yet"}"#;
-        assert!(
-            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
-            "{text}"
-        );
-        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
-        assert!(text.ends_with(&format!("\r\n\r\n{body}")), "{text}");
-    }
-
-    #[test]
-    fn head_response_has_length_but_no_body() {
-        let response = json_error(503, "Service Unavailable", "x", true);
-        let text = String::from_utf8_lossy(&response);
-        assert!(text.contains("Content-Length: 13\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
 }

@@ -13,9 +13,24 @@
 //!
 //! Lint policy: the workspace's (`unsafe_code` denied, clippy `all` + `unwrap_used`).
 
+// In the order a request meets them (STYLE.md §5).
 pub mod accept;
-pub mod cli;
+pub mod auth;
 pub mod connection;
+pub mod forward;
+pub mod pick;
+pub mod request;
+pub mod resolve;
+pub mod respond;
+pub mod route;
+pub mod tunnel;
+
+// What the request flow stands on.
+pub mod buffer;
+pub mod cli;
+pub mod plane;
+pub mod pool;
 pub mod process;
+pub mod settings;
 pub mod shutdown;
 pub mod worker;

@@ -289,6 +289,8 @@ impl Workers {
         links: Vec<broadcast::WorkerLink>,
     ) -> Result<Workers, Fatal> {
         let cpus = worker::allowed_cpus();
+        let settings =
+            std::sync::Arc::new(crate::settings::ProxySettings::new(&config.base_domain));
         let (tx, events) = crossbeam_channel::unbounded();
         let mut workers = Workers {
             handles: Vec::new(),
@@ -303,6 +305,7 @@ impl Workers {
                 listener,
                 link,
                 grace: config.shutdown_grace,
+                settings: settings.clone(),
             };
             match worker::spawn(spec, tx.clone()) {
                 Ok(handle) => {

@@ -32,6 +32,8 @@ use socket2::SockRef;
 
 use crate::accept::accept_loop;
 use crate::cli::IoDriver;
+use crate::plane::Plane;
+use crate::settings::ProxySettings;
 use crate::shutdown::{InFlight, Shutdown};
 
 /// The event-loop driver a worker actually runs on.
@@ -140,6 +142,8 @@ pub struct WorkerSpec {
     pub link: WorkerLink,
     /// How long in-flight connections may take after shutdown begins.
     pub grace: Duration,
+    /// Data-plane limits and timeouts.
+    pub settings: Arc<ProxySettings>,
 }
 
 /// What a worker thread tells `main`.
@@ -212,15 +216,22 @@ pub struct WorkerContext {
     id: usize,
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     shutdown: Shutdown,
+    plane: Plane,
 }
 
 impl WorkerContext {
-    fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
+    fn new(id: usize, snapshot: Arc<Snapshot>, settings: Arc<ProxySettings>) -> Self {
         WorkerContext {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
             shutdown: Shutdown::new(),
+            plane: Plane::new(id, settings),
         }
+    }
+
+    /// This worker's data-plane state (pools, cursors, settings).
+    pub fn plane(&self) -> &Plane {
+        &self.plane
     }
 
     /// This worker's index.
@@ -362,6 +373,7 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
         listener,
         mut link,
         grace,
+        settings,
         ..
     } = spec;
     // A second fd for the listening socket, to take it out of the SO_REUSEPORT group
@@ -388,13 +400,14 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
 
     let initial = link.try_latest().unwrap_or_else(|| link.initial());
     let version = initial.version;
-    let ctx = Rc::new(WorkerContext::new(id, initial));
+    let ctx = Rc::new(WorkerContext::new(id, initial, settings));
     link.report_applied(version);
 
     let canceller = Canceller::new();
     let accept_cancel = canceller.handle();
     monoio::spawn(follow_snapshots(link, wakeup, ctx.clone()));
     monoio::spawn(watch_stop(stop, ctx.clone(), canceller));
+    monoio::spawn(sweep_pools(ctx.clone()));
 
     let _ = events.send(WorkerEvent::Ready { id, driver });
     tracing::info!(worker = id, %driver, cpu = ?cpu, snapshot = version, "worker started");
@@ -437,6 +450,14 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
 fn stop_listening(id: usize, listener: &std::net::TcpListener) {
     if let Err(e) = SockRef::from(listener).shutdown(std::net::Shutdown::Read) {
         tracing::warn!(worker = id, error = %e, "could not shut the listener down; it closes at exit");
+    }
+}
+
+/// Closes idle upstream connections past their idle timeout, once a second.
+async fn sweep_pools(ctx: Rc<WorkerContext>) {
+    while !ctx.shutdown().is_triggered() {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        ctx.plane().upstreams.sweep();
     }
 }
 

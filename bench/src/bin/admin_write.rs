@@ -20,7 +20,7 @@ use shardgate_admin::store::{Store, StoreOptions};
 use shardgate_bench::client::Client;
 use shardgate_bench::fixture;
 use shardgate_core::keys::{KeyEntry, KeyTable};
-use shardgate_core::snapshot::Snapshot;
+use shardgate_core::snapshot::{LiteralOnly, Snapshot};
 use shardgate_core::state::State;
 
 struct Args {
@@ -87,7 +87,7 @@ fn run() -> Result<(), String> {
     let mut naive = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     for _ in 0..20 {
         let t = Instant::now();
-        let s = Snapshot::compile(2, &state);
+        let s = Snapshot::compile(2, &state, &LiteralOnly);
         // A naive compile also rebuilds the key table instead of sharing it.
         let table = state.gateway(gateway_id).map(|g| {
             KeyTable::from_entries(g.keys.values().map(|k| {

@@ -1,0 +1,154 @@
+//! Auth: the API key of a request, from `X-TG-API-Key`, `X-API-Key` or
+//! `Authorization: Bearer`, checked against the gateway's key table (SHA-256 of the
+//! presented key; see `shardgate_core::keys`).
+
+use shardgate_core::http1::RequestHead;
+use shardgate_core::keys::{KeyTable, hash_key};
+use uuid::Uuid;
+
+/// Which header carried the key: it is stripped before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    TgApiKey,
+    ApiKey,
+    Bearer,
+}
+
+/// The outcome of checking a request's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    Valid { key_id: Uuid, source: KeySource },
+    Missing,
+    Unknown,
+    Expired,
+    Inactive,
+}
+
+impl KeyCheck {
+    /// The 401 message for a failed check.
+    pub fn failure(&self) -> Option<&'static str> {
+        match self {
+            KeyCheck::Valid { .. } => None,
+            KeyCheck::Missing => Some("API key required: send X-API-Key or Authorization: Bearer"),
+            KeyCheck::Unknown => Some("invalid API key"),
+            KeyCheck::Expired => Some("API key expired"),
+            KeyCheck::Inactive => Some("API key is disabled"),
+        }
+    }
+}
+
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| value[7..].trim_ascii())
+}
+
+/// Finds the key in the request and checks it. `now`: unix seconds.
+pub fn check(head: &RequestHead, buf: &[u8], keys: &KeyTable, now: i64) -> KeyCheck {
+    let presented = head
+        .header(buf, "x-tg-api-key")
+        .map(|k| (k, KeySource::TgApiKey))
+        .or_else(|| {
+            head.header(buf, "x-api-key")
+                .map(|k| (k, KeySource::ApiKey))
+        })
+        .or_else(|| {
+            head.header(buf, "authorization")
+                .and_then(bearer)
+                .map(|k| (k, KeySource::Bearer))
+        });
+    let Some((key, source)) = presented else {
+        return KeyCheck::Missing;
+    };
+    let key = key.trim_ascii();
+    if key.is_empty() {
+        return KeyCheck::Missing;
+    }
+    match keys.get(&hash_key(key)) {
+        None => KeyCheck::Unknown,
+        Some(entry) if !entry.active => KeyCheck::Inactive,
+        Some(entry) if !entry.admits(now) => KeyCheck::Expired,
+        Some(entry) => KeyCheck::Valid {
+            key_id: entry.id,
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_core::http1::{Limits, Parse, parse_request};
+    use shardgate_core::keys::KeyEntry;
+
+    fn check_raw(raw: &str, table: &KeyTable, now: i64) -> KeyCheck {
+        let buf = raw.as_bytes();
+        let Ok(Parse::Complete(head)) = parse_request(buf, &Limits::default()) else {
+            panic!("test request must parse");
+        };
+        check(&head, buf, table, now)
+    }
+
+    #[test]
+    fn each_header_form_is_accepted_and_failures_are_told_apart() {
+        let id = Uuid::from_u128(7);
+        let table = KeyTable::from_entries([
+            (
+                hash_key(b"good"),
+                KeyEntry {
+                    id,
+                    expires_at: Some(100),
+                    active: true,
+                },
+            ),
+            (
+                hash_key(b"off"),
+                KeyEntry {
+                    id,
+                    expires_at: None,
+                    active: false,
+                },
+            ),
+        ]);
+        let req = |h: &str| format!("GET / HTTP/1.1\r\nHost: a\r\n{h}\r\n\r\n");
+        assert_eq!(
+            check_raw(&req("X-TG-API-Key: good"), &table, 50),
+            KeyCheck::Valid {
+                key_id: id,
+                source: KeySource::TgApiKey
+            }
+        );
+        assert_eq!(
+            check_raw(&req("x-api-key: good"), &table, 50),
+            KeyCheck::Valid {
+                key_id: id,
+                source: KeySource::ApiKey
+            }
+        );
+        assert_eq!(
+            check_raw(&req("Authorization: Bearer good"), &table, 50),
+            KeyCheck::Valid {
+                key_id: id,
+                source: KeySource::Bearer
+            }
+        );
+        assert_eq!(
+            check_raw(&req("Authorization: Basic Zm9v"), &table, 50),
+            KeyCheck::Missing
+        );
+        assert_eq!(
+            check_raw(&req("X-API-Key: nope"), &table, 50),
+            KeyCheck::Unknown
+        );
+        assert_eq!(
+            check_raw(&req("X-API-Key: good"), &table, 100),
+            KeyCheck::Expired
+        );
+        assert_eq!(
+            check_raw(&req("X-API-Key: off"), &table, 50),
+            KeyCheck::Inactive
+        );
+        assert_eq!(check_raw(&req("X-Other: 1"), &table, 50), KeyCheck::Missing);
+    }
+}

@@ -1,0 +1,77 @@
+//! Per-worker pools of idle upstream connections, keyed by target identity
+//! ([`CompiledTarget::key`](shardgate_core::snapshot::CompiledTarget)), so they survive
+//! configuration changes that keep the target.
+//!
+//! Most recently used first (LIFO): the warmest connection is the least likely to have been
+//! closed by the upstream. Each idle connection carries its own expiry (the upstream's
+//! `pool.idle_timeout`); expired ones are dropped when met and by a periodic sweep.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+struct Idle {
+    stream: TcpStream,
+    expires: Instant,
+}
+
+/// Idle upstream connections of one worker.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: RefCell<HashMap<u64, Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    /// The most recently parked, unexpired connection to `key`.
+    pub fn take(&self, key: u64) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&key)?;
+        let now = Instant::now();
+        while let Some(conn) = list.pop() {
+            if conn.expires > now {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Parks a connection whose last exchange ended cleanly.
+    pub fn put(&self, key: u64, stream: TcpStream, max_idle: usize, idle_timeout: Duration) {
+        if max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(key).or_default();
+        if list.len() >= max_idle {
+            // Drop the oldest: it is the most likely to be closed by the upstream soon.
+            list.remove(0);
+        }
+        list.push(Idle {
+            stream,
+            expires: Instant::now() + idle_timeout,
+        });
+    }
+
+    /// Closes expired connections; called periodically by the worker.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain(|c| c.expires > now);
+            !list.is_empty()
+        });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,44 @@
+//! Data-plane settings shared (read-only) by every worker.
+
+use std::time::Duration;
+
+use shardgate_core::http1::Limits;
+
+/// Limits and timeouts of the proxy listener. Every field documents its default and why.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Requests are for `<subdomain>.<base_domain>`; lowercase.
+    pub base_domain: Box<str>,
+    /// Request head limits: 16 KiB head (431), 8 KiB URI (414), 100 fields (431) — the
+    /// common proxy defaults; real clients stay far below them.
+    pub head_limits: Limits,
+    /// A client must deliver a whole request head within this once it starts sending one.
+    /// Default 10 s: slow mobile clients finish well within it, and a slowloris connection
+    /// is cut after it whatever its trickle rate.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept. Default 60 s.
+    pub keepalive_timeout: Duration,
+    /// Longest a client read (request body) or write (response) may make no progress
+    /// while a request is in flight. Default 60 s.
+    pub client_io_timeout: Duration,
+    /// Client connections per worker beyond which new ones are answered 503 and closed.
+    /// Default 16 384 per worker.
+    pub max_connections: usize,
+    /// Largest request body accepted (413 beyond it). Default unlimited: bodies stream and
+    /// cost no memory; per-gateway limits belong to the `request_size_limiter` plugin.
+    pub max_body: u64,
+}
+
+impl ProxySettings {
+    pub fn new(base_domain: &str) -> ProxySettings {
+        ProxySettings {
+            base_domain: base_domain.to_ascii_lowercase().into(),
+            head_limits: Limits::default(),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            client_io_timeout: Duration::from_secs(60),
+            max_connections: 16_384,
+            max_body: u64::MAX,
+        }
+    }
+}

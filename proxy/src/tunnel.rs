@@ -1,0 +1,62 @@
+//! Tunnel: after a `101 Switching Protocols` (WebSocket and other upgrades) the connection
+//! is a byte pipe in both directions until either side closes.
+
+use std::io;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+
+use crate::connection::Client;
+use crate::forward::Tunnel;
+use crate::worker::WorkerContext;
+
+/// Copies `reader` → `writer` until EOF, then half-closes the writer.
+async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut reader: R,
+    mut writer: W,
+    first: Vec<u8>,
+    mut buf: Vec<u8>,
+) -> io::Result<()> {
+    if !first.is_empty() {
+        let (res, _) = writer.write_all(first).await;
+        res?;
+    }
+    loop {
+        buf.clear();
+        let (res, returned) = reader.read(buf).await;
+        buf = returned;
+        match res? {
+            0 => break,
+            _ => {
+                let (res, returned) = writer.write_all(buf).await;
+                buf = returned;
+                res?;
+            }
+        }
+    }
+    writer.shutdown().await
+}
+
+/// Runs the tunnel to completion.
+pub async fn run(client: Client, tunnel: Tunnel, ctx: &WorkerContext) -> io::Result<()> {
+    let plane = ctx.plane();
+    let Client { stream, buf, .. } = client;
+    // Bytes the client sent after its upgrade request already belong to the new protocol.
+    let to_upstream = buf;
+    let (client_read, client_write) = stream.into_split();
+    let (upstream_read, upstream_write) = tunnel.upstream.into_split();
+    let up = pipe(
+        client_read,
+        upstream_write,
+        to_upstream,
+        plane.bodies.take(),
+    );
+    let down = pipe(
+        upstream_read,
+        client_write,
+        tunnel.to_client,
+        plane.bodies.take(),
+    );
+    let (a, b) = monoio::join!(up, down);
+    tracing::debug!(up = ?a.as_ref().err(), down = ?b.as_ref().err(), "tunnel closed");
+    Ok(())
+}
