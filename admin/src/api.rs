@@ -9,6 +9,7 @@
 //!
 //! Errors become `{"error": "..."}` responses here and nowhere else.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use shardgate_core::model::{
     GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
 };
 use shardgate_core::plugins::CATALOGUE;
-use shardgate_core::snapshot::Snapshot;
+use shardgate_core::snapshot::{Resolve, Snapshot};
 use shardgate_core::state::{ApplyError, Child, Kind, Mutation, State};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -36,6 +37,24 @@ pub const MAX_PAGE: usize = 100;
 /// How long a write waits for every worker to apply its snapshot.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What snapshot compilation needs from the outside world: name resolution and the
+/// targets active health checks hold down.
+#[derive(Debug, Default)]
+struct CompileEnv {
+    resolver: SystemResolver,
+    down: HashSet<u64>,
+}
+
+impl Resolve for CompileEnv {
+    fn resolve(&self, host: &str, port: u16) -> Option<std::net::SocketAddr> {
+        self.resolver.resolve(host, port)
+    }
+
+    fn is_down(&self, target_key: u64) -> bool {
+        self.down.contains(&target_key)
+    }
+}
+
 /// The admin API's state: the configuration, its store, and the link to the workers.
 #[derive(Debug)]
 pub struct Api {
@@ -45,7 +64,7 @@ pub struct Api {
     broadcaster: Broadcaster,
     /// SHA-256 of the admin token, so the comparison is constant-time whatever its length.
     token_hash: Option<keys::KeyHash>,
-    resolver: SystemResolver,
+    env: CompileEnv,
     started: Instant,
 }
 
@@ -275,7 +294,7 @@ impl Api {
             snapshot,
             broadcaster,
             token_hash: token.map(|t| hash_key(t.as_bytes())),
-            resolver: SystemResolver::default(),
+            env: CompileEnv::default(),
             started: Instant::now(),
         }
     }
@@ -419,7 +438,7 @@ impl Api {
             self.snapshot.version + 1,
             &self.state,
             m.gateway_id(),
-            &self.resolver,
+            &self.env,
         ));
         self.snapshot = next.clone();
         self.broadcaster
@@ -431,6 +450,39 @@ impl Api {
                     format!("the write is persisted but not yet live on every worker: {e}"),
                 )
             })
+    }
+
+    /// The newest snapshot (for the health checker).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// Records an active health check's verdict; takes effect at the next compile.
+    pub fn set_target_down(&mut self, target_key: u64, down: bool) {
+        if down {
+            self.env.down.insert(target_key);
+        } else {
+            self.env.down.remove(&target_key);
+        }
+    }
+
+    /// Recompiles `gateways` (after a health flip) and publishes the result to every worker.
+    pub fn republish(&mut self, gateways: impl Iterator<Item = Uuid>) {
+        let mut next = None;
+        for id in gateways {
+            let base = next.as_ref().unwrap_or(&self.snapshot);
+            next = Some(Arc::new(base.next(
+                base.version + 1,
+                &self.state,
+                id,
+                &self.env,
+            )));
+        }
+        let Some(next) = next else { return };
+        self.snapshot = next.clone();
+        if let Err(e) = self.broadcaster.publish(next, PUBLISH_TIMEOUT) {
+            tracing::error!(error = %e, "publishing a health change failed");
+        }
     }
 
     fn delete(&mut self, m: Mutation) -> Reply {

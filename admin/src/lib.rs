@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod broadcast;
+pub mod health;
 pub mod http;
 pub mod resolve;
 pub mod server;

@@ -7,8 +7,10 @@
 //! runs the API on its own thread with its own monoio runtime; every mutation is handled
 //! there, one at a time, which is what serializes writes.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -148,7 +150,7 @@ impl Admin {
     }
 }
 
-fn run(listener: std::net::TcpListener, mut api: Api, stop: Arc<AtomicBool>) {
+fn run(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>) {
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -167,10 +169,14 @@ fn run(listener: std::net::TcpListener, mut api: Api, stop: Arc<AtomicBool>) {
                 return;
             }
         };
+        // One thread, so the API handler (synchronous) and the health checker (between its
+        // awaits) take turns on the same state without locks.
+        let api = Rc::new(RefCell::new(api));
+        monoio::spawn(crate::health::run(api.clone(), stop.clone()));
         http::serve(
             listener,
             ServerLimits::default(),
-            move |req| api.handle(req),
+            move |req| api.borrow_mut().handle(req),
             http::until_flag_set(stop, Duration::from_millis(50)),
         )
         .await;

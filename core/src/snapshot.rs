@@ -41,6 +41,13 @@ pub struct Snapshot {
 /// compile resolves it.
 pub trait Resolve {
     fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr>;
+
+    /// Whether active health checks currently hold the target with this
+    /// [`CompiledTarget::key`] down. Health flips are published as new snapshots, so
+    /// workers read a plain bool instead of a shared atomic per pick.
+    fn is_down(&self, _target_key: u64) -> bool {
+        false
+    }
 }
 
 /// Resolves IP literals only; hostnames stay unresolved. For tests and benchmarks.
@@ -158,6 +165,8 @@ pub struct CompiledTarget {
     pub https: bool,
     /// `None` when the host did not resolve: the target is unusable.
     pub addr: Option<SocketAddr>,
+    /// Held down by active health checks when this snapshot was compiled.
+    pub down: bool,
     /// The Host header value for this target (`host`, or `host:port` off the default port).
     pub host_header: Box<str>,
     /// Stable identity across snapshots (protocol, host, port, address): keys per-worker
@@ -267,13 +276,15 @@ fn compile_upstream(record: &Record<UpstreamSpec>, resolver: &dyn Resolve) -> Co
                 t.host,
                 addr.map(|a| a.to_string()).unwrap_or_default()
             );
+            let key = hash_bytes(identity.as_bytes());
             CompiledTarget {
                 host: t.host.as_str().into(),
                 port,
                 https,
                 addr,
+                down: resolver.is_down(key),
                 host_header,
-                key: hash_bytes(identity.as_bytes()),
+                key,
             }
         })
         .collect();

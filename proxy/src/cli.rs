@@ -136,6 +136,38 @@ pub struct RunArgs {
     /// makes restarts faster. Format: integer + unit (ms, s, m, h). Default 10s.
     #[arg(long, env = "SHARDGATE_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = Span::parse)]
     pub shutdown_grace: Span,
+
+    /// A client must send a whole request head within this once it starts one; slower
+    /// clients get 408 and are closed. This is the slowloris bound: a connection that
+    /// trickles bytes is cut after it whatever its rate. Default 10s.
+    #[arg(long, env = "SHARDGATE_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = Span::parse)]
+    pub header_timeout: Span,
+
+    /// How long an idle keep-alive client connection is kept open. Idle connections hold
+    /// no buffer, so long values cost little memory but do hold file descriptors.
+    /// Default 60s.
+    #[arg(long, env = "SHARDGATE_KEEPALIVE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = Span::parse)]
+    pub keepalive_timeout: Span,
+
+    /// Client connections per worker beyond which new connections get 503 and are closed,
+    /// so an overload degrades cleanly instead of exhausting descriptors. Default 16384.
+    #[arg(
+        long,
+        env = "SHARDGATE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 16_384
+    )]
+    pub max_connections: usize,
+
+    /// Largest request body in bytes (413 beyond it). 0 (the default) means unlimited:
+    /// bodies stream through without being buffered.
+    #[arg(
+        long,
+        env = "SHARDGATE_MAX_BODY",
+        value_name = "BYTES",
+        default_value_t = 0
+    )]
+    pub max_body: u64,
 }
 
 /// The CPUs this process may run on (affinity mask and cgroup quota), capped to the
@@ -207,6 +239,11 @@ pub struct Config {
     /// A valid tracing env-filter directive.
     pub log: String,
     pub shutdown_grace: Duration,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    /// 0: unlimited.
+    pub max_body: u64,
 }
 
 /// What the command line asked for.
@@ -306,6 +343,10 @@ struct FileConfig {
     io_driver: Option<IoDriver>,
     log: Option<String>,
     shutdown_grace: Option<String>,
+    header_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_body: Option<u64>,
 }
 
 /// Parses the process's own arguments and environment.
@@ -408,6 +449,45 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         args.shutdown_grace,
         file_grace,
     );
+    let file_span = |setting: &'static str, text: Option<String>| match text {
+        Some(text) => Span::parse(&text).map(Some).map_err(|e| CliError::Invalid {
+            setting,
+            origin: layer.file_origin(),
+            message: e.to_string(),
+        }),
+        None => Ok(None),
+    };
+    let (header_timeout, _) = layer.pick(
+        "header_timeout",
+        "SHARDGATE_HEADER_TIMEOUT",
+        args.header_timeout,
+        file_span("header-timeout", file.header_timeout)?,
+    );
+    let (keepalive_timeout, _) = layer.pick(
+        "keepalive_timeout",
+        "SHARDGATE_KEEPALIVE_TIMEOUT",
+        args.keepalive_timeout,
+        file_span("keepalive-timeout", file.keepalive_timeout)?,
+    );
+    let (max_connections, max_connections_origin) = layer.pick(
+        "max_connections",
+        "SHARDGATE_MAX_CONNECTIONS",
+        args.max_connections,
+        file.max_connections,
+    );
+    let (max_body, _) = layer.pick(
+        "max_body",
+        "SHARDGATE_MAX_BODY",
+        args.max_body,
+        file.max_body,
+    );
+    if max_connections == 0 {
+        return Err(CliError::Invalid {
+            setting: "max-connections",
+            origin: max_connections_origin,
+            message: "must be at least 1".into(),
+        });
+    }
 
     if data_dir.as_os_str().is_empty() {
         return Err(CliError::Invalid {
@@ -461,6 +541,10 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         io_driver,
         log,
         shutdown_grace: shutdown_grace.as_duration(),
+        header_timeout: header_timeout.as_duration(),
+        keepalive_timeout: keepalive_timeout.as_duration(),
+        max_connections,
+        max_body,
     })
 }
 

@@ -65,7 +65,7 @@ impl Picker {
         let Some(target) = upstream.targets.get(i) else {
             return false;
         };
-        if target.addr.is_none() {
+        if target.addr.is_none() || target.down {
             return false;
         }
         match self.health.borrow().get(&target.key) {

@@ -289,8 +289,7 @@ impl Workers {
         links: Vec<broadcast::WorkerLink>,
     ) -> Result<Workers, Fatal> {
         let cpus = worker::allowed_cpus();
-        let settings =
-            std::sync::Arc::new(crate::settings::ProxySettings::new(&config.base_domain));
+        let settings = std::sync::Arc::new(crate::settings::ProxySettings::from_config(config));
         let (tx, events) = crossbeam_channel::unbounded();
         let mut workers = Workers {
             handles: Vec::new(),
