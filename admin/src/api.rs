@@ -9,7 +9,6 @@
 //!
 //! Errors become `{"error": "..."}` responses here and nowhere else.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use shardgate_core::model::{
     GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
 };
 use shardgate_core::plugins::CATALOGUE;
-use shardgate_core::snapshot::{Resolve, Snapshot};
+use shardgate_core::snapshot::Snapshot;
 use shardgate_core::state::{ApplyError, Child, Kind, Mutation, State};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -29,31 +28,13 @@ use uuid::Uuid;
 
 use crate::broadcast::Broadcaster;
 use crate::http::{Request, Response};
-use crate::resolve::SystemResolver;
+use crate::resolve::CompileEnv;
 use crate::store::Store;
 
 /// Largest `limit` a list accepts, and its default.
 pub const MAX_PAGE: usize = 100;
 /// How long a write waits for every worker to apply its snapshot.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What snapshot compilation needs from the outside world: name resolution and the
-/// targets active health checks hold down.
-#[derive(Debug, Default)]
-struct CompileEnv {
-    resolver: SystemResolver,
-    down: HashSet<u64>,
-}
-
-impl Resolve for CompileEnv {
-    fn resolve(&self, host: &str, port: u16) -> Option<std::net::SocketAddr> {
-        self.resolver.resolve(host, port)
-    }
-
-    fn is_down(&self, target_key: u64) -> bool {
-        self.down.contains(&target_key)
-    }
-}
 
 /// The admin API's state: the configuration, its store, and the link to the workers.
 #[derive(Debug)]
@@ -287,6 +268,7 @@ impl Api {
         snapshot: Arc<Snapshot>,
         broadcaster: Broadcaster,
         token: Option<&str>,
+        env: CompileEnv,
     ) -> Api {
         Api {
             state,
@@ -294,7 +276,7 @@ impl Api {
             snapshot,
             broadcaster,
             token_hash: token.map(|t| hash_key(t.as_bytes())),
-            env: CompileEnv::default(),
+            env,
             started: Instant::now(),
         }
     }
@@ -459,11 +441,7 @@ impl Api {
 
     /// Records an active health check's verdict; takes effect at the next compile.
     pub fn set_target_down(&mut self, target_key: u64, down: bool) {
-        if down {
-            self.env.down.insert(target_key);
-        } else {
-            self.env.down.remove(&target_key);
-        }
+        self.env.set_down(target_key, down);
     }
 
     /// Recompiles `gateways` (after a health flip) and publishes the result to every worker.

@@ -6,10 +6,12 @@
 //! unusable (the proxy answers 503) until a later compile resolves it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_core::ratelimit::Registry;
 use shardgate_core::snapshot::Resolve;
 
 /// How long a successful lookup is reused.
@@ -60,6 +62,48 @@ impl Resolve for SystemResolver {
         );
         self.cache.borrow_mut().insert(key, (found, Instant::now()));
         found
+    }
+}
+
+/// Everything snapshot compilation needs from outside `core`: name resolution, the targets
+/// active health checks hold down, and the rate limiters' shared counters.
+#[derive(Debug)]
+pub struct CompileEnv {
+    resolver: SystemResolver,
+    down: HashSet<u64>,
+    rate_limits: Arc<Registry>,
+}
+
+impl CompileEnv {
+    pub fn new(rate_limits: Arc<Registry>) -> CompileEnv {
+        CompileEnv {
+            resolver: SystemResolver::default(),
+            down: HashSet::new(),
+            rate_limits,
+        }
+    }
+
+    /// Records an active health check's verdict for the next compile.
+    pub fn set_down(&mut self, target_key: u64, down: bool) {
+        if down {
+            self.down.insert(target_key);
+        } else {
+            self.down.remove(&target_key);
+        }
+    }
+}
+
+impl Resolve for CompileEnv {
+    fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        self.resolver.resolve(host, port)
+    }
+
+    fn is_down(&self, target_key: u64) -> bool {
+        self.down.contains(&target_key)
+    }
+
+    fn rate_limits(&self) -> Option<&Registry> {
+        Some(&self.rate_limits)
     }
 }
 

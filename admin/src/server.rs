@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use shardgate_core::ratelimit::Registry;
 use shardgate_core::snapshot::Snapshot;
 use shardgate_core::state::{ApplyError, Mutation, State};
 
 use crate::api::Api;
 use crate::broadcast::Broadcaster;
 use crate::http::{self, ServerLimits};
-use crate::resolve::SystemResolver;
+use crate::resolve::CompileEnv;
 use crate::store::{Durable, Store, StoreOptions};
 
 impl Durable for State {
@@ -44,6 +45,8 @@ pub struct AdminOptions {
     pub base_domain: String,
     /// fsync every write (default). Off only for benchmarks that measure everything else.
     pub fsync: bool,
+    /// Shared rate-limit counters; the workers hold the same registry.
+    pub rate_limits: Arc<Registry>,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -54,7 +57,7 @@ impl std::fmt::Debug for AdminOptions {
             .field("data_dir", &self.data_dir)
             .field("base_domain", &self.base_domain)
             .field("fsync", &self.fsync)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,6 +80,7 @@ pub struct Admin {
     store: Store<State>,
     state: State,
     snapshot: Arc<Snapshot>,
+    env: CompileEnv,
 }
 
 impl Admin {
@@ -97,7 +101,8 @@ impl Admin {
             torn_tail = recovery.torn_tail.is_some(),
             "store recovered"
         );
-        let snapshot = Arc::new(Snapshot::compile(1, &state, &SystemResolver::default()));
+        let env = CompileEnv::new(opts.rate_limits.clone());
+        let snapshot = Arc::new(Snapshot::compile(1, &state, &env));
         for g in state.gateways() {
             if let Some(compiled) = snapshot.gateway_by_id(g.gateway.id)
                 && let Some(reason) = &compiled.broken
@@ -110,6 +115,7 @@ impl Admin {
             store,
             state,
             snapshot,
+            env,
         })
     }
 
@@ -137,6 +143,7 @@ impl Admin {
             self.snapshot,
             broadcaster,
             self.opts.token.as_deref(),
+            self.env,
         );
         let join = std::thread::Builder::new()
             .name("shardgate-admin".into())

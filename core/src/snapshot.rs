@@ -24,6 +24,7 @@ use crate::model::{
     UpstreamSpec,
 };
 use crate::plugins::{self, PluginSettings};
+use crate::ratelimit::{LimiterSet, Registry};
 use crate::router::{self, MethodSet, RouteSpec, Router};
 use crate::state::{GatewayState, State};
 
@@ -47,6 +48,12 @@ pub trait Resolve {
     /// workers read a plain bool instead of a shared atomic per pick.
     fn is_down(&self, _target_key: u64) -> bool {
         false
+    }
+
+    /// Where `rate_limiter` plugins get their shared counters. `None` (tests, benchmarks)
+    /// compiles rate limiters without limiters, so they admit everything.
+    fn rate_limits(&self) -> Option<&Registry> {
+        None
     }
 }
 
@@ -208,6 +215,12 @@ pub struct CompiledPlugin {
     pub name: &'static str,
     pub priority: i32,
     pub settings: Arc<PluginSettings>,
+    /// Stable identity across snapshots: scope (gateway or rule id), name, settings, and
+    /// which occurrence of that pair it is. Counters keyed by it survive config changes
+    /// that leave the plugin alone.
+    pub instance: u64,
+    /// `rate_limiter` only: the shared counters of each configured dimension.
+    pub limiters: Option<LimiterSet>,
 }
 
 /// Enabled plugins split by stage, each list sorted by priority (stable: ties keep
@@ -226,8 +239,14 @@ impl Chains {
         self.by_stage.iter().all(Vec::is_empty)
     }
 
-    fn compile(configs: &[PluginConfig], field: &str) -> Result<Chains, String> {
+    fn compile(
+        configs: &[PluginConfig],
+        field: &str,
+        scope: Uuid,
+        env: &dyn Resolve,
+    ) -> Result<Chains, String> {
         let mut chains = Chains::default();
+        let mut seen: HashMap<u64, u64> = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
             if !config.enabled {
                 continue;
@@ -236,10 +255,23 @@ impl Chains {
                 .ok_or_else(|| format!("{field}[{i}]: unknown plugin {:?}", config.name))?;
             let settings = plugins::parse_settings(def.name, &config.settings.0)
                 .map_err(|e| format!("{field}[{i}].settings: {e}"))?;
+            let identity = format!("{scope}/{}/{}", def.name, config.settings.0);
+            let base = hash_bytes(identity.as_bytes());
+            let occurrence = seen.entry(base).or_default();
+            let instance = base ^ occurrence.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            *occurrence += 1;
+            let limiters = match (&settings, env.rate_limits()) {
+                (PluginSettings::RateLimiter(rl), Some(registry)) => {
+                    Some(registry.limiter_set(instance, &rl.limits))
+                }
+                _ => None,
+            };
             chains.by_stage[config.stage as usize].push(CompiledPlugin {
                 name: def.name,
                 priority: config.priority,
                 settings: Arc::new(settings),
+                instance,
+                limiters,
             });
         }
         for list in &mut chains.by_stage {
@@ -300,11 +332,16 @@ impl CompiledGateway {
     pub fn compile(g: &GatewayState, resolver: &dyn Resolve) -> CompiledGateway {
         let spec = &g.gateway.spec;
         let mut broken = None;
-        let plugins =
-            Chains::compile(&spec.required_plugins, "required_plugins").unwrap_or_else(|e| {
-                broken = Some(e);
-                Chains::default()
-            });
+        let plugins = Chains::compile(
+            &spec.required_plugins,
+            "required_plugins",
+            g.gateway.id,
+            resolver,
+        )
+        .unwrap_or_else(|e| {
+            broken = Some(e);
+            Chains::default()
+        });
 
         let upstreams: HashMap<Uuid, Arc<CompiledUpstream>> = g
             .upstreams
@@ -337,7 +374,12 @@ impl CompiledGateway {
                 .and_then(|pattern| {
                     let methods =
                         MethodSet::parse(&record.spec.methods).map_err(|e| e.to_string())?;
-                    let chains = Chains::compile(&record.spec.plugin_chain, "plugin_chain")?;
+                    let chains = Chains::compile(
+                        &record.spec.plugin_chain,
+                        "plugin_chain",
+                        record.id,
+                        resolver,
+                    )?;
                     let target = rule_target(&record.spec, &services)?;
                     Ok((pattern, methods, chains, target))
                 });

@@ -1,6 +1,6 @@
-//! The command line: `shardgate [run] [flags]` (with room for more subcommands, e.g. a
-//! future `shardgate doctor`), and how flags, environment variables and the `--config`
-//! TOML file combine into one validated [`Config`].
+//! The command line: `shardgate [run] [flags]` and `shardgate doctor [flags]` (see
+//! [`crate::doctor`]), and how flags, environment variables and the `--config` TOML file
+//! combine into one validated [`Config`].
 //!
 //! Precedence, per setting: command line > environment (`SHARDGATE_*`) > TOML file >
 //! built-in default. Clap knows the first two and the default; [`ArgMatches::value_source`]
@@ -17,6 +17,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use shardgate_core::duration::Span;
+use shardgate_core::net::CidrSet;
 
 /// Most workers one process runs; beyond this, run several processes.
 pub const MAX_WORKERS: usize = 1024;
@@ -37,10 +38,15 @@ pub struct Cli {
 }
 
 /// What to do. No subcommand means `run`.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default when no subcommand is given).
     Run(RunArgs),
+    /// Check this host (io_uring, limits, sysctls, CPUs, data directory) and print each
+    /// finding with its fix; exit code 1 when something would break at load.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Flags of `shardgate run`, as clap parsed them (before the TOML file is merged in).
@@ -168,6 +174,18 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub max_body: u64,
+
+    /// Comma-separated CIDRs of proxies in front of shardgate (load balancers) whose
+    /// X-Forwarded-For is believed: for requests from them the client is the rightmost
+    /// address not in this list. Default none: the socket peer is the client, and a
+    /// client-sent X-Forwarded-For is only appended to, never believed.
+    #[arg(
+        long,
+        env = "SHARDGATE_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        default_value = ""
+    )]
+    pub trusted_proxies: CidrSet,
 }
 
 /// The CPUs this process may run on (affinity mask and cgroup quota), capped to the
@@ -244,12 +262,14 @@ pub struct Config {
     pub max_connections: usize,
     /// 0: unlimited.
     pub max_body: u64,
+    pub trusted_proxies: CidrSet,
 }
 
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Invocation {
     Run(Config),
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Why the command line or the configuration was refused.
@@ -347,6 +367,7 @@ struct FileConfig {
     keepalive_timeout: Option<String>,
     max_connections: Option<usize>,
     max_body: Option<u64>,
+    trusted_proxies: Option<String>,
 }
 
 /// Parses the process's own arguments and environment.
@@ -375,6 +396,7 @@ where
             let sub = matches.subcommand_matches("run").unwrap_or(&matches);
             resolve(args, sub).map(Invocation::Run)
         }
+        Some(Command::Doctor(args)) => Ok(Invocation::Doctor(args)),
         None => resolve(cli.run, &matches).map(Invocation::Run),
     }
 }
@@ -481,6 +503,20 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         args.max_body,
         file.max_body,
     );
+    let file_trusted = match file.trusted_proxies {
+        Some(text) => Some(text.parse::<CidrSet>().map_err(|e| CliError::Invalid {
+            setting: "trusted-proxies",
+            origin: layer.file_origin(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let (trusted_proxies, _) = layer.pick(
+        "trusted_proxies",
+        "SHARDGATE_TRUSTED_PROXIES",
+        args.trusted_proxies,
+        file_trusted,
+    );
     if max_connections == 0 {
         return Err(CliError::Invalid {
             setting: "max-connections",
@@ -545,6 +581,7 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         keepalive_timeout: keepalive_timeout.as_duration(),
         max_connections,
         max_body,
+        trusted_proxies,
     })
 }
 
@@ -681,6 +718,7 @@ mod tests {
         let argv = std::iter::once("shardgate").chain(args.iter().copied());
         match parse_with(hermetic_command(), argv)? {
             Invocation::Run(config) => Ok(config),
+            Invocation::Doctor(_) => panic!("expected `run`, got `doctor`"),
         }
     }
 
@@ -940,7 +978,7 @@ mod tests {
     #[test]
     fn unknown_subcommand_or_flag_is_a_clap_error() {
         assert!(matches!(run(&["--nope"]), Err(CliError::Clap(_))));
-        assert!(matches!(run(&["doctor"]), Err(CliError::Clap(_))));
+        assert!(matches!(run(&["frobnicate"]), Err(CliError::Clap(_))));
     }
 
     #[test]
@@ -974,6 +1012,7 @@ mod tests {
             let argv = ["shardgate", "--config", path_str(&file), "--log", "trace"];
             let config = match parse_from(argv) {
                 Ok(Invocation::Run(config)) => config,
+                Ok(Invocation::Doctor(_)) => panic!("expected `run`, got `doctor`"),
                 Err(e) => panic!("refused: {e}"),
             };
             assert_eq!(config.workers, 7, "environment beats the file");

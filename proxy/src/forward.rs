@@ -21,9 +21,11 @@ use monoio::net::TcpStream;
 use shardgate_core::http1::{
     BodyKind, ChunkedScanner, Parse, ResponseHead, is_hop_by_hop, parse_response,
 };
+use shardgate_core::plugins::PluginSettings;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::connection::Client;
+use crate::plugins::Effects;
 use crate::request::{Outcome, UpstreamRequest};
 use crate::respond::{self, ErrorResponse};
 use crate::worker::WorkerContext;
@@ -48,6 +50,8 @@ enum Failure {
     },
     /// The client went away or stalled; nothing more can be told to it.
     ClientGone,
+    /// The streamed request body passed the body limit (413).
+    BodyTooLarge,
 }
 
 /// Where the request body stands before the first attempt.
@@ -100,6 +104,8 @@ pub async fn forward(
     req: UpstreamRequest,
     service: &CompiledService,
     ctx: &WorkerContext,
+    effects: Effects,
+    body_limit: u64,
 ) -> io::Result<Outcome> {
     let plane = ctx.plane();
     let body_start = req.head_len.min(client.buf.len());
@@ -136,10 +142,10 @@ pub async fn forward(
                 &req,
                 &mut plan,
                 &mut streamed,
-                upstream,
-                target,
+                (upstream, target),
                 last_attempt,
                 ctx,
+                (&effects, body_limit),
             )
             .await;
             plane.picker.finished(upstream, i);
@@ -164,6 +170,14 @@ pub async fn forward(
                     }
                 }
                 Err(Failure::ClientGone) => return Ok(Outcome::Done { keep_alive: false }),
+                Err(Failure::BodyTooLarge) => {
+                    let mut e =
+                        ErrorResponse::new(413, format!("request body exceeds {body_limit} bytes"));
+                    e.headers.extend(effects.response_headers.iter().cloned());
+                    client.buf.clear();
+                    client.send_error(&e, true, req.is_head).await?;
+                    return Ok(Outcome::Done { keep_alive: false });
+                }
             }
         }
         if attempts >= max_attempts {
@@ -175,13 +189,11 @@ pub async fn forward(
     let keep_alive = !streamed && req.client_keep_alive && !req.http10 && plan.replayable;
     let consumed = body_start + if streamed { 0 } else { plan.in_buffer };
     client.consume(consumed.min(client.buf.len()));
-    client
-        .send_error(
-            &ErrorResponse::new(status, message),
-            !keep_alive,
-            req.is_head,
-        )
-        .await?;
+    let mut error = ErrorResponse::new(status, message);
+    error
+        .headers
+        .extend(effects.response_headers.iter().cloned());
+    client.send_error(&error, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
 }
 
@@ -254,10 +266,10 @@ async fn attempt(
     req: &UpstreamRequest,
     plan: &mut BodyPlan,
     streamed: &mut bool,
-    upstream: &CompiledUpstream,
-    target: &CompiledTarget,
+    (upstream, target): (&CompiledUpstream, &CompiledTarget),
     last_attempt: bool,
     ctx: &WorkerContext,
+    (effects, body_limit): (&Effects, u64),
 ) -> Result<Outcome, Failure> {
     let plane = ctx.plane();
     let spec = &upstream.spec.spec;
@@ -320,7 +332,16 @@ async fn attempt(
                 .map_err(|_| Failure::ClientGone)?;
         }
         *streamed = true;
-        stream_request_body(client, &mut up, plan, body_start, write_timeout, ctx).await?;
+        stream_request_body(
+            client,
+            &mut up,
+            plan,
+            body_start,
+            write_timeout,
+            body_limit,
+            ctx,
+        )
+        .await?;
     }
 
     // The response head; interim 1xx answers are relayed (100 is ours to send, not theirs).
@@ -407,7 +428,17 @@ async fn attempt(
         // The request is answered: its bytes leave the client buffer.
         client.consume(body_start + plan.in_buffer);
     }
-    relay_response(client, up, rbuf, head, req, upstream, target, ctx).await
+    relay_response(
+        client,
+        up,
+        rbuf,
+        head,
+        req,
+        (upstream, target),
+        ctx,
+        effects,
+    )
+    .await
 }
 
 /// Streams the rest of the request body from the client to the upstream.
@@ -417,10 +448,10 @@ async fn stream_request_body(
     plan: &mut BodyPlan,
     body_start: usize,
     write_timeout: Duration,
+    max_body: u64,
     ctx: &WorkerContext,
 ) -> Result<(), Failure> {
     let plane = ctx.plane();
-    let max_body = plane.settings.max_body;
     // Everything buffered after the head belongs to the body (it did not end there).
     client.consume(body_start + plan.in_buffer);
     let mut sent = plan.in_buffer as u64;
@@ -467,7 +498,7 @@ async fn stream_request_body(
         sent += take as u64;
         if sent > max_body {
             plane.bodies.give(chunk);
-            return Err(Failure::ClientGone);
+            return Err(Failure::BodyTooLarge);
         }
         // Bytes after the body are the next pipelined request.
         leftover.extend_from_slice(&chunk[take..]);
@@ -494,6 +525,7 @@ fn client_head(
     head: &ResponseHead,
     rbuf: &[u8],
     req: &UpstreamRequest,
+    effects: &Effects,
     keep_alive: bool,
     rechunk: bool,
 ) {
@@ -510,6 +542,16 @@ fn client_head(
     let connection = head.connection_tokens(rbuf);
     let mut via: Option<&[u8]> = None;
     let mut upgrade_value: Option<&[u8]> = None;
+    // Headers the plugins set replace the upstream's (Vary is merged instead).
+    let overridden = |name: &[u8]| {
+        !name.eq_ignore_ascii_case(b"vary")
+            && effects
+                .response_headers
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+    };
+    let mut listed: Option<Vec<(String, String)>> =
+        (!effects.response_transforms.is_empty()).then(Vec::new);
     for (name, value) in head.headers(rbuf) {
         if name.eq_ignore_ascii_case(b"via") {
             via = Some(value);
@@ -525,10 +567,32 @@ fn client_head(
         {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        if overridden(name) {
+            continue;
+        }
+        match &mut listed {
+            Some(list) => list.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            )),
+            None => push_line(out, name, value),
+        }
+    }
+    for (name, value) in &effects.response_headers {
+        match &mut listed {
+            Some(list) => list.push(((*name).to_owned(), value.clone())),
+            None => push_line(out, name.as_bytes(), value.as_bytes()),
+        }
+    }
+    if let Some(mut list) = listed {
+        for t in &effects.response_transforms {
+            if let PluginSettings::ResponseTransformer(t) = &**t {
+                t.apply(&mut list);
+            }
+        }
+        for (name, value) in &list {
+            push_line(out, name.as_bytes(), value.as_bytes());
+        }
     }
     out.extend_from_slice(b"Via: ");
     if let Some(v) = via {
@@ -563,6 +627,13 @@ fn client_head(
     out.extend_from_slice(b"\r\n");
 }
 
+fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Streams the response to the client and parks the upstream connection when it is clean.
 #[allow(clippy::too_many_arguments)]
 async fn relay_response(
@@ -571,9 +642,9 @@ async fn relay_response(
     rbuf: Vec<u8>,
     head: ResponseHead,
     req: &UpstreamRequest,
-    upstream: &CompiledUpstream,
-    target: &CompiledTarget,
+    (upstream, target): (&CompiledUpstream, &CompiledTarget),
     ctx: &WorkerContext,
+    effects: &Effects,
 ) -> Result<Outcome, Failure> {
     let plane = ctx.plane();
     let spec = &upstream.spec.spec;
@@ -584,12 +655,12 @@ async fn relay_response(
     let keep_alive = !upgraded && framed && req.client_keep_alive && !ctx.shutdown().is_triggered();
 
     let mut out = plane.heads.take();
-    client_head(&mut out, &head, &rbuf, req, keep_alive, rechunk);
+    client_head(&mut out, &head, &rbuf, req, effects, keep_alive, rechunk);
     let prefix = &rbuf[head.head_len..];
 
     if upgraded {
         out.clear();
-        client_head(&mut out, &head, &rbuf, req, false, false);
+        client_head(&mut out, &head, &rbuf, req, effects, false, false);
         let to_client = prefix.to_vec();
         plane.heads.give(rbuf);
         client.write(out).await.map_err(|_| Failure::ClientGone)?;

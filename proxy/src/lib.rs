@@ -19,6 +19,7 @@ pub mod auth;
 pub mod connection;
 pub mod forward;
 pub mod pick;
+pub mod plugins;
 pub mod request;
 pub mod resolve;
 pub mod respond;
@@ -28,6 +29,7 @@ pub mod tunnel;
 // What the request flow stands on.
 pub mod buffer;
 pub mod cli;
+pub mod doctor;
 pub mod plane;
 pub mod pool;
 pub mod process;

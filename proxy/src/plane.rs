@@ -1,8 +1,10 @@
 //! What one worker owns for the data plane: settings, buffer pools, upstream connection
 //! pools, balancer cursors and health. Nothing here is shared with another core.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+
+use shardgate_core::ratelimit::WorkerBuckets;
 
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER};
 use crate::pick::Picker;
@@ -21,11 +23,14 @@ pub struct Plane {
     pub picker: Picker,
     /// Open client connections on this worker.
     pub connections: Cell<usize>,
+    /// This worker's leased rate-limit buckets.
+    pub rate_limits: RefCell<WorkerBuckets>,
 }
 
 impl Plane {
     pub fn new(worker: usize, settings: Arc<ProxySettings>) -> Plane {
         Plane {
+            rate_limits: RefCell::new(settings.rate_limits.worker()),
             settings,
             heads: BufferPool::new(HEAD_BUFFER, 1024),
             bodies: BufferPool::new(BODY_BUFFER, 256),

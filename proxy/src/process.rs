@@ -77,6 +77,7 @@ pub fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(fatal) => report(fatal),
         },
+        Invocation::Doctor(args) => crate::doctor::main(&args),
     }
 }
 
@@ -144,6 +145,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
 
     // Cheap checks before the store is opened (and its lock taken).
     let driver = worker::choose_driver(config.io_driver).map_err(Fatal::runtime)?;
+    let settings = std::sync::Arc::new(crate::settings::ProxySettings::from_config(&config));
     let admin = Admin::open(AdminOptions {
         listen: config.admin_listen,
         token: config
@@ -153,6 +155,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
         data_dir: config.data_dir.clone(),
         base_domain: config.base_domain.clone(),
         fsync: true,
+        rate_limits: settings.rate_limits.clone(),
     })
     // The admin's message names the directory and what is wrong with it (e.g. a
     // corrupt journal); it must reach the user as is.
@@ -170,7 +173,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
     let (broadcaster, links) = broadcast::channels(config.workers, admin.initial_snapshot())
         .map_err(|e| Fatal::runtime(format!("cannot create the snapshot channels: {e}")))?;
 
-    let mut workers = Workers::start(&config, driver, listeners, links)?;
+    let mut workers = Workers::start(&config, &settings, driver, listeners, links)?;
     if let Err(stop) = workers.wait_ready(&signals) {
         workers.shutdown(&signals, config.shutdown_grace);
         return match stop {
@@ -284,12 +287,12 @@ struct Workers {
 impl Workers {
     fn start(
         config: &Config,
+        settings: &std::sync::Arc<crate::settings::ProxySettings>,
         driver: worker::DriverChoice,
         listeners: Vec<std::net::TcpListener>,
         links: Vec<broadcast::WorkerLink>,
     ) -> Result<Workers, Fatal> {
         let cpus = worker::allowed_cpus();
-        let settings = std::sync::Arc::new(crate::settings::ProxySettings::from_config(config));
         let (tx, events) = crossbeam_channel::unbounded();
         let mut workers = Workers {
             handles: Vec::new(),

@@ -8,14 +8,18 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use shardgate_core::balance::hash_bytes;
 use shardgate_core::http1::{BodyKind, RequestHead, is_hop_by_hop};
+use shardgate_core::model::Stage;
+use shardgate_core::plugins::PluginSettings;
 use shardgate_core::router::{Lookup, Method};
 
 use crate::auth::{self, KeyCheck, KeySource};
 use crate::connection::Client;
 use crate::forward;
+use crate::plugins::{self, Effects, Facts};
 use crate::resolve;
 use crate::respond::ErrorResponse;
 use crate::route;
@@ -109,12 +113,40 @@ pub async fn handle(
     });
     let public = matches!(&lookup, Some(Lookup::Matched(m))
         if gateway.rules.get(m.id as usize).is_some_and(|r| r.spec.public));
+    let client_ip = plugins::client_ip(client.peer.ip(), &head, buf, &settings.trusted_proxies);
+
+    // CORS preflights carry no credentials: they are answered before the key check, by the
+    // gateway's CORS plugin or the one of the rule the actual request would match.
+    if plugins::is_preflight(&head, buf) {
+        let requested = head
+            .header(buf, "access-control-request-method")
+            .and_then(Method::from_bytes);
+        let rule_chain = requested
+            .and_then(|m| {
+                match gateway.router.lookup(m, &path, |name| {
+                    head.header(buf, name)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                }) {
+                    Lookup::Matched(found) => gateway.rules.get(found.id as usize),
+                    _ => None,
+                }
+            })
+            .map_or(&[][..], |rule| rule.plugins.stage(Stage::PreRequest));
+        let chains = [gateway.plugins.stage(Stage::PreRequest), rule_chain];
+        if let Some(answer) = plugins::answer_preflight(&chains, &head, buf, client_ip) {
+            return reject(client, &head, answer).await;
+        }
+    }
 
     let mut key_source = None;
+    let mut key_id = None;
     if !public {
         let now = unix_now();
         match auth::check(&head, buf, &gateway.keys, now) {
-            KeyCheck::Valid { source, .. } => key_source = Some(source),
+            KeyCheck::Valid { source, key_id: id } => {
+                key_source = Some(source);
+                key_id = Some(id.into_bytes());
+            }
             failed => {
                 let message = failed.failure().unwrap_or("invalid API key");
                 let challenge = if matches!(failed, KeyCheck::Missing) {
@@ -128,34 +160,58 @@ pub async fn handle(
         }
     }
 
+    // The gateway's plugins run before routing answers, the rule's after.
+    let facts = Facts {
+        head: &head,
+        buf,
+        client_ip,
+        key_id,
+    };
+    let mut effects = Effects::default();
+    let gateway_chain = gateway.plugins.stage(Stage::PreRequest);
+    if let Err(e) = plugins::pre_request(plane, gateway_chain, &facts, &mut effects) {
+        return reject(client, &head, e).await;
+    }
     let route = match lookup {
         None => {
             let e = ErrorResponse::new(501, "request method not supported by this gateway");
-            return reject(client, &head, e).await;
+            return reject(client, &head, with_effects(e, &effects)).await;
         }
-        Some(Lookup::NotFound) => return reject(client, &head, not_found()).await,
+        Some(Lookup::NotFound) => {
+            return reject(client, &head, with_effects(not_found(), &effects)).await;
+        }
         Some(Lookup::MethodNotAllowed { allow }) => {
             let e = ErrorResponse::new(405, "method not allowed for this path")
                 .header("Allow", allow.to_string());
-            return reject(client, &head, e).await;
+            return reject(client, &head, with_effects(e, &effects)).await;
         }
         Some(Lookup::Matched(m)) => m,
     };
     let Some(rule) = gateway.rules.get(route.id as usize) else {
-        return reject(client, &head, not_found()).await;
+        return reject(client, &head, with_effects(not_found(), &effects)).await;
     };
+    let rule_chain = rule.plugins.stage(Stage::PreRequest);
+    if let Err(e) = plugins::pre_request(plane, rule_chain, &facts, &mut effects) {
+        return reject(client, &head, with_effects(e, &effects)).await;
+    }
+    plugins::pre_response(
+        gateway.plugins.stage(Stage::PreResponse),
+        &facts,
+        &mut effects,
+    );
+    plugins::pre_response(rule.plugins.stage(Stage::PreResponse), &facts, &mut effects);
+    let body_limit = effects
+        .body_limit
+        .map_or(settings.max_body, |l| l.min(settings.max_body));
     if let BodyKind::Length(n) = head.body
-        && n > settings.max_body
+        && n > body_limit
     {
-        let e = ErrorResponse::new(
-            413,
-            format!("request body exceeds {} bytes", settings.max_body),
-        );
-        return reject(client, &head, e).await;
+        let e = ErrorResponse::new(413, format!("request body exceeds {body_limit} bytes"));
+        return reject(client, &head, with_effects(e, &effects)).await;
     }
     let Some(service) = plane.picker.service(rule).cloned() else {
         let e = ErrorResponse::new(503, "no service available for this route");
-        return reject(client, &head, e).await;
+        return reject(client, &head, with_effects(e, &effects)).await;
     };
 
     let forward_path = if rule.spec.strip_path {
@@ -170,14 +226,25 @@ pub async fn handle(
     let prepared = prepare(
         &head,
         buf,
-        forward_path,
-        rule.spec.preserve_host,
-        key_source,
-        client.peer.ip(),
-        hash_header,
+        Forwarding {
+            path: forward_path,
+            preserve_host: rule.spec.preserve_host,
+            key_source,
+            peer: client.peer.ip(),
+            hash_header,
+            transforms: &effects.request_transforms,
+        },
     );
     drop(path);
-    forward::forward(client, prepared, &service, ctx).await
+    forward::forward(client, prepared, &service, ctx, effects, body_limit).await
+}
+
+/// Adds the headers earlier plugins promised (rate-limit, CORS) to an error answer.
+fn with_effects(mut error: ErrorResponse, effects: &Effects) -> ErrorResponse {
+    error
+        .headers
+        .extend(effects.response_headers.iter().cloned());
+    error
 }
 
 fn unix_now() -> i64 {
@@ -213,15 +280,27 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Builds the upstream request from the client's head (RFC 9110 §7.6: hop-by-hop fields
 /// and those named in Connection are removed; forwarding fields are appended).
-fn prepare(
-    head: &RequestHead,
-    buf: &[u8],
-    path: &str,
+/// How the matched rule and the request's plugins shape the upstream request.
+struct Forwarding<'a> {
+    /// The normalized path, stripped when the rule says so.
+    path: &'a str,
     preserve_host: bool,
     key_source: Option<KeySource>,
+    /// The socket peer (appended to X-Forwarded-For).
     peer: IpAddr,
-    hash_header: Option<&str>,
-) -> UpstreamRequest {
+    hash_header: Option<&'a str>,
+    transforms: &'a [Arc<PluginSettings>],
+}
+
+fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamRequest {
+    let Forwarding {
+        path,
+        preserve_host,
+        key_source,
+        peer,
+        hash_header,
+        transforms,
+    } = fwd;
     let http10 = head.version_minor == 0;
     let mut request_line = Vec::with_capacity(path.len() + 32);
     request_line.extend_from_slice(head.method_bytes(buf));
@@ -230,6 +309,18 @@ fn prepare(
     if let Some(query) = head.query {
         request_line.push(b'?');
         request_line.extend_from_slice(query.get(buf));
+    }
+    for t in transforms {
+        if let PluginSettings::RequestTransformer(t) = &**t
+            && let Some(suffix) = t.query_suffix()
+        {
+            request_line.push(if head.query.is_some() || request_line.contains(&b'?') {
+                b'&'
+            } else {
+                b'?'
+            });
+            request_line.extend_from_slice(suffix.as_bytes());
+        }
     }
     request_line.extend_from_slice(if http10 { b" HTTP/1.0" } else { b" HTTP/1.1" });
 
@@ -262,6 +353,9 @@ fn prepare(
             continue;
         }
         push_header(&mut headers, name, value);
+    }
+    if !transforms.is_empty() {
+        headers = transformed(&headers, transforms);
     }
 
     let peer_text = peer.to_string();
@@ -338,6 +432,31 @@ fn prepare(
         client_keep_alive: head.keep_alive,
         hash,
     }
+}
+
+/// Applies `request_transformer`s to serialized header lines (the slow path, taken only when
+/// such a plugin runs).
+fn transformed(lines: &[u8], transforms: &[Arc<PluginSettings>]) -> Vec<u8> {
+    let mut list: Vec<(String, String)> = lines
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = String::from_utf8_lossy(&line[..colon]).into_owned();
+            let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+            Some((name, value))
+        })
+        .collect();
+    for t in transforms {
+        if let PluginSettings::RequestTransformer(t) = &**t {
+            t.apply(&mut list);
+        }
+    }
+    let mut out = Vec::with_capacity(lines.len() + 64);
+    for (name, value) in &list {
+        push_header(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    out
 }
 
 /// Answers with an error the gateway produced itself. The connection is kept only when

@@ -10,6 +10,7 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -62,6 +63,19 @@ impl ErrorResponse {
     /// Serializes the whole response. `close`: add `Connection: close`. `head`: HEAD
     /// request, no body.
     pub fn encode(&self, close: bool, head: bool, out: &mut Vec<u8>) {
+        if self.status == 204 {
+            // No content (a CORS preflight answer): no body, no framing headers.
+            let mut head_text = format!("HTTP/1.1 204 {}\r\n", reason(204));
+            for (name, value) in &self.headers {
+                let _ = write!(head_text, "{name}: {value}\r\n");
+            }
+            if close {
+                head_text.push_str("Connection: close\r\n");
+            }
+            head_text.push_str("\r\n");
+            out.extend_from_slice(head_text.as_bytes());
+            return;
+        }
         let mut body = String::with_capacity(self.message.len() + 16);
         body.push_str("{\"error\":");
         body.push_str(&serde_json::Value::String(self.message.clone()).to_string());

@@ -1,8 +1,11 @@
 //! Data-plane settings shared (read-only) by every worker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_core::http1::Limits;
+use shardgate_core::net::CidrSet;
+use shardgate_core::ratelimit::Registry;
 
 /// Limits and timeouts of the proxy listener. Every field documents its default and why.
 #[derive(Debug, Clone)]
@@ -27,6 +30,13 @@ pub struct ProxySettings {
     /// Largest request body accepted (413 beyond it). Default unlimited: bodies stream and
     /// cost no memory; per-gateway limits belong to the `request_size_limiter` plugin.
     pub max_body: u64,
+    /// Peers whose `X-Forwarded-For` is believed: for them the client address (for
+    /// `per_ip` limits and `ip_restriction`) is the rightmost untrusted address of the
+    /// header. Default empty: the socket peer is the client.
+    pub trusted_proxies: CidrSet,
+    /// The rate limiters' shared counters (the admin thread compiles limiters from the
+    /// same registry).
+    pub rate_limits: Arc<Registry>,
 }
 
 impl ProxySettings {
@@ -36,6 +46,7 @@ impl ProxySettings {
             header_timeout: config.header_timeout,
             keepalive_timeout: config.keepalive_timeout,
             max_connections: config.max_connections,
+            trusted_proxies: config.trusted_proxies.clone(),
             max_body: if config.max_body == 0 {
                 u64::MAX
             } else {
@@ -55,6 +66,8 @@ impl ProxySettings {
             client_io_timeout: Duration::from_secs(60),
             max_connections: 16_384,
             max_body: u64::MAX,
+            trusted_proxies: CidrSet::default(),
+            rate_limits: Arc::new(Registry::default()),
         }
     }
 }

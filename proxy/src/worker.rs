@@ -453,11 +453,21 @@ fn stop_listening(id: usize, listener: &std::net::TcpListener) {
     }
 }
 
-/// Closes idle upstream connections past their idle timeout, once a second.
+/// Worker housekeeping: gives idle rate-limit leases back every 20 ms (so traffic spread
+/// over workers is not under-admitted) and closes expired idle upstream connections once a
+/// second.
 async fn sweep_pools(ctx: Rc<WorkerContext>) {
+    let mut ticks = 0u32;
     while !ctx.shutdown().is_triggered() {
-        monoio::time::sleep(Duration::from_secs(1)).await;
-        ctx.plane().upstreams.sweep();
+        monoio::time::sleep(Duration::from_millis(20)).await;
+        ctx.plane()
+            .rate_limits
+            .borrow_mut()
+            .flush_idle(crate::plugins::now_ms());
+        ticks += 1;
+        if ticks % 50 == 0 {
+            ctx.plane().upstreams.sweep();
+        }
     }
 }
 

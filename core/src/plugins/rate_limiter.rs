@@ -1,36 +1,15 @@
-//! The plugin catalogue and typed plugin settings.
+//! `rate_limiter`: exact sliding-window limits across all workers (DESIGN.md §5).
 //!
-//! One definition per plugin feeds three consumers: the validator (names, stages, settings
-//! schema), `GET /api/v1/plugins` (the catalogue with each setting's type, default and
-//! meaning) and the README. Settings are parsed into typed structs once per snapshot, never
-//! per request.
+//! This module holds the settings and their catalogue entry; the limiter itself (leased
+//! per-core buckets over one shared budget) runs in the proxy.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
+use super::{PluginDef, SettingDoc, typed};
 use crate::duration::Span;
 use crate::model::{Invalid, Stage};
 
-/// A documented setting of a plugin: its JSON path under `settings`, type, default, meaning.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SettingDoc {
-    pub path: &'static str,
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    pub default: &'static str,
-    pub description: &'static str,
-}
-
-/// A plugin the gateway knows.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct PluginDef {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub stages: &'static [Stage],
-    pub settings: &'static [SettingDoc],
-}
-
-/// Every plugin the gateway knows, in the order `GET /api/v1/plugins` lists them.
-pub static CATALOGUE: &[PluginDef] = &[PluginDef {
+pub(super) const DEF: PluginDef = PluginDef {
     name: "rate_limiter",
     description: "Exact sliding-window request limits across all workers, globally, per client IP \
                   and per user (API key). All dimensions are checked before any is charged; a \
@@ -95,42 +74,7 @@ pub static CATALOGUE: &[PluginDef] = &[PluginDef {
             description: "Take the per_user identity from this request header instead of the key.",
         },
     ],
-}];
-
-pub fn find(name: &str) -> Option<&'static PluginDef> {
-    CATALOGUE.iter().find(|p| p.name == name)
-}
-
-pub fn names() -> impl Iterator<Item = &'static str> {
-    CATALOGUE.iter().map(|p| p.name)
-}
-
-/// A plugin's settings, parsed and validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PluginSettings {
-    RateLimiter(RateLimiterSettings),
-}
-
-/// Parses and validates `settings` for plugin `name`. Paths in errors are relative to
-/// `settings`.
-pub fn parse_settings(name: &str, settings: &serde_json::Value) -> Result<PluginSettings, Invalid> {
-    match name {
-        "rate_limiter" => {
-            let parsed: RateLimiterSettings = typed(settings)?;
-            parsed.validate()?;
-            Ok(PluginSettings::RateLimiter(parsed))
-        }
-        other => Err(Invalid::new("name", format!("unknown plugin {other:?}"))),
-    }
-}
-
-fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        Invalid::new(path, e.into_inner().to_string())
-    })
-}
+};
 
 /// `rate_limiter` settings (the seed's shape).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -195,6 +139,12 @@ fn seconds_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u6
 }
 
 impl RateLimiterSettings {
+    pub(super) fn parse(settings: &serde_json::Value) -> Result<RateLimiterSettings, Invalid> {
+        let parsed: RateLimiterSettings = typed(settings)?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
         let dims = [
             ("global", &self.limits.global),
@@ -231,7 +181,7 @@ impl RateLimiterSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::plugins::{PluginSettings, parse_settings};
     use serde_json::json;
 
     #[test]
@@ -248,7 +198,9 @@ mod tests {
             }),
         )
         .expect("seed settings are valid");
-        let PluginSettings::RateLimiter(s) = s;
+        let PluginSettings::RateLimiter(s) = s else {
+            panic!("parsed as another plugin: {s:?}")
+        };
         assert_eq!(s.actions.retry_after, Some(60));
         assert_eq!(s.limits.per_ip.map(|l| l.limit), Some(5));
     }

@@ -1,0 +1,180 @@
+//! The plugin catalogue and typed plugin settings.
+//!
+//! One definition per plugin feeds three consumers: the validator (names, stages, settings
+//! schema), `GET /api/v1/plugins` (the catalogue with each setting's type, default and
+//! meaning) and the README. Each plugin's module declares its [`PluginDef`] right above the
+//! settings type it documents, so the text users read sits next to the field it describes.
+//! Settings are parsed into typed structs once per snapshot, never per request; the pure
+//! helpers on them (`check_head`, `permits`, `apply`, ...) are what the proxy calls per
+//! request.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserializer, Serialize};
+
+use crate::model::{Invalid, Stage};
+
+mod cors;
+mod ip_restriction;
+mod rate_limiter;
+mod request_size_limiter;
+mod transformer;
+
+pub use cors::{CorsSettings, PreflightRejection};
+pub use ip_restriction::IpRestrictionSettings;
+pub use rate_limiter::{ActionKind, Actions, Limit, Limits, RateLimiterSettings};
+pub use request_size_limiter::RequestSizeLimiterSettings;
+pub use transformer::{HeaderTransform, RequestTransformerSettings, ResponseTransformerSettings};
+
+/// A documented setting of a plugin: its JSON path under `settings`, type, default, meaning.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettingDoc {
+    pub path: &'static str,
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+/// A plugin the gateway knows.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PluginDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub stages: &'static [Stage],
+    pub settings: &'static [SettingDoc],
+}
+
+/// Every plugin the gateway knows, in the order `GET /api/v1/plugins` lists them.
+pub static CATALOGUE: &[PluginDef] = &[
+    rate_limiter::DEF,
+    request_size_limiter::DEF,
+    ip_restriction::DEF,
+    cors::DEF,
+    transformer::REQUEST_DEF,
+    transformer::RESPONSE_DEF,
+];
+
+pub fn find(name: &str) -> Option<&'static PluginDef> {
+    CATALOGUE.iter().find(|p| p.name == name)
+}
+
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CATALOGUE.iter().map(|p| p.name)
+}
+
+/// A plugin's settings, parsed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSettings {
+    RateLimiter(RateLimiterSettings),
+    RequestSizeLimiter(RequestSizeLimiterSettings),
+    IpRestriction(IpRestrictionSettings),
+    Cors(CorsSettings),
+    RequestTransformer(RequestTransformerSettings),
+    ResponseTransformer(ResponseTransformerSettings),
+}
+
+/// Parses and validates `settings` for plugin `name`. Paths in errors are relative to
+/// `settings` (an empty path means `settings` as a whole).
+pub fn parse_settings(name: &str, settings: &serde_json::Value) -> Result<PluginSettings, Invalid> {
+    Ok(match name {
+        "rate_limiter" => PluginSettings::RateLimiter(RateLimiterSettings::parse(settings)?),
+        "request_size_limiter" => {
+            PluginSettings::RequestSizeLimiter(RequestSizeLimiterSettings::parse(settings)?)
+        }
+        "ip_restriction" => PluginSettings::IpRestriction(IpRestrictionSettings::parse(settings)?),
+        "cors" => PluginSettings::Cors(CorsSettings::parse(settings)?),
+        "request_transformer" => {
+            PluginSettings::RequestTransformer(RequestTransformerSettings::parse(settings)?)
+        }
+        "response_transformer" => {
+            PluginSettings::ResponseTransformer(ResponseTransformerSettings::parse(settings)?)
+        }
+        other => return Err(Invalid::new("name", format!("unknown plugin {other:?}"))),
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Invalid::new(path, e.into_inner().to_string())
+    })
+}
+
+/// A JSON object of strings (`{"X-Name": "value"}`) as ordered pairs: configuration order is
+/// application order, and the error path names the key (`add_headers.X-Name`).
+fn string_pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Pairs;
+    impl<'de> Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of strings, like {\"X-Name\": \"value\"}")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            while let Some(pair) = map.next_entry::<String, String>()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    d.deserialize_map(Pairs)
+}
+
+/// Why `value` cannot be an HTTP field value, if it cannot: control characters other than
+/// horizontal tab (CR and LF would split the header and smuggle others; NUL is refused by
+/// most parsers) are out.
+fn field_value_problem(value: &str) -> Option<&'static str> {
+    value
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        .then_some("must not contain control characters (CR, LF, NUL, ...)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_catalogued_plugin_parses_settings_and_every_parser_is_catalogued() {
+        for def in CATALOGUE {
+            let err =
+                parse_settings(def.name, &json!({"no_such_setting": 1})).expect_err("unknown");
+            assert_ne!(err.path, "name", "{} has no parser", def.name);
+            assert!(!def.stages.is_empty(), "{}", def.name);
+            assert!(!def.settings.is_empty(), "{}", def.name);
+            for s in def.settings {
+                assert!(
+                    !s.ty.is_empty() && !s.default.is_empty() && !s.description.is_empty(),
+                    "{}.{} is documented incompletely",
+                    def.name,
+                    s.path
+                );
+            }
+        }
+        assert_eq!(
+            parse_settings("nope", &json!({}))
+                .expect_err("unknown")
+                .path,
+            "name"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_serializes_with_type_default_and_stages() {
+        let json = serde_json::to_value(CATALOGUE).expect("serialize");
+        let cors = json
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "cors"))
+            .expect("cors listed");
+        assert_eq!(cors["stages"], json!(["pre_request", "pre_response"]));
+        assert_eq!(cors["settings"][0]["path"], "allowed_origins");
+        assert!(cors["settings"][0]["type"].is_string());
+        assert!(cors["settings"][0]["default"].is_string());
+    }
+}

@@ -1,0 +1,1727 @@
+//! Exact cross-core rate limiting: a sliding window of slot counters per subject, shared by
+//! all workers, that workers lease tokens from in batches.
+//!
+//! # Algorithm and error bound
+//!
+//! A [`Limiter`] is one `(plugin instance, dimension)` with `limit` and window `W`. The
+//! window is cut into `N = min(MAX_SLOTS, W in ms)` slots of `d = ⌈W/N⌉` ms. Per subject
+//! (the one global subject, an IP, a user) the shared side keeps the admitted count of the
+//! last `N + 1` slots, and grants a token only while their sum stays ≤ `limit`.
+//!
+//! *Never over-admits*: a real window `[a, a + W)` spans at most `N + 1` slots, so when the
+//! last token admitted in it was granted, every earlier token of that window was still
+//! counted. *Error bound*: capacity comes back when its slot leaves the `N + 1`-slot ring, up
+//! to one slot (`d`, plus `< N` ms of rounding) later than an exact sliding log would give it
+//! back; never earlier. With `1m` that is 3.75 s; with `1s`, 63 ms. The only other error,
+//! tokens leased but not yet used (below), also errs toward under-admission.
+//!
+//! # Leasing
+//!
+//! Each worker owns a [`WorkerBuckets`] (one `LeasedBucket` per subject it has seen
+//! recently). A request takes a token from its bucket with no shared write; an empty bucket
+//! takes a *lease* of `k` tokens from the shared counters, charged in full to the current
+//! slot at once (conservative), under one short lock. A lease is good only within the slot it
+//! was charged to: on rollover the unused rest goes back to its slot (in the same locked
+//! operation as the next lease), so a token is never handed out later than the slot that
+//! counts it. `k` starts at 1 for a subject new to the worker, doubles on every lease up to
+//! [`Tuning::max_lease`], and is never more than `remaining / lease_divisor` (at least 1): far
+//! from the limit a worker touches shared memory once per `max_lease` requests (plus once per
+//! slot), near it leases shrink to single tokens so the total admitted reaches exactly
+//! `limit`. [`WorkerBuckets::flush_idle`], called from the worker's timer, gives back leases
+//! idle for [`Tuning::idle_ms`] and those of past slots, so traffic spread over workers is not
+//! under-admitted. Tokens given back to a slot that has left the window are dropped: the
+//! window already forgot that slot, so nothing is inflated.
+//!
+//! Time is `now_ms`, milliseconds of one monotonic clock that every worker reads (say
+//! `Instant` since a process-wide epoch). A worker whose clock reading lags another's is
+//! charged to the newest slot the subject has seen, never to an older one.
+//!
+//! # Several dimensions
+//!
+//! [`WorkerBuckets::try_acquire_all`] takes a token in every configured dimension or in none:
+//! it reserves per_user, then per_ip, then global (most specific first, so a single client
+//! over its own limit never reserves, and so never strands, a global token) and, if one
+//! rejects, puts the tokens already taken back into their local buckets — no shared write.
+//!
+//! # Memory
+//!
+//! Subject state is a fixed 76 bytes (slot counters as `u32`, hence limits above `u32::MAX`
+//! per window act as `u32::MAX`). A subject whose counted slots are all empty is removed:
+//! shards are swept on insert when their size doubled since the last sweep (amortised O(1)),
+//! one shard per limiter on each `flush_idle`, and entirely by [`Limiter::sweep`]. A limiter
+//! holds at most [`Tuning::max_subjects`]; when a shard is full of live subjects a *new*
+//! subject is refused ([`RejectReason::SubjectTableFull`]) until one expires — live counts
+//! are never evicted, because forgetting them would admit over the limit. Worker-side, a
+//! worker keeps at most [`Tuning::max_local_subjects`] buckets per limiter; beyond that a
+//! request for a new subject is served by a one-token shared operation with no local state.
+//!
+//! Subjects are keyed by a 64-bit SipHash with a per-process random key ([`SubjectKey`]):
+//! fixed-size entries, no attacker-controlled strings stored. Two subjects whose keys
+//! collide (≈ n²/2⁶⁵ for n live subjects, not steerable without the key) share one budget:
+//! under-admission for both, never over-admission for either.
+//!
+//! # Concurrency
+//!
+//! The shared side is a `parking_lot::Mutex<HashMap>` per shard, each on its own cache line.
+//! A lease must read `N + 1` counters, compare with `limit`, roll expired slots and add to
+//! one: a multi-word read-modify-write that atomics would only do with a CAS loop over a
+//! packed word (too small for 17 counters) or a seqlock. Leasing makes the lock rare on the
+//! common path, and the critical section is ~20 ns of arithmetic, so a plain lock is the
+//! simplest thing that is exact. The [`Registry`] lock is taken only when a snapshot is
+//! compiled, never per request.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//! snapshot compile (admin)  registry.limiter_set(instance_id, &settings.limits) -> LimiterSet
+//!                           (same id + limit + window -> same counters; else fresh ones)
+//! worker start              let mut buckets = registry.worker();
+//! per request               buckets.try_acquire_all(&set, Subjects { ip, user }, now_ms)
+//!                             Ok(admitted)  -> X-RateLimit-* from admitted.tightest()/get(dim)
+//!                             Err(rejected) -> 429, rejected.retry_after_secs, rejected.dimension
+//! worker timer (10–50 ms)   buckets.flush_idle(now_ms)
+//! ```
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::plugins::{Limit, Limits};
+
+/// Most slots a window is cut into. Default 16: capacity returns at most `W/16` late (one
+/// slot) and a subject costs 76 bytes. More slots return capacity sooner but cost 4 bytes
+/// each per subject and force one more lease per worker per active subject per slot.
+/// Windows shorter than 16 ms use one slot per millisecond.
+pub const MAX_SLOTS: usize = 16;
+
+/// Counters kept per subject: the slots of a window plus the one the window's start falls in.
+const RING_MAX: usize = MAX_SLOTS + 1;
+
+/// Knobs of a [`Registry`] and everything it creates. `Tuning::default()` is what the gateway
+/// uses; tests shrink the caps to exercise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Lock shards per limiter, rounded up to a power of two. Default 64. More shards spread
+    /// per-IP leasing over more locks (less contention), each costs one cache line (128 B)
+    /// plus an empty map; the global dimension has one subject and always uses one shard.
+    pub shards: usize,
+    /// Hard cap on subjects held by one limiter (split evenly over shards). Default 131 072,
+    /// about 12–24 MiB at worst per limiter. When a shard is full of subjects with live
+    /// counts, new subjects are refused until one expires (never admitted uncounted).
+    /// Raise it for sites that see more distinct clients per window.
+    pub max_subjects: usize,
+    /// Largest lease, in tokens. Default 256: a subject far below its limit touches shared
+    /// memory on ~0.4 % of a worker's requests (plus once per slot). Larger leases cut that
+    /// further but hold more budget away from other workers until given back.
+    pub max_lease: u64,
+    /// A lease is at most `remaining / lease_divisor` tokens (and at least 1). Default 8.
+    /// Larger values shrink leases sooner as a subject nears its limit (fewer tokens stranded
+    /// in other workers when it is reached) at the cost of more shared operations on the way.
+    pub lease_divisor: u64,
+    /// A bucket unused for this long gives its lease back on `flush_idle`. Default 10 ms.
+    /// Shorter lets spread traffic reclaim budget sooner; longer saves shared operations for
+    /// bursty subjects. Call `flush_idle` at least this often (10–50 ms).
+    pub idle_ms: u64,
+    /// Buckets one worker keeps per limiter. Default 4 096. Beyond it a request for a subject
+    /// without a bucket does a one-token shared operation and keeps nothing locally, so a
+    /// flood of distinct clients cannot grow a worker's memory.
+    pub max_local_subjects: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            shards: 64,
+            max_subjects: 131_072,
+            max_lease: 256,
+            lease_divisor: 8,
+            idle_ms: 10,
+            max_local_subjects: 4_096,
+        }
+    }
+}
+
+impl Tuning {
+    /// The same knobs with every value in its working range.
+    fn normalised(self) -> Tuning {
+        Tuning {
+            shards: self.shards.clamp(1, 1 << 16).next_power_of_two(),
+            max_subjects: self.max_subjects.max(1),
+            max_lease: self.max_lease.max(1),
+            lease_divisor: self.lease_divisor.max(1),
+            idle_ms: self.idle_ms,
+            max_local_subjects: self.max_local_subjects,
+        }
+    }
+}
+
+/// Which `limits.*` entry of a `rate_limiter` a limiter enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    Global,
+    PerIp,
+    PerUser,
+}
+
+impl Dimension {
+    /// All dimensions, in the order [`Admitted`] reports them.
+    pub const ALL: [Dimension; 3] = [Dimension::Global, Dimension::PerIp, Dimension::PerUser];
+
+    /// The settings name: `global`, `per_ip`, `per_user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Global => "global",
+            Dimension::PerIp => "per_ip",
+            Dimension::PerUser => "per_user",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Dimension::Global => 0,
+            Dimension::PerIp => 1,
+            Dimension::PerUser => 2,
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is being limited, before hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// The one subject of a `global` limit.
+    Global,
+    /// A client address; IPv4-mapped IPv6 counts as the IPv4 address.
+    Ip(IpAddr),
+    /// An API key id or the value of the configured user header.
+    User(&'a [u8]),
+}
+
+/// A subject as the tables store it: a keyed 64-bit hash (see the module doc on collisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubjectKey(u64);
+
+impl SubjectKey {
+    /// The key of [`Subject::Global`] in every limiter.
+    pub const GLOBAL: SubjectKey = SubjectKey(0);
+}
+
+/// The subjects of one request; `None` skips that dimension (e.g. no user identity).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subjects<'a> {
+    pub ip: Option<IpAddr>,
+    pub user: Option<&'a [u8]>,
+}
+
+/// The numbers for `X-RateLimit-*` / `RateLimit` headers after an admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub dimension: Dimension,
+    pub limit: u64,
+    /// Approximate: `limit` minus what the shared counters held at this worker's last lease,
+    /// plus this worker's unused lease. Admissions by other workers since that lease are not
+    /// seen (too high), and tokens still leased elsewhere count as used (too low).
+    pub remaining: u64,
+    /// Seconds until the oldest counted slot leaves the window (as of the last lease).
+    pub reset_secs: u64,
+    /// The window in whole seconds, rounded up (for `RateLimit-Policy: 5;w=60`).
+    pub window_secs: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The subject used its `limit` in the window.
+    Limited,
+    /// The limiter holds [`Tuning::max_subjects`] subjects with live counts and this one is
+    /// new; it is refused rather than admitted uncounted.
+    SubjectTableFull,
+}
+
+/// A refused request: which dimension, and the numbers for `Retry-After` and the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub dimension: Dimension,
+    pub reason: RejectReason,
+    pub limit: u64,
+    /// Seconds until the oldest counted slot leaves the window and frees capacity (at least
+    /// 1). Use it for `Retry-After` when `actions.retry_after` is not set. Leases given back
+    /// by other workers may free capacity sooner.
+    pub retry_after_secs: u64,
+    /// Same instant as `retry_after_secs`, for `X-RateLimit-Reset`.
+    pub reset_secs: u64,
+    pub window_secs: u64,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} rate limit exceeded", self.dimension)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// The quotas of every dimension that admitted a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    quotas: [Option<Quota>; 3],
+}
+
+impl Admitted {
+    /// The quota of `dimension`, if it was checked.
+    pub fn get(&self, dimension: Dimension) -> Option<Quota> {
+        self.quotas[dimension.index()]
+    }
+
+    /// Every checked dimension, in [`Dimension::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = Quota> + '_ {
+        self.quotas.iter().flatten().copied()
+    }
+
+    /// The quota with the least remaining, for the combined `X-RateLimit-*` headers.
+    pub fn tightest(&self) -> Option<Quota> {
+        self.iter()
+            .min_by_key(|q| (q.remaining, std::cmp::Reverse(q.reset_secs)))
+    }
+}
+
+/// A token taken by [`WorkerBuckets::try_acquire`]. Dropping it spends it;
+/// [`WorkerBuckets::cancel`] puts it back.
+#[derive(Debug)]
+#[must_use = "a token is spent when dropped; WorkerBuckets::cancel gives it back"]
+pub struct Token {
+    serial: u64,
+    key: SubjectKey,
+    slot: u64,
+    /// Taken with no local bucket (the worker's table was full): giving it back is shared.
+    direct: bool,
+    quota: Quota,
+}
+
+impl Token {
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+}
+
+// --- hashing -----------------------------------------------------------------------------
+
+/// Hasher for keys that are already uniformly random (`SubjectKey`, limiter serials): one
+/// folded multiply, so both the low bits (bucket index) and the high bits (control tag) mix.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        let p = u128::from(self.0 ^ x) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
+type KeyBuild = BuildHasherDefault<KeyHasher>;
+
+// --- window geometry and per-subject counters --------------------------------------------
+
+/// How a limiter's window is cut into slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    /// `limit`, clamped to what a `u32` slot counter holds.
+    limit: u64,
+    window_ms: u64,
+    slot_ms: u64,
+    /// Slots counted: `N + 1`, at most [`RING_MAX`].
+    ring: u64,
+}
+
+impl Geometry {
+    fn new(limit: u64, window_ms: u64) -> Geometry {
+        let window_ms = window_ms.max(1);
+        let slots = window_ms.min(MAX_SLOTS as u64);
+        Geometry {
+            limit: limit.min(u64::from(u32::MAX)),
+            window_ms,
+            slot_ms: window_ms.div_ceil(slots),
+            ring: slots + 1,
+        }
+    }
+
+    fn slot_of(&self, now_ms: u64) -> u64 {
+        now_ms / self.slot_ms
+    }
+
+    /// When the counts of `slot` stop being counted.
+    fn expiry_ms(&self, slot: u64) -> u64 {
+        slot.saturating_add(self.ring).saturating_mul(self.slot_ms)
+    }
+
+    /// When `slot` ends: a lease charged to it is good until then.
+    fn end_ms(&self, slot: u64) -> u64 {
+        slot.saturating_add(1).saturating_mul(self.slot_ms)
+    }
+
+    fn secs_until(at_ms: u64, now_ms: u64) -> u64 {
+        at_ms.saturating_sub(now_ms).div_ceil(1000)
+    }
+
+    fn window_secs(&self) -> u64 {
+        self.window_ms.div_ceil(1000)
+    }
+
+    fn index(&self, slot: u64) -> usize {
+        (slot % self.ring) as usize
+    }
+}
+
+/// One subject's counted slots: `counts[s % ring]` for `s` in `newest + 1 - ring ..= newest`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    newest: u64,
+    counts: [u32; RING_MAX],
+}
+
+impl Window {
+    fn new(slot: u64) -> Window {
+        Window {
+            newest: slot,
+            counts: [0; RING_MAX],
+        }
+    }
+
+    /// Forgets the slots that left the window by slot `cur`.
+    fn advance(&mut self, cur: u64, g: &Geometry) {
+        if cur <= self.newest {
+            return;
+        }
+        if cur - self.newest >= g.ring {
+            self.counts = [0; RING_MAX];
+        } else {
+            for s in self.newest + 1..=cur {
+                self.counts[g.index(s)] = 0;
+            }
+        }
+        self.newest = cur;
+    }
+
+    fn used(&self, g: &Geometry) -> u64 {
+        self.counts[..g.ring as usize]
+            .iter()
+            .map(|&c| u64::from(c))
+            .sum()
+    }
+
+    fn oldest_counted(&self, g: &Geometry) -> Option<u64> {
+        let first = self.newest.saturating_sub(g.ring - 1);
+        (first..=self.newest).find(|&s| self.counts[g.index(s)] > 0)
+    }
+
+    /// When the oldest counted slot leaves the window (`now_ms` if nothing is counted).
+    fn reset_at_ms(&self, g: &Geometry, now_ms: u64) -> u64 {
+        self.oldest_counted(g)
+            .map_or(now_ms, |s| g.expiry_ms(s).max(now_ms))
+    }
+
+    fn charge(&mut self, tokens: u64, g: &Geometry) {
+        let c = &mut self.counts[g.index(self.newest)];
+        *c = c.saturating_add(u32::try_from(tokens).unwrap_or(u32::MAX));
+    }
+
+    /// Un-counts `tokens` never handed out. A slot that left the window is not touched: its
+    /// counter now belongs to a newer slot.
+    fn give_back(&mut self, slot: u64, tokens: u64, g: &Geometry) {
+        if slot <= self.newest && slot + g.ring > self.newest {
+            let c = &mut self.counts[g.index(slot)];
+            *c = c.saturating_sub(u32::try_from(tokens).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+// --- the shared side ---------------------------------------------------------------------
+
+/// The outcome of one locked operation on a subject.
+enum Grant {
+    Leased {
+        slot: u64,
+        tokens: u64,
+        /// The subject's counted total right after this lease.
+        used: u64,
+        reset_at_ms: u64,
+    },
+    Denied {
+        reason: RejectReason,
+        retry_at_ms: u64,
+    },
+}
+
+struct Shard {
+    subjects: HashMap<SubjectKey, Window, KeyBuild>,
+    /// Leases and give-backs served (the "shared operations" of the module doc).
+    shared_ops: u64,
+    /// Sweep before inserting once the map reaches this size (doubling: amortised O(1)).
+    sweep_at_len: usize,
+    /// While full of live subjects, refuse newcomers without sweeping until then.
+    full_until_ms: u64,
+}
+
+impl Shard {
+    /// Removes subjects with nothing counted. Returns how many, and when the next live one
+    /// expires.
+    fn sweep(&mut self, cur: u64, g: &Geometry) -> (usize, u64) {
+        let before = self.subjects.len();
+        let mut next_expiry = u64::MAX;
+        self.subjects.retain(|_, w| {
+            w.advance(cur, g);
+            match w.oldest_counted(g) {
+                None => false,
+                Some(s) => {
+                    next_expiry = next_expiry.min(g.expiry_ms(s));
+                    true
+                }
+            }
+        });
+        let len = self.subjects.len();
+        if self.subjects.capacity() > 4 * len.max(64) {
+            self.subjects.shrink_to(2 * len);
+        }
+        self.sweep_at_len = (2 * len).max(64);
+        if len < before {
+            self.full_until_ms = 0;
+        }
+        (before - len, next_expiry)
+    }
+}
+
+/// Counters the running gateway reads for metrics and tests read for their assertions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// Subjects held now.
+    pub subjects: usize,
+    /// Slots allocated in the shard maps (memory follows this, not `subjects`).
+    pub capacity: usize,
+    /// Locked leases and give-backs since creation.
+    pub shared_ops: u64,
+}
+
+/// The shared budget of one `(plugin instance, dimension)`: every worker's leases come from
+/// here. Get one from a [`Registry`]; share it by `Arc`.
+pub struct Limiter {
+    /// Unique per limiter for the life of the process: workers key their buckets by it.
+    serial: u64,
+    dimension: Dimension,
+    geometry: Geometry,
+    tuning: Tuning,
+    hasher: RandomState,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shard_cap: usize,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("serial", &self.serial)
+            .field("dimension", &self.dimension)
+            .field("limit", &self.geometry.limit)
+            .field("window_ms", &self.geometry.window_ms)
+            .field("slot_ms", &self.geometry.slot_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    fn new(
+        serial: u64,
+        dimension: Dimension,
+        geometry: Geometry,
+        tuning: Tuning,
+        hasher: RandomState,
+    ) -> Limiter {
+        let shards = (0..tuning.shards)
+            .map(|_| {
+                CachePadded::new(Mutex::new(Shard {
+                    subjects: HashMap::default(),
+                    shared_ops: 0,
+                    sweep_at_len: 64,
+                    full_until_ms: 0,
+                }))
+            })
+            .collect();
+        Limiter {
+            serial,
+            dimension,
+            geometry,
+            tuning,
+            hasher,
+            shards,
+            shard_cap: tuning.max_subjects.div_ceil(tuning.shards).max(1),
+        }
+    }
+
+    pub fn dimension(&self) -> Dimension {
+        self.dimension
+    }
+
+    /// The enforced limit per window (the configured one, at most `u32::MAX`).
+    pub fn limit(&self) -> u64 {
+        self.geometry.limit
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.geometry.window_ms
+    }
+
+    /// Slot length: the granularity at which capacity comes back (the error bound).
+    pub fn slot_ms(&self) -> u64 {
+        self.geometry.slot_ms
+    }
+
+    /// The key of `subject` in this limiter (and in every limiter of the same [`Registry`]).
+    pub fn key(&self, subject: Subject<'_>) -> SubjectKey {
+        let mut h = self.hasher.build_hasher();
+        match subject {
+            Subject::Global => return SubjectKey::GLOBAL,
+            Subject::Ip(ip) => match ip.to_canonical() {
+                IpAddr::V4(a) => {
+                    h.write_u8(4);
+                    h.write(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    h.write_u8(6);
+                    h.write(&a.octets());
+                }
+            },
+            Subject::User(bytes) => {
+                h.write_u8(b'u');
+                h.write(bytes);
+            }
+        }
+        SubjectKey(h.finish())
+    }
+
+    /// What the shared counters hold for `key` at `now_ms`, including tokens leased but not
+    /// yet used. Takes the shard lock; for diagnostics and tests, not the request path.
+    pub fn used(&self, key: SubjectKey, now_ms: u64) -> u64 {
+        let g = &self.geometry;
+        let shard = self.shard(key).lock();
+        shard.subjects.get(&key).map_or(0, |w| {
+            let mut w = *w;
+            w.advance(g.slot_of(now_ms), g);
+            w.used(g)
+        })
+    }
+
+    /// Removes every subject with nothing counted at `now_ms`; returns how many. The gateway
+    /// does not need to call it (inserts and `flush_idle` sweep incrementally).
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.sweep_shard(i, now_ms))
+            .sum()
+    }
+
+    pub fn stats(&self) -> LimiterStats {
+        let mut stats = LimiterStats::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            stats.subjects += shard.subjects.len();
+            stats.capacity += shard.subjects.capacity();
+            stats.shared_ops += shard.shared_ops;
+        }
+        stats
+    }
+
+    fn shard(&self, key: SubjectKey) -> &Mutex<Shard> {
+        // High bits pick the shard; the map's hasher re-mixes, so buckets still spread.
+        &self.shards[(key.0 >> 40) as usize & (self.shards.len() - 1)]
+    }
+
+    fn sweep_shard(&self, index: usize, now_ms: u64) -> usize {
+        let g = &self.geometry;
+        let mut shard = self.shards[index % self.shards.len()].lock();
+        shard.sweep(g.slot_of(now_ms), g).0
+    }
+
+    /// One locked operation: give back `give_back = (slot, tokens)` if any, then lease up to
+    /// `want` tokens (at least 1, at most `remaining / lease_divisor`).
+    fn exchange(
+        &self,
+        key: SubjectKey,
+        give_back: Option<(u64, u64)>,
+        want: u64,
+        now_ms: u64,
+    ) -> Grant {
+        let g = &self.geometry;
+        let cur = g.slot_of(now_ms);
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        shard.shared_ops += 1;
+        if !shard.subjects.contains_key(&key) {
+            let full = shard.subjects.len() >= self.shard_cap;
+            if full && now_ms < shard.full_until_ms {
+                return Grant::Denied {
+                    reason: RejectReason::SubjectTableFull,
+                    retry_at_ms: shard.full_until_ms,
+                };
+            }
+            if full || shard.subjects.len() >= shard.sweep_at_len {
+                let (_, next_expiry) = shard.sweep(cur, g);
+                if shard.subjects.len() >= self.shard_cap {
+                    shard.full_until_ms = next_expiry;
+                    return Grant::Denied {
+                        reason: RejectReason::SubjectTableFull,
+                        retry_at_ms: next_expiry,
+                    };
+                }
+            }
+        }
+        let w = shard
+            .subjects
+            .entry(key)
+            .or_insert_with(|| Window::new(cur));
+        w.advance(cur, g);
+        if let Some((slot, tokens)) = give_back {
+            w.give_back(slot, tokens, g);
+        }
+        let used = w.used(g);
+        if used >= g.limit {
+            return Grant::Denied {
+                reason: RejectReason::Limited,
+                retry_at_ms: w.reset_at_ms(g, now_ms),
+            };
+        }
+        let remaining = g.limit - used;
+        let tokens = want
+            .min(self.tuning.max_lease)
+            .min(remaining / self.tuning.lease_divisor)
+            .max(1);
+        w.charge(tokens, g);
+        Grant::Leased {
+            slot: w.newest,
+            tokens,
+            used: used + tokens,
+            reset_at_ms: w.reset_at_ms(g, now_ms),
+        }
+    }
+
+    /// Un-counts `tokens` leased in `slot` and never used; drops the subject if that leaves
+    /// nothing counted.
+    fn give_back(&self, key: SubjectKey, slot: u64, tokens: u64, now_ms: u64) {
+        let g = &self.geometry;
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        shard.shared_ops += 1;
+        if let Some(w) = shard.subjects.get_mut(&key) {
+            w.advance(g.slot_of(now_ms), g);
+            w.give_back(slot, tokens, g);
+            if w.used(g) == 0 {
+                shard.subjects.remove(&key);
+                shard.full_until_ms = 0;
+            }
+        }
+    }
+
+    fn rejected(&self, reason: RejectReason, retry_at_ms: u64, now_ms: u64) -> Rejected {
+        let secs = Geometry::secs_until(retry_at_ms, now_ms).max(1);
+        Rejected {
+            dimension: self.dimension,
+            reason,
+            limit: self.geometry.limit,
+            retry_after_secs: secs,
+            reset_secs: secs,
+            window_secs: self.geometry.window_secs(),
+        }
+    }
+}
+
+// --- the registry ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LimiterId {
+    instance: u64,
+    dimension: Dimension,
+    limit: u64,
+    window_ms: u64,
+}
+
+#[derive(Debug)]
+struct RegistryTable {
+    limiters: HashMap<LimiterId, Weak<Limiter>>,
+    /// Drop dead entries once the map reaches this size (doubling: amortised O(1)).
+    prune_at_len: usize,
+}
+
+/// The limiters of one gateway process, shared by the admin thread and every worker.
+///
+/// Asked for `(instance, dimension, limit, window)` it returns the limiter it returned
+/// before while that one is still referenced — counters survive snapshots that do not change
+/// the settings — and a fresh one otherwise. It holds limiters weakly: a limiter is freed
+/// when the last snapshot and worker bucket referencing it are gone.
+#[derive(Debug)]
+pub struct Registry {
+    tuning: Tuning,
+    hasher: RandomState,
+    next_serial: AtomicU64,
+    table: Mutex<RegistryTable>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(Tuning::default())
+    }
+}
+
+impl Registry {
+    pub fn new(tuning: Tuning) -> Registry {
+        Registry {
+            tuning: tuning.normalised(),
+            hasher: RandomState::new(),
+            next_serial: AtomicU64::new(1),
+            table: Mutex::new(RegistryTable {
+                limiters: HashMap::new(),
+                prune_at_len: 64,
+            }),
+        }
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The limiter for `dimension` of plugin instance `instance` (a stable id the caller
+    /// derives, e.g. a hash of the plugin's position and settings) with `limit`.
+    pub fn limiter(&self, instance: u64, dimension: Dimension, limit: &Limit) -> Arc<Limiter> {
+        let window_ms = u64::try_from(limit.window.as_duration().as_millis()).unwrap_or(u64::MAX);
+        let id = LimiterId {
+            instance,
+            dimension,
+            limit: limit.limit,
+            window_ms,
+        };
+        let mut table = self.table.lock();
+        if let Some(live) = table.limiters.get(&id).and_then(Weak::upgrade) {
+            return live;
+        }
+        if table.limiters.len() >= table.prune_at_len {
+            table.limiters.retain(|_, l| l.strong_count() > 0);
+            table.prune_at_len = (2 * table.limiters.len()).max(64);
+        }
+        let limiter = Arc::new(Limiter::new(
+            self.next_serial.fetch_add(1, Ordering::Relaxed),
+            dimension,
+            Geometry::new(limit.limit, window_ms),
+            self.tuning,
+            self.hasher.clone(),
+        ));
+        table.limiters.insert(id, Arc::downgrade(&limiter));
+        limiter
+    }
+
+    /// The limiters of every dimension `limits` configures.
+    pub fn limiter_set(&self, instance: u64, limits: &Limits) -> LimiterSet {
+        let get = |dim, l: &Option<Limit>| l.as_ref().map(|l| self.limiter(instance, dim, l));
+        LimiterSet {
+            global: get(Dimension::Global, &limits.global),
+            per_ip: get(Dimension::PerIp, &limits.per_ip),
+            per_user: get(Dimension::PerUser, &limits.per_user),
+        }
+    }
+
+    /// Limiters still referenced somewhere (drops the registry's dead entries).
+    pub fn live_limiters(&self) -> usize {
+        let mut table = self.table.lock();
+        table.limiters.retain(|_, l| l.strong_count() > 0);
+        table.limiters.len()
+    }
+
+    /// A worker's empty bucket table, with this registry's tuning.
+    pub fn worker(&self) -> WorkerBuckets {
+        WorkerBuckets::new(self.tuning)
+    }
+}
+
+/// The limiters of one `rate_limiter` plugin instance, one per configured dimension.
+/// Compiled into the snapshot; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LimiterSet {
+    pub global: Option<Arc<Limiter>>,
+    pub per_ip: Option<Arc<Limiter>>,
+    pub per_user: Option<Arc<Limiter>>,
+}
+
+impl LimiterSet {
+    pub fn get(&self, dimension: Dimension) -> Option<&Arc<Limiter>> {
+        match dimension {
+            Dimension::Global => self.global.as_ref(),
+            Dimension::PerIp => self.per_ip.as_ref(),
+            Dimension::PerUser => self.per_user.as_ref(),
+        }
+    }
+}
+
+// --- the worker side ---------------------------------------------------------------------
+
+/// One worker's lease on one subject. Lives in a [`WorkerBuckets`]; never shared.
+#[derive(Debug, Clone, Copy)]
+struct LeasedBucket {
+    /// The slot the lease is charged to.
+    slot: u64,
+    /// The end of that slot: tokens are handed out only before it.
+    valid_until_ms: u64,
+    /// Leased tokens not handed out yet.
+    available: u64,
+    /// Size to ask for on the next lease (slow start: 1, 2, 4, … `max_lease`).
+    next_lease: u64,
+    last_used_ms: u64,
+    /// The shared total right after the last lease, and when its oldest slot expires.
+    used: u64,
+    reset_at_ms: u64,
+}
+
+impl LeasedBucket {
+    fn quota(&self, limiter: &Limiter, now_ms: u64) -> Quota {
+        let g = &limiter.geometry;
+        Quota {
+            dimension: limiter.dimension,
+            limit: g.limit,
+            remaining: g.limit.saturating_sub(self.used) + self.available,
+            reset_secs: Geometry::secs_until(self.reset_at_ms, now_ms),
+            window_secs: g.window_secs(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LocalTable {
+    limiter: Arc<Limiter>,
+    buckets: HashMap<SubjectKey, LeasedBucket, KeyBuild>,
+    last_used_ms: u64,
+    sweep_cursor: usize,
+}
+
+/// What one `flush_idle` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Tokens given back to the shared counters.
+    pub returned_tokens: u64,
+    /// Idle buckets dropped.
+    pub dropped_buckets: usize,
+    /// Expired subjects removed from the shared tables.
+    pub swept_subjects: usize,
+}
+
+/// A worker's leased buckets, for every limiter it has used. One per worker; `Send`, not
+/// `Sync` (it is the worker's private state and takes `&mut self` on every call).
+#[derive(Debug)]
+pub struct WorkerBuckets {
+    tuning: Tuning,
+    tables: HashMap<u64, LocalTable, KeyBuild>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl WorkerBuckets {
+    /// An empty table. Use [`Registry::worker`] so the tuning matches the limiters'.
+    pub fn new(tuning: Tuning) -> WorkerBuckets {
+        WorkerBuckets {
+            tuning: tuning.normalised(),
+            tables: HashMap::default(),
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Takes one token for `key` from `limiter`: locally when this worker's lease has one,
+    /// otherwise by a shared lease.
+    pub fn try_acquire(
+        &mut self,
+        limiter: &Arc<Limiter>,
+        key: SubjectKey,
+        now_ms: u64,
+    ) -> Result<Token, Rejected> {
+        let serial = limiter.serial;
+        let table = self.tables.entry(serial).or_insert_with(|| LocalTable {
+            limiter: Arc::clone(limiter),
+            buckets: HashMap::default(),
+            last_used_ms: now_ms,
+            sweep_cursor: 0,
+        });
+        table.last_used_ms = now_ms;
+        let g = &limiter.geometry;
+
+        if let Some(b) = table.buckets.get_mut(&key)
+            && b.available > 0
+            && now_ms < b.valid_until_ms
+        {
+            // The common case: no shared memory touched.
+            b.available -= 1;
+            b.last_used_ms = now_ms;
+            return Ok(Token {
+                serial,
+                key,
+                slot: b.slot,
+                direct: false,
+                quota: b.quota(limiter, now_ms),
+            });
+        }
+        if table.buckets.len() >= self.tuning.max_local_subjects
+            && !table.buckets.contains_key(&key)
+        {
+            // The worker's table is full: one token, nothing kept locally.
+            return match limiter.exchange(key, None, 1, now_ms) {
+                Grant::Leased {
+                    slot,
+                    used,
+                    reset_at_ms,
+                    ..
+                } => Ok(Token {
+                    serial,
+                    key,
+                    slot,
+                    direct: true,
+                    quota: Quota {
+                        dimension: limiter.dimension,
+                        limit: g.limit,
+                        remaining: g.limit.saturating_sub(used),
+                        reset_secs: Geometry::secs_until(reset_at_ms, now_ms),
+                        window_secs: g.window_secs(),
+                    },
+                }),
+                Grant::Denied {
+                    reason,
+                    retry_at_ms,
+                } => Err(limiter.rejected(reason, retry_at_ms, now_ms)),
+            };
+        }
+        let bucket = table.buckets.entry(key).or_insert(LeasedBucket {
+            slot: 0,
+            valid_until_ms: 0,
+            available: 0,
+            next_lease: 1,
+            last_used_ms: now_ms,
+            used: 0,
+            reset_at_ms: now_ms,
+        });
+
+        // Refill: give back what is left of a past slot's lease and lease anew, in one lock.
+        let give_back = (bucket.available > 0).then_some((bucket.slot, bucket.available));
+        bucket.available = 0;
+        bucket.last_used_ms = now_ms;
+        match limiter.exchange(key, give_back, bucket.next_lease, now_ms) {
+            Grant::Leased {
+                slot,
+                tokens,
+                used,
+                reset_at_ms,
+            } => {
+                bucket.slot = slot;
+                bucket.valid_until_ms = g.end_ms(slot);
+                bucket.available = tokens - 1;
+                bucket.next_lease = bucket
+                    .next_lease
+                    .saturating_mul(2)
+                    .min(self.tuning.max_lease);
+                bucket.used = used;
+                bucket.reset_at_ms = reset_at_ms;
+                Ok(Token {
+                    serial,
+                    key,
+                    slot,
+                    direct: false,
+                    quota: bucket.quota(limiter, now_ms),
+                })
+            }
+            Grant::Denied {
+                reason,
+                retry_at_ms,
+            } => Err(limiter.rejected(reason, retry_at_ms, now_ms)),
+        }
+    }
+
+    /// Puts a token back, as if it had never been taken. Local unless the token was taken
+    /// without a bucket (worker table full). A token whose lease has since been given back
+    /// is dropped: that can only under-admit.
+    pub fn cancel(&mut self, token: Token) {
+        let Some(table) = self.tables.get_mut(&token.serial) else {
+            return;
+        };
+        if token.direct {
+            let limiter = &table.limiter;
+            let slot_start = token.slot.saturating_mul(limiter.geometry.slot_ms);
+            limiter.give_back(token.key, token.slot, 1, slot_start);
+        } else if let Some(b) = table.buckets.get_mut(&token.key)
+            && b.slot == token.slot
+        {
+            b.available += 1;
+        }
+    }
+
+    /// Takes a token in every dimension of `set` that has a subject in `subjects`, or in
+    /// none: on the first rejection the tokens already taken go back to their buckets.
+    /// Order: per_user, per_ip, global.
+    pub fn try_acquire_all(
+        &mut self,
+        set: &LimiterSet,
+        subjects: Subjects<'_>,
+        now_ms: u64,
+    ) -> Result<Admitted, Rejected> {
+        let mut taken: [Option<Token>; 3] = [None, None, None];
+        for dimension in [Dimension::PerUser, Dimension::PerIp, Dimension::Global] {
+            let Some(limiter) = set.get(dimension) else {
+                continue;
+            };
+            let subject = match dimension {
+                Dimension::Global => Some(Subject::Global),
+                Dimension::PerIp => subjects.ip.map(Subject::Ip),
+                Dimension::PerUser => subjects.user.map(Subject::User),
+            };
+            let Some(subject) = subject else {
+                continue;
+            };
+            match self.try_acquire(limiter, limiter.key(subject), now_ms) {
+                Ok(token) => taken[dimension.index()] = Some(token),
+                Err(rejected) => {
+                    for token in taken.iter_mut().filter_map(Option::take) {
+                        self.cancel(token);
+                    }
+                    return Err(rejected);
+                }
+            }
+        }
+        Ok(Admitted {
+            quotas: taken.map(|t| t.map(|t| t.quota)),
+        })
+    }
+
+    /// The worker's timer (every 10–50 ms): gives back leases idle for `idle_ms` or charged
+    /// to a past slot, drops idle buckets and unused tables, and sweeps one shard of every
+    /// limiter in use.
+    pub fn flush_idle(&mut self, now_ms: u64) -> Flushed {
+        let idle_ms = self.tuning.idle_ms;
+        let mut report = Flushed::default();
+        self.tables.retain(|_, table| {
+            let limiter = &table.limiter;
+            let g = &limiter.geometry;
+            let before = table.buckets.len();
+            table.buckets.retain(|&key, b| {
+                let idle = now_ms.saturating_sub(b.last_used_ms) >= idle_ms;
+                let past_slot = now_ms >= b.valid_until_ms;
+                if (idle || past_slot) && b.available > 0 {
+                    // A slot already out of the window needs no give-back (and gets none).
+                    if now_ms < g.expiry_ms(b.slot) {
+                        limiter.give_back(key, b.slot, b.available, now_ms);
+                        report.returned_tokens += b.available;
+                    }
+                    b.available = 0;
+                }
+                !idle
+            });
+            report.dropped_buckets += before - table.buckets.len();
+            let len = table.buckets.len();
+            if table.buckets.capacity() > 4 * len.max(64) {
+                table.buckets.shrink_to(2 * len);
+            }
+            report.swept_subjects += limiter.sweep_shard(table.sweep_cursor, now_ms);
+            table.sweep_cursor = table.sweep_cursor.wrapping_add(1);
+            len > 0 || now_ms.saturating_sub(table.last_used_ms) < idle_ms
+        });
+        report
+    }
+
+    /// Buckets held for `limiter` (tests and metrics).
+    pub fn local_subjects(&self, limiter: &Limiter) -> usize {
+        self.tables
+            .get(&limiter.serial)
+            .map_or(0, |t| t.buckets.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Span;
+    use std::net::Ipv4Addr;
+    use std::sync::Barrier;
+
+    fn limit(limit: u64, window: &str) -> Limit {
+        Limit {
+            limit,
+            window: Span::parse(window).expect("test window parses"),
+        }
+    }
+
+    fn global(registry: &Registry, l: u64, window: &str) -> Arc<Limiter> {
+        registry.limiter(1, Dimension::Global, &limit(l, window))
+    }
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    /// Takes one token that must be granted; returns its quota.
+    fn admit(w: &mut WorkerBuckets, l: &Arc<Limiter>, key: SubjectKey, now: u64) -> Quota {
+        w.try_acquire(l, key, now)
+            .expect("the request is admitted")
+            .quota()
+    }
+
+    /// Takes tokens until the first rejection; returns how many were admitted.
+    fn admit_until_rejected(
+        w: &mut WorkerBuckets,
+        l: &Arc<Limiter>,
+        key: SubjectKey,
+        now: u64,
+    ) -> u64 {
+        let mut n = 0;
+        while w.try_acquire(l, key, now).is_ok() {
+            n += 1;
+            assert!(n <= l.limit(), "admitted past the limit");
+        }
+        n
+    }
+
+    #[test]
+    fn four_threads_hammering_one_subject_admit_exactly_the_limit() {
+        let registry = Registry::default();
+        let limiter = global(&registry, 100, "1m");
+        let barrier = Barrier::new(4);
+        let admitted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut worker = registry.worker();
+                        barrier.wait();
+                        (0..2_000)
+                            .filter(|_| {
+                                worker
+                                    .try_acquire(&limiter, SubjectKey::GLOBAL, 5_000)
+                                    .is_ok()
+                            })
+                            .count() as u64
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker thread"))
+                .sum()
+        });
+        assert_eq!(admitted, 100);
+        assert_eq!(limiter.used(SubjectKey::GLOBAL, 5_000), 100);
+    }
+
+    #[test]
+    fn requests_spread_round_robin_over_four_workers_get_990_of_1000_before_the_first_reject() {
+        let registry = Registry::default();
+        let limiter = global(&registry, 1_000, "1m");
+        let mut workers: Vec<_> = (0..4).map(|_| registry.worker()).collect();
+        let mut admitted = 0u64;
+        // 4 requests per ms, one per worker; each worker's timer fires every 10 ms.
+        for i in 0u64.. {
+            let now = 1_000 + i / 4;
+            let w = &mut workers[(i % 4) as usize];
+            if i % 40 < 4 {
+                w.flush_idle(now);
+            }
+            if w.try_acquire(&limiter, SubjectKey::GLOBAL, now).is_err() {
+                break;
+            }
+            admitted += 1;
+        }
+        assert!(
+            admitted >= 990,
+            "only {admitted} admitted before the first reject"
+        );
+        assert!(admitted <= 1_000);
+    }
+
+    #[test]
+    fn requests_spread_over_four_worker_threads_get_990_of_1000_before_the_first_reject() {
+        // Real threads in lock-step rounds: each worker serves one request per round, and
+        // the first round with a rejection ends the test for everyone.
+        let registry = Registry::default();
+        let limiter = global(&registry, 1_000, "1m");
+        let round = Barrier::new(4);
+        let admitted = AtomicU64::new(0);
+        let rejected = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut worker = registry.worker();
+                    for r in 0..1_000u64 {
+                        let now = 1_000 + r;
+                        if r % 10 == 0 {
+                            worker.flush_idle(now);
+                        }
+                        match worker.try_acquire(&limiter, SubjectKey::GLOBAL, now) {
+                            Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => rejected.fetch_add(1, Ordering::Relaxed),
+                        };
+                        round.wait();
+                        let stop = rejected.load(Ordering::Relaxed) > 0;
+                        round.wait();
+                        if stop {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let admitted = admitted.into_inner();
+        assert!(
+            admitted >= 990,
+            "only {admitted} admitted before the first reject"
+        );
+        assert!(admitted <= 1_000);
+    }
+
+    #[test]
+    fn windows_in_seconds_minutes_hours_and_days_admit_the_limit_and_refill_after_the_window() {
+        for window in ["2s", "1m", "1h", "1d"] {
+            let registry = Registry::default();
+            let l = global(&registry, 3, window);
+            let w_ms = Span::parse(window)
+                .expect("parses")
+                .as_duration()
+                .as_millis() as u64;
+            assert_eq!(l.window_ms(), w_ms);
+            assert_eq!(l.slot_ms(), w_ms / 16, "{window} is cut into 16 slots");
+            let mut worker = registry.worker();
+            let t0 = 7 * w_ms;
+            assert_eq!(
+                admit_until_rejected(&mut worker, &l, SubjectKey::GLOBAL, t0),
+                3
+            );
+            let back = t0 + w_ms + l.slot_ms();
+            assert!(
+                worker
+                    .try_acquire(&l, SubjectKey::GLOBAL, back - 1)
+                    .is_err(),
+                "{window}: still counted within one slot after the window"
+            );
+            assert_eq!(
+                admit_until_rejected(&mut worker, &l, SubjectKey::GLOBAL, back),
+                3,
+                "{window}: the budget comes back after the window"
+            );
+        }
+    }
+
+    #[test]
+    fn a_two_second_window_gives_the_budget_back_and_says_when() {
+        let registry = Registry::default();
+        let l = global(&registry, 5, "2s"); // 16 slots of 125 ms
+        let mut worker = registry.worker();
+        assert_eq!(
+            admit_until_rejected(&mut worker, &l, SubjectKey::GLOBAL, 0),
+            5
+        );
+        let r = worker
+            .try_acquire(&l, SubjectKey::GLOBAL, 1_000)
+            .expect_err("over the limit");
+        assert_eq!(r.reason, RejectReason::Limited);
+        assert_eq!(r.limit, 5);
+        // Slot 0 leaves the 17-slot ring at 17 × 125 ms = 2 125 ms.
+        assert_eq!(r.retry_after_secs, 2, "⌈(2125 - 1000) / 1000⌉");
+        assert_eq!(r.reset_secs, 2);
+        assert_eq!(r.window_secs, 2);
+        assert_eq!(r.to_string(), "global rate limit exceeded");
+        assert!(worker.try_acquire(&l, SubjectKey::GLOBAL, 2_124).is_err());
+        assert_eq!(
+            admit_until_rejected(&mut worker, &l, SubjectKey::GLOBAL, 2_125),
+            5
+        );
+    }
+
+    #[test]
+    fn capacity_returns_slot_by_slot_as_old_slots_leave_the_window() {
+        let registry = Registry::default();
+        let l = global(&registry, 5, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let mut worker = registry.worker();
+        let key = SubjectKey::GLOBAL;
+        for _ in 0..3 {
+            admit(&mut worker, &l, key, 50);
+        }
+        for _ in 0..2 {
+            admit(&mut worker, &l, key, 550);
+        }
+        assert!(
+            worker.try_acquire(&l, key, 1_650).is_err(),
+            "slot 16: 0 still counted"
+        );
+        // Slot 17: slot 0's three come back, slot 5's two are still counted.
+        assert_eq!(admit_until_rejected(&mut worker, &l, key, 1_700), 3);
+        let r = worker.try_acquire(&l, key, 1_700).expect_err("full again");
+        assert_eq!(r.retry_after_secs, 1, "slot 5 leaves at 2 200 ms");
+        // Slot 22: slot 5 leaves too.
+        assert!(worker.try_acquire(&l, key, 2_199).is_err());
+        assert_eq!(admit_until_rejected(&mut worker, &l, key, 2_200), 2);
+    }
+
+    #[test]
+    fn no_window_of_the_configured_length_ever_holds_more_than_the_limit() {
+        // Four workers reading one clock up to 1 ms late, random gaps, timers and idle
+        // periods; every admission's reading is logged and every window checked.
+        let registry = Registry::default();
+        let l = global(&registry, 20, "1s");
+        let window = l.window_ms();
+        let mut workers: Vec<_> = (0..4).map(|_| registry.worker()).collect();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut clock = 0u64;
+        let mut log = Vec::new();
+        for _ in 0..50_000 {
+            clock += next() % 3;
+            let w = (next() % 4) as usize;
+            let now = clock.saturating_sub(next() % 2); // a worker may read the clock late
+            if next() % 16 == 0 {
+                workers[w].flush_idle(now);
+            }
+            if workers[w].try_acquire(&l, SubjectKey::GLOBAL, now).is_ok() {
+                log.push(now);
+            }
+        }
+        log.sort_unstable();
+        let mut start = 0;
+        for end in 0..log.len() {
+            while log[end] - log[start] >= window {
+                start += 1;
+            }
+            assert!(
+                end - start < 20,
+                "{} admitted within {window} ms",
+                end - start + 1
+            );
+        }
+        // ~50 s at 20 per ~1.07 s: the limiter keeps admitting close to the limit.
+        assert!(log.len() > 800, "only {} admitted", log.len());
+    }
+
+    #[test]
+    fn a_per_ip_rejection_does_not_charge_the_global_dimension() {
+        // The seed: global 15/1m, per_ip 5/1m; client A hammers past its limit.
+        let registry = Registry::default();
+        let set = registry.limiter_set(
+            9,
+            &Limits {
+                global: Some(limit(15, "1m")),
+                per_ip: Some(limit(5, "1m")),
+                per_user: None,
+            },
+        );
+        let mut workers: Vec<_> = (0..4).map(|_| registry.worker()).collect();
+        let now = 60_000;
+        let client = |n| Subjects {
+            ip: Some(ip(n)),
+            user: None,
+        };
+        let mut outcome = |i: usize, n| workers[i % 4].try_acquire_all(&set, client(n), now);
+        for i in 0..5 {
+            let ok = outcome(i, 2).expect("A's first five pass");
+            let per_ip = ok.get(Dimension::PerIp).expect("per_ip checked");
+            assert_eq!(per_ip.remaining, 4 - i as u64);
+            assert!(
+                ok.get(Dimension::PerUser).is_none(),
+                "no user: per_user skipped"
+            );
+        }
+        for i in 0..20 {
+            let r = outcome(i, 2).expect_err("A is over its per_ip limit");
+            assert_eq!(r.dimension, Dimension::PerIp);
+            assert_eq!(r.to_string(), "per_ip rate limit exceeded");
+        }
+        let global_limiter = set.global.as_ref().expect("global configured");
+        assert_eq!(global_limiter.used(SubjectKey::GLOBAL, now), 5);
+        for client_ip in [3, 4] {
+            for i in 0..5 {
+                outcome(i, client_ip).expect("other clients still get five each");
+            }
+        }
+        let r = outcome(0, 5).expect_err("the 16th request is refused");
+        assert_eq!(r.dimension, Dimension::Global);
+    }
+
+    #[test]
+    fn when_global_rejects_the_per_ip_token_goes_back_locally_without_a_shared_operation() {
+        let registry = Registry::default();
+        let set = registry.limiter_set(
+            9,
+            &Limits {
+                global: Some(limit(2, "1m")),
+                per_ip: Some(limit(1_000, "1m")),
+                per_user: None,
+            },
+        );
+        let per_ip = set.per_ip.clone().expect("per_ip configured");
+        let subjects = Subjects {
+            ip: Some(ip(1)),
+            user: None,
+        };
+        let mut worker = registry.worker();
+        worker
+            .try_acquire_all(&set, subjects, 0)
+            .expect("first request passes (per_ip leases 1)");
+        worker
+            .try_acquire_all(&set, subjects, 0)
+            .expect("second passes (per_ip leases 2, one stays local)");
+        let ops_before = per_ip.stats().shared_ops;
+        // per_ip takes its local token, global rejects, per_ip gets the token back.
+        for _ in 0..10 {
+            let r = worker.try_acquire_all(&set, subjects, 0);
+            assert_eq!(r.map_err(|r| r.dimension), Err(Dimension::Global));
+        }
+        assert_eq!(per_ip.stats().shared_ops, ops_before, "no shared write");
+        let key = per_ip.key(Subject::Ip(ip(1)));
+        let t = worker
+            .try_acquire(&per_ip, key, 0)
+            .expect("the token is still local");
+        assert_eq!(per_ip.stats().shared_ops, ops_before);
+        assert_eq!(
+            t.quota().remaining,
+            1_000 - 3,
+            "3 leased, none left locally"
+        );
+        worker.cancel(t);
+    }
+
+    #[test]
+    fn a_subject_far_below_its_limit_touches_shared_state_on_under_one_percent_of_requests() {
+        let registry = Registry::default();
+        let l = registry.limiter(3, Dimension::PerIp, &limit(10_000_000, "1m"));
+        let key = l.key(Subject::Ip(ip(7)));
+        let mut worker = registry.worker();
+        let requests = 100_000u64;
+        // 10 requests per ms for 10 s (crossing two slot boundaries), timer every 10 ms.
+        for i in 0..requests {
+            let now = 1_000_000 + i / 10;
+            if i % 100 == 0 {
+                worker.flush_idle(now);
+            }
+            admit(&mut worker, &l, key, now);
+        }
+        let ops = l.stats().shared_ops;
+        assert!(
+            ops * 100 < requests,
+            "{ops} shared operations for {requests} requests"
+        );
+    }
+
+    #[test]
+    fn idle_leases_flow_back_so_another_worker_can_use_the_whole_budget() {
+        let registry = Registry::default();
+        let l = global(&registry, 1_000, "1h");
+        let (mut a, mut b) = (registry.worker(), registry.worker());
+        for _ in 0..100 {
+            admit(&mut a, &l, SubjectKey::GLOBAL, 0);
+        }
+        assert!(l.used(SubjectKey::GLOBAL, 0) > 100, "a holds a lease");
+        let flushed = a.flush_idle(10);
+        assert!(flushed.returned_tokens > 0);
+        assert_eq!(l.used(SubjectKey::GLOBAL, 10), 100);
+        assert_eq!(
+            admit_until_rejected(&mut b, &l, SubjectKey::GLOBAL, 11),
+            900
+        );
+    }
+
+    #[test]
+    fn tokens_given_back_to_a_slot_that_left_the_window_inflate_nothing() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let (mut a, mut b) = (registry.worker(), registry.worker());
+        for _ in 0..4 {
+            admit(&mut a, &l, SubjectKey::GLOBAL, 0); // leases of 1, 2 and 4
+        }
+        assert_eq!(l.used(SubjectKey::GLOBAL, 0), 7, "4 used, 3 leased");
+        assert_eq!(
+            admit_until_rejected(&mut b, &l, SubjectKey::GLOBAL, 1_650),
+            93
+        );
+        // Slot 17 reuses slot 0's counter; b fills it with the 7 that came back.
+        assert_eq!(
+            admit_until_rejected(&mut b, &l, SubjectKey::GLOBAL, 1_700),
+            7
+        );
+        // a, its clock a millisecond behind, gives its 3 back to slot 0: already gone.
+        assert_eq!(a.flush_idle(1_699).returned_tokens, 3);
+        assert_eq!(l.used(SubjectKey::GLOBAL, 1_700), 100);
+        assert!(b.try_acquire(&l, SubjectKey::GLOBAL, 1_700).is_err());
+    }
+
+    #[test]
+    fn a_lease_is_not_handed_out_after_its_slot_ends() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let (mut a, mut b) = (registry.worker(), registry.worker());
+        for _ in 0..8 {
+            admit(&mut a, &l, SubjectKey::GLOBAL, 0); // leases 1 + 2 + 4 + 8: 7 left over
+        }
+        // In slot 1 a's 7 leftovers go back to slot 0, and a leases 11 charged to slot 1.
+        for _ in 0..7 {
+            admit(&mut a, &l, SubjectKey::GLOBAL, 150);
+        }
+        let in_slot_1 = 7 + admit_until_rejected(&mut b, &l, SubjectKey::GLOBAL, 150);
+        // Slot 0 leaves: only the 8 admitted in it come back. Had a handed out 7 stale
+        // tokens of slot 0 in slot 1, 15 would come back and overfill [150, 1750).
+        let in_slot_17 = admit_until_rejected(&mut b, &l, SubjectKey::GLOBAL, 1_700);
+        assert!(in_slot_1 + in_slot_17 <= 100, "{in_slot_1} + {in_slot_17}");
+        assert_eq!(in_slot_17, 8);
+    }
+
+    #[test]
+    fn a_lagging_worker_clock_is_charged_to_the_newest_slot() {
+        let registry = Registry::default();
+        let l = global(&registry, 2, "1600ms");
+        let (mut a, mut b) = (registry.worker(), registry.worker());
+        admit(&mut a, &l, SubjectKey::GLOBAL, 1_000); // slot 10
+        admit(&mut b, &l, SubjectKey::GLOBAL, 950); // reads slot 9, charged to 10
+        // Had b been charged to slot 9, one token would come back at slot 26.
+        assert!(a.try_acquire(&l, SubjectKey::GLOBAL, 2_650).is_err());
+        assert_eq!(
+            admit_until_rejected(&mut a, &l, SubjectKey::GLOBAL, 2_700),
+            2
+        );
+    }
+
+    #[test]
+    fn idle_subjects_expire_and_memory_stays_bounded_under_a_million_distinct_subjects() {
+        let registry = Registry::default();
+        let l = registry.limiter(4, Dimension::PerIp, &limit(10, "1s"));
+        let mut worker = registry.worker();
+        let (mut max_shared, mut max_local) = (0, 0);
+        // A million distinct clients, 10 new ones per ms for 100 s, one request each.
+        for i in 0..1_000_000u32 {
+            let now = 10_000 + u64::from(i) / 10;
+            admit(&mut worker, &l, l.key(Subject::Ip(ip(i))), now);
+            if i % 100 == 0 {
+                worker.flush_idle(now);
+                max_local = max_local.max(worker.local_subjects(&l));
+            }
+            if i % 20_000 == 0 {
+                max_shared = max_shared.max(l.stats().subjects);
+            }
+        }
+        // One window plus one slot of clients (~10.6k) is live at a time; sweeps lag a bit.
+        assert!(
+            max_shared <= 30_000,
+            "shared subjects peaked at {max_shared}"
+        );
+        assert!(max_local <= 200, "local buckets peaked at {max_local}");
+        worker.flush_idle(200_000);
+        l.sweep(200_000);
+        let stats = l.stats();
+        assert_eq!(stats.subjects, 0);
+        assert!(stats.capacity <= 64 * 256, "maps shrink: {stats:?}");
+        assert_eq!(worker.local_subjects(&l), 0);
+    }
+
+    #[test]
+    fn a_full_subject_table_refuses_new_subjects_rather_than_forgetting_live_ones() {
+        let registry = Registry::new(Tuning {
+            max_subjects: 1_024,
+            shards: 4,
+            max_local_subjects: 16,
+            ..Tuning::default()
+        });
+        let l = registry.limiter(4, Dimension::PerIp, &limit(1, "1m"));
+        let mut worker = registry.worker();
+        let mut admitted = Vec::new();
+        for i in 0..100_000 {
+            match worker.try_acquire(&l, l.key(Subject::Ip(ip(i))), 1_000) {
+                Ok(_) => admitted.push(i),
+                Err(r) => {
+                    assert_eq!(r.reason, RejectReason::SubjectTableFull);
+                    assert!(r.retry_after_secs >= 60);
+                }
+            }
+        }
+        assert_eq!(admitted.len(), l.stats().subjects);
+        assert!(admitted.len() <= 1_024 && admitted.len() > 900);
+        assert!(worker.local_subjects(&l) <= 16);
+        // Every admitted client is still counted: its second request is refused.
+        for &i in &admitted {
+            let r = worker
+                .try_acquire(&l, l.key(Subject::Ip(ip(i))), 2_000)
+                .expect_err("limit 1");
+            assert_eq!(r.reason, RejectReason::Limited, "client {i}");
+        }
+        // Once the window has passed, newcomers get in again.
+        let later = 1_000 + 60_000 + l.slot_ms();
+        admit(&mut worker, &l, l.key(Subject::Ip(ip(500_000))), later);
+    }
+
+    #[test]
+    fn unchanged_settings_keep_counters_and_changed_settings_start_fresh() {
+        let registry = Registry::default();
+        let mut worker = registry.worker();
+        let v1 = registry.limiter_set(
+            42,
+            &Limits {
+                global: Some(limit(10, "1m")),
+                per_ip: None,
+                per_user: None,
+            },
+        );
+        let g1 = v1.global.clone().expect("configured");
+        for _ in 0..4 {
+            admit(&mut worker, &g1, SubjectKey::GLOBAL, 0);
+        }
+        // A new snapshot with the same settings: the same limiter, the same counters.
+        let v2 = registry.limiter(42, Dimension::Global, &limit(10, "1m"));
+        assert!(Arc::ptr_eq(&g1, &v2));
+        assert_eq!(
+            admit_until_rejected(&mut worker, &v2, SubjectKey::GLOBAL, 1),
+            6
+        );
+        // Changed settings: fresh counters.
+        let v3 = registry.limiter(42, Dimension::Global, &limit(12, "1m"));
+        assert!(!Arc::ptr_eq(&g1, &v3));
+        assert_eq!(
+            admit_until_rejected(&mut worker, &v3, SubjectKey::GLOBAL, 2),
+            12
+        );
+        // Old snapshots dropped: the old limiter goes once the worker lets go of it.
+        drop((v1, g1, v2));
+        worker.flush_idle(1_000);
+        drop(v3);
+        worker.flush_idle(2_000);
+        assert_eq!(registry.live_limiters(), 0);
+    }
+
+    #[test]
+    fn remaining_and_reset_describe_the_subject_budget() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1m"); // slots of 3.75 s
+        let mut worker = registry.worker();
+        let quotas: Vec<_> = (0..10)
+            .map(|_| admit(&mut worker, &l, SubjectKey::GLOBAL, 0))
+            .collect();
+        let q = quotas[9];
+        assert_eq!(q.limit, 100);
+        assert_eq!(q.remaining, 90);
+        assert_eq!(q.reset_secs, 64, "slot 0 leaves at 17 × 3.75 s = 63.75 s");
+        assert_eq!(q.window_secs, 60);
+    }
+}
