@@ -109,11 +109,31 @@ pub async fn forward(
 ) -> io::Result<Outcome> {
     let plane = ctx.plane();
     let body_start = req.head_len.min(client.buf.len());
-    let mut plan = match plan_body(req.body, &client.buf[body_start..]) {
+    let planned = match plan_body(req.body, &client.buf[body_start..]) {
+        // A chunked body already in hand is held to the limit here: it is never streamed.
+        Ok(plan)
+            if plan
+                .scanner
+                .as_ref()
+                .is_some_and(|s| s.data_len() > body_limit) =>
+        {
+            Err(ErrorResponse::new(
+                413,
+                format!("request body exceeds {body_limit} bytes"),
+            ))
+        }
+        other => other,
+    }
+    .map_err(|mut e| {
+        e.headers.extend(effects.response_headers.iter().cloned());
+        e
+    });
+    let mut plan = match planned {
         Ok(plan) => plan,
         Err(e) => {
             client.consume(client.buf.len());
             client.send_error(&e, true, req.is_head).await?;
+            client.linger().await;
             return Ok(Outcome::Done { keep_alive: false });
         }
     };
@@ -496,7 +516,9 @@ async fn stream_request_body(
             }
         };
         sent += take as u64;
-        if sent > max_body {
+        // The limit is on body data: chunk framing does not count.
+        let data = plan.scanner.as_ref().map_or(sent, ChunkedScanner::data_len);
+        if data > max_body {
             plane.bodies.give(chunk);
             return Err(Failure::BodyTooLarge);
         }

@@ -12,6 +12,12 @@
 //!   can hang), an optional source address on 127.0.0.0/8 ("another client IP") and a raw
 //!   mode for malformed requests.
 //! - [`io_drivers`]: the event-loop drivers end-to-end tests run under.
+//! - [`connection::Connection`]: one persistent client connection (keep-alive,
+//!   pipelining, raw bytes, timed reads) for the proxy tests.
+//! - [`upstream`]: real upstream servers on loopback (counting, SSE, big download, upload
+//!   sink, upgrade echo), each stopped on drop.
+//! - [`tenant::Tenant`]: a gateway with an API key and shorthands to route a path to
+//!   upstream servers, and proxy clients that send the gateway's Host and key.
 //!
 //! Lint policy: the workspace's (`clippy::all`, `unwrap_used`); failures here are test
 //! failures, so they `panic!`/`expect` with a message that says what went wrong.
@@ -29,6 +35,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
+
+pub mod connection;
+pub mod tenant;
+pub mod upstream;
 
 /// How long a server may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -269,6 +279,8 @@ pub struct Shardgate {
     /// one without the other.
     logs: tempfile::TempDir,
     exit: Option<ExitStatus>,
+    /// SIGTERM was sent by [`Shardgate::send_sigterm`]; a second one would mean "exit now".
+    term_sent: bool,
 }
 
 const READY_PREFIX: &str = "shardgate ready ";
@@ -379,6 +391,7 @@ impl Shardgate {
                             data_dir,
                             logs,
                             exit: None,
+                            term_sent: false,
                         });
                     }
                     seen.push(line);
@@ -434,14 +447,35 @@ impl Shardgate {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// Sends SIGTERM and waits (at most [`EXIT_TIMEOUT`], then SIGKILL and panic) for the
-    /// process to exit; returns its exit status.
+    /// Sends SIGTERM and returns at once (e.g. to keep a request in flight meanwhile);
+    /// [`Shardgate::terminate`] then waits without signalling again (shardgate takes a
+    /// second signal as "exit now").
+    pub fn send_sigterm(&mut self) {
+        if self.term_sent || self.exit.is_some() {
+            return;
+        }
+        let child = self.child.as_ref().expect("the server is running");
+        signal(child.id(), "TERM");
+        self.term_sent = true;
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Sends SIGTERM (unless [`Shardgate::send_sigterm`] already did) and waits (at most
+    /// [`EXIT_TIMEOUT`], then SIGKILL and panic) for the process to exit; returns its exit
+    /// status.
     pub fn terminate(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
             return status;
         }
         let mut child = self.child.take().expect("the server is running");
-        signal(child.id(), "TERM");
+        if !self.term_sent {
+            signal(child.id(), "TERM");
+            self.term_sent = true;
+        }
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("wait for the server") {
@@ -515,6 +549,18 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`); panics when
+/// it cannot be read (the process is gone, or this is not Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -635,6 +681,8 @@ pub fn request(
 pub struct Client {
     addr: SocketAddr,
     source: Option<IpAddr>,
+    /// The `Host` header; the server address when `None`.
+    host: Option<String>,
     headers: Vec<(String, String)>,
 }
 
@@ -643,8 +691,26 @@ impl Client {
         Client {
             addr: target.socket_addr(),
             source: None,
+            host: None,
             headers: Vec::new(),
         }
+    }
+
+    /// Send `Host: <host>` instead of the server address (e.g. `api.localhost:8081` to
+    /// reach a gateway through the proxy).
+    pub fn host(mut self, host: &str) -> Client {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    /// The `Host` header value this client sends.
+    pub fn host_header(&self) -> String {
+        self.host.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+
+    /// The source address requests are sent from, when one was chosen.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
     }
 
     /// Connect from this local address (e.g. `127.0.0.2`): a different client IP.
@@ -712,7 +778,10 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Resp, String> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
+            self.host_header()
+        );
         for (n, v) in &self.headers {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
