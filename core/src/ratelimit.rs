@@ -33,8 +33,11 @@
 //! window already forgot that slot, so nothing is inflated.
 //!
 //! Time is `now_ms`, milliseconds of one monotonic clock that every worker reads (say
-//! `Instant` since a process-wide epoch). A worker whose clock reading lags another's is
-//! charged to the newest slot the subject has seen, never to an older one.
+//! `Instant` since a process-wide epoch); the guarantee is stated in those readings. A
+//! worker whose reading lags another's is charged to the newest slot the subject has seen,
+//! never to an older one; a reading staler than `N·d − W + 1` ms (1 ms when `N` divides `W`)
+//! can let that worker's admissions count up to its staleness early. Read the clock per
+//! request or per event-loop turn.
 //!
 //! # Several dimensions
 //!
@@ -598,22 +601,18 @@ impl Limiter {
 
     /// The key of `subject` in this limiter (and in every limiter of the same [`Registry`]).
     pub fn key(&self, subject: Subject<'_>) -> SubjectKey {
+        // One whole-word write per address: SipHash is cheapest fed words, not byte slices.
+        // IPs and user ids never share a limiter, so their encodings need not be disjoint.
         let mut h = self.hasher.build_hasher();
         match subject {
             Subject::Global => return SubjectKey::GLOBAL,
             Subject::Ip(ip) => match ip.to_canonical() {
-                IpAddr::V4(a) => {
-                    h.write_u8(4);
-                    h.write(&a.octets());
-                }
-                IpAddr::V6(a) => {
-                    h.write_u8(6);
-                    h.write(&a.octets());
-                }
+                IpAddr::V4(a) => h.write_u64(u64::from(a.to_bits())),
+                IpAddr::V6(a) => h.write_u128(a.to_bits()),
             },
             Subject::User(bytes) => {
-                h.write_u8(b'u');
                 h.write(bytes);
+                h.write_u8(0xff);
             }
         }
         SubjectKey(h.finish())
