@@ -566,11 +566,14 @@ fn client_head(
     let mut upgrade_value: Option<&[u8]> = None;
     // Headers the plugins set replace the upstream's (Vary is merged instead).
     let overridden = |name: &[u8]| {
-        !name.eq_ignore_ascii_case(b"vary")
-            && effects
-                .response_headers
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        (effects.owns_cors
+            && name.len() > 15
+            && name[..15].eq_ignore_ascii_case(b"access-control-"))
+            || (!name.eq_ignore_ascii_case(b"vary")
+                && effects
+                    .response_headers
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())))
     };
     let mut listed: Option<Vec<(String, String)>> =
         (!effects.response_transforms.is_empty()).then(Vec::new);

@@ -86,6 +86,24 @@ pub struct Effects {
     pub response_transforms: Vec<Arc<PluginSettings>>,
     /// The smallest body limit of the `request_size_limiter`s that ran.
     pub body_limit: Option<u64>,
+    /// A CORS plugin ran: the gateway owns the response's `Access-Control-*` headers and
+    /// the upstream's are dropped (an upstream must not re-allow a refused origin).
+    pub owns_cors: bool,
+}
+
+impl Effects {
+    /// Adds response headers, replacing earlier ones of the same name (a plugin configured
+    /// in two stages, e.g. CORS, must not send its headers twice).
+    pub fn set_response_headers(
+        &mut self,
+        headers: impl IntoIterator<Item = (&'static str, String)>,
+    ) {
+        for (name, value) in headers {
+            self.response_headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            self.response_headers.push((name, value));
+        }
+    }
 }
 
 fn dimension_prefix(dimension: Dimension) -> [&'static str; 3] {
@@ -223,9 +241,8 @@ pub fn pre_request(
                     return Err(answer);
                 }
                 let origin = facts.head.header(facts.buf, "origin");
-                effects
-                    .response_headers
-                    .extend(settings.response_headers(origin));
+                effects.owns_cors = true;
+                effects.set_response_headers(settings.response_headers(origin));
             }
             PluginSettings::RequestTransformer(_) => {
                 effects.request_transforms.push(plugin.settings.clone());
@@ -247,9 +264,8 @@ pub fn pre_response(chain: &[CompiledPlugin], facts: &Facts<'_>, effects: &mut E
             }
             PluginSettings::Cors(settings) => {
                 let origin = facts.head.header(facts.buf, "origin");
-                effects
-                    .response_headers
-                    .extend(settings.response_headers(origin));
+                effects.owns_cors = true;
+                effects.set_response_headers(settings.response_headers(origin));
             }
             _ => {}
         }

@@ -1,0 +1,99 @@
+//! Active health checks (upstream `health_checks.active`): the admin thread probes each
+//! target, takes one out after `unhealthy_threshold` failed probes and brings it back after
+//! `healthy_threshold` good ones; workers then route around it without any retry.
+
+use std::time::{Duration, Instant};
+
+use shardgate_tests::tenant::Tenant;
+use shardgate_tests::upstream::{CountingServer, DeadPort};
+use shardgate_tests::{Options, Shardgate, io_drivers, json};
+
+fn active_check() -> shardgate_tests::Value {
+    json!({"health_checks": {"active": {
+        "path": "/health", "interval": "100ms", "timeout": "200ms",
+        "unhealthy_threshold": 2, "healthy_threshold": 1
+    }}})
+}
+
+/// Polls `check` every 50 ms for up to `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_target_failing_active_checks_gets_no_traffic_even_without_retries() {
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver).workers(2));
+        let tenant = Tenant::create(&sg, "health");
+        let live = CountingServer::start("live");
+        let dead = DeadPort::reserve();
+        let upstream = tenant.upstream(
+            "pool",
+            vec![live.target(json!({})), dead.target(json!({}))],
+            active_check(),
+        );
+        // No retries: only the health check can keep requests off the dead target.
+        let service = tenant.service("svc", &upstream, json!({"retries": 0}));
+        tenant.rule(json!({"path": "/x", "service_id": service}));
+
+        let client = tenant.client();
+        let healthy = eventually(Duration::from_secs(5), || {
+            (0..6).all(|_| client.get("/x").status == 200)
+        });
+        assert!(
+            healthy,
+            "[{driver}] the dead target was never taken out of rotation"
+        );
+        for i in 0..50 {
+            let resp = client.get("/x");
+            assert_eq!(resp.status, 200, "[{driver}] request {i}: {resp}");
+        }
+        // The probes themselves reach the live target at its health path.
+        assert!(
+            live.requests().iter().any(|seen| seen.target == "/health"),
+            "[{driver}] no probe reached the live target"
+        );
+    }
+}
+
+#[test]
+fn a_target_that_fails_its_checks_and_recovers_comes_back() {
+    let sg = Shardgate::start(Options::new().workers(2));
+    let tenant = Tenant::create(&sg, "recover");
+    let only = CountingServer::builder("only").status(503).start();
+    let upstream = tenant.upstream("pool", vec![only.target(json!({}))], active_check());
+    let service = tenant.service("svc", &upstream, json!({"retries": 0}));
+    tenant.rule(json!({"path": "/x", "service_id": service}));
+    let client = tenant.client();
+
+    // A target answering 503 to its probes is down: the gateway says so itself.
+    let down = eventually(Duration::from_secs(5), || {
+        let resp = client.get("/x");
+        resp.status == 503 && resp.text().contains("no healthy upstream target")
+    });
+    assert!(down, "the failing target was never marked down");
+
+    // Replace it with a healthy server on a new upstream target: it is probed and used.
+    let healthy = CountingServer::start("healthy");
+    let body = json!({
+        "name": "pool",
+        "targets": [healthy.target(json!({}))],
+        "health_checks": {"active": {
+            "path": "/health", "interval": "100ms", "timeout": "200ms",
+            "unhealthy_threshold": 2, "healthy_threshold": 1
+        }}
+    });
+    let resp = tenant
+        .admin
+        .put_json(&tenant.item("upstreams", &upstream), &body);
+    assert_eq!(resp.status, 200, "{resp}");
+    let back = eventually(Duration::from_secs(5), || client.get("/x").status == 200);
+    assert!(back, "the healthy replacement never received traffic");
+}
