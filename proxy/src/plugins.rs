@@ -128,7 +128,8 @@ fn dimension_prefix(dimension: Dimension) -> [&'static str; 3] {
 
 /// `X-RateLimit-*` (combined = the tightest dimension, then per dimension) and the IETF
 /// draft fields (draft-ietf-httpapi-ratelimit-headers-09: `RateLimit-Policy` lists every
-/// policy, `RateLimit` reports the tightest).
+/// policy, `RateLimit` reports the tightest). When several limiters ran (gateway and rule),
+/// each header keeps the tightest value and the policies are listed together.
 fn rate_limit_headers(out: &mut Vec<(&'static str, String)>, quotas: &[Quota]) {
     let Some(tightest) = quotas
         .iter()
@@ -136,28 +137,46 @@ fn rate_limit_headers(out: &mut Vec<(&'static str, String)>, quotas: &[Quota]) {
     else {
         return;
     };
-    out.push(("X-RateLimit-Limit", tightest.limit.to_string()));
-    out.push(("X-RateLimit-Remaining", tightest.remaining.to_string()));
-    out.push(("X-RateLimit-Reset", tightest.reset_secs.to_string()));
+    let existing_remaining = |out: &Vec<(&'static str, String)>, name: &str| {
+        out.iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let set = |out: &mut Vec<(&'static str, String)>, name: &'static str, value: String| {
+        out.retain(|(n, _)| *n != name);
+        out.push((name, value));
+    };
+    if existing_remaining(out, "X-RateLimit-Remaining").is_none_or(|r| tightest.remaining <= r) {
+        set(out, "X-RateLimit-Limit", tightest.limit.to_string());
+        set(out, "X-RateLimit-Remaining", tightest.remaining.to_string());
+        set(out, "X-RateLimit-Reset", tightest.reset_secs.to_string());
+        set(
+            out,
+            "RateLimit",
+            format!(
+                "\"{}\";r={};t={}",
+                tightest.dimension, tightest.remaining, tightest.reset_secs
+            ),
+        );
+    }
     for q in quotas {
         let [limit, remaining, reset] = dimension_prefix(q.dimension);
-        out.push((limit, q.limit.to_string()));
-        out.push((remaining, q.remaining.to_string()));
-        out.push((reset, q.reset_secs.to_string()));
+        if existing_remaining(out, remaining).is_none_or(|r| q.remaining <= r) {
+            set(out, limit, q.limit.to_string());
+            set(out, remaining, q.remaining.to_string());
+            set(out, reset, q.reset_secs.to_string());
+        }
     }
-    let policy = quotas
+    let mut policy = quotas
         .iter()
         .map(|q| format!("\"{}\";q={};w={}", q.dimension, q.limit, q.window_secs))
         .collect::<Vec<_>>()
         .join(", ");
+    if let Some(pos) = out.iter().position(|(n, _)| *n == "RateLimit-Policy") {
+        let (_, earlier) = out.remove(pos);
+        policy = format!("{earlier}, {policy}");
+    }
     out.push(("RateLimit-Policy", policy));
-    out.push((
-        "RateLimit",
-        format!(
-            "\"{}\";r={};t={}",
-            tightest.dimension, tightest.remaining, tightest.reset_secs
-        ),
-    ));
 }
 
 fn rejected_quota(r: &Rejected) -> Quota {
