@@ -841,10 +841,10 @@ impl Router {
             allow: MethodSet::EMPTY,
         };
 
-        if let Some(bucket) = self.exact.get(path) {
-            if let Some(index) = self.pick(bucket, &mut probe) {
-                return self.matched(index, path, path.len());
-            }
+        if let Some(bucket) = self.exact.get(path)
+            && let Some(index) = self.pick(bucket, &mut probe)
+        {
+            return self.matched(index, path, path.len());
         }
         if let Some(index) = self.match_params(path, &mut probe) {
             return self.matched(index, path, path.len());

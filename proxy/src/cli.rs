@@ -266,6 +266,8 @@ pub struct Config {
 }
 
 /// What the command line asked for.
+// Built once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Invocation {
     Run(Config),

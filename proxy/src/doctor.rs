@@ -15,7 +15,7 @@
 //! `parse_*` function and then to a pure `judge_*` function that returns a [`Finding`]. The
 //! tests feed those functions every input shape they can meet, including the failures that
 //! cannot be produced on a test machine (io_uring disabled by sysctl, a seccomp filter
-//! answering EPERM, a pre-5.12 kernel).
+//! answering EPERM, a locked-memory limit too small for the workers' rings).
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -35,9 +35,15 @@ pub const WORKER_FDS: u64 = 8;
 /// Idle upstream connections one worker may keep for one target (`pool.max_idle`'s
 /// default); the formula assumes one target with a full pool per worker.
 pub const POOLED_FDS_PER_WORKER: u64 = 64;
-/// Memory one worker's ring pins: 1024 SQEs × 64 B + 2048 CQEs × 16 B + ring headers,
-/// rounded up to 128 KiB. Only kernels before 5.12 charge it to RLIMIT_MEMLOCK.
-pub const RING_BYTES_PER_WORKER: u64 = 128 * 1024;
+/// Entries of each worker's io_uring (monoio's default): doctor probes with rings of this
+/// size so that a probe costs what a worker's ring costs.
+pub const RING_ENTRIES: u32 = 1024;
+/// Locked memory one such ring is charged: 1024 SQEs × 64 B + 2048 CQEs × 16 B + ring
+/// headers = 26 pages. Measured on Linux 6.18 as the smallest RLIMIT_MEMLOCK one ring
+/// fits in. Kernels before 5.12 charged the limit too, 5.12 was documented to charge the
+/// memory cgroup instead, 6.18 charges the limit: doctor opens the rings rather than
+/// trusting a kernel version.
+pub const RING_BYTES_PER_WORKER: u64 = 104 * 1024;
 /// Below this much free space in the data directory's filesystem, admin writes are about
 /// to fail with ENOSPC.
 pub const DISK_FAIL_BYTES: u64 = 100 * 1024 * 1024;
@@ -200,14 +206,18 @@ fn read_sysctl(path: &str) -> Option<u64> {
 /// Reads every input and judges it.
 pub fn checks(args: &DoctorArgs) -> Vec<Finding> {
     let kernel = read("/proc/sys/kernel/osrelease");
-    let kernel_version = kernel.as_deref().and_then(parse_kernel_release);
+    let status = read("/proc/self/status");
     let disabled = read("/proc/sys/kernel/io_uring_disabled")
         .map(|text| parse_io_uring_disabled(&text).map_err(|e| e.to_string()));
     let group = read("/proc/sys/kernel/io_uring_group").and_then(|t| t.trim().parse::<i64>().ok());
-    let seccomp = read("/proc/self/status").and_then(|t| parse_seccomp_mode(&t));
+    let seccomp = status.as_deref().and_then(parse_seccomp_mode);
+    let ipc_lock = status
+        .as_deref()
+        .and_then(parse_effective_caps)
+        .is_some_and(|caps| caps & CAP_IPC_LOCK != 0);
     let forced_legacy =
         force_legacy_driver(std::env::var("MONOIO_FORCE_LEGACY_DRIVER").ok().as_deref());
-    let probe = probe_ring();
+    let (probe, rings) = probe_rings(args.io_driver, args.workers);
     let uring = UringInputs {
         requested: args.io_driver,
         kernel: kernel.as_deref().map(str::trim),
@@ -224,9 +234,9 @@ pub fn checks(args: &DoctorArgs) -> Vec<Finding> {
         Some(Ok(limits)) => {
             findings.push(judge_memlock(
                 args.io_driver,
-                kernel_version,
                 limits.memlock,
-                args.workers,
+                ipc_lock,
+                &rings,
             ));
             findings.push(judge_nofile(
                 limits.nofile,
@@ -268,10 +278,49 @@ pub fn checks(args: &DoctorArgs) -> Vec<Finding> {
     findings
 }
 
-/// Opens a small ring the way monoio does, and asks the kernel which opcodes it supports.
-/// `Err` carries the errno of `io_uring_setup`.
-fn probe_ring() -> Result<RingProbe, i32> {
-    let ring = io_uring::IoUring::new(8).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+/// Opens a ring the size monoio's are, asks the kernel which opcodes it supports, then
+/// holds open as many more as there will be workers (one ring each), to see whether they
+/// fit the locked-memory limit together. `Err` carries the errno of `io_uring_setup`.
+fn probe_rings(requested: IoDriver, workers: usize) -> (Result<RingProbe, i32>, RingCount) {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
+    let wanted = if requested == IoDriver::Epoll {
+        1
+    } else {
+        workers
+    };
+    let first = match io_uring::IoUring::new(RING_ENTRIES) {
+        Ok(ring) => ring,
+        Err(e) => {
+            let error = errno(e);
+            let count = RingCount {
+                opened: 0,
+                wanted,
+                error: Some(error),
+            };
+            return (Err(error), count);
+        }
+    };
+    let probe = describe_ring(&first);
+    let mut rings = vec![first];
+    let mut error = None;
+    while rings.len() < wanted {
+        match io_uring::IoUring::new(RING_ENTRIES) {
+            Ok(ring) => rings.push(ring),
+            Err(e) => {
+                error = Some(errno(e));
+                break;
+            }
+        }
+    }
+    let count = RingCount {
+        opened: rings.len(),
+        wanted,
+        error,
+    };
+    (Ok(probe), count)
+}
+
+fn describe_ring(ring: &io_uring::IoUring) -> RingProbe {
     let params = ring.params();
     let features = [
         ("single_mmap", params.is_feature_single_mmap()),
@@ -298,10 +347,10 @@ fn probe_ring() -> Result<RingProbe, i32> {
             .collect()),
         Err(e) => Err(e.raw_os_error().unwrap_or(0)),
     };
-    Ok(RingProbe {
+    RingProbe {
         features,
         missing_ops,
-    })
+    }
 }
 
 /// The opcodes `monoio::utils::detect_uring` requires (monoio 0.2, without `splice`).
@@ -447,12 +496,15 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), ParseError> {
     }
 }
 
-/// Parses `/proc/sys/kernel/osrelease` (`6.8.0-45-generic`) into (major, minor).
-pub fn parse_kernel_release(text: &str) -> Option<(u32, u32)> {
-    let mut parts = text.trim().split(['.', '-', '+']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
+/// CAP_IPC_LOCK's bit in a capability mask: its holder is exempt from RLIMIT_MEMLOCK.
+pub const CAP_IPC_LOCK: u64 = 1 << 14;
+
+/// The `CapEff:` field of `/proc/self/status`: the effective capabilities, in hex.
+pub fn parse_effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|value| u64::from_str_radix(value.trim(), 16).ok())
 }
 
 /// The `Seccomp:` field of `/proc/self/status`: 0 none, 1 strict, 2 filter.
@@ -836,7 +888,7 @@ fn why_setup_failed(i: &UringInputs<'_>, errno: i32, kernel: &str) -> (String, S
         ),
         (_, libc::ENOMEM) => (
             format!(
-                "{setup}: the ring could not be allocated (kernels before 5.12 charge it to RLIMIT_MEMLOCK)"
+                "{setup}: not even one {RING_ENTRIES}-entry ring fits the locked-memory limit (RLIMIT_MEMLOCK, charged per user) or memory is exhausted"
             ),
             "LimitMEMLOCK=infinity in shardgate.service, or `ulimit -l unlimited`".into(),
         ),
@@ -883,12 +935,24 @@ fn count(n: u64) -> String {
     n.to_string()
 }
 
-/// RLIMIT_MEMLOCK: only kernels before 5.12 charge io_uring rings to it.
+/// How many of the workers' rings could be held open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingCount {
+    pub opened: usize,
+    pub wanted: usize,
+    /// The errno that stopped the count short (or stopped the first ring).
+    pub error: Option<i32>,
+}
+
+/// RLIMIT_MEMLOCK against the workers' rings. The kernel charges ring memory to the
+/// limit per *user* (before 5.12, and again on recent kernels such as 6.18) unless the
+/// process has CAP_IPC_LOCK; so the verdict rests on opening the rings, and on whether
+/// this process was exempt while doing it.
 pub fn judge_memlock(
     requested: IoDriver,
-    kernel: Option<(u32, u32)>,
     memlock: Limit,
-    workers: usize,
+    ipc_lock: bool,
+    rings: &RingCount,
 ) -> Finding {
     const CHECK: &str = "memlock";
     let soft = memlock.soft.describe(bytes);
@@ -898,31 +962,62 @@ pub fn judge_memlock(
             format!("not needed with --io-driver epoll (soft limit {soft})"),
         );
     }
-    if let Some((major, minor)) = kernel
-        && (major, minor) >= (5, 12)
-    {
-        return Finding::ok(
+    let fix = "LimitMEMLOCK=infinity in shardgate.service, or `ulimit -l unlimited` (memlock in /etc/security/limits.conf)";
+    let RingCount {
+        opened,
+        wanted,
+        error,
+    } = *rings;
+    let needed = RING_BYTES_PER_WORKER * wanted as u64;
+    match error {
+        Some(libc::ENOMEM) => {
+            let rest = if requested == IoDriver::Auto && opened > 0 {
+                "; the other workers would fall back to epoll"
+            } else {
+                ""
+            };
+            Finding::by_driver(
+                requested,
+                CHECK,
+                format!(
+                    "only {opened} of {wanted} io_uring rings ({RING_ENTRIES} entries, one per worker) could be held open before ENOMEM: this kernel charges ring memory (about {} each) to RLIMIT_MEMLOCK, soft limit {soft}, shared by all of this user's processes{rest}",
+                    bytes(RING_BYTES_PER_WORKER)
+                ),
+                fix,
+            )
+        }
+        Some(errno) if opened == 0 => Finding::ok(
             CHECK,
             format!(
-                "kernel {major}.{minor} charges io_uring rings to the memory cgroup, not RLIMIT_MEMLOCK (soft limit {soft})"
+                "not checked: no io_uring ring could be created ({}; see io_uring)",
+                errno_name(errno)
             ),
-        );
-    }
-    let needed = RING_BYTES_PER_WORKER * workers as u64;
-    let finding = format!(
-        "soft limit {soft}; this kernel charges io_uring rings to RLIMIT_MEMLOCK: {workers} workers × {} = {} needed",
-        bytes(RING_BYTES_PER_WORKER),
-        bytes(needed)
-    );
-    if memlock.soft.at_least(needed) {
-        Finding::ok(CHECK, finding)
-    } else {
-        Finding::by_driver(
+        ),
+        Some(errno) => Finding::by_driver(
             requested,
             CHECK,
-            format!("{finding}: ring setup fails with ENOMEM"),
-            "LimitMEMLOCK=infinity in shardgate.service, or `ulimit -l unlimited` (memlock in /etc/security/limits.conf)",
-        )
+            format!(
+                "only {opened} of {wanted} io_uring rings could be held open: {}",
+                errno_name(errno)
+            ),
+            "check the limits of this user (ulimit -a) and dmesg",
+        ),
+        None if ipc_lock && !memlock.soft.at_least(needed) => Finding::warn(
+            CHECK,
+            format!(
+                "{wanted} rings of {RING_ENTRIES} entries opened, but only because this process has CAP_IPC_LOCK (root?), which RLIMIT_MEMLOCK does not bind; an unprivileged service user needs about {} ({wanted} × {}) and the soft limit is {soft}",
+                bytes(needed),
+                bytes(RING_BYTES_PER_WORKER)
+            ),
+            format!("{fix}; run doctor as the service user to see its real limit"),
+        ),
+        None => Finding::ok(
+            CHECK,
+            format!(
+                "{wanted} rings of {RING_ENTRIES} entries (one per worker) held open at once, about {} locked (soft limit {soft})",
+                bytes(needed)
+            ),
+        ),
     }
 }
 
@@ -1320,12 +1415,15 @@ Max address space         unlimited            unlimited            bytes
     }
 
     #[test]
-    fn kernel_release_yields_major_and_minor() {
-        assert_eq!(parse_kernel_release("6.8.0-45-generic\n"), Some((6, 8)));
-        assert_eq!(parse_kernel_release("5.11.22+"), Some((5, 11)));
-        assert_eq!(parse_kernel_release("6.18.44-fc-v657"), Some((6, 18)));
-        assert_eq!(parse_kernel_release("6"), None);
-        assert_eq!(parse_kernel_release("linux"), None);
+    fn effective_caps_come_from_the_status_file() {
+        let root = "CapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n";
+        let caps = parse_effective_caps(root);
+        assert_eq!(caps, Some(0x1ff_feff_ffff));
+        assert!(caps.is_some_and(|c| c & CAP_IPC_LOCK != 0));
+        let user = parse_effective_caps("CapEff:\t0000000000000000\n");
+        assert_eq!(user, Some(0));
+        assert_eq!(parse_effective_caps("Name:\tx\n"), None);
+        assert_eq!(parse_effective_caps("CapEff:\tzz\n"), None);
     }
 
     #[test]
@@ -1607,34 +1705,69 @@ malformed line without separator
         }
     }
 
+    fn rings(opened: usize, wanted: usize, error: Option<i32>) -> RingCount {
+        RingCount {
+            opened,
+            wanted,
+            error,
+        }
+    }
+
     #[test]
-    fn memlock_matters_only_before_5_12_and_only_for_io_uring() {
+    fn memlock_is_judged_by_the_rings_that_could_be_opened() {
         let tiny = limit(64 * 1024, 64 * 1024);
+        let all = rings(8, 8, None);
         assert_eq!(
-            judge_memlock(IoDriver::Uring, Some((6, 1)), tiny, 8).level,
+            judge_memlock(IoDriver::Uring, tiny, false, &all).level,
+            Level::Ok
+        );
+
+        let short = rings(2, 8, Some(libc::ENOMEM));
+        let strict = judge_memlock(IoDriver::Uring, tiny, false, &short);
+        assert_eq!(strict.level, Level::Fail);
+        assert!(strict.finding.contains("only 2 of 8"), "{strict}");
+        assert!(line(&strict).contains("LimitMEMLOCK=infinity"), "{strict}");
+        let auto = judge_memlock(IoDriver::Auto, tiny, false, &short);
+        assert_eq!(auto.level, Level::Warn);
+        assert!(auto.finding.contains("fall back to epoll"), "{auto}");
+
+        let none = rings(0, 8, Some(libc::ENOMEM));
+        assert_eq!(
+            judge_memlock(IoDriver::Uring, tiny, false, &none).level,
+            Level::Fail
+        );
+        // No ring at all for another reason: the io_uring line explains it.
+        let blocked = rings(0, 8, Some(libc::EPERM));
+        assert_eq!(
+            judge_memlock(IoDriver::Uring, tiny, false, &blocked).level,
             Level::Ok
         );
         assert_eq!(
-            judge_memlock(IoDriver::Epoll, Some((5, 4)), tiny, 8).level,
+            judge_memlock(IoDriver::Epoll, tiny, false, &short).level,
             Level::Ok
         );
-        let old = judge_memlock(IoDriver::Uring, Some((5, 4)), tiny, 8);
-        assert_eq!(old.level, Level::Fail);
-        assert!(old.finding.contains("1 MiB needed"), "{old}");
-        assert!(line(&old).contains("LimitMEMLOCK=infinity"));
-        assert_eq!(
-            judge_memlock(IoDriver::Auto, Some((5, 4)), tiny, 8).level,
-            Level::Warn
-        );
+    }
+
+    #[test]
+    fn memlock_exempt_root_warns_when_the_service_user_would_not_fit() {
+        let all = rings(8, 8, None);
+        let tiny = limit(64 * 1024, 64 * 1024);
+        let root = judge_memlock(IoDriver::Auto, tiny, true, &all);
+        assert_eq!(root.level, Level::Warn);
+        assert!(root.finding.contains("CAP_IPC_LOCK"), "{root}");
+        assert!(root.finding.contains("832 KiB"), "8 × 104 KiB: {root}");
         let enough = limit(8 << 20, 8 << 20);
         assert_eq!(
-            judge_memlock(IoDriver::Uring, Some((5, 4)), enough, 8).level,
+            judge_memlock(IoDriver::Auto, enough, true, &all).level,
             Level::Ok
         );
-        // Unknown kernel: assume the old accounting.
+        let unlimited = Limit {
+            soft: LimitValue::Unlimited,
+            hard: LimitValue::Unlimited,
+        };
         assert_eq!(
-            judge_memlock(IoDriver::Uring, None, tiny, 8).level,
-            Level::Fail
+            judge_memlock(IoDriver::Auto, unlimited, true, &all).level,
+            Level::Ok
         );
     }
 

@@ -743,7 +743,10 @@ async fn relay_response(
         }
     }
     plane.heads.give(rbuf);
-    client.write(out).await.map_err(|_| Failure::ClientGone)?;
+    // The head buffer goes back to the pool: one buffer per response, not one allocation.
+    let (written, out) = client.write_returning(out).await;
+    plane.heads.give(out);
+    written.map_err(|_| Failure::ClientGone)?;
 
     let mut chunk = plane.bodies.take();
     let mut framed_out = Vec::new();

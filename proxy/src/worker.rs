@@ -465,7 +465,7 @@ async fn sweep_pools(ctx: Rc<WorkerContext>) {
             .borrow_mut()
             .flush_idle(crate::plugins::now_ms());
         ticks += 1;
-        if ticks % 50 == 0 {
+        if ticks.is_multiple_of(50) {
             ctx.plane().upstreams.sweep();
         }
     }
