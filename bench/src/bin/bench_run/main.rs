@@ -1,0 +1,841 @@
+//! The `bench/run` driver: starts the upstream, shardgate in each scenario and the nginx
+//! baseline, measures them with wrk in interleaved rounds, measures idle keep-alive
+//! connection memory and admin write-to-live latency, and writes the report (Markdown on
+//! stdout and in the results directory, JSON, SVG percentile plots).
+//!
+//! `bench/run` (the shell script beside this crate) builds the binaries, installs wrk and
+//! nginx when missing, raises the open-files limit and then runs this program; see
+//! bench/README.md for the flags. It exits non-zero only when the harness itself breaks
+//! (a process does not start, a configured route does not answer 200, wrk prints nothing),
+//! never because of the numbers.
+
+mod load;
+mod report;
+mod sys;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use targets::{Nginx, Shardgate};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub smoke: bool,
+    pub proxy_cpus: Vec<usize>,
+    pub load_cpus: Vec<usize>,
+    pub workers: usize,
+    pub duration: u64,
+    pub warmup: u64,
+    pub rounds: usize,
+    pub connections: usize,
+    pub threads: usize,
+    pub sizes: Vec<usize>,
+    pub scenarios: Vec<String>,
+    pub rules: usize,
+    pub keys: usize,
+    pub idle_conns: usize,
+    pub admin_keys: usize,
+    pub admin_writes: usize,
+    pub out: PathBuf,
+    pub bin_dir: PathBuf,
+    pub wrk: PathBuf,
+    pub nginx: PathBuf,
+    pub build_seconds: Option<f64>,
+    pub from_json: Option<PathBuf>,
+    pub quiet_wait: u64,
+}
+
+const USAGE: &str = "\
+usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/run)
+
+  --smoke               tiny durations, one round, results to target/bench-smoke/ (CI)
+  --proxy-cpus LIST     CPUs for the proxy under test (default: first half; CPU 0 on 2 cores)
+  --load-cpus LIST      CPUs for wrk and the upstream (default: the rest; CPU 1 on 2 cores)
+  --workers N           shardgate workers = nginx worker_processes (default: # proxy CPUs)
+  --duration SECS       measured seconds per run (default 8; smoke 1)
+  --warmup SECS         warm-up seconds per target and body size (default 2; smoke 1)
+  --rounds N            rounds of (nginx, scenario) pairs (default 3; smoke 1)
+  --connections N       wrk connections (default 64)
+  --threads N           wrk threads (default: # load CPUs)
+  --sizes LIST          response body sizes in bytes (default 1024,16384)
+  --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full)
+  --rules N             rules in the `full` scenario (default 100)
+  --keys N              API keys in the `full` scenario (default 10000)
+  --idle-conns N        idle keep-alive connections for the memory test (default 10000)
+  --admin-keys N        keys present for admin write-to-live (default 100000)
+  --admin-writes N      admin writes timed (default 1000; smoke 200)
+  --out DIR             results directory (default bench/results; smoke target/bench-smoke)
+  --bin-dir DIR         where shardgate, upstream and admin_write are (default: beside this)
+  --wrk PATH, --nginx PATH
+  --quiet-wait SECS     on a shared machine, wait before a run while other processes use
+                        > 0.15 CPU, at most this many seconds in all (default 240; smoke 0)
+  --from-json FILE      only re-render the report (Markdown, SVG) from a results JSON
+";
+
+fn parse_args() -> Result<Config, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = argv.iter().any(|a| a == "--smoke");
+    let allowed = sys::allowed_cpus();
+    let (default_proxy, default_load) = if allowed.len() >= 2 {
+        let half = allowed.len() / 2;
+        (allowed[..half].to_vec(), allowed[half..].to_vec())
+    } else {
+        (allowed.clone(), allowed.clone())
+    };
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"));
+    let mut c = Config {
+        smoke,
+        proxy_cpus: default_proxy,
+        load_cpus: default_load,
+        workers: 0,
+        duration: if smoke { 1 } else { 8 },
+        warmup: if smoke { 1 } else { 2 },
+        rounds: if smoke { 1 } else { 3 },
+        connections: 64,
+        threads: 0,
+        sizes: vec![1024, 16384],
+        scenarios: targets::scenarios(0, 0)
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect(),
+        rules: 100,
+        keys: 10_000,
+        idle_conns: 10_000,
+        admin_keys: 100_000,
+        admin_writes: if smoke { 200 } else { 1_000 },
+        out: PathBuf::from(if smoke {
+            "target/bench-smoke"
+        } else {
+            "bench/results"
+        }),
+        bin_dir: exe_dir,
+        wrk: PathBuf::from("wrk"),
+        nginx: PathBuf::from("nginx"),
+        build_seconds: None,
+        from_json: None,
+        quiet_wait: if smoke { 0 } else { 240 },
+    };
+    let mut it = argv.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("{flag}: not a number: {v:?}"))
+        }
+        match flag.as_str() {
+            "--smoke" => {}
+            "--proxy-cpus" => c.proxy_cpus = sys::parse_cpu_list(&value()?)?,
+            "--load-cpus" => c.load_cpus = sys::parse_cpu_list(&value()?)?,
+            "--workers" => c.workers = num(&flag, value()?)?,
+            "--duration" => c.duration = num(&flag, value()?)?,
+            "--warmup" => c.warmup = num(&flag, value()?)?,
+            "--rounds" => c.rounds = num(&flag, value()?)?,
+            "--connections" => c.connections = num(&flag, value()?)?,
+            "--threads" => c.threads = num(&flag, value()?)?,
+            "--sizes" => {
+                c.sizes = value()?
+                    .split(',')
+                    .map(|s| num(&flag, s.trim().to_string()))
+                    .collect::<Result<_, _>>()?
+            }
+            "--scenarios" => {
+                c.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect()
+            }
+            "--rules" => c.rules = num(&flag, value()?)?,
+            "--keys" => c.keys = num(&flag, value()?)?,
+            "--idle-conns" => c.idle_conns = num(&flag, value()?)?,
+            "--admin-keys" => c.admin_keys = num(&flag, value()?)?,
+            "--admin-writes" => c.admin_writes = num(&flag, value()?)?,
+            "--out" => c.out = PathBuf::from(value()?),
+            "--bin-dir" => c.bin_dir = PathBuf::from(value()?),
+            "--wrk" => c.wrk = PathBuf::from(value()?),
+            "--nginx" => c.nginx = PathBuf::from(value()?),
+            "--build-seconds" => c.build_seconds = Some(num(&flag, value()?)?),
+            "--from-json" => c.from_json = Some(PathBuf::from(value()?)),
+            "--quiet-wait" => c.quiet_wait = num(&flag, value()?)?,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    if c.workers == 0 {
+        c.workers = c.proxy_cpus.len();
+    }
+    if c.threads == 0 {
+        c.threads = c.load_cpus.len().max(1);
+    }
+    let known: Vec<&str> = targets::scenarios(0, 0).iter().map(|s| s.name).collect();
+    if let Some(bad) = c.scenarios.iter().find(|s| !known.contains(&s.as_str())) {
+        return Err(format!(
+            "unknown scenario {bad:?}; known: {}",
+            known.join(",")
+        ));
+    }
+    if c.duration == 0 || c.rounds == 0 || c.sizes.is_empty() || c.connections == 0 {
+        return Err("--duration, --rounds, --connections and --sizes must be positive".into());
+    }
+    Ok(c)
+}
+
+fn main() {
+    let config = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench_run: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = match &config.from_json {
+        Some(path) => rerender(path),
+        None => run(&config),
+    };
+    if let Err(e) = result {
+        eprintln!("bench_run: harness failure: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn rerender(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let results: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("bad file name")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let md = report::write_all(&results, dir, stem, false)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// Something that serves proxied requests: nginx or one shardgate scenario.
+#[derive(Debug)]
+pub enum Target<'a> {
+    Nginx(&'a Nginx),
+    Shardgate(&'a Shardgate),
+}
+
+impl Target<'_> {
+    fn name(&self) -> String {
+        match self {
+            Target::Nginx(_) => "nginx".into(),
+            Target::Shardgate(s) => s.scenario.name.into(),
+        }
+    }
+    fn proxy(&self) -> &'static str {
+        match self {
+            Target::Nginx(_) => "nginx",
+            Target::Shardgate(_) => "shardgate",
+        }
+    }
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Nginx(n) => n.addr,
+            Target::Shardgate(s) => s.proxy,
+        }
+    }
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Target::Nginx(n) => sys::proc_tree(n.process.pid()),
+            Target::Shardgate(s) => vec![s.process.pid()],
+        }
+    }
+    fn headers(&self, with_key: bool) -> Vec<(String, String)> {
+        let mut h = vec![("Host".to_string(), "bench.localhost".to_string())];
+        if let (true, Target::Shardgate(s)) = (with_key, self)
+            && let Some(k) = &s.key
+        {
+            h.push(("X-API-Key".into(), k.clone()));
+        }
+        h
+    }
+}
+
+fn path_for(size: usize) -> String {
+    format!("/bench/{size}")
+}
+
+pub fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    fn say(&self, msg: &str) {
+        eprintln!("[{:>4}s] {msg}", self.start.elapsed().as_secs());
+    }
+}
+
+fn run(config: &Config) -> Result<(), String> {
+    let started = Instant::now();
+    let progress = Progress { start: started };
+    let date = time::OffsetDateTime::now_utc();
+    let work = tempfile::Builder::new()
+        .prefix("shardgate-bench-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let work_dir = work.path();
+    let bin = |name: &str| config.bin_dir.join(name);
+    let machine = sys::machine(
+        &config.nginx.to_string_lossy(),
+        &config.wrk.to_string_lossy(),
+    );
+    let mut notes: Vec<String> = Vec::new();
+    if config
+        .proxy_cpus
+        .iter()
+        .any(|c| config.load_cpus.contains(c))
+    {
+        notes.push(format!(
+            "proxy CPUs {} and load CPUs {} overlap: the proxy competes with wrk and the upstream; \
+             compare CPU µs/request rather than requests/s",
+            sys::cpu_list_string(&config.proxy_cpus),
+            sys::cpu_list_string(&config.load_cpus)
+        ));
+    }
+    progress.say(&format!(
+        "proxy CPUs {} ({} workers), load CPUs {} (wrk -t{} -c{}), {} round(s) x {} s, sizes {:?}",
+        sys::cpu_list_string(&config.proxy_cpus),
+        config.workers,
+        sys::cpu_list_string(&config.load_cpus),
+        config.threads,
+        config.connections,
+        config.rounds,
+        config.duration,
+        config.sizes
+    ));
+
+    // The upstream: one thread on the first load CPU.
+    let upstream = targets::start_upstream(
+        &bin("upstream"),
+        &config.load_cpus[..1],
+        &config.sizes,
+        &work_dir.join("upstream.log"),
+    )?;
+    for &size in &config.sizes {
+        let r = load::get(
+            upstream.addr,
+            &path_for(size),
+            &[("Host".into(), "origin".into())],
+        )?;
+        if r.status != 200 || r.body_len != size {
+            return Err(format!(
+                "upstream answered {} with {} bytes for {size}",
+                r.status, r.body_len
+            ));
+        }
+    }
+    progress.say(&format!(
+        "upstream on {} ({})",
+        upstream.addr, upstream.driver
+    ));
+
+    // Idle connections need one descriptor each here and in the proxy.
+    let nofile = sys::nofile_limit();
+    let mut idle_conns = config.idle_conns;
+    if (idle_conns as u64) + 512 > nofile {
+        let fit = nofile.saturating_sub(512) as usize;
+        notes.push(format!(
+            "open-files limit {nofile}: idle-connection test uses {fit} connections instead of {idle_conns} \
+             (raise it with `ulimit -n`)"
+        ));
+        idle_conns = fit;
+    }
+
+    let all = targets::scenarios(config.rules, config.keys);
+    let wanted: Vec<_> = all
+        .into_iter()
+        .filter(|s| config.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    let first = wanted.first().ok_or("no scenario")?;
+
+    // The idle-connection test gets its own fresh processes (shardgate `bare` and nginx),
+    // stopped afterwards: the memory they keep would otherwise show in the load runs' RSS.
+    let mut idle = Vec::new();
+    if idle_conns > 0 {
+        let idle_dir = work_dir.join("idle");
+        std::fs::create_dir_all(&idle_dir).map_err(|e| format!("{}: {e}", idle_dir.display()))?;
+        let sg = targets::start_shardgate(
+            &targets::ShardgateOptions {
+                binary: &bin("shardgate"),
+                cpus: &config.proxy_cpus,
+                workers: config.workers,
+                work_dir: &idle_dir,
+                upstream: upstream.addr,
+            },
+            first,
+        )?;
+        idle.push(idle_test(
+            &Target::Shardgate(&sg),
+            config.sizes[0],
+            idle_conns,
+            &progress,
+        )?);
+        drop(sg);
+        let ng = targets::start_nginx(&targets::NginxOptions {
+            binary: &config.nginx,
+            cpus: &config.proxy_cpus,
+            workers: config.workers,
+            work_dir: &idle_dir,
+            upstream: upstream.addr,
+            connections: idle_conns,
+        })?;
+        idle.push(idle_test(
+            &Target::Nginx(&ng),
+            config.sizes[0],
+            idle_conns,
+            &progress,
+        )?);
+        drop(ng);
+    }
+
+    let nginx = targets::start_nginx(&targets::NginxOptions {
+        binary: &config.nginx,
+        cpus: &config.proxy_cpus,
+        workers: config.workers,
+        work_dir,
+        upstream: upstream.addr,
+        connections: config.connections,
+    })?;
+    progress.say(&format!("nginx on {}", nginx.addr));
+
+    let sg_opts = targets::ShardgateOptions {
+        binary: &bin("shardgate"),
+        cpus: &config.proxy_cpus,
+        workers: config.workers,
+        work_dir,
+        upstream: upstream.addr,
+    };
+    let mut shardgates: Vec<Shardgate> = Vec::new();
+    for s in &wanted {
+        progress.say(&format!(
+            "configuring shardgate `{}` ({} rules, {} keys) through the admin API",
+            s.name,
+            s.rules,
+            if s.auth { s.keys } else { 0 }
+        ));
+        let sg = targets::start_shardgate(&sg_opts, s)?;
+        if s.auth && s.keys > 1 {
+            progress.say(&format!(
+                "  {} keys created in {:.1} s ({:.2} ms per key, each an fsynced admin write)",
+                s.keys,
+                sg.keys_seconds,
+                sg.keys_seconds * 1000.0 / s.keys as f64
+            ));
+        }
+        shardgates.push(sg);
+    }
+    let drivers = targets::worker_drivers(&shardgates[0].log);
+    progress.say(&format!("shardgate workers: {drivers:?}"));
+
+    // Every target must answer the benchmark request correctly before it is measured.
+    let mut targets_list: Vec<Target> = vec![Target::Nginx(&nginx)];
+    targets_list.extend(shardgates.iter().map(Target::Shardgate));
+    let mut rate_limit_headers = None;
+    for t in &targets_list {
+        for &size in &config.sizes {
+            let r = load::get(t.addr(), &path_for(size), &t.headers(true))?;
+            if r.status != 200 || r.body_len != size {
+                return Err(format!(
+                    "{} answered GET {} with {} and {} body bytes, expected 200 and {size}; \
+                     the scenario is misconfigured",
+                    t.name(),
+                    path_for(size),
+                    r.status,
+                    r.body_len
+                ));
+            }
+            if let Target::Shardgate(s) = t {
+                if s.scenario.auth {
+                    let anon = load::get(t.addr(), &path_for(size), &t.headers(false))?;
+                    if anon.status != 401 {
+                        notes.push(format!(
+                            "WARNING: shardgate `{}` answered {} (not 401) without an API key",
+                            s.scenario.name, anon.status
+                        ));
+                    }
+                }
+                if s.scenario.rate_limit && rate_limit_headers.is_none() {
+                    rate_limit_headers = Some(
+                        r.header("x-ratelimit-limit").is_some() || r.header("ratelimit").is_some(),
+                    );
+                }
+            }
+        }
+    }
+    for s in &shardgates {
+        if s.scenario.keys > 1 && s.scenario.auth {
+            notes.push(format!(
+                "`{}`: {} keys created through the admin API in {:.1} s ({:.2} ms per fsynced write, one keep-alive connection)",
+                s.scenario.name,
+                report::group(s.scenario.keys as f64),
+                s.keys_seconds,
+                s.keys_seconds * 1000.0 / s.scenario.keys as f64
+            ));
+        }
+    }
+
+    let script = load::write_script(work_dir)?;
+    let clk = sys::clk_tck();
+    let measure = |t: &Target, size: usize, seconds: u64| -> Result<Value, String> {
+        let path = path_for(size);
+        let headers = t.headers(true);
+        let job = load::WrkJob {
+            wrk: &config.wrk,
+            script: &script,
+            cpus: &config.load_cpus,
+            threads: config.threads,
+            connections: config.connections,
+            seconds,
+            addr: t.addr(),
+            path: &path,
+            headers: &headers,
+        };
+        let pids = t.pids();
+        let host0 = sys::host_procs();
+        let cpu0 = sys::cpu_times();
+        let before = sys::sample(&pids);
+        let t0 = Instant::now();
+        let running = job.spawn()?;
+        std::thread::sleep(Duration::from_millis(seconds * 500));
+        let mid = sys::sample(&pids);
+        let wrk = running.finish()?;
+        let after = sys::sample(&pids);
+        let cpu1 = sys::cpu_times();
+        let host1 = sys::host_procs();
+        let wall = t0.elapsed().as_secs_f64();
+        let other_cpus = host0.foreign_ticks(&host1) as f64 / clk as f64 / wall;
+        let (proxy_busy, proxy_steal) = cpu0.busy_between(&cpu1, &config.proxy_cpus);
+        let (load_busy, _) = cpu0.busy_between(&cpu1, &config.load_cpus);
+        let requests = wrk["requests"].as_u64().unwrap_or(0);
+        let duration_s = wrk["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
+        let cpu_s = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clk as f64;
+        let pct = |q: f64| -> f64 {
+            wrk["percentiles"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|p| p[0].as_f64().is_some_and(|x| (x - q).abs() < 1e-6))
+                })
+                .and_then(|p| p[1].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let errors: u64 = ["connect", "read", "write", "status", "timeout"]
+            .iter()
+            .map(|k| wrk["errors"][k].as_u64().unwrap_or(0))
+            .sum();
+        Ok(json!({
+            "proxy": t.proxy(),
+            "scenario": t.name(),
+            "size": size,
+            "requests": requests,
+            "duration_s": duration_s,
+            "rps": if duration_s > 0.0 { requests as f64 / duration_s } else { 0.0 },
+            "p50_us": pct(50.0),
+            "p75_us": pct(75.0),
+            "p90_us": pct(90.0),
+            "p99_us": pct(99.0),
+            "p999_us": pct(99.9),
+            "p9999_us": pct(99.99),
+            "max_us": wrk["max_us"],
+            "mean_us": wrk["mean_us"],
+            "errors": errors,
+            "wrk_errors": wrk["errors"],
+            "bytes_per_response": if requests > 0 { wrk["bytes"].as_f64().unwrap_or(0.0) / requests as f64 } else { 0.0 },
+            "proxy_cpu_s": cpu_s,
+            "cpu_us_per_req": if requests > 0 { cpu_s * 1e6 / requests as f64 } else { f64::NAN },
+            "proxy_cpus_busy": proxy_busy,
+            "proxy_cpus_steal": proxy_steal,
+            "load_cpus_busy": load_busy,
+            "other_cpus": other_cpus,
+            "rss_kib": mid.rss_kib,
+            "pss_kib": mid.pss_kib,
+            "curve": wrk["percentiles"],
+        }))
+    };
+
+    // Warm-up: every target at every size, not recorded.
+    progress.say(&format!(
+        "warming up ({} s per target and size)",
+        config.warmup
+    ));
+    if config.warmup > 0 {
+        for &size in &config.sizes {
+            for t in &targets_list {
+                measure(t, size, config.warmup)?;
+            }
+        }
+    }
+
+    // Rounds: per body size, each scenario right after an nginx run (A B A B ...), so
+    // every scenario has its own paired baseline and drift cancels in the ratios.
+    let mut runs: Vec<Value> = Vec::new();
+    let mut seq = 0;
+    let mut quiet_budget = Duration::from_secs(config.quiet_wait);
+    let mut waited_total = Duration::ZERO;
+    for round in 1..=config.rounds {
+        for &size in &config.sizes {
+            for sg in &targets_list[1..] {
+                for t in [&targets_list[0], sg] {
+                    let waited = wait_for_quiet(&mut quiet_budget, clk);
+                    waited_total += waited;
+                    let mut r = measure(t, size, config.duration)?;
+                    r["waited_for_quiet_s"] = json!(waited.as_secs_f64());
+                    seq += 1;
+                    r["round"] = json!(round);
+                    r["seq"] = json!(seq);
+                    if let Target::Shardgate(_) = t {
+                        r["paired_nginx_seq"] = json!(seq - 1);
+                    }
+                    progress.say(&format!(
+                        "round {round}/{} {:>6} {:<15} {:>9.0} req/s  p99 {:>6.2} ms  {:>6.2} µs CPU/req  proxy CPUs {:>3.0}% busy, load CPUs {:>3.0}%, others {:.2} CPUs{}",
+                        config.rounds,
+                        size_label(size),
+                        t.name(),
+                        r["rps"].as_f64().unwrap_or(0.0),
+                        r["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                        r["cpu_us_per_req"].as_f64().unwrap_or(0.0),
+                        r["proxy_cpus_busy"].as_f64().unwrap_or(0.0) * 100.0,
+                        r["load_cpus_busy"].as_f64().unwrap_or(0.0) * 100.0,
+                        r["other_cpus"].as_f64().unwrap_or(0.0),
+                        match r["errors"].as_u64() {
+                            Some(0) | None => String::new(),
+                            Some(n) => format!("  {n} ERRORS"),
+                        }
+                    ));
+                    runs.push(r);
+                }
+            }
+        }
+    }
+
+    if waited_total >= Duration::from_secs(1) {
+        notes.push(format!(
+            "the harness waited {:.0} s in all for other processes on this machine to go quiet \
+             before runs (--quiet-wait {}{})",
+            waited_total.as_secs_f64(),
+            config.quiet_wait,
+            if quiet_budget.is_zero() {
+                ", budget used up"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut memory_end = Vec::new();
+    for t in &targets_list {
+        let s = sys::sample(&t.pids());
+        memory_end.push(json!({"scenario": t.name(), "rss_kib": s.rss_kib, "pss_kib": s.pss_kib}));
+    }
+    drop(targets_list);
+    drop(shardgates);
+    drop(nginx);
+    drop(upstream);
+
+    let admin = admin_write(config, &progress);
+    if let Some(e) = admin.get("error").and_then(Value::as_str) {
+        notes.push(format!("admin write-to-live failed: {e}"));
+    }
+
+    let results = json!({
+        "schema": 1,
+        "date": date.format(&time::format_description::well_known::Rfc3339).map_err(|e| e.to_string())?,
+        "machine": machine,
+        "config": {
+            "smoke": config.smoke,
+            "proxy_cpus": config.proxy_cpus,
+            "load_cpus": config.load_cpus,
+            "workers": config.workers,
+            "duration_s": config.duration,
+            "warmup_s": config.warmup,
+            "rounds": config.rounds,
+            "connections": config.connections,
+            "threads": config.threads,
+            "sizes": config.sizes,
+            "scenarios": config.scenarios,
+            "rules": config.rules,
+            "keys": config.keys,
+            "idle_conns": idle_conns,
+            "admin_keys": config.admin_keys,
+            "admin_writes": config.admin_writes,
+            "build_seconds": config.build_seconds,
+        },
+        "shardgate_workers": drivers,
+        "upstream_driver": upstream_driver_note(),
+        "rate_limiter_enforced": rate_limit_headers,
+        "runs": runs,
+        "memory_end": memory_end,
+        "idle": idle,
+        "admin_write": admin,
+        "notes": notes,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let stem = format!(
+        "{:04}-{:02}-{:02}-{}",
+        date.year(),
+        date.month() as u8,
+        date.day(),
+        sys::hostname()
+    );
+    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+    let md = report::write_all(&results, &config.out, &stem, true)?;
+    println!("{md}");
+    progress.say(&format!(
+        "results: {}/{stem}.md, .json, -latency-*.svg",
+        config.out.display()
+    ));
+    if let Some(e) = results["admin_write"]["error"].as_str() {
+        return Err(format!("admin_write failed (report written anyway): {e}"));
+    }
+    Ok(())
+}
+
+/// Waits (within `budget`) until processes outside the harness use less than 0.15 CPU
+/// over half a second; returns how long it waited.
+fn wait_for_quiet(budget: &mut Duration, clk: u64) -> Duration {
+    let start = Instant::now();
+    while !budget.is_zero() {
+        let t = Instant::now();
+        let a = sys::host_procs();
+        std::thread::sleep(Duration::from_millis(500));
+        let b = sys::host_procs();
+        let busy = a.foreign_ticks(&b) as f64 / clk as f64 / t.elapsed().as_secs_f64();
+        if busy < 0.15 {
+            break;
+        }
+        *budget = budget.saturating_sub(t.elapsed());
+    }
+    start.elapsed()
+}
+
+fn upstream_driver_note() -> &'static str {
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() != "0")
+    {
+        "epoll (io_uring disabled by sysctl)"
+    } else {
+        "monoio FusionDriver (io_uring when available)"
+    }
+}
+
+/// Opens `count` idle keep-alive connections (one request each) to a fresh proxy and
+/// measures its memory before and after.
+fn idle_test(
+    target: &Target,
+    size: usize,
+    count: usize,
+    progress: &Progress,
+) -> Result<Value, String> {
+    let path = path_for(size);
+    let headers = target.headers(true);
+    // One request first so lazily built per-worker state exists before the baseline.
+    load::get(target.addr(), &path, &headers)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = target.pids();
+    let before = sys::sample(&pids);
+    let t = Instant::now();
+    let conns = load::open_idle(target.addr(), &path, &headers, count)
+        .map_err(|e| format!("idle connections to {}: {e}", target.proxy()))?;
+    let open_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = sys::sample(&target.pids());
+    // Are they still open? A proxy that closed them would look cheap.
+    let still_open = conns
+        .iter()
+        .filter(|c| {
+            c.set_nonblocking(true).is_ok() && {
+                let mut b = [0u8; 1];
+                matches!(c.peek(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        })
+        .count();
+    drop(conns);
+    let per_conn = |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / count as f64;
+    let v = json!({
+        "proxy": target.proxy(),
+        "scenario": target.name(),
+        "connections": count,
+        "still_open": still_open,
+        "open_seconds": open_s,
+        "rss_before_kib": before.rss_kib,
+        "rss_after_kib": after.rss_kib,
+        "pss_before_kib": before.pss_kib,
+        "pss_after_kib": after.pss_kib,
+        "bytes_per_conn_rss": per_conn(after.rss_kib, before.rss_kib),
+        "bytes_per_conn_pss": per_conn(after.pss_kib, before.pss_kib),
+    });
+    progress.say(&format!(
+        "idle keep-alive: {} x{count} ({still_open} still open): RSS {} -> {} KiB = {:.0} B/connection",
+        target.proxy(),
+        before.rss_kib,
+        after.rss_kib,
+        v["bytes_per_conn_rss"].as_f64().unwrap_or(0.0)
+    ));
+    // Let the proxy notice the closes before the next phase.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(v)
+}
+
+/// Runs `admin_write` (bench/src/bin/admin_write.rs) and parses its percentiles.
+fn admin_write(config: &Config, progress: &Progress) -> Value {
+    progress.say(&format!(
+        "admin write-to-live: {} writes with {} keys present",
+        config.admin_writes, config.admin_keys
+    ));
+    let out = Command::new(config.bin_dir.join("admin_write"))
+        .arg("--binary")
+        .arg(config.bin_dir.join("shardgate"))
+        .args(["--keys", &config.admin_keys.to_string()])
+        .args(["--writes", &config.admin_writes.to_string()])
+        .args(["--workers", &config.workers.to_string()])
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return json!({"error": format!("cannot run admin_write: {e}")}),
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return json!({"error": format!("admin_write exited {:?}: {}{}", out.status.code(), text, String::from_utf8_lossy(&out.stderr))});
+    }
+    let parse = |prefix: &str| -> Option<Value> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+        let mut m = serde_json::Map::new();
+        for part in line.split(':').nth(1)?.split('|') {
+            let mut w = part.split_whitespace();
+            let (name, value, unit) = (w.next()?, w.next()?, w.next()?);
+            if unit != "ms" {
+                return None;
+            }
+            m.insert(format!("{name}_ms"), json!(value.parse::<f64>().ok()?));
+        }
+        Some(Value::Object(m))
+    };
+    let (Some(end_to_end), Some(naive)) = (parse("POST /keys"), parse("baseline")) else {
+        return json!({"error": format!("admin_write output not understood:\n{text}")});
+    };
+    progress.say(&format!("  {}", text.lines().nth(1).unwrap_or("").trim()));
+    json!({
+        "keys": config.admin_keys,
+        "writes": config.admin_writes,
+        "workers": config.workers,
+        "end_to_end": end_to_end,
+        "naive_full_rebuild": naive,
+        "output": text,
+    })
+}

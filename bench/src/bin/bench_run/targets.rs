@@ -1,0 +1,496 @@
+//! The processes under test: the upstream, shardgate per scenario (configured through its
+//! admin API), and the nginx baseline. Every process is pinned with `taskset` and stopped
+//! when its handle drops, so a failing run leaves nothing behind.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shardgate_bench::client::Client;
+
+use crate::sys;
+
+/// A child process that is stopped on drop: SIGTERM first (nginx's master must take its
+/// workers down with it), SIGKILL after a grace period.
+#[derive(Debug)]
+pub struct Managed {
+    pub name: String,
+    child: Child,
+}
+
+impl Managed {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if !self.alive() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(cpus: &[usize], program: &Path) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(sys::cpu_list_string(cpus)).arg(program);
+    cmd
+}
+
+/// Reads the first stdout line of `child` within `timeout`.
+fn first_line(child: &mut Child, timeout: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(line)) if !line.is_empty() => Ok(line),
+        Ok(Ok(_)) => Err("exited before printing its ready line".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no ready line within {timeout:?}")),
+    }
+}
+
+fn addr_after(line: &str, key: &str) -> Result<SocketAddr, String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no {key}<addr> in {line:?}"))
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    /// Held for its `Drop`, which stops the process.
+    _process: Managed,
+    pub addr: SocketAddr,
+    pub driver: String,
+}
+
+pub fn start_upstream(
+    binary: &Path,
+    cpus: &[usize],
+    sizes: &[usize],
+    log: &Path,
+) -> Result<Upstream, String> {
+    let sizes = sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut child = pinned(cpus, binary)
+        .args(["--listen", "127.0.0.1:0", "--sizes", &sizes])
+        .stdout(Stdio::piped())
+        .stderr(log_file(log)?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let line = first_line(&mut child, Duration::from_secs(10));
+    let process = Managed {
+        name: "upstream".into(),
+        child,
+    };
+    let line = line.map_err(|e| format!("upstream: {e}"))?;
+    Ok(Upstream {
+        addr: addr_after(&line, "addr=")?,
+        driver: line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("driver="))
+            .unwrap_or("?")
+            .to_string(),
+        _process: process,
+    })
+}
+
+fn log_file(path: &Path) -> Result<fs::File, String> {
+    fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One shardgate configuration under test.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub auth: bool,
+    pub rate_limit: bool,
+    pub rules: usize,
+    pub keys: usize,
+}
+
+pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "bare",
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+        },
+        Scenario {
+            name: "auth",
+            auth: true,
+            rate_limit: false,
+            rules: 1,
+            keys: 1,
+        },
+        Scenario {
+            name: "auth+ratelimit",
+            auth: true,
+            rate_limit: true,
+            rules: 1,
+            keys: 1,
+        },
+        Scenario {
+            name: "full",
+            auth: true,
+            rate_limit: true,
+            rules: rules.max(1),
+            keys: keys.max(1),
+        },
+    ]
+}
+
+/// The rate limiter with limits no benchmark reaches (10⁹ per minute per dimension).
+pub fn rate_limiter_plugin() -> Value {
+    json!({
+        "name": "rate_limiter",
+        "stage": "pre_request",
+        "priority": 1,
+        "settings": {"limits": {
+            "global": {"limit": 1_000_000_000u64, "window": "1m"},
+            "per_ip": {"limit": 1_000_000_000u64, "window": "1m"},
+            "per_user": {"limit": 1_000_000_000u64, "window": "1m"},
+        }}
+    })
+}
+
+#[derive(Debug)]
+pub struct Shardgate {
+    pub process: Managed,
+    pub scenario: Scenario,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// The API key requests carry (auth scenarios).
+    pub key: Option<String>,
+    /// Seconds it took to create the keys through the admin API.
+    pub keys_seconds: f64,
+    pub log: PathBuf,
+}
+
+pub struct ShardgateOptions<'a> {
+    pub binary: &'a Path,
+    pub cpus: &'a [usize],
+    pub workers: usize,
+    pub work_dir: &'a Path,
+    pub upstream: SocketAddr,
+}
+
+pub fn start_shardgate(
+    opt: &ShardgateOptions<'_>,
+    scenario: &Scenario,
+) -> Result<Shardgate, String> {
+    let slug = scenario.name.replace('+', "-");
+    let data_dir = opt.work_dir.join(format!("data-{slug}"));
+    let log = opt.work_dir.join(format!("shardgate-{slug}.log"));
+    let mut child = pinned(opt.cpus, opt.binary)
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+        ])
+        .arg("--workers")
+        .arg(opt.workers.to_string())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(log_file(&log)?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", opt.binary.display()))?;
+    let line = first_line(&mut child, Duration::from_secs(30));
+    let process = Managed {
+        name: format!("shardgate {}", scenario.name),
+        child,
+    };
+    let line = line.map_err(|e| {
+        format!(
+            "shardgate ({}): {e}; log {}:\n{}",
+            scenario.name,
+            log.display(),
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    let admin = addr_after(&line, "admin=")?;
+    let proxy = addr_after(&line, "proxy=")?;
+    let mut api = Api::connect(admin)?;
+    let (key, keys_seconds) = api
+        .configure(scenario, opt.upstream)
+        .map_err(|e| format!("configuring shardgate ({}): {e}", scenario.name))?;
+    Ok(Shardgate {
+        process,
+        scenario: scenario.clone(),
+        proxy,
+        admin,
+        key,
+        keys_seconds,
+        log,
+    })
+}
+
+/// The admin API over one keep-alive connection.
+struct Api {
+    client: Client,
+}
+
+impl Api {
+    fn connect(addr: SocketAddr) -> Result<Api, String> {
+        Ok(Api {
+            client: Client::connect(addr).map_err(|e| format!("admin {addr}: {e}"))?,
+        })
+    }
+
+    fn post(&mut self, path: &str, body: &Value) -> Result<Value, String> {
+        let resp = self
+            .client
+            .request("POST", path, Some(&body.to_string()))
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        if resp.status != 201 && resp.status != 200 {
+            return Err(format!(
+                "POST {path} {body}: {} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| format!("POST {path}: {e}"))
+    }
+
+    fn id(v: &Value) -> Result<String, String> {
+        v.get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("no id in {v}"))
+    }
+
+    fn configure(
+        &mut self,
+        s: &Scenario,
+        upstream: SocketAddr,
+    ) -> Result<(Option<String>, f64), String> {
+        let plugins = if s.rate_limit {
+            vec![rate_limiter_plugin()]
+        } else {
+            Vec::new()
+        };
+        let gw = Self::id(&self.post(
+            "/api/v1/gateways",
+            &json!({"name": "bench", "subdomain": "bench", "required_plugins": plugins}),
+        )?)?;
+        let base = format!("/api/v1/gateways/{gw}");
+        let up = Self::id(&self.post(
+            &format!("{base}/upstreams"),
+            &json!({"name": "origin", "targets": [{"host": upstream.ip().to_string(), "port": upstream.port()}]}),
+        )?)?;
+        let svc = Self::id(&self.post(
+            &format!("{base}/services"),
+            &json!({"name": "svc", "upstream_id": up}),
+        )?)?;
+        self.post(
+            &format!("{base}/rules"),
+            &json!({"path": "/bench/*", "service_id": svc, "public": !s.auth}),
+        )?;
+        // The other rules: a mix of prefix, parameter and exact paths, as the fixture uses.
+        for i in 1..s.rules {
+            let path = match i % 10 {
+                0 => format!("/p{i}/*"),
+                1 => format!("/users{i}/{{id}}"),
+                _ => format!("/api/v1/r{i}"),
+            };
+            self.post(
+                &format!("{base}/rules"),
+                &json!({"path": path, "service_id": svc}),
+            )?;
+        }
+        let mut key = None;
+        let t = Instant::now();
+        if s.auth {
+            for i in 0..s.keys {
+                let v = self.post(&format!("{base}/keys"), &json!({"name": format!("k{i}")}))?;
+                // Use a key from the middle of the table, not the newest one.
+                if i == s.keys / 2 {
+                    key = v.get("key").and_then(Value::as_str).map(str::to_string);
+                }
+            }
+            if key.is_none() {
+                return Err("the key response carried no \"key\"".into());
+            }
+        }
+        Ok((key, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// The io driver and CPU each worker reported in the log (`worker started ... driver=..`).
+pub fn worker_drivers(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("worker started"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("driver="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct Nginx {
+    pub process: Managed,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+pub struct NginxOptions<'a> {
+    pub binary: &'a Path,
+    pub cpus: &'a [usize],
+    pub workers: usize,
+    pub work_dir: &'a Path,
+    pub upstream: SocketAddr,
+    /// Client connections each worker must hold (the idle-connection test).
+    pub connections: usize,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// nginx.conf for a plain `proxy_pass` with upstream keep-alive: the baseline the design
+/// targets compare with. Defaults are nginx's own except what a fair comparison needs:
+/// worker count = shardgate's, SO_REUSEPORT like shardgate, no access log (shardgate has
+/// none), keep-alive requests unlimited on both sides (shardgate does not cap them).
+pub fn nginx_conf(opt: &NginxOptions<'_>, port: u16) -> String {
+    let dir = opt.work_dir.join("nginx");
+    let d = dir.display();
+    let nofile = 2 * (opt.connections + 1024);
+    let user = if is_root() { "user root;\n" } else { "" };
+    format!(
+        "# Written by bench/run: plain proxy_pass with upstream keep-alive.\n\
+{user}worker_processes {workers};\n\
+worker_rlimit_nofile {nofile};\n\
+daemon off;\n\
+master_process on;\n\
+pid {d}/nginx.pid;\n\
+error_log {d}/error.log warn;\n\
+events {{\n    worker_connections {conns};\n}}\n\
+http {{\n\
+    access_log off;\n\
+    tcp_nodelay on;\n\
+    keepalive_timeout 60s;\n\
+    keepalive_requests 1000000000;\n\
+    client_body_temp_path {d}/client_body;\n\
+    proxy_temp_path {d}/proxy;\n\
+    fastcgi_temp_path {d}/fastcgi;\n\
+    uwsgi_temp_path {d}/uwsgi;\n\
+    scgi_temp_path {d}/scgi;\n\
+    upstream origin {{\n\
+        server {up};\n\
+        keepalive 256;\n\
+        keepalive_requests 1000000000;\n\
+    }}\n\
+    server {{\n\
+        listen 127.0.0.1:{port} reuseport backlog=4096;\n\
+        server_name _;\n\
+        location / {{\n\
+            proxy_pass http://origin;\n\
+            proxy_http_version 1.1;\n\
+            proxy_set_header Connection \"\";\n\
+        }}\n\
+    }}\n\
+}}\n",
+        workers = opt.workers,
+        conns = opt.connections + 1024,
+        up = opt.upstream,
+    )
+}
+
+pub fn start_nginx(opt: &NginxOptions<'_>) -> Result<Nginx, String> {
+    let dir = opt.work_dir.join("nginx");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    fs::write(&conf, nginx_conf(opt, port)).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let child = pinned(opt.cpus, opt.binary)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir.join("stderr.log"))?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", opt.binary.display()))?;
+    let mut process = Managed {
+        name: "nginx".into(),
+        child,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        if !process.alive() || Instant::now() > deadline {
+            let log = fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            return Err(format!("nginx did not start listening on {addr}:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Wait until every worker exists, so CPU and memory samples see them all.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sys::proc_tree(process.pid()).len() < opt.workers + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Nginx { process, addr, dir })
+}

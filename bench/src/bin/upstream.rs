@@ -1,0 +1,257 @@
+//! The fast upstream behind every proxy that `bench/run` measures: a single-threaded monoio
+//! HTTP/1.1 server (io_uring when the kernel offers it, else epoll) that answers every
+//! request with a fixed body. It must cost far less per request than the proxies in front
+//! of it, so it does no routing, no allocation per request and no header building: the
+//! responses are built once at start-up.
+//!
+//! Usage: `upstream [--listen ADDR] [--sizes 1024,16384]`
+//!
+//! The body size is picked by the last path segment (`GET /bench/16384` → 16 384 bytes) when
+//! it names one of `--sizes`, else the first size. Keep-alive, pipelining and request bodies
+//! (Content-Length or chunked — the latter is drained, not interpreted beyond framing) are
+//! handled; anything unparsable closes the connection. Prints
+//! `upstream ready addr=<addr> driver=<io_uring|epoll>` on stdout once it accepts.
+//!
+//! The caller pins it (`taskset`); it runs one thread.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+/// Most header fields a request may carry before we give up on it.
+const MAX_HEADERS: usize = 64;
+/// A request head larger than this closes the connection.
+const MAX_HEAD: usize = 64 * 1024;
+
+struct Args {
+    listen: SocketAddr,
+    sizes: Vec<usize>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        sizes: vec![1024],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                args.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?;
+            }
+            "--sizes" | "--body-size" => {
+                args.sizes = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{flag}: {e}"))?;
+                if args.sizes.is_empty() {
+                    return Err(format!("{flag}: no size"));
+                }
+            }
+            "-h" | "--help" => {
+                println!("usage: upstream [--listen ADDR] [--sizes BYTES[,BYTES...]]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// A prebuilt response per size, leaked so the write path can hand out `&'static [u8]`
+/// (monoio's owned-buffer writes need `'static` buffers) without copying.
+struct Responses {
+    by_size: Vec<(usize, &'static [u8])>,
+}
+
+impl Responses {
+    fn new(sizes: &[usize]) -> Responses {
+        let by_size = sizes
+            .iter()
+            .map(|&size| {
+                let mut r = Vec::with_capacity(size + 128);
+                let _ = write!(
+                    r,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+                );
+                r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+                (size, &*Box::leak(r.into_boxed_slice()))
+            })
+            .collect();
+        Responses { by_size }
+    }
+
+    fn for_path(&self, path: &str) -> &'static [u8] {
+        let path = path.split('?').next().unwrap_or(path);
+        let last = path.rsplit('/').next().unwrap_or("");
+        if let Ok(n) = last.parse::<usize>()
+            && let Some(&(_, r)) = self.by_size.iter().find(|(s, _)| *s == n)
+        {
+            return r;
+        }
+        self.by_size[0].1
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("upstream: {e}");
+            std::process::exit(2);
+        }
+    };
+    let responses: &'static Responses = Box::leak(Box::new(Responses::new(&args.sizes)));
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("upstream: cannot build the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: std::io::Result<()> = rt.block_on(async move {
+        let listener = TcpListener::bind(args.listen)?;
+        let addr = listener.local_addr()?;
+        println!("upstream ready addr={addr} driver={driver}");
+        std::io::stdout().flush()?;
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    eprintln!("upstream: accept: {e}");
+                    monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            monoio::spawn(serve(stream, responses));
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("upstream: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// How much of a request body is still to be skipped.
+enum Body {
+    None,
+    Length(u64),
+    /// Chunked: drained by scanning for the terminating `0\r\n\r\n` (good enough for a
+    /// benchmark upstream; trailers are not supported).
+    Chunked,
+}
+
+async fn serve(mut stream: TcpStream, responses: &'static Responses) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut body = Body::None;
+    loop {
+        // Answer every complete request already buffered (pipelining), then write once.
+        let mut out: Option<&'static [u8]> = None;
+        let mut batch: Vec<u8> = Vec::new();
+        let mut consumed = 0;
+        loop {
+            match body {
+                Body::Length(0) => body = Body::None,
+                Body::Length(n) => {
+                    let take = (n as usize).min(buf.len() - consumed);
+                    consumed += take;
+                    body = Body::Length(n - take as u64);
+                    if take == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                Body::Chunked => {
+                    match memchr::memmem::find(&buf[consumed..], b"0\r\n\r\n") {
+                        Some(i) => {
+                            consumed += i + 5;
+                            body = Body::None;
+                        }
+                        None => {
+                            // Keep the last 4 bytes: the terminator may straddle reads.
+                            consumed = buf.len().saturating_sub(4).max(consumed);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                Body::None => {}
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf[consumed..]) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let response = responses.for_path(req.path.unwrap_or("/"));
+                    for h in req.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            let Some(len) = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                            else {
+                                return;
+                            };
+                            body = Body::Length(len);
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            body = Body::Chunked;
+                        }
+                    }
+                    consumed += n;
+                    match out {
+                        None if batch.is_empty() => out = Some(response),
+                        _ => {
+                            if let Some(first) = out.take() {
+                                batch.extend_from_slice(first);
+                            }
+                            batch.extend_from_slice(response);
+                        }
+                    }
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() - consumed > MAX_HEAD {
+                        return;
+                    }
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        if consumed > 0 {
+            buf.drain(..consumed);
+        }
+        if let Some(r) = out {
+            let (res, _) = stream.write_all(r).await;
+            if res.is_err() {
+                return;
+            }
+        } else if !batch.is_empty() {
+            let (res, _) = stream.write_all(batch).await;
+            if res.is_err() {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        // Read into the spare capacity after what is buffered (a plain `Vec` read would
+        // overwrite from offset 0).
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
