@@ -133,7 +133,8 @@ pub async fn serve_connection(
     plane.connections.set(open + 1);
     let result = match serve(&mut client, &ctx).await {
         // The buffer goes with the client: it may hold bytes of the new protocol.
-        Ok(Some(tunnel)) => tunnel::run(client, tunnel, &ctx).await,
+        // Boxed: only upgraded connections pay for the tunnel's state.
+        Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
         other => {
             if client.buf.capacity() > 0 {
                 plane.heads.give(std::mem::take(&mut client.buf));
@@ -166,45 +167,58 @@ async fn serve(
             client.buf = plane.heads.take();
         }
         first = false;
-
-        let head = match monoio::time::timeout(
-            settings.header_timeout,
-            read_head(client, &settings.head_limits),
-        )
-        .await
-        {
-            Err(_elapsed) => {
-                tracing::debug!(peer = %client.peer, "request head timed out");
-                let e = ErrorResponse::new(408, "request head not received in time");
-                let _ = client.send_error(&e, true, false).await;
-                return Ok(None);
-            }
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Ok(Some(head))) => head,
-            Ok(Err(ReadHead::Invalid(e))) => {
-                let mut error = ErrorResponse::new(e.status(), e.to_string());
-                if e == HeadError::ConnectUnsupported {
-                    error = error.header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
-                }
-                client.buf.clear();
-                client.send_error(&error, true, false).await?;
-                client.linger().await;
-                return Ok(None);
-            }
-            Ok(Err(ReadHead::Io(e))) => return Err(e),
-        };
-
-        // Boxed: the request's state lives only while it is in flight (see module docs).
-        let outcome = Box::pin(request::handle(client, *head, ctx)).await?;
-        match outcome {
-            Outcome::Upgrade(tunnel) => return Ok(Some(tunnel)),
-            Outcome::Done { keep_alive } => {
-                if !keep_alive || ctx.shutdown().is_triggered() {
-                    return Ok(None);
-                }
-            }
+        // Boxed: everything a request needs (the head read, the parsed head, the exchange)
+        // lives in its own allocation while the request is in flight, so the connection's
+        // task stays small while it waits for the next one (see module docs).
+        match Box::pin(one_request(client, ctx)).await? {
+            Step::Next => {}
+            Step::Close => return Ok(None),
+            Step::Tunnel(tunnel) => return Ok(Some(tunnel)),
         }
     }
+}
+
+/// What the request loop does after one request.
+enum Step {
+    Next,
+    Close,
+    Tunnel(crate::forward::Tunnel),
+}
+
+/// Reads one request head (under the header timeout) and serves the request.
+async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Step> {
+    let settings = &ctx.plane().settings;
+    let head = match monoio::time::timeout(
+        settings.header_timeout,
+        read_head(client, &settings.head_limits),
+    )
+    .await
+    {
+        Err(_elapsed) => {
+            tracing::debug!(peer = %client.peer, "request head timed out");
+            let e = ErrorResponse::new(408, "request head not received in time");
+            let _ = client.send_error(&e, true, false).await;
+            return Ok(Step::Close);
+        }
+        Ok(Ok(None)) => return Ok(Step::Close),
+        Ok(Ok(Some(head))) => head,
+        Ok(Err(ReadHead::Invalid(e))) => {
+            let mut error = ErrorResponse::new(e.status(), e.to_string());
+            if e == HeadError::ConnectUnsupported {
+                error = error.header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
+            }
+            client.buf.clear();
+            client.send_error(&error, true, false).await?;
+            client.linger().await;
+            return Ok(Step::Close);
+        }
+        Ok(Err(ReadHead::Io(e))) => return Err(e),
+    };
+    Ok(match request::handle(client, *head, ctx).await? {
+        Outcome::Upgrade(tunnel) => Step::Tunnel(tunnel),
+        Outcome::Done { keep_alive } if keep_alive && !ctx.shutdown().is_triggered() => Step::Next,
+        Outcome::Done { .. } => Step::Close,
+    })
 }
 
 /// Waits, holding no buffer, until the client sends more; false on idle timeout, close

@@ -125,7 +125,7 @@ pub async fn forward(
         other => other,
     }
     .map_err(|mut e| {
-        e.headers.extend(effects.response_headers.iter().cloned());
+        e.headers.extend(effects.header_pairs());
         e
     });
     let mut plan = match planned {
@@ -193,7 +193,7 @@ pub async fn forward(
                 Err(Failure::BodyTooLarge) => {
                     let mut e =
                         ErrorResponse::new(413, format!("request body exceeds {body_limit} bytes"));
-                    e.headers.extend(effects.response_headers.iter().cloned());
+                    e.headers.extend(effects.header_pairs());
                     client.buf.clear();
                     client.send_error(&e, true, req.is_head).await?;
                     return Ok(Outcome::Done { keep_alive: false });
@@ -210,9 +210,7 @@ pub async fn forward(
     let consumed = body_start + if streamed { 0 } else { plan.in_buffer };
     client.consume(consumed.min(client.buf.len()));
     let mut error = ErrorResponse::new(status, message);
-    error
-        .headers
-        .extend(effects.response_headers.iter().cloned());
+    error.headers.extend(effects.header_pairs());
     client.send_error(&error, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
 }
@@ -603,6 +601,9 @@ fn client_head(
             None => push_line(out, name, value),
         }
     }
+    if listed.is_none() {
+        effects.rate_limit.write(out);
+    }
     for (name, value) in &effects.response_headers {
         match &mut listed {
             Some(list) => list.push(((*name).to_owned(), value.clone())),
@@ -610,6 +611,13 @@ fn client_head(
         }
     }
     if let Some(mut list) = listed {
+        list.extend(
+            effects
+                .rate_limit
+                .pairs()
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v)),
+        );
         for t in &effects.response_transforms {
             if let PluginSettings::ResponseTransformer(t) = &**t {
                 t.apply(&mut list);

@@ -89,9 +89,137 @@ pub struct Effects {
     /// A CORS plugin ran: the gateway owns the response's `Access-Control-*` headers and
     /// the upstream's are dropped (an upstream must not re-allow a refused origin).
     pub owns_cors: bool,
+    /// The quotas of every rate limiter that admitted the request, kept as numbers and
+    /// written straight into the response head: no formatting allocation per request.
+    pub rate_limit: RateLimitView,
+}
+
+/// What the rate-limit headers will say. Several limiters (gateway and rule) merge: the
+/// combined and per-dimension headers keep the tightest quota, the policies are all listed.
+#[derive(Debug, Default, Clone)]
+pub struct RateLimitView {
+    tightest: Option<Quota>,
+    per_dimension: [Option<Quota>; 3],
+    /// Every policy in order (a gateway and a rule limiter with 3 dimensions each fit).
+    policies: [Option<Quota>; 6],
+}
+
+fn dimension_index(d: Dimension) -> usize {
+    match d {
+        Dimension::Global => 0,
+        Dimension::PerIp => 1,
+        Dimension::PerUser => 2,
+    }
+}
+
+fn tighter(candidate: &Quota, current: Option<&Quota>) -> bool {
+    current.is_none_or(|c| {
+        (candidate.remaining, std::cmp::Reverse(candidate.reset_secs))
+            <= (c.remaining, std::cmp::Reverse(c.reset_secs))
+    })
+}
+
+impl RateLimitView {
+    pub fn is_empty(&self) -> bool {
+        self.tightest.is_none()
+    }
+
+    /// Adds the quotas of one limiter's admission (or rejection).
+    pub fn record(&mut self, quotas: impl IntoIterator<Item = Quota>) {
+        for q in quotas {
+            if tighter(&q, self.tightest.as_ref()) {
+                self.tightest = Some(q);
+            }
+            let slot = &mut self.per_dimension[dimension_index(q.dimension)];
+            if tighter(&q, slot.as_ref()) {
+                *slot = Some(q);
+            }
+            if let Some(free) = self.policies.iter_mut().find(|p| p.is_none()) {
+                *free = Some(q);
+            }
+        }
+    }
+
+    /// Writes the header lines (`Name: value\r\n`) into a response head.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let Some(t) = self.tightest else { return };
+        let line = |out: &mut Vec<u8>, name: &str, n: u64| {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            crate::respond::push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        };
+        line(out, "X-RateLimit-Limit", t.limit);
+        line(out, "X-RateLimit-Remaining", t.remaining);
+        line(out, "X-RateLimit-Reset", t.reset_secs);
+        for q in self.per_dimension.iter().flatten() {
+            let [limit, remaining, reset] = dimension_prefix(q.dimension);
+            line(out, limit, q.limit);
+            line(out, remaining, q.remaining);
+            line(out, reset, q.reset_secs);
+        }
+        out.extend_from_slice(b"RateLimit-Policy: ");
+        for (i, q) in self.policies.iter().flatten().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.push(b'"');
+            out.extend_from_slice(q.dimension.as_str().as_bytes());
+            out.extend_from_slice(b"\";q=");
+            crate::respond::push_decimal(out, q.limit);
+            out.extend_from_slice(b";w=");
+            crate::respond::push_decimal(out, q.window_secs);
+        }
+        out.extend_from_slice(b"\r\nRateLimit: \"");
+        out.extend_from_slice(t.dimension.as_str().as_bytes());
+        out.extend_from_slice(b"\";r=");
+        crate::respond::push_decimal(out, t.remaining);
+        out.extend_from_slice(b";t=");
+        crate::respond::push_decimal(out, t.reset_secs);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The same headers as owned pairs, for the gateway's own (error) answers.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut raw = Vec::new();
+        self.write(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        text.split("\r\n")
+            .filter_map(|line| line.split_once(": "))
+            .filter_map(|(name, value)| static_name(name).map(|n| (n, value.to_owned())))
+            .collect()
+    }
+}
+
+/// The `&'static` spelling of a rate-limit header name.
+fn static_name(name: &str) -> Option<&'static str> {
+    const NAMES: [&str; 14] = [
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "X-RateLimit-Global-Limit",
+        "X-RateLimit-Global-Remaining",
+        "X-RateLimit-Global-Reset",
+        "X-RateLimit-Per-IP-Limit",
+        "X-RateLimit-Per-IP-Remaining",
+        "X-RateLimit-Per-IP-Reset",
+        "X-RateLimit-Per-User-Limit",
+        "X-RateLimit-Per-User-Remaining",
+        "X-RateLimit-Per-User-Reset",
+        "RateLimit-Policy",
+        "RateLimit",
+    ];
+    NAMES.iter().copied().find(|n| *n == name)
 }
 
 impl Effects {
+    /// Every header the plugins promised, as owned pairs (for the gateway's own answers).
+    pub fn header_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = self.rate_limit.pairs();
+        pairs.extend(self.response_headers.iter().cloned());
+        pairs
+    }
+
     /// Adds response headers, replacing earlier ones of the same name (a plugin configured
     /// in two stages, e.g. CORS, must not send its headers twice).
     pub fn set_response_headers(
@@ -124,59 +252,6 @@ fn dimension_prefix(dimension: Dimension) -> [&'static str; 3] {
             "X-RateLimit-Per-User-Reset",
         ],
     }
-}
-
-/// `X-RateLimit-*` (combined = the tightest dimension, then per dimension) and the IETF
-/// draft fields (draft-ietf-httpapi-ratelimit-headers-09: `RateLimit-Policy` lists every
-/// policy, `RateLimit` reports the tightest). When several limiters ran (gateway and rule),
-/// each header keeps the tightest value and the policies are listed together.
-fn rate_limit_headers(out: &mut Vec<(&'static str, String)>, quotas: &[Quota]) {
-    let Some(tightest) = quotas
-        .iter()
-        .min_by_key(|q| (q.remaining, std::cmp::Reverse(q.reset_secs)))
-    else {
-        return;
-    };
-    let existing_remaining = |out: &Vec<(&'static str, String)>, name: &str| {
-        out.iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    };
-    let set = |out: &mut Vec<(&'static str, String)>, name: &'static str, value: String| {
-        out.retain(|(n, _)| *n != name);
-        out.push((name, value));
-    };
-    if existing_remaining(out, "X-RateLimit-Remaining").is_none_or(|r| tightest.remaining <= r) {
-        set(out, "X-RateLimit-Limit", tightest.limit.to_string());
-        set(out, "X-RateLimit-Remaining", tightest.remaining.to_string());
-        set(out, "X-RateLimit-Reset", tightest.reset_secs.to_string());
-        set(
-            out,
-            "RateLimit",
-            format!(
-                "\"{}\";r={};t={}",
-                tightest.dimension, tightest.remaining, tightest.reset_secs
-            ),
-        );
-    }
-    for q in quotas {
-        let [limit, remaining, reset] = dimension_prefix(q.dimension);
-        if existing_remaining(out, remaining).is_none_or(|r| q.remaining <= r) {
-            set(out, limit, q.limit.to_string());
-            set(out, remaining, q.remaining.to_string());
-            set(out, reset, q.reset_secs.to_string());
-        }
-    }
-    let mut policy = quotas
-        .iter()
-        .map(|q| format!("\"{}\";q={};w={}", q.dimension, q.limit, q.window_secs))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Some(pos) = out.iter().position(|(n, _)| *n == "RateLimit-Policy") {
-        let (_, earlier) = out.remove(pos);
-        policy = format!("{earlier}, {policy}");
-    }
-    out.push(("RateLimit-Policy", policy));
 }
 
 fn rejected_quota(r: &Rejected) -> Quota {
@@ -216,10 +291,7 @@ pub fn pre_request(
                         .borrow_mut()
                         .try_acquire_all(set, subjects, now_ms());
                 match verdict {
-                    Ok(admitted) => {
-                        let quotas: Vec<Quota> = admitted.iter().collect();
-                        rate_limit_headers(&mut effects.response_headers, &quotas);
-                    }
+                    Ok(admitted) => effects.rate_limit.record(admitted.iter()),
                     Err(rejected) => {
                         let retry_after = settings
                             .actions
@@ -228,9 +300,10 @@ pub fn pre_request(
                         let mut error = ErrorResponse::new(429, rejected.to_string())
                             .header("Retry-After", retry_after.to_string());
                         error.extra_json = format!(",\"retry_after\":{retry_after}");
-                        let mut headers = std::mem::take(&mut effects.response_headers);
-                        rate_limit_headers(&mut headers, &[rejected_quota(&rejected)]);
-                        error.headers.extend(headers);
+                        effects.rate_limit.record([rejected_quota(&rejected)]);
+                        error.headers.extend(effects.header_pairs());
+                        effects.rate_limit = RateLimitView::default();
+                        effects.response_headers.clear();
                         return Err(error);
                     }
                 }

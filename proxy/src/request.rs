@@ -241,9 +241,7 @@ pub async fn handle(
 
 /// Adds the headers earlier plugins promised (rate-limit, CORS) to an error answer.
 fn with_effects(mut error: ErrorResponse, effects: &Effects) -> ErrorResponse {
-    error
-        .headers
-        .extend(effects.response_headers.iter().cloned());
+    error.headers.extend(effects.header_pairs());
     error
 }
 
