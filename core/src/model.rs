@@ -485,7 +485,12 @@ fn is_valid_host(host: &str) -> bool {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
-    let host = host.strip_suffix('.').unwrap_or(host);
+    is_dns_name(host.strip_suffix('.').unwrap_or(host))
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_` (1–63 bytes each, not
+/// starting or ending with `-`), 253 bytes at most.
+pub fn is_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {

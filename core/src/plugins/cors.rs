@@ -188,19 +188,7 @@ const EXPOSE_HEADERS: &str = "Access-Control-Expose-Headers";
 const MAX_AGE: &str = "Access-Control-Max-Age";
 const VARY: &str = "Vary";
 
-fn is_dns_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+use crate::model::is_dns_name;
 
 /// Parses one `allowed_origins` entry into its rule, bringing it to the browser's form.
 fn parse_origin(entry: &str) -> Result<OriginRule, String> {
