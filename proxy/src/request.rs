@@ -356,12 +356,12 @@ fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamReque
         headers = transformed(&headers, transforms);
     }
 
-    let peer_text = peer.to_string();
     let mut xff = forwarded_for.unwrap_or_default();
     if !xff.is_empty() {
         xff.extend_from_slice(b", ");
     }
-    xff.extend_from_slice(peer_text.as_bytes());
+    // Formatted straight into the header value: no intermediate String per request.
+    let _ = std::io::Write::write_fmt(&mut xff, format_args!("{peer}"));
     push_header(&mut headers, b"X-Forwarded-For", &xff);
     push_header(&mut headers, b"X-Forwarded-Proto", b"http");
     let client_host = head.effective_authority(buf);

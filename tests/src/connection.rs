@@ -49,14 +49,28 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Vec<u8> {
+        self.encode_request(method, path, headers, body, false)
+    }
+
+    /// The one request serializer of the harness; `close` adds `Connection: close`.
+    pub(crate) fn encode_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        close: bool,
+    ) -> Vec<u8> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
             self.host_header()
         );
-        for (n, v) in &self.headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        for (n, v) in headers {
+        for (n, v) in self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .chain(headers.iter().copied())
+        {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
         let framed = headers.iter().any(|(n, _)| {
@@ -64,6 +78,9 @@ impl Client {
         });
         if !framed && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        if close {
+            head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();

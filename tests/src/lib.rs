@@ -778,25 +778,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Resp, String> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
-            self.host_header()
-        );
-        for (n, v) in &self.headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        for (n, v) in headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        let framed = headers.iter().any(|(n, _)| {
-            n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
-        });
-        if !framed && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body);
+        let bytes = self.encode_request(method, path, headers, body, true);
         let raw = self
             .try_raw(&bytes)
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
