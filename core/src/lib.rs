@@ -15,6 +15,7 @@ pub mod http1;
 pub mod keys;
 pub mod model;
 pub mod net;
+pub mod path;
 pub mod plugins;
 pub mod ratelimit;
 pub mod router;

@@ -373,6 +373,12 @@ pub enum PatternError {
     DuplicateParam {
         name: String,
     },
+    /// Not in the normal form requests are routed in ([`crate::path`]): such a literal
+    /// would never match, or would match only some spellings of the same path.
+    NotNormal {
+        pattern: String,
+        why: crate::path::RulePathError,
+    },
 }
 
 impl fmt::Display for PatternError {
@@ -404,13 +410,27 @@ impl fmt::Display for PatternError {
             PatternError::DuplicateParam { name } => {
                 write!(f, "parameter {name:?} appears more than once")
             }
+            PatternError::NotNormal { pattern, why } => {
+                write!(f, "path pattern {pattern:?} {why}")
+            }
         }
     }
 }
 
 impl std::error::Error for PatternError {}
 
-/// Parses and validates a rule's path pattern. See [`PatternKind`] for the three forms.
+/// A rule's `path` as the admin API accepts it: a valid pattern ([`parse_pattern`]) whose
+/// literal is in the normal form request paths are routed in ([`crate::path`]), so that
+/// every spelling of a path a client may send reaches the rule, or none does.
+pub fn parse_rule_path(path: &str) -> Result<Pattern, PatternError> {
+    crate::path::check_rule_path(path).map_err(|why| PatternError::NotNormal {
+        pattern: path.to_owned(),
+        why,
+    })?;
+    parse_pattern(path)
+}
+
+/// Parses and validates a path pattern's syntax. See [`PatternKind`] for the three forms.
 pub fn parse_pattern(pattern: &str) -> Result<Pattern, PatternError> {
     if pattern.is_empty() {
         return Err(PatternError::Empty);

@@ -369,7 +369,7 @@ impl CompiledGateway {
         let mut rules = Vec::with_capacity(g.rules.len());
         let mut routes = Vec::with_capacity(g.rules.len());
         for record in g.rules.values().filter(|r| r.spec.active) {
-            let compiled = router::parse_pattern(&record.spec.path)
+            let compiled = router::parse_rule_path(&record.spec.path)
                 .map_err(|e| e.to_string())
                 .and_then(|pattern| {
                     let methods =

@@ -1,9 +1,10 @@
 //! Auth: the API key of a request, from `X-TG-API-Key`, `X-API-Key` or
 //! `Authorization: Bearer`, checked against the gateway's key table (SHA-256 of the
-//! presented key; see `shardgate_core::keys`).
+//! presented key; see `shardgate_core::keys`). The first of those headers present decides:
+//! a wrong `X-TG-API-Key` is a 401 even when a valid key follows in `Authorization`.
 
 use shardgate_core::http1::RequestHead;
-use shardgate_core::keys::{KeyTable, hash_key};
+use shardgate_core::keys::{KEY_PREFIX, KeyTable, hash_key};
 use uuid::Uuid;
 
 /// Which header carried the key: it is stripped before forwarding.
@@ -42,6 +43,34 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case(b"bearer ")
         .then(|| value[7..].trim_ascii())
+}
+
+/// Whether a request header carries a gateway credential, which is removed before the
+/// request goes upstream: a tenant's key must never reach its backend, whichever header it
+/// came in and whether or not it was the one checked.
+///
+/// - `X-TG-API-Key` is shardgate's own header: always removed.
+/// - The header that authenticated the request (`key_source`) is removed, every occurrence.
+/// - `X-API-Key` or `Authorization` whose value (after `Bearer `) starts with `sgk_`, the
+///   prefix of every key shardgate issues, is removed even when another header was checked
+///   or the rule is public.
+///
+/// Any other `Authorization` or `X-API-Key` (an upstream's own credential) passes.
+pub fn is_gateway_credential(name: &[u8], value: &[u8], key_source: Option<KeySource>) -> bool {
+    let looks_like_key = |v: &[u8]| v.trim_ascii().starts_with(KEY_PREFIX.as_bytes());
+    if name.eq_ignore_ascii_case(b"x-tg-api-key") {
+        return true;
+    }
+    if name.eq_ignore_ascii_case(b"x-api-key") {
+        return key_source == Some(KeySource::ApiKey) || looks_like_key(value);
+    }
+    if name.eq_ignore_ascii_case(b"authorization") {
+        return match bearer(value) {
+            Some(token) => key_source == Some(KeySource::Bearer) || looks_like_key(token),
+            None => looks_like_key(value),
+        };
+    }
+    false
 }
 
 /// Finds the key in the request and checks it. `now`: unix seconds.
@@ -88,6 +117,41 @@ mod tests {
             panic!("test request must parse");
         };
         check(&head, buf, table, now)
+    }
+
+    #[test]
+    fn gateway_credentials_are_recognised_in_every_header_that_can_carry_them() {
+        let key = b"sgk_0123456789";
+        let bearer_key = b"Bearer sgk_0123456789";
+        for source in [None, Some(KeySource::ApiKey), Some(KeySource::Bearer)] {
+            assert!(is_gateway_credential(b"X-TG-API-Key", b"anything", source));
+            assert!(is_gateway_credential(b"x-api-key", key, source));
+            assert!(is_gateway_credential(b"Authorization", bearer_key, source));
+            assert!(is_gateway_credential(b"authorization", key, source));
+            assert!(!is_gateway_credential(
+                b"authorization",
+                b"Basic dXA6cHc=",
+                source
+            ));
+            assert!(!is_gateway_credential(b"x-other", key, source));
+        }
+        // The header that authenticated goes, whatever its value looks like.
+        assert!(is_gateway_credential(
+            b"x-api-key",
+            b"k",
+            Some(KeySource::ApiKey)
+        ));
+        assert!(!is_gateway_credential(
+            b"x-api-key",
+            b"k",
+            Some(KeySource::Bearer)
+        ));
+        assert!(is_gateway_credential(
+            b"authorization",
+            b"Bearer k",
+            Some(KeySource::Bearer)
+        ));
+        assert!(!is_gateway_credential(b"authorization", b"Bearer k", None));
     }
 
     #[test]

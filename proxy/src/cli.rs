@@ -18,6 +18,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::Deserialize;
 use shardgate_core::duration::Span;
 use shardgate_core::net::CidrSet;
+use shardgate_core::path::EncodedSlashes;
 
 /// Most workers one process runs; beyond this, run several processes.
 pub const MAX_WORKERS: usize = 1024;
@@ -186,6 +187,24 @@ pub struct RunArgs {
         default_value = ""
     )]
     pub trusted_proxies: CidrSet,
+
+    /// What to do with an encoded slash or backslash (`%2F`, `%5C`) or a raw `\` in a
+    /// request path. `reject` (the default) answers 400: an upstream that decodes them sees
+    /// other path segments than the router did, so a key-protected rule could be walked
+    /// around. `keep` forwards them encoded, for upstreams that need `%2F` in a segment and
+    /// do not decode it before their own routing. See docs/SECURITY.md.
+    #[arg(
+        long,
+        env = "SHARDGATE_ENCODED_SLASHES",
+        value_name = "POLICY",
+        default_value = "reject",
+        value_parser = parse_encoded_slashes
+    )]
+    pub encoded_slashes: EncodedSlashes,
+}
+
+fn parse_encoded_slashes(text: &str) -> Result<EncodedSlashes, String> {
+    text.parse()
 }
 
 /// The CPUs this process may run on (affinity mask and cgroup quota), capped to the
@@ -263,6 +282,7 @@ pub struct Config {
     /// 0: unlimited.
     pub max_body: u64,
     pub trusted_proxies: CidrSet,
+    pub encoded_slashes: EncodedSlashes,
 }
 
 /// What the command line asked for.
@@ -370,6 +390,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_body: Option<u64>,
     trusted_proxies: Option<String>,
+    encoded_slashes: Option<String>,
 }
 
 /// Parses the process's own arguments and environment.
@@ -519,6 +540,25 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         args.trusted_proxies,
         file_trusted,
     );
+    let file_slashes = match file.encoded_slashes {
+        Some(text) => {
+            Some(
+                text.parse::<EncodedSlashes>()
+                    .map_err(|message| CliError::Invalid {
+                        setting: "encoded-slashes",
+                        origin: layer.file_origin(),
+                        message,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let (encoded_slashes, _) = layer.pick(
+        "encoded_slashes",
+        "SHARDGATE_ENCODED_SLASHES",
+        args.encoded_slashes,
+        file_slashes,
+    );
     if max_connections == 0 {
         return Err(CliError::Invalid {
             setting: "max-connections",
@@ -584,6 +624,7 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
         max_connections,
         max_body,
         trusted_proxies,
+        encoded_slashes,
     })
 }
 

@@ -434,6 +434,16 @@ async fn attempt(
         }
     };
 
+    if head.status == 101 && !switch_was_asked_for(req, head.header(&rbuf, "upgrade")) {
+        // Relaying it would desynchronise the client's connection: its next request would be
+        // read by whatever the upstream now speaks. `up` is dropped, never pooled.
+        plane.heads.give(rbuf);
+        return Err(Failure::Upstream {
+            status: 502,
+            message: "upstream switched protocols without being asked to",
+            retryable: false,
+        });
+    }
     if retryable && (head.status == 502 || head.status == 503) {
         plane.heads.give(rbuf);
         return Err(Failure::Upstream {
@@ -457,6 +467,23 @@ async fn attempt(
         effects,
     )
     .await
+}
+
+/// Whether a `101` switches to a protocol the client offered (RFC 9110 §7.8): the client
+/// sent `Upgrade`, and every protocol the upstream names is among those offered.
+fn switch_was_asked_for(req: &UpstreamRequest, chosen: Option<&[u8]>) -> bool {
+    let tokens = |list: &[u8]| -> Vec<Vec<u8>> {
+        list.split(|&b| b == b',')
+            .map(|t| t.trim_ascii().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let Some(chosen) = chosen else {
+        return false;
+    };
+    let offered = tokens(&req.upgrade_protocols);
+    let chosen = tokens(chosen);
+    req.upgrade && !chosen.is_empty() && chosen.iter().all(|c| offered.contains(c))
 }
 
 /// Streams the rest of the request body from the client to the upstream.

@@ -52,6 +52,9 @@ pub struct UpstreamRequest {
     pub is_head: bool,
     pub expect_continue: bool,
     pub upgrade: bool,
+    /// The protocols the client offered in `Upgrade` (empty unless `upgrade`): a 101 must
+    /// switch to one of them.
+    pub upgrade_protocols: Vec<u8>,
     /// HTTP/1.0 client: the upstream request is HTTP/1.0 with `Connection: close`, so the
     /// response can never be chunked.
     pub http10: bool,
@@ -104,9 +107,13 @@ pub async fn handle(
         )
         .await;
     };
-    let path = route::normalize(raw_path);
+    let normal = match route::normalize(raw_path, settings.encoded_slashes) {
+        Ok(normal) => normal,
+        Err(e) => return reject(client, &head, ErrorResponse::new(400, e.to_string())).await,
+    };
+    let path = &*normal.route;
     let lookup = head.method.map(|method| {
-        gateway.router.lookup(method, &path, |name| {
+        gateway.router.lookup(method, path, |name| {
             head.header(buf, name)
                 .and_then(|v| std::str::from_utf8(v).ok())
         })
@@ -123,7 +130,7 @@ pub async fn handle(
             .and_then(Method::from_bytes);
         let rule_chain = requested
             .and_then(|m| {
-                match gateway.router.lookup(m, &path, |name| {
+                match gateway.router.lookup(m, path, |name| {
                     head.header(buf, name)
                         .and_then(|v| std::str::from_utf8(v).ok())
                 }) {
@@ -215,9 +222,9 @@ pub async fn handle(
     };
 
     let forward_path = if rule.spec.strip_path {
-        route.stripped_path(&path)
+        normal.forward_after(route.matched_prefix_len)
     } else {
-        &path
+        &normal.forward
     };
     let hash_header = service
         .upstreams
@@ -235,7 +242,7 @@ pub async fn handle(
             transforms: &effects.request_transforms,
         },
     );
-    drop(path);
+    drop(normal);
     forward::forward(client, prepared, &service, ctx, effects, body_limit).await
 }
 
@@ -252,9 +259,10 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Headers the gateway sets or drops itself, besides hop-by-hop ones.
-fn is_rewritten(name: &[u8], key_source: Option<KeySource>) -> bool {
-    const OWN: [&[u8]; 9] = [
+/// Headers the gateway sets or drops itself, besides hop-by-hop ones. Gateway keys never
+/// leave the gateway (see [`auth::is_gateway_credential`]).
+fn is_rewritten(name: &[u8], value: &[u8], key_source: Option<KeySource>) -> bool {
+    const OWN: [&[u8]; 7] = [
         b"host",
         b"content-length",
         b"expect",
@@ -262,11 +270,9 @@ fn is_rewritten(name: &[u8], key_source: Option<KeySource>) -> bool {
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"via",
-        b"x-tg-api-key",
-        b"x-api-key",
     ];
     OWN.iter().any(|own| name.eq_ignore_ascii_case(own))
-        || (key_source == Some(KeySource::Bearer) && name.eq_ignore_ascii_case(b"authorization"))
+        || auth::is_gateway_credential(name, value, key_source)
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -347,7 +353,7 @@ fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamReque
         if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_value = Some(value);
         }
-        if is_hop_by_hop(name, &connection) || is_rewritten(name, key_source) {
+        if is_hop_by_hop(name, &connection) || is_rewritten(name, value, key_source) {
             continue;
         }
         push_header(&mut headers, name, value);
@@ -426,6 +432,10 @@ fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamReque
         is_head: method == Some(Method::Head),
         expect_continue: head.expect_continue,
         upgrade,
+        upgrade_protocols: match (upgrade, upgrade_value) {
+            (true, Some(value)) => value.to_vec(),
+            _ => Vec::new(),
+        },
         http10,
         client_keep_alive: head.keep_alive,
         hash,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use shardgate_core::http1::Limits;
 use shardgate_core::net::CidrSet;
+use shardgate_core::path::EncodedSlashes;
 use shardgate_core::ratelimit::Registry;
 
 /// Limits and timeouts of the proxy listener. Every field documents its default and why.
@@ -34,6 +35,9 @@ pub struct ProxySettings {
     /// `per_ip` limits and `ip_restriction`) is the rightmost untrusted address of the
     /// header. Default empty: the socket peer is the client.
     pub trusted_proxies: CidrSet,
+    /// `%2F`, `%5C` and `\` in request paths: refused (400, the default) or forwarded
+    /// encoded. See [`shardgate_core::path`].
+    pub encoded_slashes: EncodedSlashes,
     /// The rate limiters' shared counters (the admin thread compiles limiters from the
     /// same registry).
     pub rate_limits: Arc<Registry>,
@@ -47,6 +51,7 @@ impl ProxySettings {
             keepalive_timeout: config.keepalive_timeout,
             max_connections: config.max_connections,
             trusted_proxies: config.trusted_proxies.clone(),
+            encoded_slashes: config.encoded_slashes,
             max_body: if config.max_body == 0 {
                 u64::MAX
             } else {
@@ -67,6 +72,7 @@ impl ProxySettings {
             max_connections: 16_384,
             max_body: u64::MAX,
             trusted_proxies: CidrSet::default(),
+            encoded_slashes: EncodedSlashes::Reject,
             rate_limits: Arc::new(Registry::default()),
         }
     }

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::{Value, json};
 
 pub mod connection;
+pub mod nginx;
 pub mod tenant;
 pub mod upstream;
 
