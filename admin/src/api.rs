@@ -1,9 +1,12 @@
 //! The admin REST API (DESIGN.md §3): routes, the status-code contract, and the one write
 //! path every mutation takes.
 //!
-//! A write is: parse (malformed JSON → 400 with the parser's position; unknown field → 400
-//! naming it) → validate the spec (400 naming the field path) → build a [`Mutation`] →
-//! [`State::check`] (404/409/400) → journal + fsync → [`State::apply`] → compile the next
+//! A write is: parse (malformed JSON → 400 with the parser's position; a duplicate key or
+//! nesting deeper than the bound → 400 naming where, see [`crate::strict_json`]; unknown
+//! field → 400 naming it) → validate the spec (400 naming the field path, including every
+//! length and count bound of `shardgate_core::model::limits`) → build a [`Mutation`] →
+//! [`State::check`] (404/409/400) → [`State::check_capacity`] (409 when the collection is
+//! full) → journal + fsync → [`State::apply`] → compile the next
 //! [`Snapshot`] incrementally → publish it to every worker and wait for all of them → answer.
 //! So an answered write is both durable and live on every worker (read-your-writes).
 //!
@@ -21,7 +24,7 @@ use shardgate_core::model::{
 };
 use shardgate_core::plugins::CATALOGUE;
 use shardgate_core::snapshot::Snapshot;
-use shardgate_core::state::{ApplyError, Child, Kind, Mutation, State};
+use shardgate_core::state::{ApplyError, Child, Full, Kind, Mutation, State};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -30,11 +33,15 @@ use crate::broadcast::Broadcaster;
 use crate::http::{Request, Response};
 use crate::resolve::CompileEnv;
 use crate::store::Store;
+use crate::strict_json;
 
 /// Largest `limit` a list accepts, and its default.
 pub const MAX_PAGE: usize = 100;
 /// How long a write waits for every worker to apply its snapshot.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `error` message, in bytes: messages that quote client input (serde's "unknown
+/// variant `…`", a bad duration) are cut here, so an error never echoes a large body back.
+const MAX_ERROR_BYTES: usize = 1024;
 
 /// The admin API's state: the configuration, its store, and the link to the workers.
 #[derive(Debug)]
@@ -56,6 +63,15 @@ type Reply = Result<Response, Fail>;
 
 impl Fail {
     fn new(status: u16, msg: impl fmt::Display) -> Fail {
+        let mut msg = msg.to_string();
+        if msg.len() > MAX_ERROR_BYTES {
+            let mut cut = MAX_ERROR_BYTES;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            msg.push('…');
+        }
         Fail(Response::error(status, msg))
     }
 }
@@ -68,6 +84,14 @@ impl From<ApplyError> for Fail {
             ApplyError::Invalid(_) => 400,
         };
         Fail::new(status, e)
+    }
+}
+
+/// 409, like a duplicate name: the body is valid and the same request succeeds once an
+/// entity is deleted; what refuses it is the state, not the request.
+impl From<Full> for Fail {
+    fn from(e: Full) -> Fail {
+        Fail::new(409, e)
     }
 }
 
@@ -164,6 +188,7 @@ fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
 const READ_ONLY: [&str; 5] = ["id", "gateway_id", "created_at", "updated_at", "prefix"];
 
 /// Parses a request body into a spec: JSON syntax errors keep the parser's position,
+/// duplicate keys and too-deep nesting are refused with their path ([`strict_json`]),
 /// type errors and unknown fields name the field path.
 fn parse_body<T: DeserializeOwned>(req: &Request, ids: &[(&str, Option<Uuid>)]) -> Result<T, Fail> {
     let content_type = req
@@ -180,8 +205,7 @@ fn parse_body<T: DeserializeOwned>(req: &Request, ids: &[(&str, Option<Uuid>)]) 
             ),
         ));
     }
-    let mut value: Value = serde_json::from_slice(&req.body)
-        .map_err(|e| Fail::new(400, format!("malformed JSON: {e}")))?;
+    let mut value = strict_json::parse(&req.body).map_err(|e| Fail::new(400, e))?;
     let Value::Object(map) = &mut value else {
         return Err(Fail::new(400, "the request body must be a JSON object"));
     };
@@ -402,6 +426,7 @@ impl Api {
     /// worker runs the new snapshot.
     fn commit(&mut self, m: Mutation) -> Result<(), Fail> {
         self.state.check(&m)?;
+        self.state.check_capacity(&m)?;
         self.store.append(&m).map_err(|e| {
             tracing::error!(error = %e, "journal append failed; the write was not applied");
             Fail::new(500, format!("the write could not be persisted: {e}"))

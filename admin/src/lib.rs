@@ -1,6 +1,7 @@
 //! shardgate-admin: the admin thread.
 //!
-//! Owns: the REST API ([`api`], served by the small HTTP/1.1 server in [`http`]), the
+//! Owns: the REST API ([`api`], served by the small HTTP/1.1 server in [`http`], bodies
+//! parsed by [`strict_json`]), the
 //! durable [`store`] (journal + checkpoint), snapshot compilation after each write and its
 //! [`broadcast`] to the workers, and the admin thread's life cycle ([`server`]).
 //!
@@ -14,3 +15,4 @@ pub mod http;
 pub mod resolve;
 pub mod server;
 pub mod store;
+pub mod strict_json;

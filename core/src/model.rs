@@ -23,6 +23,94 @@ use crate::keys::KeyHash;
 use crate::plugins;
 use crate::router::{self, MethodSet};
 
+/// The documented maximum of every field and collection the admin API accepts, in one place:
+/// entity validation below, [`crate::state::State::check_capacity`], the admin API's JSON
+/// parser and the tests all use these constants, and `docs/SECURITY.md` tabulates them.
+///
+/// Lengths are UTF-8 bytes (what is stored, journaled and copied into snapshots), not
+/// characters. A value over its bound is refused with 400 naming the field path; a
+/// collection at its bound refuses one more entity with 409 (see `check_capacity`).
+///
+/// Bounds only apply to writes through the API: recovery replays the journal without them,
+/// so raising or lowering a bound never makes an existing data directory unreadable.
+pub mod limits {
+    // -- strings --------------------------------------------------------------------------
+
+    /// `name` of a gateway, upstream, service, API key or plugin.
+    pub const MAX_NAME_BYTES: usize = 255;
+    /// A gateway's `subdomain`: one DNS label (RFC 1035 §2.3.4).
+    pub const MAX_SUBDOMAIN_BYTES: usize = 63;
+    /// A target's `host`: a DNS name (RFC 1035 §2.3.4: 253 bytes without the root dot) or an
+    /// IP literal (at most 45 bytes).
+    pub const MAX_HOST_BYTES: usize = 253;
+    /// A rule's `path` pattern and an active health check's `path`. Real API paths are far
+    /// shorter; 2 KiB leaves room for long parameter patterns while staying well under the
+    /// 8 KiB request line a client can send.
+    pub const MAX_PATH_BYTES: usize = 2048;
+    /// A header name: the keys of a rule's `headers`, an upstream's `hash_header`.
+    pub const MAX_HEADER_NAME_BYTES: usize = 256;
+    /// A header value a rule matches on (`headers`): 8 KiB, the usual per-header limit of
+    /// proxies (nginx's `large_client_header_buffers`), so a longer value could never match.
+    pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+    /// Each entry of a rule's `methods` (the longest method, `CONNECT`/`OPTIONS`, has 7).
+    pub const MAX_METHOD_BYTES: usize = 32;
+    /// A service's `description`.
+    pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
+    /// Each entry of an upstream's or a service's `tags`.
+    pub const MAX_TAG_BYTES: usize = 128;
+
+    // -- free-form JSON (plugin `settings`, service `metadata`) ---------------------------
+
+    /// One plugin's `settings`, measured as compact JSON. Generous for long CIDR or origin
+    /// lists (about 10 000 IPv4 CIDRs); the admin API's 1 MiB body limit applies as well.
+    pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+    /// A service's `metadata`, measured as compact JSON.
+    pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+    /// Any object key inside `settings` or `metadata`.
+    pub const MAX_JSON_KEY_BYTES: usize = 256;
+    /// Any string inside `settings` or `metadata`: the same as a header value, since
+    /// transformer settings carry header values.
+    pub const MAX_JSON_STRING_BYTES: usize = MAX_HEADER_VALUE_BYTES;
+    /// Deepest nesting of objects and arrays in a request body (the body's own object is
+    /// level 1) and inside `settings` or `metadata` (their own object is level 1). The
+    /// deepest entity field today is at level 6 (`required_plugins[0].settings.limits.global`).
+    pub const MAX_JSON_DEPTH: usize = 32;
+
+    // -- lists inside one entity -----------------------------------------------------------
+
+    /// A gateway's `required_plugins`, and a rule's `plugin_chain`.
+    pub const MAX_PLUGINS_PER_CHAIN: usize = 32;
+    /// An upstream's `targets`. The consistent-hash ring caps itself at 65 536 points, so
+    /// each of 1024 targets still gets 64 of them.
+    pub const MAX_TARGETS_PER_UPSTREAM: usize = 1024;
+    /// A service's `fallback_upstream_ids`.
+    pub const MAX_FALLBACK_UPSTREAMS: usize = 8;
+    /// A rule's `methods` (there are 9 methods; repeats are harmless but bounded).
+    pub const MAX_METHODS_PER_RULE: usize = 16;
+    /// Entries of a rule's `headers`.
+    pub const MAX_HEADERS_PER_RULE: usize = 32;
+    /// A rule's weighted `services`.
+    pub const MAX_WEIGHTED_SERVICES: usize = 16;
+    /// An upstream's or a service's `tags`.
+    pub const MAX_TAGS: usize = 32;
+
+    // -- collections (checked against the state: 409 when full) ---------------------------
+
+    /// Gateways in one server.
+    pub const MAX_GATEWAYS: usize = 10_000;
+    /// Upstreams in one gateway.
+    pub const MAX_UPSTREAMS_PER_GATEWAY: usize = 1_000;
+    /// Services in one gateway.
+    pub const MAX_SERVICES_PER_GATEWAY: usize = 1_000;
+    /// Rules in one gateway: the router benchmark measures 10 000 (`bench/benches/router.rs`).
+    pub const MAX_RULES_PER_GATEWAY: usize = 10_000;
+    /// API keys in one gateway: the key-table benchmark measures 1 000 000
+    /// (`bench/benches/keys.rs`), the admin write benchmark 100 000.
+    pub const MAX_KEYS_PER_GATEWAY: usize = 1_000_000;
+}
+
+use limits::*;
+
 /// A validation failure: the JSON path of the offending field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -115,7 +203,7 @@ pub struct Record<T> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySpec {
-    /// A descriptive name, 1–128 characters.
+    /// A descriptive name, 1 to [`limits::MAX_NAME_BYTES`] bytes, not blank.
     pub name: String,
     /// The DNS label clients reach it at: `<subdomain>.<base-domain>`. Unique.
     pub subdomain: String,
@@ -199,6 +287,7 @@ fn empty_object() -> Json {
 
 impl PluginConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
+        check_len("name", &self.name, MAX_NAME_BYTES)?;
         let def = plugins::find(&self.name).ok_or_else(|| {
             Invalid::new(
                 "name",
@@ -224,6 +313,7 @@ impl PluginConfig {
                 ),
             ));
         }
+        validate_free_form(&self.settings.0, "settings", MAX_SETTINGS_BYTES)?;
         plugins::parse_settings(&self.name, &self.settings.0)
             .map(drop)
             .map_err(|e| e.under("settings"))
@@ -231,6 +321,7 @@ impl PluginConfig {
 }
 
 fn validate_chain(chain: &[PluginConfig], field: &str) -> Result<(), Invalid> {
+    check_count(field, chain.len(), MAX_PLUGINS_PER_CHAIN)?;
     for (i, plugin) in chain.iter().enumerate() {
         plugin
             .validate()
@@ -240,12 +331,9 @@ fn validate_chain(chain: &[PluginConfig], field: &str) -> Result<(), Invalid> {
 }
 
 fn validate_name(name: &str, field: &str) -> Result<(), Invalid> {
-    let len = name.chars().count();
-    if name.trim().is_empty() || len > 128 {
-        return Err(Invalid::new(
-            field,
-            "must be 1 to 128 characters, not blank",
-        ));
+    check_len(field, name, MAX_NAME_BYTES)?;
+    if name.trim().is_empty() {
+        return Err(Invalid::new(field, "must not be blank"));
     }
     if name.chars().any(char::is_control) {
         return Err(Invalid::new(field, "must not contain control characters"));
@@ -253,11 +341,113 @@ fn validate_name(name: &str, field: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Refuses `value` when it is longer than `max` bytes. Checked before anything that
+/// echoes the value in an error message, so an error never repeats a megabyte back.
+fn check_len(field: impl Into<String>, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.len() > max {
+        return Err(Invalid::new(
+            field,
+            format!("too long: {} bytes, the maximum is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a list or map of `len` entries when it has more than `max`.
+fn check_count(field: impl Into<String>, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(Invalid::new(
+            field,
+            format!("too many entries: {len}, the maximum is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Each entry of `tags` within [`MAX_TAG_BYTES`], at most [`MAX_TAGS`] of them.
+fn validate_tags(tags: &[String]) -> Result<(), Invalid> {
+    check_count("tags", tags.len(), MAX_TAGS)?;
+    for (i, tag) in tags.iter().enumerate() {
+        check_len(format!("tags[{i}]"), tag, MAX_TAG_BYTES)?;
+    }
+    Ok(())
+}
+
+/// Bounds free-form JSON (`settings`, `metadata`): at most `max_bytes` as compact JSON, at
+/// most [`MAX_JSON_DEPTH`] levels, keys within [`MAX_JSON_KEY_BYTES`] and strings within
+/// [`MAX_JSON_STRING_BYTES`]. Errors name the path below `field`.
+fn validate_free_form(
+    value: &serde_json::Value,
+    field: &str,
+    max_bytes: usize,
+) -> Result<(), Invalid> {
+    let size = compact_json_len(value);
+    if size > max_bytes {
+        return Err(Invalid::new(
+            field,
+            format!("too large: {size} bytes of JSON, the maximum is {max_bytes}"),
+        ));
+    }
+    check_free_form(value, field, 1)
+}
+
+fn check_free_form(value: &serde_json::Value, path: &str, depth: usize) -> Result<(), Invalid> {
+    use serde_json::Value;
+    let nested = matches!(value, Value::Array(_) | Value::Object(_));
+    if nested && depth > MAX_JSON_DEPTH {
+        return Err(Invalid::new(
+            path,
+            format!("nested too deeply: more than {MAX_JSON_DEPTH} levels of objects and arrays"),
+        ));
+    }
+    match value {
+        Value::String(s) => check_len(path, s, MAX_JSON_STRING_BYTES),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| check_free_form(item, &format!("{path}[{i}]"), depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+            if key.len() > MAX_JSON_KEY_BYTES {
+                return Err(Invalid::new(
+                    path,
+                    format!(
+                        "a key is too long: {} bytes, the maximum is {MAX_JSON_KEY_BYTES}",
+                        key.len()
+                    ),
+                ));
+            }
+            check_free_form(item, &join_path(path, key), depth + 1)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// The length of `value` written as compact JSON, without building the text.
+fn compact_json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail; if it somehow did, the
+    // value is treated as too large rather than accepted unmeasured.
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
 pub fn is_dns_label(label: &str) -> bool {
     let bytes = label.as_bytes();
     !bytes.is_empty()
-        && bytes.len() <= 63
+        && bytes.len() <= MAX_SUBDOMAIN_BYTES
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
@@ -268,6 +458,7 @@ pub fn is_dns_label(label: &str) -> bool {
 impl GatewaySpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         validate_name(&self.name, "name")?;
+        check_len("subdomain", &self.subdomain, MAX_SUBDOMAIN_BYTES)?;
         if !is_dns_label(&self.subdomain) {
             return Err(Invalid::new(
                 "subdomain",
@@ -489,10 +680,10 @@ fn is_valid_host(host: &str) -> bool {
 }
 
 /// A DNS name: dot-separated labels of letters, digits, `-` and `_` (1–63 bytes each, not
-/// starting or ending with `-`), 253 bytes at most.
+/// starting or ending with `-`), [`MAX_HOST_BYTES`] (253) bytes at most.
 pub fn is_dns_name(host: &str) -> bool {
     !host.is_empty()
-        && host.len() <= 253
+        && host.len() <= MAX_HOST_BYTES
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -510,8 +701,10 @@ impl UpstreamSpec {
         if self.targets.is_empty() {
             return Err(Invalid::new("targets", "at least one target is required"));
         }
+        check_count("targets", self.targets.len(), MAX_TARGETS_PER_UPSTREAM)?;
         for (i, t) in self.targets.iter().enumerate() {
             let at = |field: &str| format!("targets[{i}].{field}");
+            check_len(at("host"), &t.host, MAX_HOST_BYTES)?;
             if !is_valid_host(&t.host) {
                 return Err(Invalid::new(
                     at("host"),
@@ -532,6 +725,7 @@ impl UpstreamSpec {
             }
         }
         if let Some(h) = &self.hash_header {
+            check_len("hash_header", h, MAX_HEADER_NAME_BYTES)?;
             if self.algorithm != Algorithm::ConsistentHash {
                 return Err(Invalid::new(
                     "hash_header",
@@ -546,10 +740,20 @@ impl UpstreamSpec {
             }
         }
         if let Some(active) = &self.health_checks.active {
+            check_len("health_checks.active.path", &active.path, MAX_PATH_BYTES)?;
             if !active.path.starts_with('/') {
                 return Err(Invalid::new(
                     "health_checks.active.path",
                     "must start with '/'",
+                ));
+            }
+            // The probe writes it into its request line (`GET <path> HTTP/1.1`): a space,
+            // CR or LF would let it rewrite the probe request.
+            if !active.path.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Invalid::new(
+                    "health_checks.active.path",
+                    "must be visible ASCII: no spaces, control characters or non-ASCII \
+                     (percent-encode them)",
                 ));
             }
             if active.healthy_threshold == 0 || active.unhealthy_threshold == 0 {
@@ -567,7 +771,7 @@ impl UpstreamSpec {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        validate_tags(&self.tags)
     }
 }
 
@@ -626,9 +830,17 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         validate_name(&self.name, "name")?;
+        check_count(
+            "fallback_upstream_ids",
+            self.fallback_upstream_ids.len(),
+            MAX_FALLBACK_UPSTREAMS,
+        )?;
+        check_len("description", &self.description, MAX_DESCRIPTION_BYTES)?;
         if !self.metadata.0.is_object() {
             return Err(Invalid::new("metadata", "must be a JSON object"));
         }
+        validate_free_form(&self.metadata.0, "metadata", MAX_METADATA_BYTES)?;
+        validate_tags(&self.tags)?;
         if self.retries > 10 {
             return Err(Invalid::new("retries", "at most 10"));
         }
@@ -699,16 +911,33 @@ pub struct WeightedService {
 
 impl RuleSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
-        router::parse_pattern(&self.path).map_err(|e| Invalid::new("path", e.to_string()))?;
+        check_len("path", &self.path, MAX_PATH_BYTES)?;
+        router::parse_rule_path(&self.path).map_err(|e| Invalid::new("path", e.to_string()))?;
+        check_count("methods", self.methods.len(), MAX_METHODS_PER_RULE)?;
+        for (i, method) in self.methods.iter().enumerate() {
+            check_len(format!("methods[{i}]"), method, MAX_METHOD_BYTES)?;
+        }
         MethodSet::parse(&self.methods).map_err(|e| Invalid::new("methods", e.to_string()))?;
-        for name in self.headers.keys() {
+        check_count("headers", self.headers.len(), MAX_HEADERS_PER_RULE)?;
+        for (name, value) in &self.headers {
+            if name.len() > MAX_HEADER_NAME_BYTES {
+                return Err(Invalid::new(
+                    "headers",
+                    format!(
+                        "a header name is too long: {} bytes, the maximum is {MAX_HEADER_NAME_BYTES}",
+                        name.len()
+                    ),
+                ));
+            }
             if !is_header_name(name) {
                 return Err(Invalid::new(
                     format!("headers.{name}"),
                     "not an HTTP header name",
                 ));
             }
+            check_len(format!("headers.{name}"), value, MAX_HEADER_VALUE_BYTES)?;
         }
+        check_count("services", self.services.len(), MAX_WEIGHTED_SERVICES)?;
         match (self.service_id.is_some(), self.services.is_empty()) {
             (true, false) => {
                 return Err(Invalid::new(
@@ -816,8 +1045,14 @@ mod rfc3339_option {
             Some(text) => OffsetDateTime::parse(&text, &Rfc3339)
                 .map(Some)
                 .map_err(|e| {
+                    // Echo the text only when it is short enough to be a timestamp.
+                    let shown = if text.len() <= 64 {
+                        format!("{text:?}")
+                    } else {
+                        format!("a {}-byte string", text.len())
+                    };
                     serde::de::Error::custom(format!(
-                        "{text:?} is not an RFC 3339 timestamp like 2027-12-31T23:59:59Z ({e})"
+                        "{shown} is not an RFC 3339 timestamp like 2027-12-31T23:59:59Z ({e})"
                     ))
                 }),
         }
@@ -972,5 +1207,253 @@ mod tests {
             active: true,
         };
         assert_eq!(spec.validate(now).expect_err("past").path, "expires_at");
+    }
+
+    // -- bounds (limits) ---------------------------------------------------------------------
+
+    fn upstream() -> UpstreamSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}]
+        }))
+        .expect("valid upstream")
+    }
+
+    fn service() -> ServiceSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "s", "upstream_id": "0190b7a4-0000-7000-8000-000000000000"
+        }))
+        .expect("valid service")
+    }
+
+    fn rule() -> RuleSpec {
+        serde_json::from_value(serde_json::json!({
+            "path": "/v1/*", "service_id": "0190b7a4-0000-7000-8000-000000000000"
+        }))
+        .expect("valid rule")
+    }
+
+    /// Asserts that `result` refuses `path` as too long or too many, with a short message.
+    #[track_caller]
+    fn assert_over_bound(result: Result<(), Invalid>, path: &str) {
+        let err = result.expect_err("over the bound");
+        assert_eq!(err.path, path, "{err}");
+        assert!(
+            err.message.starts_with("too long")
+                || err.message.starts_with("too many")
+                || err.message.starts_with("too large")
+                || err.message.starts_with("a key is too long")
+                || err.message.starts_with("a header name is too long"),
+            "{err}"
+        );
+        assert!(err.message.len() < 200, "never echoes the value: {err}");
+    }
+
+    #[test]
+    fn names_are_accepted_at_the_maximum_and_refused_one_byte_over() {
+        let mut g = gateway();
+        g.name = "n".repeat(MAX_NAME_BYTES);
+        g.validate().expect("a name at the maximum");
+        g.name.push('n');
+        assert_over_bound(g.validate(), "name");
+        // Bytes, not characters: 128 three-byte characters are 384 bytes.
+        g.name = "€".repeat(128);
+        assert_over_bound(g.validate(), "name");
+
+        let mut k = KeySpec {
+            name: "k".repeat(MAX_NAME_BYTES + 1),
+            expires_at: None,
+            active: true,
+        };
+        assert_over_bound(k.validate(OffsetDateTime::UNIX_EPOCH), "name");
+        k.name.pop();
+        k.validate(OffsetDateTime::UNIX_EPOCH)
+            .expect("at the maximum");
+    }
+
+    #[test]
+    fn a_megabyte_rule_path_is_refused_naming_path_without_echoing_it() {
+        let mut r = rule();
+        r.path = format!("/{}", "a".repeat(1_000_000));
+        assert_over_bound(r.validate(), "path");
+        r.path = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+        r.validate().expect("a path of exactly the maximum");
+        r.path.push('a');
+        assert_over_bound(r.validate(), "path");
+    }
+
+    #[test]
+    fn rule_methods_and_headers_are_bounded() {
+        let mut r = rule();
+        r.methods = vec!["GET".into(); MAX_METHODS_PER_RULE];
+        r.validate().expect("repeats up to the maximum");
+        r.methods.push("GET".into());
+        assert_over_bound(r.validate(), "methods");
+        r.methods = vec!["X".repeat(MAX_METHOD_BYTES + 1)];
+        assert_over_bound(r.validate(), "methods[0]");
+
+        let mut r = rule();
+        r.headers = (0..=MAX_HEADERS_PER_RULE)
+            .map(|i| (format!("x-h{i}"), "v".into()))
+            .collect();
+        assert_over_bound(r.validate(), "headers");
+        r.headers = [("x".repeat(MAX_HEADER_NAME_BYTES + 1), "v".into())].into();
+        assert_over_bound(r.validate(), "headers");
+        r.headers = [("x-v".into(), "v".repeat(MAX_HEADER_VALUE_BYTES))].into();
+        r.validate().expect("a value at the maximum");
+        r.headers = [("x-v".into(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1))].into();
+        assert_over_bound(r.validate(), "headers.x-v");
+
+        let mut r = rule();
+        r.service_id = None;
+        r.services = (0..=MAX_WEIGHTED_SERVICES)
+            .map(|_| WeightedService {
+                service_id: Uuid::nil(),
+                weight: 1,
+            })
+            .collect();
+        assert_over_bound(r.validate(), "services");
+    }
+
+    #[test]
+    fn chains_hold_at_most_the_maximum_number_of_plugins() {
+        let mut g = gateway();
+        g.required_plugins = vec![g.required_plugins[0].clone(); MAX_PLUGINS_PER_CHAIN];
+        g.validate().expect("a full chain");
+        g.required_plugins.push(g.required_plugins[0].clone());
+        assert_over_bound(g.validate(), "required_plugins");
+
+        let mut r = rule();
+        r.plugin_chain = vec![gateway().required_plugins[0].clone(); MAX_PLUGINS_PER_CHAIN + 1];
+        assert_over_bound(r.validate(), "plugin_chain");
+
+        let mut g = gateway();
+        g.required_plugins[0].name = "p".repeat(MAX_NAME_BYTES + 1);
+        assert_over_bound(g.validate(), "required_plugins[0].name");
+    }
+
+    #[test]
+    fn plugin_settings_are_bounded_in_size_and_in_every_string_with_the_full_path() {
+        let mut g = gateway();
+        g.required_plugins[0].settings = Json(serde_json::json!({
+            "limits": {"global": {"limit": 15, "window": "1".repeat(MAX_JSON_STRING_BYTES + 1)}}
+        }));
+        assert_over_bound(
+            g.validate(),
+            "required_plugins[0].settings.limits.global.window",
+        );
+
+        let mut g = gateway();
+        g.required_plugins[0].settings = Json(serde_json::json!({
+            "limits": {"global": {"limit": 15, "window": "1m"}},
+            "padding": vec!["x".repeat(1000); MAX_SETTINGS_BYTES / 1000],
+        }));
+        assert_over_bound(g.validate(), "required_plugins[0].settings");
+
+        let mut g = gateway();
+        g.required_plugins[0].settings = Json(serde_json::json!({
+            "k".repeat(MAX_JSON_KEY_BYTES + 1): 1
+        }));
+        assert_over_bound(g.validate(), "required_plugins[0].settings");
+    }
+
+    #[test]
+    fn service_fields_are_bounded() {
+        let mut s = service();
+        s.description = "d".repeat(MAX_DESCRIPTION_BYTES);
+        s.validate().expect("a description at the maximum");
+        s.description.push('d');
+        assert_over_bound(s.validate(), "description");
+
+        let mut s = service();
+        s.tags = vec!["t".into(); MAX_TAGS + 1];
+        assert_over_bound(s.validate(), "tags");
+        s.tags = vec!["ok".into(), "t".repeat(MAX_TAG_BYTES + 1)];
+        assert_over_bound(s.validate(), "tags[1]");
+
+        let mut s = service();
+        s.fallback_upstream_ids = (1..=MAX_FALLBACK_UPSTREAMS + 1)
+            .map(|i| Uuid::from_u128(i as u128))
+            .collect();
+        assert_over_bound(s.validate(), "fallback_upstream_ids");
+
+        let mut s = service();
+        s.metadata = Json(serde_json::json!({"notes": "n".repeat(MAX_METADATA_BYTES)}));
+        assert_over_bound(s.validate(), "metadata");
+
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            deep = serde_json::json!({ "a": deep });
+        }
+        let mut s = service();
+        s.metadata = Json(deep.clone());
+        s.validate().expect("metadata nested to the maximum");
+        s.metadata = Json(serde_json::json!({ "a": deep }));
+        let err = s.validate().expect_err("one level deeper");
+        assert!(err.path.starts_with("metadata.a.a."), "{err}");
+        assert!(err.message.contains("nested too deeply"), "{err}");
+    }
+
+    #[test]
+    fn upstream_fields_are_bounded() {
+        let mut u = upstream();
+        u.targets = vec![u.targets[0].clone(); MAX_TARGETS_PER_UPSTREAM];
+        u.validate().expect("the maximum number of targets");
+        u.targets.push(u.targets[0].clone());
+        assert_over_bound(u.validate(), "targets");
+
+        let mut u = upstream();
+        let label = "a".repeat(63);
+        let host = format!("{label}.{label}.{label}.{}", "a".repeat(61));
+        assert_eq!(host.len(), MAX_HOST_BYTES);
+        u.targets[0].host = host.clone();
+        u.validate().expect("a host name at the maximum");
+        u.targets[0].host = format!("{host}a");
+        assert_over_bound(u.validate(), "targets[0].host");
+        u.targets[0].host = "h".repeat(1_000_000);
+        assert_over_bound(u.validate(), "targets[0].host");
+
+        let mut u = upstream();
+        u.algorithm = Algorithm::ConsistentHash;
+        u.hash_header = Some("x".repeat(MAX_HEADER_NAME_BYTES + 1));
+        assert_over_bound(u.validate(), "hash_header");
+
+        let mut u = upstream();
+        u.tags = vec!["t".repeat(MAX_TAG_BYTES + 1)];
+        assert_over_bound(u.validate(), "tags[0]");
+    }
+
+    #[test]
+    fn a_health_check_path_is_bounded_and_cannot_rewrite_the_probe_request() {
+        let mut u = upstream();
+        let mut active: ActiveHealthCheck =
+            serde_json::from_value(serde_json::json!({})).expect("defaults");
+        active.path = format!("/{}", "h".repeat(MAX_PATH_BYTES));
+        u.health_checks.active = Some(active.clone());
+        assert_over_bound(u.validate(), "health_checks.active.path");
+        for bad in ["/health HTTP/1.1\r\nX-Evil: 1", "/a b", "/caf\u{e9}"] {
+            active.path = bad.into();
+            u.health_checks.active = Some(active.clone());
+            let err = u.validate().expect_err(bad);
+            assert_eq!(err.path, "health_checks.active.path", "{bad:?}");
+        }
+        active.path = "/health?probe=1".into();
+        u.health_checks.active = Some(active);
+        u.validate().expect("a query is fine");
+    }
+
+    #[test]
+    fn a_subdomain_over_a_dns_label_is_refused_without_echoing_it() {
+        let mut g = gateway();
+        g.subdomain = "a".repeat(1_000_000);
+        assert_over_bound(g.validate(), "subdomain");
+    }
+
+    #[test]
+    fn a_long_non_timestamp_expiry_is_not_echoed() {
+        let long = "9".repeat(10_000);
+        let err =
+            serde_json::from_str::<KeySpec>(&format!(r#"{{"name":"k","expires_at":"{long}"}}"#))
+                .expect_err("not a timestamp");
+        assert!(err.to_string().len() < 300, "{err}");
     }
 }

@@ -6,7 +6,10 @@
 //! names, references that must resolve, references that block a delete) and leaves the
 //! state unchanged when it refuses. Shape checks of a single spec (`validate`) happen at the
 //! API edge before a mutation is built, because some of them depend on the wall clock
-//! (a key's expiry) and must not be re-judged when an old journal is replayed.
+//! (a key's expiry) and must not be re-judged when an old journal is replayed. For the same
+//! reason the collection bounds ([`crate::model::limits`]) are checked by
+//! [`State::check_capacity`], which the API calls and `apply` does not: a journal written
+//! under other bounds still replays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::keys::{KeyEntry, KeyTable};
+use crate::model::limits::{
+    MAX_GATEWAYS, MAX_KEYS_PER_GATEWAY, MAX_RULES_PER_GATEWAY, MAX_SERVICES_PER_GATEWAY,
+    MAX_UPSTREAMS_PER_GATEWAY,
+};
 use crate::model::{GatewaySpec, Invalid, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec};
 use crate::router::MethodSet;
 
@@ -87,6 +94,26 @@ impl Kind {
             Kind::Key => "api key",
         }
     }
+
+    /// The collection's name in messages: `gateway … already has 10000 rules`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Upstream => "upstreams",
+            Kind::Service => "services",
+            Kind::Rule => "rules",
+            Kind::Key => "API keys",
+        }
+    }
+
+    /// How many entities of this kind one gateway may hold ([`crate::model::limits`]).
+    pub fn max_per_gateway(self) -> usize {
+        match self {
+            Kind::Upstream => MAX_UPSTREAMS_PER_GATEWAY,
+            Kind::Service => MAX_SERVICES_PER_GATEWAY,
+            Kind::Rule => MAX_RULES_PER_GATEWAY,
+            Kind::Key => MAX_KEYS_PER_GATEWAY,
+        }
+    }
 }
 
 /// Why `apply` refused a mutation. The state is unchanged.
@@ -110,6 +137,42 @@ impl fmt::Display for ApplyError {
 }
 
 impl std::error::Error for ApplyError {}
+
+/// Why [`State::check_capacity`] refused a mutation: it would add an entity to a collection
+/// that is already at its bound. Nothing was changed; deleting an entity makes room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The server already holds `max` gateways.
+    Gateways { max: usize },
+    /// The gateway already holds `max` entities of `kind`.
+    Children {
+        gateway_id: Uuid,
+        kind: Kind,
+        max: usize,
+    },
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Full::Gateways { max } => write!(
+                f,
+                "there are already {max} gateways (the maximum); delete one to make room"
+            ),
+            Full::Children {
+                gateway_id,
+                kind,
+                max,
+            } => write!(
+                f,
+                "gateway {gateway_id} already has {max} {} (the maximum); delete one to make room",
+                kind.plural()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Full {}
 
 /// One gateway and everything that belongs to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,6 +390,45 @@ impl State {
         #[cfg(debug_assertions)]
         self.assert_invariants();
         Ok(())
+    }
+
+    /// Refuses a mutation that would add a gateway, or an entity to a gateway, beyond the
+    /// bounds in [`crate::model::limits`]. Replacing or deleting is never refused. A missing
+    /// gateway passes here and is reported by [`State::check`].
+    ///
+    /// The admin API calls this before journaling; `apply` does not, so recovery replays a
+    /// journal written under other bounds.
+    pub fn check_capacity(&self, m: &Mutation) -> Result<(), Full> {
+        match m {
+            Mutation::PutGateway(record) => {
+                if !self.gateways.contains_key(&record.id) && self.gateways.len() >= MAX_GATEWAYS {
+                    return Err(Full::Gateways { max: MAX_GATEWAYS });
+                }
+                Ok(())
+            }
+            Mutation::Put { gateway_id, entity } => {
+                let Some(g) = self.gateways.get(gateway_id) else {
+                    return Ok(());
+                };
+                let (len, exists) = match entity {
+                    Child::Upstream(r) => (g.upstreams.len(), g.upstreams.contains_key(&r.id)),
+                    Child::Service(r) => (g.services.len(), g.services.contains_key(&r.id)),
+                    Child::Rule(r) => (g.rules.len(), g.rules.contains_key(&r.id)),
+                    Child::Key(r) => (g.keys.len(), g.keys.contains_key(&r.id)),
+                };
+                let kind = entity.kind();
+                let max = kind.max_per_gateway();
+                if !exists && len >= max {
+                    return Err(Full::Children {
+                        gateway_id: *gateway_id,
+                        kind,
+                        max,
+                    });
+                }
+                Ok(())
+            }
+            Mutation::DeleteGateway { .. } | Mutation::Delete { .. } => Ok(()),
+        }
     }
 
     /// Everything `apply` refuses, without changing anything.
@@ -770,5 +872,109 @@ mod tests {
                     .expect("decode");
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn a_full_rule_collection_refuses_one_more_but_replacing_and_replaying_still_work() {
+        let (mut state, [g, _, s, r, _]) = populated();
+        let template = state
+            .gateway(g)
+            .and_then(|gs| gs.rules.get(&r).cloned())
+            .expect("rule");
+        // Filled directly: going through `apply` would cost 10 000 collision scans.
+        let gs = state.gateways.get_mut(&g).expect("gateway");
+        while gs.rules.len() < MAX_RULES_PER_GATEWAY {
+            let mut extra = template.clone();
+            extra.id = Uuid::now_v7();
+            gs.rules.insert(extra.id, extra);
+        }
+        let one_more = put(g, Child::Rule(rule("/v2/*", s)));
+        let err = state.check_capacity(&one_more).expect_err("full");
+        assert_eq!(
+            err,
+            Full::Children {
+                gateway_id: g,
+                kind: Kind::Rule,
+                max: MAX_RULES_PER_GATEWAY
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("gateway {g} already has 10000 rules (the maximum); delete one to make room")
+        );
+        let mut replacement = rule("/v3/*", s);
+        replacement.id = r;
+        state
+            .check_capacity(&put(g, Child::Rule(replacement)))
+            .expect("replacing an existing rule adds nothing");
+        // Recovery replays through `apply`, which does not judge capacity.
+        state.apply(&one_more).expect("replay is not bounded");
+    }
+
+    #[test]
+    fn a_full_server_refuses_another_gateway_but_not_an_update() {
+        let mut state = State::default();
+        let first = gateway("first");
+        let first_id = first.id;
+        state
+            .apply(&Mutation::PutGateway(first.clone()))
+            .expect("gateway");
+        while state.gateways.len() < MAX_GATEWAYS {
+            let extra = gateway("x");
+            state.gateways.insert(extra.id, GatewayState::new(extra));
+        }
+        let err = state
+            .check_capacity(&Mutation::PutGateway(gateway("another")))
+            .expect_err("full");
+        assert_eq!(err, Full::Gateways { max: MAX_GATEWAYS });
+        assert!(
+            err.to_string()
+                .contains("already 10000 gateways (the maximum)"),
+            "{err}"
+        );
+        let mut renamed = first;
+        renamed.spec.name = "renamed".into();
+        assert_eq!(renamed.id, first_id);
+        state
+            .check_capacity(&Mutation::PutGateway(renamed))
+            .expect("an update adds nothing");
+    }
+
+    #[test]
+    fn every_child_kind_is_bounded_by_its_documented_limit_and_deletes_are_never_refused() {
+        assert_eq!(Kind::Upstream.max_per_gateway(), MAX_UPSTREAMS_PER_GATEWAY);
+        assert_eq!(Kind::Service.max_per_gateway(), MAX_SERVICES_PER_GATEWAY);
+        assert_eq!(Kind::Rule.max_per_gateway(), MAX_RULES_PER_GATEWAY);
+        assert_eq!(Kind::Key.max_per_gateway(), MAX_KEYS_PER_GATEWAY);
+        let (mut state, [g, ..]) = populated();
+        let gs = state.gateways.get_mut(&g).expect("gateway");
+        while gs.upstreams.len() < MAX_UPSTREAMS_PER_GATEWAY {
+            let extra = upstream("x");
+            gs.upstreams.insert(extra.id, extra);
+        }
+        let err = state
+            .check_capacity(&put(g, Child::Upstream(upstream("one-more"))))
+            .expect_err("full");
+        assert!(
+            err.to_string().contains("already has 1000 upstreams"),
+            "{err}"
+        );
+        state
+            .check_capacity(&put(g, Child::Key(key("still-room"))))
+            .expect("keys are counted separately");
+        let victim = *state
+            .gateway(g)
+            .and_then(|gs| gs.upstreams.keys().last())
+            .expect("an upstream");
+        state
+            .check_capacity(&Mutation::Delete {
+                gateway_id: g,
+                kind: Kind::Upstream,
+                id: victim,
+            })
+            .expect("a delete makes room");
+        state
+            .check_capacity(&put(Uuid::now_v7(), Child::Key(key("k"))))
+            .expect("a missing gateway is check()'s 404, not a capacity error");
     }
 }
