@@ -16,8 +16,8 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::serve_connection;
+use crate::plane::WorkerContext;
 use crate::shutdown::InFlight;
-use crate::worker::WorkerContext;
 
 /// Listen backlog per worker; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;

@@ -21,10 +21,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request};
 
+use crate::plane::WorkerContext;
 use crate::request::{self, Outcome};
 use crate::respond::ErrorResponse;
 use crate::tunnel;
-use crate::worker::WorkerContext;
 
 /// After a final error answer, how long and how much unread request data is drained
 /// before closing, so the close does not become an RST that destroys the response.

@@ -25,10 +25,10 @@ use shardgate_core::plugins::PluginSettings;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::connection::Client;
+use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::request::{Outcome, UpstreamRequest};
 use crate::respond::{self, ErrorResponse};
-use crate::worker::WorkerContext;
 
 /// A connection that switched protocols, for the connection loop to tunnel.
 #[derive(Debug)]

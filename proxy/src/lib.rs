@@ -28,11 +28,11 @@ pub mod tunnel;
 
 // What the request flow stands on.
 pub mod buffer;
-pub mod cli;
-pub mod doctor;
 pub mod plane;
 pub mod pool;
-pub mod process;
 pub mod settings;
 pub mod shutdown;
 pub mod worker;
+
+// The process around it: CLI, host checks, start-up and shutdown.
+pub mod shell;

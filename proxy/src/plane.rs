@@ -1,15 +1,23 @@
 //! What one worker owns for the data plane: settings, buffer pools, upstream connection
-//! pools, balancer cursors and health. Nothing here is shared with another core.
+//! pools, balancer cursors and health ([`Plane`]), the snapshot it serves and its shutdown
+//! flag ([`WorkerContext`]), and the process-wide clock the rate limiters agree on
+//! ([`now_ms`]). Nothing here is shared with another core. A leaf of the request flow: every
+//! stage reads it, it imports none of them.
 
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use shardgate_core::ratelimit::WorkerBuckets;
+use shardgate_core::snapshot::Snapshot;
 
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER};
 use crate::pick::Picker;
 use crate::pool::ConnPool;
 use crate::settings::ProxySettings;
+use crate::shutdown::Shutdown;
 
 /// One worker's data-plane state.
 #[derive(Debug)]
@@ -38,5 +46,78 @@ impl Plane {
             picker: Picker::new(worker),
             connections: Cell::new(0),
         }
+    }
+}
+
+/// Milliseconds of one process-wide monotonic clock: what every worker passes to the rate
+/// limiters, so their slots agree.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What a worker's tasks share: its id, its current snapshot, its shutdown flag.
+///
+/// The snapshot is held as `RefCell<Rc<Arc<Snapshot>>>`: a request takes an `Rc` clone
+/// (a plain increment on memory only this core touches). Cloning the `Arc` per request
+/// instead would make every request on every core do an atomic read-modify-write on the
+/// one cache line holding the `Arc`'s refcount, and that line would bounce between cores.
+/// The `Arc` is cloned once per snapshot per worker, when it is installed.
+#[allow(
+    clippy::redundant_allocation,
+    reason = "the Rc layer is the point: a per-core refcount in front of the shared Arc's"
+)]
+pub struct WorkerContext {
+    id: usize,
+    snapshot: RefCell<Rc<Arc<Snapshot>>>,
+    shutdown: Shutdown,
+    plane: Plane,
+}
+
+impl WorkerContext {
+    pub(crate) fn new(id: usize, snapshot: Arc<Snapshot>, settings: Arc<ProxySettings>) -> Self {
+        WorkerContext {
+            id,
+            snapshot: RefCell::new(Rc::new(snapshot)),
+            shutdown: Shutdown::new(),
+            plane: Plane::new(id, settings),
+        }
+    }
+
+    /// This worker's data-plane state (pools, cursors, settings).
+    pub fn plane(&self) -> &Plane {
+        &self.plane
+    }
+
+    /// This worker's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The newest snapshot this worker has applied. Hold it for the whole request: a
+    /// request keeps the snapshot it started with.
+    #[allow(clippy::redundant_allocation, reason = "see the type's documentation")]
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// This worker's shutdown flag: connections close after their current response once
+    /// it is triggered, and idle ones can await it.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    pub(crate) fn install(&self, snapshot: Arc<Snapshot>) {
+        *self.snapshot.borrow_mut() = Rc::new(snapshot);
+    }
+}
+
+impl fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("id", &self.id)
+            .field("snapshot_version", &self.snapshot.borrow().version)
+            .field("shutdown", &self.shutdown)
+            .finish()
     }
 }

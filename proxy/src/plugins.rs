@@ -21,8 +21,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use shardgate_core::http1::{BodyKind, RequestHead};
 use shardgate_core::net::CidrSet;
@@ -30,15 +28,8 @@ use shardgate_core::plugins::{CorsSettings, PluginSettings};
 use shardgate_core::ratelimit::{Dimension, Quota, Rejected, Subjects};
 use shardgate_core::snapshot::CompiledPlugin;
 
-use crate::plane::Plane;
+use crate::plane::{Plane, now_ms};
 use crate::respond::ErrorResponse;
-
-/// Milliseconds of one process-wide monotonic clock: what every worker passes to the rate
-/// limiters, so their slots agree.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 /// The client address for `per_ip` limits and `ip_restriction`: the socket peer, or, when
 /// the peer is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one.

@@ -19,11 +19,11 @@ use shardgate_core::router::{Lookup, Method};
 use crate::auth::{self, KeyCheck, KeySource};
 use crate::connection::Client;
 use crate::forward;
+use crate::plane::WorkerContext;
 use crate::plugins::{self, Effects, Facts};
 use crate::resolve;
 use crate::respond::ErrorResponse;
 use crate::route;
-use crate::worker::WorkerContext;
 
 /// How an exchange ended, for the connection loop.
 #[derive(Debug)]

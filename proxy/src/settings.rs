@@ -44,23 +44,6 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// The settings `shardgate run` was started with.
-    pub fn from_config(config: &crate::cli::Config) -> ProxySettings {
-        ProxySettings {
-            header_timeout: config.header_timeout,
-            keepalive_timeout: config.keepalive_timeout,
-            max_connections: config.max_connections,
-            trusted_proxies: config.trusted_proxies.clone(),
-            encoded_slashes: config.encoded_slashes,
-            max_body: if config.max_body == 0 {
-                u64::MAX
-            } else {
-                config.max_body
-            },
-            ..ProxySettings::new(&config.base_domain)
-        }
-    }
-
     /// Defaults for `base_domain`.
     pub fn new(base_domain: &str) -> ProxySettings {
         ProxySettings {

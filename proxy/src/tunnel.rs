@@ -7,7 +7,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::connection::Client;
 use crate::forward::Tunnel;
-use crate::worker::WorkerContext;
+use crate::plane::WorkerContext;
 
 /// Copies `reader` → `writer` until EOF, then half-closes the writer.
 async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(

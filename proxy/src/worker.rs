@@ -13,7 +13,6 @@
 //!    its listener, waits up to the grace period for in-flight connections, and exits,
 //!    reporting [`WorkerEvent::Exited`] (also when it panics).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -27,14 +26,38 @@ use monoio::io::{AsyncReadRent, Canceller};
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use shardgate_admin::broadcast::WorkerLink;
-use shardgate_core::snapshot::Snapshot;
+
 use socket2::SockRef;
 
+use clap::ValueEnum;
+use serde::Deserialize;
+
 use crate::accept::accept_loop;
-use crate::cli::IoDriver;
-use crate::plane::Plane;
+use crate::plane::WorkerContext;
 use crate::settings::ProxySettings;
-use crate::shutdown::{InFlight, Shutdown};
+use crate::shutdown::InFlight;
+
+/// Which event-loop driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDriver {
+    /// io_uring when available, else epoll.
+    Auto,
+    /// io_uring or refuse to start.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl fmt::Display for IoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoDriver::Auto => "auto",
+            IoDriver::Uring => "uring",
+            IoDriver::Epoll => "epoll",
+        })
+    }
+}
 
 /// The event-loop driver a worker actually runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,72 +222,6 @@ pub fn spawn(spec: WorkerSpec, events: Sender<WorkerEvent>) -> io::Result<Worker
         stop: Some(main_end),
         thread: Some(thread),
     })
-}
-
-/// What a worker's tasks share: its id, its current snapshot, its shutdown flag.
-///
-/// The snapshot is held as `RefCell<Rc<Arc<Snapshot>>>`: a request takes an `Rc` clone
-/// (a plain increment on memory only this core touches). Cloning the `Arc` per request
-/// instead would make every request on every core do an atomic read-modify-write on the
-/// one cache line holding the `Arc`'s refcount, and that line would bounce between cores.
-/// The `Arc` is cloned once per snapshot per worker, when it is installed.
-#[allow(
-    clippy::redundant_allocation,
-    reason = "the Rc layer is the point: a per-core refcount in front of the shared Arc's"
-)]
-pub struct WorkerContext {
-    id: usize,
-    snapshot: RefCell<Rc<Arc<Snapshot>>>,
-    shutdown: Shutdown,
-    plane: Plane,
-}
-
-impl WorkerContext {
-    fn new(id: usize, snapshot: Arc<Snapshot>, settings: Arc<ProxySettings>) -> Self {
-        WorkerContext {
-            id,
-            snapshot: RefCell::new(Rc::new(snapshot)),
-            shutdown: Shutdown::new(),
-            plane: Plane::new(id, settings),
-        }
-    }
-
-    /// This worker's data-plane state (pools, cursors, settings).
-    pub fn plane(&self) -> &Plane {
-        &self.plane
-    }
-
-    /// This worker's index.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
-    /// The newest snapshot this worker has applied. Hold it for the whole request: a
-    /// request keeps the snapshot it started with.
-    #[allow(clippy::redundant_allocation, reason = "see the type's documentation")]
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
-        self.snapshot.borrow().clone()
-    }
-
-    /// This worker's shutdown flag: connections close after their current response once
-    /// it is triggered, and idle ones can await it.
-    pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
-    }
-
-    fn install(&self, snapshot: Arc<Snapshot>) {
-        *self.snapshot.borrow_mut() = Rc::new(snapshot);
-    }
-}
-
-impl fmt::Debug for WorkerContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerContext")
-            .field("id", &self.id)
-            .field("snapshot_version", &self.snapshot.borrow().version)
-            .field("shutdown", &self.shutdown)
-            .finish()
-    }
 }
 
 /// Sends `Exited` when the worker thread ends, however it ends.
@@ -463,7 +420,7 @@ async fn sweep_pools(ctx: Rc<WorkerContext>) {
         ctx.plane()
             .rate_limits
             .borrow_mut()
-            .flush_idle(crate::plugins::now_ms());
+            .flush_idle(crate::plane::now_ms());
         ticks += 1;
         if ticks.is_multiple_of(50) {
             ctx.plane().upstreams.sweep();

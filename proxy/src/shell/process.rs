@@ -28,7 +28,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::accept::bind_listeners;
-use crate::cli::{self, CliError, Config, Invocation};
+use crate::shell::cli::{self, CliError, Config, Invocation};
 use crate::worker::{self, WorkerEvent, WorkerHandle, WorkerSpec};
 
 /// How long workers may take to build their runtimes and report ready.
@@ -77,7 +77,7 @@ pub fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(fatal) => report(fatal),
         },
-        Invocation::Doctor(args) => crate::doctor::main(&args),
+        Invocation::Doctor(args) => crate::shell::doctor::main(&args),
     }
 }
 
@@ -145,7 +145,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
 
     // Cheap checks before the store is opened (and its lock taken).
     let driver = worker::choose_driver(config.io_driver).map_err(Fatal::runtime)?;
-    let settings = std::sync::Arc::new(crate::settings::ProxySettings::from_config(&config));
+    let settings = std::sync::Arc::new(config.proxy_settings());
     let admin = Admin::open(AdminOptions {
         listen: config.admin_listen,
         token: config

@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::{IoDriver, MAX_WORKERS, default_workers};
+use crate::shell::cli::{IoDriver, MAX_WORKERS, default_workers};
 
 /// Listen backlog each worker asks for ([`crate::accept`]); the kernel caps it at
 /// `net.core.somaxconn`.

@@ -1,5 +1,5 @@
 //! The command line: `shardgate [run] [flags]` and `shardgate doctor [flags]` (see
-//! [`crate::doctor`]), and how flags, environment variables and the `--config` TOML file
+//! [`crate::shell::doctor`]), and how flags, environment variables and the `--config` TOML file
 //! combine into one validated [`Config`].
 //!
 //! Precedence, per setting: command line > environment (`SHARDGATE_*`) > TOML file >
@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 use shardgate_core::duration::Span;
 use shardgate_core::net::CidrSet;
 use shardgate_core::path::EncodedSlashes;
+
+use crate::settings::ProxySettings;
+pub use crate::worker::IoDriver;
 
 /// Most workers one process runs; beyond this, run several processes.
 pub const MAX_WORKERS: usize = 1024;
@@ -47,7 +50,7 @@ pub enum Command {
     Run(RunArgs),
     /// Check this host (io_uring, limits, sysctls, CPUs, data directory) and print each
     /// finding with its fix; exit code 1 when something would break at load.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::shell::doctor::DoctorArgs),
 }
 
 /// Flags of `shardgate run`, as clap parsed them (before the TOML file is merged in).
@@ -216,28 +219,6 @@ pub fn default_workers() -> usize {
         .min(MAX_WORKERS)
 }
 
-/// Which event-loop driver the workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IoDriver {
-    /// io_uring when available, else epoll.
-    Auto,
-    /// io_uring or refuse to start.
-    Uring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
-}
-
-impl fmt::Display for IoDriver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IoDriver::Auto => "auto",
-            IoDriver::Uring => "uring",
-            IoDriver::Epoll => "epoll",
-        })
-    }
-}
-
 /// The admin API token. Its `Debug` is redacted and it has no `Display`, so it cannot end
 /// up in a log line or an error message by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -285,13 +266,32 @@ pub struct Config {
     pub encoded_slashes: EncodedSlashes,
 }
 
+impl Config {
+    /// The settings `shardgate run` was started with.
+    pub fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            header_timeout: self.header_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connections: self.max_connections,
+            trusted_proxies: self.trusted_proxies.clone(),
+            encoded_slashes: self.encoded_slashes,
+            max_body: if self.max_body == 0 {
+                u64::MAX
+            } else {
+                self.max_body
+            },
+            ..ProxySettings::new(&self.base_domain)
+        }
+    }
+}
+
 /// What the command line asked for.
 // Built once per process: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Invocation {
     Run(Config),
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::shell::doctor::DoctorArgs),
 }
 
 /// Why the command line or the configuration was refused.
