@@ -1369,10 +1369,38 @@ impl ChunkedScanner {
         self.data_len
     }
 
+    /// Data bytes the body is already committed to: those seen ([`data_len`](Self::data_len))
+    /// plus what the chunk being read still declares. A caller with a body limit compares
+    /// this to refuse a chunk whose size line alone exceeds it, before its data arrives.
+    pub fn declared_len(&self) -> u64 {
+        match self.state {
+            ChunkState::Data => self.data_len.saturating_add(self.remaining),
+            _ => self.data_len,
+        }
+    }
+
     /// Consumes body bytes from the start of `input`. Returns how many belong to the body
     /// (all of them unless the body ends inside `input`) and whether it has ended. After an
     /// error every later call returns the same error; after the end, `consumed` is 0.
     pub fn scan(&mut self, input: &[u8]) -> Result<Scanned, ChunkError> {
+        self.scan_with(input, |_| {})
+    }
+
+    /// [`scan`](Self::scan), also appending the chunk data (framing, extensions and
+    /// trailers removed) to `data`: for a consumer that needs the body itself, such as the
+    /// admin API, rather than forwarding the bytes as received. Same validation, same
+    /// `Scanned`; on an error `data` may hold part of the rejected body.
+    pub fn decode(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<Scanned, ChunkError> {
+        self.scan_with(input, |bytes| data.extend_from_slice(bytes))
+    }
+
+    /// The scanning loop, handing each run of chunk data to `on_data` (a no-op for
+    /// [`scan`](Self::scan), which the compiler removes).
+    fn scan_with(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<Scanned, ChunkError> {
         let mut pos = 0;
         while pos < input.len() {
             match self.state {
@@ -1381,6 +1409,7 @@ impl ChunkedScanner {
                 ChunkState::Data => {
                     let available = (input.len() - pos) as u64;
                     let take = self.remaining.min(available);
+                    on_data(&input[pos..pos + take as usize]);
                     pos += take as usize;
                     self.remaining -= take;
                     self.data_len += take;
@@ -2524,6 +2553,64 @@ mod tests {
                 done: true
             })
         );
+    }
+
+    #[test]
+    fn decode_yields_the_chunk_data_whatever_the_read_boundaries() {
+        let mut input = CHUNKED.to_vec();
+        input.extend_from_slice(NEXT);
+        for step in 1..=input.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut data = Vec::new();
+            let mut consumed = 0;
+            for piece in input.chunks(step) {
+                let scanned = scanner
+                    .decode(piece, &mut data)
+                    .expect("valid chunked body");
+                consumed += scanned.consumed;
+                if scanned.done {
+                    break;
+                }
+            }
+            assert!(scanner.is_done(), "step {step}");
+            assert_eq!(consumed, CHUNKED.len(), "step {step}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(scanner.data_len(), data.len() as u64, "step {step}");
+        }
+    }
+
+    #[test]
+    fn decode_validates_exactly_like_scan() {
+        for body in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5;a b\r\n",
+            b"0\r\nX : a\r\n\r\n",
+            b"8000000000000000\r\n",
+        ] {
+            let mut data = Vec::new();
+            assert_eq!(
+                ChunkedScanner::default().decode(body, &mut data),
+                scan_all(body),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn declared_len_counts_a_chunk_from_its_size_line() {
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.declared_len(), 0);
+        // Half a size line declares nothing yet.
+        assert!(scanner.scan(b"FFFFF").is_ok());
+        assert_eq!(scanner.declared_len(), 0);
+        assert!(scanner.scan(b"FFFFF\r\nab").is_ok());
+        assert_eq!(scanner.declared_len(), 0xFF_FFFF_FFFF);
+        assert_eq!(scanner.data_len(), 2);
+        let mut done = ChunkedScanner::default();
+        assert!(done.scan(b"2\r\nab\r\n0\r\n\r\n").is_ok());
+        assert_eq!((done.declared_len(), done.data_len()), (2, 2));
     }
 
     #[test]
