@@ -940,6 +940,64 @@ fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dates relative to now
+
+/// Seconds in a day, for [`rfc3339_in`].
+pub const DAY_SECS: i64 = 24 * 60 * 60;
+
+/// The UTC time `secs` seconds from now (negative: ago) in RFC 3339, whole seconds, as the
+/// admin API writes it back (`YYYY-MM-DDThh:mm:ssZ`). Every `expires_at` in the tests comes
+/// from here, so no test starts failing the day a date written into it has passed.
+pub fn rfc3339_in(secs: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    let at = at.replace_nanosecond(0).expect("zero nanoseconds is valid");
+    at.format(&time::format_description::well_known::Rfc3339)
+        .expect("format an RFC 3339 timestamp")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Race-prone tests
+
+/// How many times [`repeat`] runs a test body: `$SHARDGATE_REPEAT`, default 1, so the suite
+/// stays fast and a suspected race can be hunted on demand:
+/// `SHARDGATE_REPEAT=50 cargo test -p shardgate-tests --test proxy_flow admin_writes`.
+pub fn repeat_count() -> usize {
+    match std::env::var("SHARDGATE_REPEAT") {
+        Err(_) => 1,
+        Ok(text) => text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| panic!("SHARDGATE_REPEAT={text:?} is not a whole number above 0")),
+    }
+}
+
+/// Runs a race-prone test body [`repeat_count`] times (like Sozu's e2e
+/// `repeat_until_error_or`), passing the iteration number (0-based). It stops at the first
+/// failure and says which iteration failed; the body's own panic message is printed just
+/// above. Each iteration should set up its own servers, so that one run's leftovers cannot
+/// hide or cause the next one's failure.
+pub fn repeat(body: impl FnMut(usize)) {
+    repeat_n(repeat_count(), body);
+}
+
+/// [`repeat`] with an explicit number of iterations.
+pub fn repeat_n(times: usize, mut body: impl FnMut(usize)) {
+    for i in 0..times {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(i)));
+        if let Err(panic) = run {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(a panic without a message)");
+            panic!("iteration {} of {times} failed: {message}", i + 1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Admin API shorthands
 
 pub const GATEWAYS: &str = "/api/v1/gateways";
@@ -1027,12 +1085,13 @@ pub fn create_rule(admin: &Client, gateway_id: &str, path: &str, service_id: &st
         .json()
 }
 
-/// Creates an API key and returns the create response's JSON (which has the plaintext).
+/// Creates an API key expiring in a year and returns the create response's JSON (which has
+/// the plaintext).
 pub fn create_key(admin: &Client, gateway_id: &str, name: &str) -> Value {
     admin
         .post_json(
             &children(gateway_id, "keys"),
-            &json!({"name": name, "expires_at": "2027-12-31T23:59:59Z"}),
+            &json!({"name": name, "expires_at": rfc3339_in(365 * DAY_SECS)}),
         )
         .expect_status(201)
         .json()
@@ -1117,6 +1176,37 @@ mod tests {
         let (_, peer) = listener.accept().expect("accept");
         assert_eq!(peer.ip(), OTHER_CLIENT_IP);
         drop(stream);
+    }
+
+    #[test]
+    fn repeat_runs_every_iteration_and_names_the_one_that_failed() {
+        let mut seen = Vec::new();
+        repeat_n(3, |i| seen.push(i));
+        assert_eq!(seen, [0, 1, 2]);
+        let failed = std::panic::catch_unwind(|| repeat_n(5, |i| assert!(i < 2, "boom")))
+            .expect_err("the third iteration fails");
+        let message = failed
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert!(
+            message.starts_with("iteration 3 of 5 failed: boom"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rfc3339_in_is_relative_to_now_in_whole_seconds() {
+        let parse = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339")
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let later = parse(&rfc3339_in(DAY_SECS));
+        let earlier = parse(&rfc3339_in(-DAY_SECS));
+        assert_eq!(later.nanosecond(), 0);
+        assert!((later - now - time::Duration::days(1)).abs() < time::Duration::seconds(5));
+        assert!((now - earlier - time::Duration::days(1)).abs() < time::Duration::seconds(5));
+        assert!(rfc3339_in(0).ends_with('Z'));
     }
 
     #[test]

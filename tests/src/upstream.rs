@@ -14,7 +14,10 @@
 //! - [`UploadSink`]: reads a request body of any size, answers its length and CRC-32.
 //! - [`UpgradeEchoServer`]: answers `Upgrade: websocket` with `101 Switching Protocols`,
 //!   then echoes every byte.
-//! - [`DeadPort`]: a loopback port where connections are refused.
+//! - [`DeadPort`]: a loopback port where connections are refused, held for as long as it
+//!   lives; a [`CountingServer`] can be started on it and stopped again
+//!   ([`CountingBuilder::start_on`]), so one upstream target goes down and comes back at
+//!   the same address.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -56,6 +59,11 @@ struct Server {
 impl Server {
     fn start(name: &str, handler: Handler) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream on loopback");
+        Server::serve(listener, name, handler)
+    }
+
+    /// Accepts on `listener` until dropped.
+    fn serve(listener: TcpListener, name: &str, handler: Handler) -> Server {
         let addr = listener.local_addr().expect("upstream address");
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(HashMap::<u64, TcpStream>::new()));
@@ -478,6 +486,34 @@ impl CountingBuilder {
     }
 
     pub fn start(self) -> CountingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream on loopback");
+        self.serve(listener)
+    }
+
+    /// Starts on the port `port` holds instead of a fresh one: the server is that upstream
+    /// target. Dropping the server stops it and the port refuses connections again, still
+    /// held by `port`; starting another server on it brings the same target back.
+    pub fn start_on(self, port: &DeadPort) -> CountingServer {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("create a socket");
+        // SO_REUSEPORT to share the port with the socket that holds it (which never
+        // listens, so it takes no connections); SO_REUSEADDR past the TIME_WAIT
+        // connections of a server that ran on it before.
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.port()));
+        socket
+            .bind(&addr.into())
+            .unwrap_or_else(|e| panic!("bind an upstream on the held port {addr}: {e}"));
+        socket.listen(1024).expect("listen on the held port");
+        self.serve(socket.into())
+    }
+
+    fn serve(self, listener: TcpListener) -> CountingServer {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handler: Handler = {
@@ -486,7 +522,7 @@ impl CountingBuilder {
                 let _ = serve_counting(stream, peer, &config, &seen, &in_flight);
             })
         };
-        let server = Server::start(&self.identity, handler);
+        let server = Server::serve(listener, &self.identity, handler);
         CountingServer {
             identity: self.identity,
             seen,
@@ -675,6 +711,9 @@ pub fn target_json(port: u16, extra: Value) -> Value {
 /// A loopback port where connecting is refused, for as long as this value lives: a socket
 /// is bound to it but never listens, so the kernel refuses connections and hands the port
 /// to no other listener meanwhile (a released port could be reused by a parallel test).
+/// The socket has SO_REUSEPORT so that [`CountingBuilder::start_on`] can run a server on
+/// the port; only a socket of the same user asking for SO_REUSEPORT on this very port can
+/// share it (binding port 0 never picks it).
 #[derive(Debug)]
 pub struct DeadPort {
     _reserved: socket2::Socket,
@@ -689,6 +728,7 @@ impl DeadPort {
             Some(socket2::Protocol::TCP),
         )
         .expect("create a socket");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
         let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
         socket.bind(&any.into()).expect("bind a port to hold");
         let port = socket

@@ -2,8 +2,9 @@
 //! of every entity, the status-code contract (DESIGN.md §3) and pagination bounds.
 
 use shardgate_tests::{
-    Client, GATEWAYS, Options, Resp, Shardgate, Value, children, create_gateway, create_key,
-    create_rule, create_service, create_upstream, id_of, io_drivers, json, seed_gateway,
+    Client, DAY_SECS, GATEWAYS, Options, Resp, Shardgate, Value, children, create_gateway,
+    create_key, create_rule, create_service, create_upstream, id_of, io_drivers, json, rfc3339_in,
+    seed_gateway,
 };
 
 fn assert_rfc3339(entity: &Value, field: &str) {
@@ -117,10 +118,12 @@ fn seed_curl_flow_creates_gets_and_lists_a_gateway_and_creates_a_key() {
         assert_eq!(list["count"], 1);
 
         // curl -X POST /api/v1/gateways/{gateway-id}/keys -d '{"name": "test-key", ...}'
+        // (the README's fixed date would expire; a year from now never does)
+        let expires_at = rfc3339_in(365 * DAY_SECS);
         let created = admin
             .post_json(
                 &children(&id, "keys"),
-                &json!({"name": "test-key", "expires_at": "2027-12-31T23:59:59Z"}),
+                &json!({"name": "test-key", "expires_at": expires_at}),
             )
             .expect_status(201);
         let key = created.json();
@@ -145,7 +148,7 @@ fn seed_curl_flow_creates_gets_and_lists_a_gateway_and_creates_a_key() {
             "URL-safe: {plaintext}"
         );
         assert_eq!(key["name"], "test-key");
-        assert_eq!(key["expires_at"], "2027-12-31T23:59:59Z");
+        assert_eq!(key["expires_at"], expires_at.as_str());
         assert_eq!(key["active"], true);
     }
 }
@@ -348,8 +351,10 @@ fn key_create_get_list_update_delete() {
             admin: &admin,
             collection: children(&gid, "keys"),
             field: "keys",
-            create: json!({"name": "test-key", "expires_at": "2027-12-31T23:59:59Z"}),
-            update: json!({"name": "renamed-key", "expires_at": "2028-06-30T12:00:00Z", "active": false}),
+            create: json!({"name": "test-key", "expires_at": rfc3339_in(365 * DAY_SECS)}),
+            update: json!({
+                "name": "renamed-key", "expires_at": rfc3339_in(547 * DAY_SECS), "active": false
+            }),
         }
         .run();
     }
@@ -701,7 +706,7 @@ fn key_with_past_expires_at_is_400() {
     let error = admin
         .post_json(
             &children(&gid, "keys"),
-            &json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"}),
+            &json!({"name": "old", "expires_at": rfc3339_in(-DAY_SECS)}),
         )
         .expect_status(400)
         .error();

@@ -67,33 +67,44 @@ fn a_target_failing_active_checks_gets_no_traffic_even_without_retries() {
 fn a_target_that_fails_its_checks_and_recovers_comes_back() {
     let sg = Shardgate::start(Options::new().workers(2));
     let tenant = Tenant::create(&sg, "recover");
-    let only = CountingServer::builder("only").status(503).start();
-    let upstream = tenant.upstream("pool", vec![only.target(json!({}))], active_check());
+    // The target's address is held for the whole test: the server behind it can stop and
+    // start again while the configuration never changes.
+    let address = DeadPort::reserve();
+    let failing = CountingServer::builder("only")
+        .status(503)
+        .start_on(&address);
+    let upstream = tenant.upstream("pool", vec![address.target(json!({}))], active_check());
     let service = tenant.service("svc", &upstream, json!({"retries": 0}));
     tenant.rule(json!({"path": "/x", "service_id": service}));
     let client = tenant.client();
+    let no_healthy_target = |resp: &shardgate_tests::Resp| {
+        resp.status == 503 && resp.text().contains("no healthy upstream target")
+    };
 
     // A target answering 503 to its probes is down: the gateway says so itself.
     let down = eventually(Duration::from_secs(5), || {
-        let resp = client.get("/x");
-        resp.status == 503 && resp.text().contains("no healthy upstream target")
+        no_healthy_target(&client.get("/x"))
     });
     assert!(down, "the failing target was never marked down");
 
-    // Replace it with a healthy server on a new upstream target: it is probed and used.
-    let healthy = CountingServer::start("healthy");
-    let body = json!({
-        "name": "pool",
-        "targets": [healthy.target(json!({}))],
-        "health_checks": {"active": {
-            "path": "/health", "interval": "100ms", "timeout": "200ms",
-            "unhealthy_threshold": 2, "healthy_threshold": 1
-        }}
-    });
-    let resp = tenant
-        .admin
-        .put_json(&tenant.item("upstreams", &upstream), &body);
-    assert_eq!(resp.status, 200, "{resp}");
+    // Its server stops: connections to the target are refused, and it stays down.
+    drop(failing);
+    let resp = client.get("/x");
+    assert!(
+        no_healthy_target(&resp),
+        "a stopped target is still down: {resp}"
+    );
+
+    // A healthy server starts at the same address: its probes pass and it gets traffic.
+    let restarted = CountingServer::builder("only").start_on(&address);
     let back = eventually(Duration::from_secs(5), || client.get("/x").status == 200);
-    assert!(back, "the healthy replacement never received traffic");
+    assert!(
+        back,
+        "the target never came back after its server recovered"
+    );
+    let seen: Vec<String> = restarted.requests().into_iter().map(|r| r.target).collect();
+    assert!(
+        seen.iter().any(|t| t == "/health") && seen.iter().any(|t| t == "/x"),
+        "the restarted server was probed and then served: {seen:?}"
+    );
 }
