@@ -12,6 +12,7 @@
 //! services and upstreams behind each rule.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,12 +21,12 @@ use uuid::Uuid;
 use crate::balance::{Balancer, TargetWeight, hash_bytes};
 use crate::keys::KeyTable;
 use crate::model::{
-    Algorithm, GatewayStatus, PluginConfig, Protocol, Record, RuleSpec, ServiceSpec, Stage,
-    UpstreamSpec,
+    Algorithm, GatewayStatus, Invalid, PluginConfig, Protocol, Record, RuleSpec, ServiceSpec,
+    Stage, UpstreamSpec,
 };
 use crate::plugins::{self, PluginSettings};
 use crate::ratelimit::{LimiterSet, Registry};
-use crate::router::{self, MethodSet, RouteSpec, Router};
+use crate::router::{self, MethodSet, PatternError, RouteSpec, Router, UnknownMethod};
 use crate::state::{GatewayState, State};
 
 /// An immutable, versioned view of the whole configuration.
@@ -135,6 +136,108 @@ impl Snapshot {
     }
 }
 
+/// Why stored configuration does not compile into a working gateway (validation at the
+/// API edge makes this rare: a journal written by another version, a plugin since
+/// removed). `Display` names the entity and field for the admin log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileError {
+    /// The gateway's `required_plugins`.
+    GatewayPlugins(PluginChainError),
+    /// One rule; the rule is left out of the router.
+    Rule { id: Uuid, why: RuleError },
+}
+
+/// Why a plugin list (`required_plugins`, a rule's `plugin_chain`) does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginChainError {
+    /// `field[index]` names a plugin the catalogue does not know.
+    UnknownPlugin {
+        field: &'static str,
+        index: usize,
+        name: String,
+    },
+    /// `field[index].settings` no longer parse for the plugin.
+    Settings {
+        field: &'static str,
+        index: usize,
+        invalid: Invalid,
+    },
+}
+
+/// Why one rule does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleError {
+    Path(PatternError),
+    Methods(UnknownMethod),
+    Plugins(PluginChainError),
+    /// A service the rule sends traffic to is not in the gateway.
+    MissingService(Uuid),
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::GatewayPlugins(why) => why.fmt(f),
+            CompileError::Rule { id, why } => write!(f, "rule {id}: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for PluginChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginChainError::UnknownPlugin { field, index, name } => {
+                write!(f, "{field}[{index}]: unknown plugin {name:?}")
+            }
+            PluginChainError::Settings {
+                field,
+                index,
+                invalid,
+            } => write!(f, "{field}[{index}].settings: {invalid}"),
+        }
+    }
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleError::Path(why) => why.fmt(f),
+            RuleError::Methods(why) => why.fmt(f),
+            RuleError::Plugins(why) => why.fmt(f),
+            RuleError::MissingService(id) => write!(f, "service {id} does not exist"),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CompileError::GatewayPlugins(why) => Some(why),
+            CompileError::Rule { why, .. } => Some(why),
+        }
+    }
+}
+
+impl std::error::Error for PluginChainError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PluginChainError::UnknownPlugin { .. } => None,
+            PluginChainError::Settings { invalid, .. } => Some(invalid),
+        }
+    }
+}
+
+impl std::error::Error for RuleError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RuleError::Path(why) => Some(why),
+            RuleError::Methods(why) => Some(why),
+            RuleError::Plugins(why) => Some(why),
+            RuleError::MissingService(_) => None,
+        }
+    }
+}
+
 /// One gateway, ready for requests.
 #[derive(Debug)]
 pub struct CompiledGateway {
@@ -142,8 +245,9 @@ pub struct CompiledGateway {
     pub subdomain: Box<str>,
     pub active: bool,
     /// Set when stored configuration no longer compiles (e.g. after a downgrade): the
-    /// gateway then fails closed with 503 rather than running without its plugins.
-    pub broken: Option<String>,
+    /// gateway then fails closed rather than running without its plugins. The first
+    /// failure found; the admin thread logs it.
+    pub broken: Option<CompileError>,
     pub keys: KeyTable,
     pub router: Router,
     /// Indexed by the router's route id.
@@ -241,20 +345,30 @@ impl Chains {
 
     fn compile(
         configs: &[PluginConfig],
-        field: &str,
+        field: &'static str,
         scope: Uuid,
         env: &dyn Resolve,
-    ) -> Result<Chains, String> {
+    ) -> Result<Chains, PluginChainError> {
         let mut chains = Chains::default();
         let mut seen: HashMap<u64, u64> = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
             if !config.enabled {
                 continue;
             }
-            let def = plugins::find(&config.name)
-                .ok_or_else(|| format!("{field}[{i}]: unknown plugin {:?}", config.name))?;
-            let settings = plugins::parse_settings(def.name, &config.settings.0)
-                .map_err(|e| format!("{field}[{i}].settings: {e}"))?;
+            let def =
+                plugins::find(&config.name).ok_or_else(|| PluginChainError::UnknownPlugin {
+                    field,
+                    index: i,
+                    name: config.name.clone(),
+                })?;
+            let settings =
+                plugins::parse_settings(def.name, &config.settings.0).map_err(|invalid| {
+                    PluginChainError::Settings {
+                        field,
+                        index: i,
+                        invalid,
+                    }
+                })?;
             let identity = format!("{scope}/{}/{}", def.name, config.settings.0);
             let base = hash_bytes(identity.as_bytes());
             let occurrence = seen.entry(base).or_default();
@@ -338,8 +452,8 @@ impl CompiledGateway {
             g.gateway.id,
             resolver,
         )
-        .unwrap_or_else(|e| {
-            broken = Some(e);
+        .unwrap_or_else(|why| {
+            broken = Some(CompileError::GatewayPlugins(why));
             Chains::default()
         });
 
@@ -370,16 +484,17 @@ impl CompiledGateway {
         let mut routes = Vec::with_capacity(g.rules.len());
         for record in g.rules.values().filter(|r| r.spec.active) {
             let compiled = router::parse_rule_path(&record.spec.path)
-                .map_err(|e| e.to_string())
+                .map_err(RuleError::Path)
                 .and_then(|pattern| {
                     let methods =
-                        MethodSet::parse(&record.spec.methods).map_err(|e| e.to_string())?;
+                        MethodSet::parse(&record.spec.methods).map_err(RuleError::Methods)?;
                     let chains = Chains::compile(
                         &record.spec.plugin_chain,
                         "plugin_chain",
                         record.id,
                         resolver,
-                    )?;
+                    )
+                    .map_err(RuleError::Plugins)?;
                     let target = rule_target(&record.spec, &services)?;
                     Ok((pattern, methods, chains, target))
                 });
@@ -404,8 +519,8 @@ impl CompiledGateway {
                         target,
                     });
                 }
-                Err(e) => {
-                    broken.get_or_insert_with(|| format!("rule {}: {e}", record.id));
+                Err(why) => {
+                    broken.get_or_insert(CompileError::Rule { id: record.id, why });
                 }
             }
         }
@@ -428,12 +543,12 @@ impl CompiledGateway {
 fn rule_target(
     spec: &RuleSpec,
     services: &HashMap<Uuid, Arc<CompiledService>>,
-) -> Result<RuleTarget, String> {
+) -> Result<RuleTarget, RuleError> {
     let lookup = |id: Uuid| {
         services
             .get(&id)
             .cloned()
-            .ok_or_else(|| format!("service {id} does not exist"))
+            .ok_or(RuleError::MissingService(id))
     };
     if let Some(id) = spec.service_id {
         return Ok(RuleTarget::One(lookup(id)?));
@@ -454,4 +569,137 @@ fn rule_target(
             .collect::<Result<_, _>>()?,
         balancer: Balancer::new(Algorithm::WeightedRoundRobin, &weights),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Child, Mutation};
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    fn record<T>(spec: T) -> Record<T> {
+        Record {
+            id: Uuid::now_v7(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            spec,
+        }
+    }
+
+    fn spec<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("a valid spec")
+    }
+
+    /// A state as a journal written by another version could leave it: `apply` does not
+    /// judge plugin names or settings (the API edge does), so these compile only here.
+    fn stored(required_plugins: serde_json::Value, rule: serde_json::Value) -> (State, Uuid) {
+        let gateway = record::<crate::model::GatewaySpec>(spec(json!({
+            "name": "old", "subdomain": "old", "required_plugins": required_plugins
+        })));
+        let upstream = record::<UpstreamSpec>(spec(json!({
+            "name": "u", "targets": [{"host": "127.0.0.1", "port": 9000}]
+        })));
+        let service = record::<ServiceSpec>(spec(json!({
+            "name": "s", "type": "ai", "upstream_id": upstream.id
+        })));
+        let mut rule_json = json!({"path": "/x", "service_id": service.id});
+        if let (Some(r), Some(extra)) = (rule_json.as_object_mut(), rule.as_object()) {
+            r.extend(extra.clone());
+        }
+        let rule = record::<RuleSpec>(spec(rule_json));
+        let (g, rule_id) = (gateway.id, rule.id);
+        let mut state = State::default();
+        for m in [
+            Mutation::PutGateway(gateway),
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Upstream(upstream),
+            },
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Service(service),
+            },
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Rule(rule),
+            },
+        ] {
+            state.apply(&m).expect("apply");
+        }
+        (state, rule_id)
+    }
+
+    fn broken(state: &State) -> Option<CompileError> {
+        let snapshot = Snapshot::compile(1, state, &LiteralOnly);
+        let gateway = snapshot.gateway("old").expect("compiled");
+        gateway.broken.clone()
+    }
+
+    #[test]
+    fn a_gateway_plugin_the_catalogue_no_longer_knows_breaks_the_gateway_naming_the_field() {
+        let (state, _) = stored(
+            json!([{"name": "gone_plugin", "stage": "pre_request"}]),
+            json!({}),
+        );
+        let why = broken(&state).expect("broken");
+        assert_eq!(
+            why,
+            CompileError::GatewayPlugins(PluginChainError::UnknownPlugin {
+                field: "required_plugins",
+                index: 0,
+                name: "gone_plugin".into(),
+            })
+        );
+        assert_eq!(
+            why.to_string(),
+            "required_plugins[0]: unknown plugin \"gone_plugin\""
+        );
+    }
+
+    #[test]
+    fn rule_plugin_settings_that_no_longer_parse_break_the_gateway_naming_rule_and_field() {
+        let (state, rule) = stored(
+            json!([]),
+            json!({"plugin_chain": [
+                {"name": "cors", "stage": "pre_request", "settings": {"allowed_origins": ["*"]}},
+                {"name": "ip_restriction", "stage": "pre_request", "settings": {}}
+            ]}),
+        );
+        let why = broken(&state).expect("broken");
+        let CompileError::Rule {
+            id,
+            why: RuleError::Plugins(PluginChainError::Settings { field, index, .. }),
+        } = &why
+        else {
+            panic!("not a rule's plugin settings: {why:?}");
+        };
+        assert_eq!((*id, *field, *index), (rule, "plugin_chain", 1));
+        assert_eq!(
+            why.to_string(),
+            format!("rule {rule}: plugin_chain[1].settings: set allow, deny or both")
+        );
+        assert!(std::error::Error::source(&why).is_some());
+    }
+
+    #[test]
+    fn a_rule_path_out_of_normal_form_breaks_the_gateway_with_the_pattern_error() {
+        let (state, rule) = stored(json!([]), json!({"path": "/a//b"}));
+        let why = broken(&state).expect("broken");
+        assert!(
+            matches!(&why, CompileError::Rule { id, why: RuleError::Path(_) } if *id == rule),
+            "{why:?}"
+        );
+        assert!(
+            why.to_string()
+                .starts_with(&format!("rule {rule}: path pattern")),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_valid_gateway_is_not_broken() {
+        let (state, _) = stored(json!([]), json!({}));
+        assert_eq!(broken(&state), None);
+    }
 }

@@ -17,96 +17,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request};
 
+use crate::exchange::{Client, Outcome, Tunnel};
 use crate::plane::WorkerContext;
-use crate::request::{self, Outcome};
-use crate::respond::ErrorResponse;
+use crate::refusal::Refusal;
+use crate::request;
 use crate::tunnel;
-
-/// After a final error answer, how long and how much unread request data is drained
-/// before closing, so the close does not become an RST that destroys the response.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// The client side of a connection.
-#[derive(Debug)]
-pub struct Client {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    /// Received bytes not yet consumed: the current head, body bytes, pipelined requests.
-    pub buf: Vec<u8>,
-    io_timeout: Duration,
-}
-
-impl Client {
-    /// Drops the first `n` buffered bytes (a finished request).
-    pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.buf.len());
-        self.buf.drain(..n);
-    }
-
-    /// Writes all of `bytes` within the client I/O timeout.
-    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
-        self.write_returning(bytes).await.0
-    }
-
-    /// Like [`Client::write`], giving the buffer back for reuse.
-    pub async fn write_returning(&mut self, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match monoio::time::timeout(self.io_timeout, self.stream.write_all(bytes)).await {
-            Ok((Ok(_), buf)) => (Ok(()), buf),
-            Ok((Err(e), buf)) => (Err(e), buf),
-            Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
-        }
-    }
-
-    /// Reads into `buf` (appending) within the client I/O timeout.
-    pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let mut buf = buf;
-        if buf.len() == buf.capacity() {
-            buf.reserve(4096);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        match monoio::time::timeout(self.io_timeout, self.stream.read(buf.slice_mut(len..cap)))
-            .await
-        {
-            Ok((res, slice)) => (res, slice.into_inner()),
-            Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
-        }
-    }
-
-    /// Writes an error answer of the gateway's own.
-    pub async fn send_error(
-        &mut self,
-        error: &ErrorResponse,
-        close: bool,
-        head_only: bool,
-    ) -> io::Result<()> {
-        let mut out = Vec::with_capacity(256);
-        error.encode(close, head_only, &mut out);
-        self.write(out).await
-    }
-
-    /// Half-closes and drains what the client still sends, briefly, before the close.
-    pub async fn linger(&mut self) {
-        let _ = self.stream.shutdown().await;
-        let deadline = monoio::time::Instant::now() + LINGER_TIME;
-        let mut drained = 0;
-        let mut scratch = Vec::with_capacity(4096);
-        while drained < LINGER_BYTES {
-            scratch.clear();
-            match monoio::time::timeout_at(deadline, self.stream.read(scratch)).await {
-                Ok((Ok(n), buf)) if n > 0 => {
-                    drained += n;
-                    scratch = buf;
-                }
-                _ => break,
-            }
-        }
-    }
-}
 
 /// Serves one client connection until it is done (or broken). Errors are the
 /// connection's own I/O errors; the caller logs them at debug level.
@@ -118,15 +37,9 @@ pub async fn serve_connection(
     let plane = ctx.plane();
     let settings = plane.settings.clone();
     let open = plane.connections.get();
-    let mut client = Client {
-        stream,
-        peer,
-        buf: Vec::new(),
-        io_timeout: settings.client_io_timeout,
-    };
+    let mut client = Client::new(stream, peer, settings.client_io_timeout);
     if open >= settings.max_connections {
-        let e = ErrorResponse::new(503, "too many connections; try again later")
-            .header("Retry-After", "1");
+        let e = Refusal::TooManyConnections.response();
         let _ = client.send_error(&e, true, false).await;
         return Ok(());
     }
@@ -149,10 +62,7 @@ pub async fn serve_connection(
 }
 
 /// The request loop; returns a tunnel when the connection switched protocols.
-async fn serve(
-    client: &mut Client,
-    ctx: &Rc<WorkerContext>,
-) -> io::Result<Option<crate::forward::Tunnel>> {
+async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Option<Tunnel>> {
     let plane = ctx.plane();
     let settings = plane.settings.clone();
     let mut first = true;
@@ -182,7 +92,7 @@ async fn serve(
 enum Step {
     Next,
     Close,
-    Tunnel(crate::forward::Tunnel),
+    Tunnel(Tunnel),
 }
 
 /// Reads one request head (under the header timeout) and serves the request.
@@ -196,17 +106,14 @@ async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result
     {
         Err(_elapsed) => {
             tracing::debug!(peer = %client.peer, "request head timed out");
-            let e = ErrorResponse::new(408, "request head not received in time");
+            let e = Refusal::HeadTimeout.response();
             let _ = client.send_error(&e, true, false).await;
             return Ok(Step::Close);
         }
         Ok(Ok(None)) => return Ok(Step::Close),
         Ok(Ok(Some(head))) => head,
         Ok(Err(ReadHead::Invalid(e))) => {
-            let mut error = ErrorResponse::new(e.status(), e.to_string());
-            if e == HeadError::ConnectUnsupported {
-                error = error.header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
-            }
+            let error = Refusal::BadHead(e).response();
             client.buf.clear();
             client.send_error(&error, true, false).await?;
             client.linger().await;

@@ -1,38 +1,62 @@
-//! shardgate-proxy: the `shardgate` binary's library: CLI, process start-up and shutdown,
-//! and the shard-per-core data plane.
+//! shardgate-proxy: the `shardgate` binary's library: the shard-per-core data plane and the
+//! process shell around it.
 //!
-//! Owns (DESIGN.md §1): the command line ([`cli`]), the process lifecycle ([`process`]),
-//! worker threads with one monoio runtime per core ([`worker`]), and the request flow,
-//! one module per stage in order: [`accept`] → [`connection`] → … (the HTTP/1.1 server,
-//! upstream client, plugins and per-core pools and limiter buckets land here next).
-//! Graceful-shutdown primitives local to a worker live in [`shutdown`].
+//! Owns (DESIGN.md §1): worker threads with one monoio runtime per core ([`worker`]), the
+//! HTTP/1.1 server and upstream client, plugin execution, per-core connection pools and
+//! rate-limit buckets, graceful shutdown; and the process shell ([`shell`]: CLI, `doctor`,
+//! start-up, signals, exit codes).
 //!
 //! Never does: persist anything (the admin crate owns the store), or block a worker on a
 //! lock: workers share nothing on the hot path and learn about config changes only through
-//! `shardgate_admin::broadcast`.
+//! `shardgate_admin::broadcast`. Never imports a module that imports it back:
+//! `proxy/tests/module_graph.rs` fails on a cycle.
 //!
 //! Lint policy: the workspace's (`unsafe_code` denied, clippy `all` + `unwrap_used`).
+//!
+//! The modules below are in the order a request meets them (STYLE.md §5); the comment
+//! lines keep rustfmt from sorting them.
 
-// In the order a request meets them (STYLE.md §5).
+// The process: CLI, host checks, start-up and shutdown; starts the workers.
+pub mod shell;
+// One thread per core: its runtime, listener, snapshot pick-up and pool sweeps.
+pub mod worker;
+// The accept loop: one task per client connection.
 pub mod accept;
-pub mod auth;
+// One client connection: read a head, hand it on, repeat while keep-alive allows.
 pub mod connection;
-pub mod forward;
-pub mod pick;
-pub mod plugins;
+// One request: the table of contents of the stages below.
 pub mod request;
+// Host → gateway.
 pub mod resolve;
-pub mod respond;
+// The API key.
+pub mod auth;
+// The plugin chain's stages.
+pub mod plugins;
+// The path in normal form, looked up in the gateway's router.
 pub mod route;
+// Service, upstream and target.
+pub mod pick;
+// The request as the upstream receives it.
+pub mod rewrite;
+// Attempts, retries and fallbacks; the request body upstream.
+pub mod forward;
+// The response to the client: relayed, or the gateway's own.
+pub mod respond;
+// After a 101: a byte pipe both ways.
 pub mod tunnel;
 
-// What the request flow stands on.
+// What the stages stand on: the types one exchange shares, the gateway's own answers,
+// bytes on the wire, timed socket I/O, one worker's state and its parts.
+pub mod exchange;
+// (refusals: every status the gateway answers itself, mapped in one place)
+pub mod refusal;
+// (bytes on the wire)
+pub mod wire;
+// (socket I/O bounded in time)
+pub mod timed;
+// (one worker's state, its snapshot and clock)
 pub mod buffer;
 pub mod plane;
 pub mod pool;
 pub mod settings;
 pub mod shutdown;
-pub mod worker;
-
-// The process around it: CLI, host checks, start-up and shutdown.
-pub mod shell;

@@ -29,7 +29,7 @@ use shardgate_core::ratelimit::{Dimension, Quota, Rejected, Subjects};
 use shardgate_core::snapshot::CompiledPlugin;
 
 use crate::plane::{Plane, now_ms};
-use crate::respond::ErrorResponse;
+use crate::refusal::Refusal;
 
 /// The client address for `per_ip` limits and `ip_restriction`: the socket peer, or, when
 /// the peer is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one.
@@ -137,7 +137,7 @@ impl RateLimitView {
         let line = |out: &mut Vec<u8>, name: &str, n: u64| {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            crate::respond::push_decimal(out, n);
+            crate::wire::push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         };
         line(out, "X-RateLimit-Limit", t.limit);
@@ -157,16 +157,16 @@ impl RateLimitView {
             out.push(b'"');
             out.extend_from_slice(q.dimension.as_str().as_bytes());
             out.extend_from_slice(b"\";q=");
-            crate::respond::push_decimal(out, q.limit);
+            crate::wire::push_decimal(out, q.limit);
             out.extend_from_slice(b";w=");
-            crate::respond::push_decimal(out, q.window_secs);
+            crate::wire::push_decimal(out, q.window_secs);
         }
         out.extend_from_slice(b"\r\nRateLimit: \"");
         out.extend_from_slice(t.dimension.as_str().as_bytes());
         out.extend_from_slice(b"\";r=");
-        crate::respond::push_decimal(out, t.remaining);
+        crate::wire::push_decimal(out, t.remaining);
         out.extend_from_slice(b";t=");
-        crate::respond::push_decimal(out, t.reset_secs);
+        crate::wire::push_decimal(out, t.reset_secs);
         out.extend_from_slice(b"\r\n");
     }
 
@@ -255,13 +255,14 @@ fn rejected_quota(r: &Rejected) -> Quota {
     }
 }
 
-/// Runs one `pre_request` chain. `Err` is the answer of the plugin that rejected.
+/// Runs one `pre_request` chain. `Err` is the refusal of the plugin that rejected (or the
+/// answer to a CORS preflight).
 pub fn pre_request(
     plane: &Plane,
     chain: &[CompiledPlugin],
     facts: &Facts<'_>,
     effects: &mut Effects,
-) -> Result<(), ErrorResponse> {
+) -> Result<(), Refusal> {
     for plugin in chain {
         match &*plugin.settings {
             PluginSettings::RateLimiter(settings) => {
@@ -284,18 +285,14 @@ pub fn pre_request(
                 match verdict {
                     Ok(admitted) => effects.rate_limit.record(admitted.iter()),
                     Err(rejected) => {
-                        let retry_after = settings
-                            .actions
-                            .retry_after
-                            .unwrap_or(rejected.retry_after_secs);
-                        let mut error = ErrorResponse::new(429, rejected.to_string())
-                            .header("Retry-After", retry_after.to_string());
-                        error.extra_json = format!(",\"retry_after\":{retry_after}");
                         effects.rate_limit.record([rejected_quota(&rejected)]);
-                        error.headers.extend(effects.header_pairs());
+                        let refusal = Refusal::Plugin {
+                            rejection: settings.rejection(rejected),
+                            headers: effects.header_pairs(),
+                        };
                         effects.rate_limit = RateLimitView::default();
                         effects.response_headers.clear();
-                        return Err(error);
+                        return Err(refusal);
                     }
                 }
             }
@@ -305,18 +302,18 @@ pub fn pre_request(
                     BodyKind::Chunked => (None, true),
                     BodyKind::None | BodyKind::CloseDelimited => (None, false),
                 };
-                if let Err((status, message)) =
+                if let Err(rejection) =
                     settings.check_head(facts.head.head_len, content_length, chunked)
                 {
-                    return Err(ErrorResponse::new(status, message));
+                    return Err(Refusal::plugin(rejection));
                 }
                 if let Some(limit) = settings.body_limit() {
                     effects.body_limit = Some(effects.body_limit.map_or(limit, |l| l.min(limit)));
                 }
             }
             PluginSettings::IpRestriction(settings) => {
-                if !settings.permits(facts.client_ip) {
-                    return Err(ErrorResponse::new(403, "client IP not allowed"));
+                if let Err(rejection) = settings.check_client(facts.client_ip) {
+                    return Err(Refusal::plugin(rejection));
                 }
             }
             PluginSettings::Cors(settings) => {
@@ -364,7 +361,7 @@ pub fn is_preflight(head: &RequestHead, buf: &[u8]) -> bool {
 }
 
 /// The gateway's answer to a CORS preflight (204 or 403), or `None` when `facts` is not one.
-fn preflight(settings: &CorsSettings, facts: &Facts<'_>) -> Option<ErrorResponse> {
+fn preflight(settings: &CorsSettings, facts: &Facts<'_>) -> Option<Refusal> {
     if !is_preflight(facts.head, facts.buf) {
         return None;
     }
@@ -377,12 +374,8 @@ fn preflight(settings: &CorsSettings, facts: &Facts<'_>) -> Option<ErrorResponse
         .header(facts.buf, "access-control-request-headers");
     Some(
         match settings.preflight_headers(origin, method, requested) {
-            Ok(headers) => {
-                let mut answer = ErrorResponse::new(204, "");
-                answer.headers.extend(headers);
-                answer
-            }
-            Err(rejection) => ErrorResponse::new(rejection.status(), rejection.to_string()),
+            Ok(headers) => Refusal::Preflight { headers },
+            Err(rejection) => Refusal::plugin(rejection.into()),
         },
     )
 }
@@ -402,7 +395,7 @@ pub fn answer_preflight(
     head: &RequestHead,
     buf: &[u8],
     client_ip: IpAddr,
-) -> Option<ErrorResponse> {
+) -> Option<Refusal> {
     if !is_preflight(head, buf) {
         return None;
     }

@@ -1,147 +1,352 @@
-//! Respond: the responses the gateway writes itself (errors, `100 Continue`) and the
-//! helpers that write response heads. Every error body is `{"error": "..."}` (DESIGN.md §4),
-//! built here and nowhere else.
+//! Respond: what the client receives. The upstream's response, relayed
+//! ([`relay_response`]: its head rewritten — hop-by-hop fields dropped, `pre_response`
+//! plugin headers applied, `Via` appended — then its body streamed one read at a time, a
+//! close-delimited body re-framed as chunked so the client connection can be kept), or the
+//! gateway's own answer ([`reject`], from a [`Refusal`]).
 
-use std::fmt::Write as _;
+use std::io;
 
-/// The reason phrase for the statuses the gateway produces.
-pub fn reason(status: u16) -> &'static str {
-    match shardgate_core::http1::reason_phrase(status) {
-        "" => "Unknown",
-        phrase => phrase,
-    }
+use monoio::net::TcpStream;
+use shardgate_core::http1::{BodyKind, ChunkedScanner, RequestHead, ResponseHead, is_hop_by_hop};
+use shardgate_core::plugins::PluginSettings;
+use shardgate_core::router::Method;
+use shardgate_core::snapshot::{CompiledTarget, CompiledUpstream};
+
+use crate::exchange::{Client, Outcome, Tunnel, UpstreamRequest};
+use crate::plane::WorkerContext;
+use crate::plugins::Effects;
+use crate::refusal::Refusal;
+use crate::timed;
+use crate::wire;
+
+/// Why relaying a response failed before the client saw any of it, or could be told more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// The client went away or stalled.
+    ClientGone,
+    /// The start of the response body is malformed (nothing was sent yet).
+    InvalidResponse,
 }
 
-/// An answer the gateway gives without calling an upstream.
-#[derive(Debug, Clone)]
-pub struct ErrorResponse {
-    pub status: u16,
-    pub message: String,
-    /// Extra headers (`Allow`, `WWW-Authenticate`, `Retry-After`, ...).
-    pub headers: Vec<(&'static str, String)>,
-    /// Extra JSON fields beside `error` (e.g. `retry_after`), already serialized as
-    /// `"name":value` pairs.
-    pub extra_json: String,
+/// An upstream's answer whose head has been read: its connection, the bytes read so far
+/// (the head and perhaps the start of the body) and the parsed head.
+#[derive(Debug)]
+pub struct Answer {
+    pub up: TcpStream,
+    pub rbuf: Vec<u8>,
+    pub head: ResponseHead,
 }
 
-impl ErrorResponse {
-    pub fn new(status: u16, message: impl Into<String>) -> ErrorResponse {
-        ErrorResponse {
-            status,
-            message: message.into(),
-            headers: Vec::new(),
-            extra_json: String::new(),
+/// Answers with the gateway's own response for `refusal`, with the headers earlier plugins
+/// promised (rate-limit, CORS). The connection is kept only when the request had no body
+/// left to read (it would otherwise be taken for the next request).
+pub async fn reject(
+    client: &mut Client,
+    head: &RequestHead,
+    refusal: Refusal,
+    effects: &Effects,
+) -> io::Result<Outcome> {
+    let bodyless = matches!(head.body, BodyKind::None | BodyKind::Length(0));
+    let keep_alive = head.keep_alive && bodyless;
+    let is_head = head.method == Some(Method::Head);
+    client.consume(head.head_len);
+    refuse(client, refusal, effects, !keep_alive, is_head).await?;
+    if !keep_alive {
+        client.linger().await;
+    }
+    Ok(Outcome::Done { keep_alive })
+}
+
+/// Writes the response for `refusal` with `effects`' headers. `close`: the connection ends
+/// after it. `head_only`: the request was HEAD.
+pub async fn refuse(
+    client: &mut Client,
+    refusal: Refusal,
+    effects: &Effects,
+    close: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut error = refusal.response();
+    error.headers.extend(effects.header_pairs());
+    client.send_error(&error, close, head_only).await
+}
+
+/// Writes the client's response head for `head` into `out`.
+fn client_head(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    rbuf: &[u8],
+    req: &UpstreamRequest,
+    effects: &Effects,
+    keep_alive: bool,
+    rechunk: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    wire::push_decimal(out, u64::from(head.status));
+    out.push(b' ');
+    let reason = head.reason.get(rbuf);
+    if reason.is_empty() {
+        out.extend_from_slice(wire::reason(head.status).as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+    let connection = head.connection_tokens(rbuf);
+    let mut via: Option<&[u8]> = None;
+    let mut upgrade_value: Option<&[u8]> = None;
+    // Headers the plugins set replace the upstream's (Vary is merged instead).
+    let overridden = |name: &[u8]| {
+        (effects.owns_cors
+            && name.len() > 15
+            && name[..15].eq_ignore_ascii_case(b"access-control-"))
+            || (!name.eq_ignore_ascii_case(b"vary")
+                && effects
+                    .response_headers
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())))
+    };
+    let mut listed: Option<Vec<(String, String)>> =
+        (!effects.response_transforms.is_empty()).then(Vec::new);
+    for (name, value) in head.headers(rbuf) {
+        if name.eq_ignore_ascii_case(b"via") {
+            via = Some(value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_value = Some(value);
+        }
+        let keep_length =
+            name.eq_ignore_ascii_case(b"content-length") && head.body == BodyKind::None;
+        if (is_hop_by_hop(name, &connection) || name.eq_ignore_ascii_case(b"content-length"))
+            && !keep_length
+        {
+            continue;
+        }
+        if overridden(name) {
+            continue;
+        }
+        match &mut listed {
+            Some(list) => list.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            )),
+            None => wire::push_header(out, name, value),
         }
     }
-
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> ErrorResponse {
-        self.headers.push((name, value.into()));
-        self
+    if listed.is_none() {
+        effects.rate_limit.write(out);
     }
-
-    /// Serializes the whole response. `close`: add `Connection: close`. `head`: HEAD
-    /// request, no body.
-    pub fn encode(&self, close: bool, head: bool, out: &mut Vec<u8>) {
-        if self.status == 204 {
-            // No content (a CORS preflight answer): no body, no framing headers.
-            let mut head_text = format!("HTTP/1.1 204 {}\r\n", reason(204));
-            for (name, value) in &self.headers {
-                let _ = write!(head_text, "{name}: {value}\r\n");
-            }
-            if close {
-                head_text.push_str("Connection: close\r\n");
-            }
-            head_text.push_str("\r\n");
-            out.extend_from_slice(head_text.as_bytes());
-            return;
+    for (name, value) in &effects.response_headers {
+        match &mut listed {
+            Some(list) => list.push(((*name).to_owned(), value.clone())),
+            None => wire::push_header(out, name.as_bytes(), value.as_bytes()),
         }
-        let mut body = String::with_capacity(self.message.len() + 16);
-        body.push_str("{\"error\":");
-        body.push_str(&serde_json::Value::String(self.message.clone()).to_string());
-        body.push_str(&self.extra_json);
-        body.push('}');
-        let mut head_text = String::with_capacity(160);
-        let _ = write!(
-            head_text,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.status,
-            reason(self.status),
-            body.len()
+    }
+    if let Some(mut list) = listed {
+        list.extend(
+            effects
+                .rate_limit
+                .pairs()
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v)),
         );
-        for (name, value) in &self.headers {
-            let _ = write!(head_text, "{name}: {value}\r\n");
+        for t in &effects.response_transforms {
+            if let PluginSettings::ResponseTransformer(t) = &**t {
+                t.apply(&mut list);
+            }
         }
-        if close {
-            head_text.push_str("Connection: close\r\n");
-        }
-        head_text.push_str("\r\n");
-        out.extend_from_slice(head_text.as_bytes());
-        if !head {
-            out.extend_from_slice(body.as_bytes());
+        for (name, value) in &list {
+            wire::push_header(out, name.as_bytes(), value.as_bytes());
         }
     }
+    out.extend_from_slice(b"Via: ");
+    if let Some(v) = via {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"1.1 shardgate\r\n");
+    match head.body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            wire::push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::CloseDelimited if rechunk => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        BodyKind::CloseDelimited | BodyKind::None => {}
+    }
+    if head.status == 101 {
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+        if let Some(v) = upgrade_value {
+            out.extend_from_slice(b"Upgrade: ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    } else if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if req.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Streams the response to the client and parks the upstream connection when it is clean.
+pub async fn relay_response(
+    client: &mut Client,
+    answer: Answer,
+    req: &UpstreamRequest,
+    (upstream, target): (&CompiledUpstream, &CompiledTarget),
+    ctx: &WorkerContext,
+    effects: &Effects,
+) -> Result<Outcome, Relay> {
+    let Answer { mut up, rbuf, head } = answer;
+    let plane = ctx.plane();
+    let spec = &upstream.spec.spec;
+    let read_timeout = spec.read_timeout.as_duration();
+    let upgraded = head.status == 101 && req.upgrade;
+    let rechunk = head.body == BodyKind::CloseDelimited && !req.http10;
+    let framed = !matches!(head.body, BodyKind::CloseDelimited) || rechunk;
+    let keep_alive = !upgraded && framed && req.client_keep_alive && !ctx.shutdown().is_triggered();
 
-/// Appends a decimal number without allocating.
-pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
+    let mut out = plane.heads.take();
+    client_head(&mut out, &head, &rbuf, req, effects, keep_alive, rechunk);
+    let prefix = &rbuf[head.head_len..];
+
+    if upgraded {
+        out.clear();
+        client_head(&mut out, &head, &rbuf, req, effects, false, false);
+        let to_client = prefix.to_vec();
+        plane.heads.give(rbuf);
+        client.write(out).await.map_err(|_| Relay::ClientGone)?;
+        return Ok(Outcome::Upgrade(Tunnel {
+            upstream: up,
+            to_client,
+        }));
+    }
+
+    // What of the prefix belongs to this body, and how the rest is read.
+    let mut clean;
+    let mut scanner = ChunkedScanner::default();
+    let mut remaining: u64 = 0;
+    let mut body_done;
+    match head.body {
+        BodyKind::None => {
+            clean = prefix.is_empty();
+            body_done = true;
+        }
+        BodyKind::Length(n) => {
+            let take = (prefix.len() as u64).min(n) as usize;
+            clean = take == prefix.len();
+            remaining = n - take as u64;
+            out.extend_from_slice(&prefix[..take]);
+            body_done = remaining == 0;
+        }
+        BodyKind::Chunked => match scanner.scan(prefix) {
+            Ok(scanned) => {
+                clean = scanned.consumed == prefix.len();
+                out.extend_from_slice(&prefix[..scanned.consumed]);
+                body_done = scanned.done;
+            }
+            Err(_) => {
+                plane.heads.give(out);
+                plane.heads.give(rbuf);
+                return Err(Relay::InvalidResponse);
+            }
+        },
+        BodyKind::CloseDelimited => {
+            clean = false;
+            if !prefix.is_empty() {
+                if rechunk {
+                    wire::push_chunk_size(&mut out, prefix.len());
+                    out.extend_from_slice(prefix);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(prefix);
+                }
+            }
+            body_done = false;
+        }
+    }
+    plane.heads.give(rbuf);
+    // The head buffer goes back to the pool: one buffer per response, not one allocation.
+    let (written, out) = client.write_returning(out).await;
+    plane.heads.give(out);
+    written.map_err(|_| Relay::ClientGone)?;
+
+    let mut chunk = plane.bodies.take();
+    let mut framed_out = Vec::new();
+    while !body_done {
+        chunk.clear();
+        // The service deadline bounds every read: past it, the client connection is closed.
+        let (res, returned) = timed::read(&mut up, chunk, req.bounded(read_timeout)).await;
+        chunk = returned;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, target = %target.host_header, "upstream failed mid-body; closing the client connection");
+                return Ok(Outcome::Done { keep_alive: false });
+            }
+        };
         if n == 0 {
-            break;
+            if head.body == BodyKind::CloseDelimited {
+                if rechunk {
+                    client
+                        .write(b"0\r\n\r\n".to_vec())
+                        .await
+                        .map_err(|_| Relay::ClientGone)?;
+                }
+                plane.bodies.give(chunk);
+                return Ok(Outcome::Done { keep_alive });
+            }
+            tracing::debug!(target = %target.host_header, "upstream closed mid-body; closing the client connection");
+            return Ok(Outcome::Done { keep_alive: false });
+        }
+        match head.body {
+            BodyKind::Length(_) => {
+                let take = (n as u64).min(remaining) as usize;
+                clean &= take == n;
+                remaining -= take as u64;
+                chunk.truncate(take);
+                body_done = remaining == 0;
+            }
+            BodyKind::Chunked => match scanner.scan(&chunk) {
+                Ok(scanned) => {
+                    clean &= scanned.consumed == n;
+                    chunk.truncate(scanned.consumed);
+                    body_done = scanned.done;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "invalid chunked body from upstream");
+                    return Ok(Outcome::Done { keep_alive: false });
+                }
+            },
+            _ if rechunk => {
+                framed_out.clear();
+                wire::push_chunk_size(&mut framed_out, n);
+                framed_out.extend_from_slice(&chunk);
+                framed_out.extend_from_slice(b"\r\n");
+                std::mem::swap(&mut framed_out, &mut chunk);
+            }
+            _ => {}
+        }
+        let (res, returned) = client.write_returning(chunk).await;
+        chunk = returned;
+        if res.is_err() {
+            return Err(Relay::ClientGone);
         }
     }
-    out.extend_from_slice(&digits[i..]);
-}
+    plane.bodies.give(chunk);
 
-/// Appends a chunk-size line (`{len:x}\r\n`).
-pub fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
-    let _ = write!(ByteWriter(out), "{len:x}\r\n");
-}
-
-struct ByteWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+    if clean && head.keep_alive && !req.http10 {
+        let pool = &spec.pool;
+        plane.upstreams.put(
+            target.key,
+            up,
+            pool.max_idle as usize,
+            pool.idle_timeout.as_duration(),
+        );
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_responses_are_json_with_exact_length() {
-        let mut out = Vec::new();
-        ErrorResponse::new(405, "method not allowed")
-            .header("Allow", "GET, HEAD")
-            .encode(true, false, &mut out);
-        let text = String::from_utf8(out).expect("ascii");
-        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
-        assert!(text.contains("Allow: GET, HEAD\r\n"));
-        assert!(text.contains("Connection: close\r\n"));
-        let body = text.split("\r\n\r\n").nth(1).expect("body");
-        assert_eq!(body, r#"{"error":"method not allowed"}"#);
-        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
-    }
-
-    #[test]
-    fn decimals_and_chunk_sizes_format_like_std() {
-        for n in [0u64, 7, 10, 12345, u64::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
-        let mut out = Vec::new();
-        push_chunk_size(&mut out, 255);
-        assert_eq!(out, b"ff\r\n");
-    }
+    Ok(Outcome::Done { keep_alive })
 }

@@ -5,8 +5,7 @@ use std::io;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
-use crate::connection::Client;
-use crate::forward::Tunnel;
+use crate::exchange::{Client, Tunnel};
 use crate::plane::WorkerContext;
 
 /// Copies `reader` → `writer` until EOF, then half-closes the writer.

@@ -2,9 +2,10 @@
 //!
 //! Two stages, two helpers:
 //! - `pre_request`: a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
-//!   is answered by the gateway without calling the upstream: `204` with
-//!   [`CorsSettings::preflight_headers`], or `403` with the [`PreflightRejection`] as the
-//!   error. Other requests pass untouched.
+//!   is answered by the gateway without calling the upstream: with
+//!   [`CorsSettings::preflight_headers`] when allowed, or refused with the
+//!   [`PreflightRejection`] saying why (the proxy picks the status codes). Other requests
+//!   pass untouched.
 //! - `pre_response`: [`CorsSettings::response_headers`] go on every response, replacing any
 //!   `Access-Control-*` header the upstream sent; `Vary: Origin` is appended to the upstream's
 //!   `Vary`, not put in its place.
@@ -149,7 +150,8 @@ pub struct CorsSettings {
     exposed_value: Option<String>,
 }
 
-/// Why a preflight is refused; the gateway answers 403 with this as the error.
+/// Why a preflight is refused: the origin, method or a header it asked for is not allowed.
+/// `Display` is the error message; it reaches the proxy as [`super::Rejection::Preflight`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreflightRejection {
     OriginNotAllowed,
@@ -157,13 +159,6 @@ pub enum PreflightRejection {
     MethodNotAllowed(String),
     /// The first requested header that is not allowed, as sent.
     HeaderNotAllowed(String),
-}
-
-impl PreflightRejection {
-    /// Always 403: the preflight is understood and refused.
-    pub fn status(&self) -> u16 {
-        403
-    }
 }
 
 impl fmt::Display for PreflightRejection {
@@ -190,45 +185,104 @@ const VARY: &str = "Vary";
 
 use crate::model::is_dns_name;
 
+/// Why an `allowed_origins` entry is refused. Each case keeps the entry as written, so the
+/// message (`Display`, after the field path) shows the user what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OriginError {
+    /// `null`: any sandboxed page or file sends it.
+    Null,
+    /// Not `scheme://host[:port]`, `scheme://*.domain[:port]` or `*`.
+    Shape { entry: String },
+    /// A path, query, fragment or user part after the authority.
+    HasPath {
+        entry: String,
+        /// The origin the user probably meant, `scheme://authority`.
+        meant: String,
+    },
+    /// A port that is not 1 to 65535.
+    Port { entry: String },
+    /// `*.` followed by less than two labels (`https://*.com`).
+    WildcardTooWide { entry: String },
+    /// A `*` anywhere but as the whole first label.
+    MisplacedWildcard { entry: String },
+    /// The host is not a DNS name (nor a bracketed IPv6 address).
+    Host { entry: String, host: String },
+}
+
+impl fmt::Display for OriginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OriginError::Null => {
+                f.write_str("\"null\" cannot be allowed: any sandboxed page or file can send it")
+            }
+            OriginError::Shape { entry } => write!(
+                f,
+                "{entry:?}: expected an origin like \"https://app.example.com\", \
+                 \"https://*.example.com\" or \"*\""
+            ),
+            OriginError::HasPath { entry, meant } => write!(
+                f,
+                "{entry:?}: an origin has no path, query or user; write \"{meant}\""
+            ),
+            OriginError::Port { entry } => write!(f, "{entry:?}: the port must be 1 to 65535"),
+            OriginError::WildcardTooWide { entry } => write!(
+                f,
+                "{entry:?}: a wildcard needs a domain of two labels or more after \"*.\", \
+                 like \"https://*.example.com\""
+            ),
+            OriginError::MisplacedWildcard { entry } => write!(
+                f,
+                "{entry:?}: a wildcard can only be the whole first label, as in \
+                 \"https://*.example.com\""
+            ),
+            OriginError::Host { entry, host } => {
+                write!(f, "{entry:?}: {host:?} is not a host name")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OriginError {}
+
 /// Parses one `allowed_origins` entry into its rule, bringing it to the browser's form.
-fn parse_origin(entry: &str) -> Result<OriginRule, String> {
-    const SHAPE: &str = "expected an origin like \"https://app.example.com\", \
-                         \"https://*.example.com\" or \"*\"";
+fn parse_origin(entry: &str) -> Result<OriginRule, OriginError> {
+    let shape = || OriginError::Shape {
+        entry: entry.to_owned(),
+    };
     if entry == "*" {
         return Ok(OriginRule::Any);
     }
     if entry.eq_ignore_ascii_case("null") {
-        return Err("\"null\" cannot be allowed: any sandboxed page or file can send it".into());
+        return Err(OriginError::Null);
     }
     let lower = entry.to_ascii_lowercase();
     let Some((scheme, rest)) = lower.split_once("://") else {
-        return Err(format!("{entry:?}: {SHAPE}"));
+        return Err(shape());
     };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
         && scheme
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
     if !scheme_ok {
-        return Err(format!("{entry:?}: {SHAPE}"));
+        return Err(shape());
     }
     if rest.contains(['/', '?', '#', '@']) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        return Err(format!(
-            "{entry:?}: an origin has no path, query or user; write \"{scheme}://{authority}\""
-        ));
+        return Err(OriginError::HasPath {
+            entry: entry.to_owned(),
+            meant: format!("{scheme}://{authority}"),
+        });
     }
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (addr, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{entry:?}: {SHAPE}"))?;
+        let (addr, after) = v6.split_once(']').ok_or_else(shape)?;
         if addr.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("{entry:?}: {SHAPE}"));
+            return Err(shape());
         }
         match after {
             "" => (&rest[..addr.len() + 2], None),
             p => match p.strip_prefix(':') {
                 Some(p) => (&rest[..addr.len() + 2], Some(p)),
-                None => return Err(format!("{entry:?}: {SHAPE}")),
+                None => return Err(shape()),
             },
         }
     } else {
@@ -244,7 +298,9 @@ fn parse_origin(entry: &str) -> Result<OriginRule, String> {
                 .parse::<u16>()
                 .ok()
                 .filter(|n| *n > 0 && p.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| format!("{entry:?}: the port must be 1 to 65535"))?;
+                .ok_or_else(|| OriginError::Port {
+                    entry: entry.to_owned(),
+                })?;
             let default = matches!((scheme, n), ("http", 80) | ("https", 443));
             (!default).then_some(n)
         }
@@ -252,10 +308,9 @@ fn parse_origin(entry: &str) -> Result<OriginRule, String> {
     let port_part = port.map(|p| format!(":{p}")).unwrap_or_default();
     if let Some(suffix) = host.strip_prefix("*.") {
         if !is_dns_name(suffix) || !suffix.contains('.') {
-            return Err(format!(
-                "{entry:?}: a wildcard needs a domain of two labels or more after \"*.\", \
-                 like \"https://*.example.com\""
-            ));
+            return Err(OriginError::WildcardTooWide {
+                entry: entry.to_owned(),
+            });
         }
         return Ok(OriginRule::Subdomains {
             scheme_sep: format!("{scheme}://"),
@@ -263,13 +318,15 @@ fn parse_origin(entry: &str) -> Result<OriginRule, String> {
         });
     }
     if host.contains('*') {
-        return Err(format!(
-            "{entry:?}: a wildcard can only be the whole first label, as in \
-             \"https://*.example.com\""
-        ));
+        return Err(OriginError::MisplacedWildcard {
+            entry: entry.to_owned(),
+        });
     }
     if !host.starts_with('[') && !is_dns_name(host) {
-        return Err(format!("{entry:?}: {host:?} is not a host name"));
+        return Err(OriginError::Host {
+            entry: entry.to_owned(),
+            host: host.to_owned(),
+        });
     }
     Ok(OriginRule::Exact(format!("{scheme}://{host}{port_part}")))
 }
@@ -349,7 +406,7 @@ impl CorsSettings {
         let mut origins = Vec::with_capacity(raw.allowed_origins.len());
         for (i, entry) in raw.allowed_origins.iter().enumerate() {
             let rule = parse_origin(entry)
-                .map_err(|msg| Invalid::new(format!("allowed_origins[{i}]"), msg))?;
+                .map_err(|why| Invalid::new(format!("allowed_origins[{i}]"), why.to_string()))?;
             if !origins.contains(&rule) {
                 origins.push(rule);
             }
@@ -437,7 +494,7 @@ impl CorsSettings {
         }
     }
 
-    /// The headers of the gateway's `204` answer to a preflight, or why it is refused (403).
+    /// The headers of the gateway's answer to an allowed preflight, or why it is refused.
     ///
     /// A preflight is an `OPTIONS` request carrying both `Origin` and
     /// `Access-Control-Request-Method`; `requested_headers` is the
@@ -677,6 +734,48 @@ mod tests {
     }
 
     #[test]
+    fn origin_entries_are_refused_saying_what_is_wrong_with_the_entry_as_written() {
+        let entry = |e: &str| e.to_owned();
+        assert_eq!(parse_origin("NULL"), Err(OriginError::Null));
+        assert_eq!(
+            parse_origin("a.com"),
+            Err(OriginError::Shape {
+                entry: entry("a.com")
+            })
+        );
+        assert_eq!(
+            parse_origin("HTTPS://A.com/app?x"),
+            Err(OriginError::HasPath {
+                entry: entry("HTTPS://A.com/app?x"),
+                meant: entry("https://a.com"),
+            })
+        );
+        assert_eq!(
+            parse_origin("https://a.com:0"),
+            Err(OriginError::Port {
+                entry: entry("https://a.com:0")
+            })
+        );
+        assert_eq!(
+            parse_origin("https://*.com"),
+            Err(OriginError::WildcardTooWide {
+                entry: entry("https://*.com")
+            })
+        );
+        assert_eq!(
+            parse_origin("https://api-*.a.com"),
+            Err(OriginError::MisplacedWildcard {
+                entry: entry("https://api-*.a.com")
+            })
+        );
+        let err = parse_origin("https://a b.com").expect_err("space");
+        assert_eq!(
+            err.to_string(),
+            "\"https://a b.com\": \"a b.com\" is not a host name"
+        );
+    }
+
+    #[test]
     fn credentials_with_a_wildcard_origin_are_refused() {
         let err = parse(json!({"allowed_origins": ["*"], "allow_credentials": true}))
             .expect_err("Fetch forbids it");
@@ -795,7 +894,6 @@ mod tests {
             )
             .expect_err("header");
         assert_eq!(err, PreflightRejection::HeaderNotAllowed("X-Debug".into()));
-        assert_eq!(err.status(), 403);
         assert_eq!(
             err.to_string(),
             "CORS request header \"X-Debug\" not allowed"

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{PluginDef, SettingDoc, typed};
+use super::{PluginDef, Rejection, SettingDoc, typed};
 use crate::model::{Invalid, Stage};
 use crate::net::CidrSet;
 
@@ -52,9 +52,6 @@ pub struct IpRestrictionSettings {
 }
 
 impl IpRestrictionSettings {
-    /// The answer to a client that [`permits`](Self::permits) refuses.
-    pub const REJECTION: (u16, &'static str) = (403, "client IP not allowed");
-
     pub(super) fn parse(settings: &serde_json::Value) -> Result<Self, Invalid> {
         let parsed: Self = typed(settings)?;
         if parsed.allow.is_empty() && parsed.deny.is_empty() {
@@ -66,6 +63,16 @@ impl IpRestrictionSettings {
     /// Whether `client` may pass: not in `deny`, and in `allow` when `allow` is non-empty.
     pub fn permits(&self, client: IpAddr) -> bool {
         !self.deny.contains(client) && (self.allow.is_empty() || self.allow.contains(client))
+    }
+
+    /// [`permits`](Self::permits) as the plugin's verdict: `Ok` to pass, else
+    /// [`Rejection::IpNotAllowed`].
+    pub fn check_client(&self, client: IpAddr) -> Result<(), Rejection> {
+        if self.permits(client) {
+            Ok(())
+        } else {
+            Err(Rejection::IpNotAllowed)
+        }
     }
 }
 
@@ -128,6 +135,8 @@ mod tests {
         let s = parse(json!({"allow": ["10.0.0.0/8"], "deny": ["10.0.0.7"]})).expect("valid");
         assert!(s.permits(ip("10.0.0.6")));
         assert!(!s.permits(ip("10.0.0.7")));
+        assert_eq!(s.check_client(ip("10.0.0.6")), Ok(()));
+        assert_eq!(s.check_client(ip("10.0.0.7")), Err(Rejection::IpNotAllowed));
         assert!(
             !s.permits(ip("::ffff:10.0.0.7")),
             "mapped form is the same client"

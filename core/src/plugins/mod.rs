@@ -5,8 +5,9 @@
 //! meaning) and the README. Each plugin's module declares its [`PluginDef`] right above the
 //! settings type it documents, so the text users read sits next to the field it describes.
 //! Settings are parsed into typed structs once per snapshot, never per request; the pure
-//! helpers on them (`check_head`, `permits`, `apply`, ...) are what the proxy calls per
-//! request.
+//! helpers on them (`check_head`, `check_client`, `apply`, ...) are what the proxy calls per
+//! request. A plugin that refuses a request says what happened with a [`Rejection`]; which
+//! status code and headers that becomes is the proxy's business, decided in one place.
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserializer, Serialize};
 
 use crate::model::{Invalid, Stage};
+use crate::ratelimit::Rejected;
 
 mod cors;
 mod ip_restriction;
@@ -62,6 +64,53 @@ pub fn find(name: &str) -> Option<&'static PluginDef> {
 
 pub fn names() -> impl Iterator<Item = &'static str> {
     CATALOGUE.iter().map(|p| p.name)
+}
+
+/// Why a plugin refused a request: what happened, in the plugin's terms. `Display` is the
+/// message for the client; the status code and headers are chosen at the edge (the proxy
+/// maps every case in one function), never here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// `request_size_limiter`: the request head (request line, header lines and the blank
+    /// line, as received) is over `max_header_bytes`.
+    HeadTooLarge { limit: u64 },
+    /// `request_size_limiter`: a chunked body (no Content-Length) while
+    /// `require_content_length` is set.
+    LengthRequired,
+    /// `request_size_limiter`: the declared body is over `max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// `ip_restriction`: the client address is denied, or missing from a non-empty allow
+    /// list.
+    IpNotAllowed,
+    /// `rate_limiter`: one dimension used its quota. `retry_after_secs` is what the client is
+    /// told: `actions.retry_after` when configured, else the seconds until a slot frees.
+    RateLimited {
+        exceeded: Rejected,
+        retry_after_secs: u64,
+    },
+    /// `cors`: a preflight named an origin, method or header that is not allowed.
+    Preflight(PreflightRejection),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::HeadTooLarge { .. } => f.write_str("request header fields too large"),
+            Rejection::LengthRequired => f.write_str("Content-Length required"),
+            Rejection::BodyTooLarge { .. } => f.write_str("request body too large"),
+            Rejection::IpNotAllowed => f.write_str("client IP not allowed"),
+            Rejection::RateLimited { exceeded, .. } => exceeded.fmt(f),
+            Rejection::Preflight(why) => why.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+impl From<PreflightRejection> for Rejection {
+    fn from(why: PreflightRejection) -> Rejection {
+        Rejection::Preflight(why)
+    }
 }
 
 /// A plugin's settings, parsed and validated.
@@ -163,6 +212,45 @@ mod tests {
                 .path,
             "name"
         );
+    }
+
+    #[test]
+    fn every_rejection_reads_as_the_message_clients_get() {
+        use crate::ratelimit::{Dimension, RejectReason};
+        let exceeded = Rejected {
+            dimension: Dimension::PerIp,
+            reason: RejectReason::Limited,
+            limit: 5,
+            retry_after_secs: 7,
+            reset_secs: 7,
+            window_secs: 60,
+        };
+        let cases = [
+            (
+                Rejection::HeadTooLarge { limit: 100 },
+                "request header fields too large",
+            ),
+            (Rejection::LengthRequired, "Content-Length required"),
+            (
+                Rejection::BodyTooLarge { limit: 10 },
+                "request body too large",
+            ),
+            (Rejection::IpNotAllowed, "client IP not allowed"),
+            (
+                Rejection::RateLimited {
+                    exceeded,
+                    retry_after_secs: 60,
+                },
+                "per_ip rate limit exceeded",
+            ),
+            (
+                PreflightRejection::OriginNotAllowed.into(),
+                "CORS origin not allowed",
+            ),
+        ];
+        for (rejection, message) in cases {
+            assert_eq!(rejection.to_string(), message, "{rejection:?}");
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::{PluginDef, SettingDoc, typed};
+use super::{PluginDef, Rejection, SettingDoc, typed};
 use crate::duration::Span;
 use crate::model::{Invalid, Stage};
+use crate::ratelimit::Rejected;
 
 pub(super) const DEF: PluginDef = PluginDef {
     name: "rate_limiter",
@@ -145,6 +146,19 @@ impl RateLimiterSettings {
         Ok(parsed)
     }
 
+    /// The plugin's verdict when its limiters refused a request: which dimension ran out,
+    /// and when the client may come back (`actions.retry_after` when set, else when a slot
+    /// frees).
+    pub fn rejection(&self, exceeded: Rejected) -> Rejection {
+        Rejection::RateLimited {
+            exceeded,
+            retry_after_secs: self
+                .actions
+                .retry_after
+                .unwrap_or(exceeded.retry_after_secs),
+        }
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
         let dims = [
             ("global", &self.limits.global),
@@ -181,8 +195,16 @@ impl RateLimiterSettings {
 
 #[cfg(test)]
 mod tests {
-    use crate::plugins::{PluginSettings, parse_settings};
+    use crate::plugins::{PluginSettings, Rejection, parse_settings};
+    use crate::ratelimit::{Dimension, RejectReason, Rejected};
     use serde_json::json;
+
+    fn limiter(settings: serde_json::Value) -> super::RateLimiterSettings {
+        match parse_settings("rate_limiter", &settings).expect("valid") {
+            PluginSettings::RateLimiter(s) => s,
+            other => panic!("parsed as another plugin: {other:?}"),
+        }
+    }
 
     #[test]
     fn the_seed_settings_parse_including_string_retry_after() {
@@ -225,5 +247,34 @@ mod tests {
     fn no_dimension_at_all_is_refused() {
         let err = parse_settings("rate_limiter", &json!({"limits": {}})).expect_err("empty");
         assert_eq!(err.path, "limits");
+    }
+
+    #[test]
+    fn a_rejection_tells_the_configured_retry_after_or_when_a_slot_frees() {
+        let exceeded = Rejected {
+            dimension: Dimension::Global,
+            reason: RejectReason::Limited,
+            limit: 15,
+            retry_after_secs: 12,
+            reset_secs: 12,
+            window_secs: 60,
+        };
+        let limits = json!({"global": {"limit": 15, "window": "1m"}});
+        let configured = limiter(json!({"limits": limits, "actions": {"retry_after": "60"}}));
+        assert_eq!(
+            configured.rejection(exceeded),
+            Rejection::RateLimited {
+                exceeded,
+                retry_after_secs: 60
+            }
+        );
+        let unset = limiter(json!({"limits": limits}));
+        assert_eq!(
+            unset.rejection(exceeded),
+            Rejection::RateLimited {
+                exceeded,
+                retry_after_secs: 12
+            }
+        );
     }
 }

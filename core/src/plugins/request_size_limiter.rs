@@ -2,12 +2,13 @@
 //! them.
 //!
 //! Lifecycle in the proxy: with the head parsed, [`RequestSizeLimiterSettings::check_head`]
-//! decides 431 / 411 / 413 from what the head says; then, for a chunked body,
+//! decides from what the head says ([`Rejection::HeadTooLarge`], [`Rejection::LengthRequired`],
+//! [`Rejection::BodyTooLarge`]); then, for a chunked body,
 //! [`RequestSizeLimiterSettings::body_limit`] caps the bytes counted while it streams.
 
 use serde::Deserialize;
 
-use super::{PluginDef, SettingDoc, typed};
+use super::{PluginDef, Rejection, SettingDoc, typed};
 use crate::model::{Invalid, Stage};
 
 pub(super) const DEF: PluginDef = PluginDef {
@@ -56,26 +57,20 @@ pub(super) const DEF: PluginDef = PluginDef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSizeLimiterSettings {
-    /// Largest body in bytes → 413. None: no limit. Default none.
+    /// Largest body in bytes ([`Rejection::BodyTooLarge`]). None: no limit. Default none.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
-    /// Largest request head in bytes (request line + header lines + blank line) → 431.
-    /// None: no limit beyond the proxy's. Default none.
+    /// Largest request head in bytes (request line + header lines + blank line)
+    /// ([`Rejection::HeadTooLarge`]). None: no limit beyond the proxy's. Default none.
     #[serde(default)]
     pub max_header_bytes: Option<u64>,
-    /// A chunked body (no Content-Length) → 411. Default false.
+    /// Refuse a chunked body (no Content-Length) ([`Rejection::LengthRequired`]). Default
+    /// false.
     #[serde(default)]
     pub require_content_length: bool,
 }
 
 impl RequestSizeLimiterSettings {
-    /// The answer when the head is over `max_header_bytes`.
-    pub const HEAD_TOO_LARGE: (u16, &'static str) = (431, "request header fields too large");
-    /// The answer when the body (declared or counted) is over `max_body_bytes`.
-    pub const BODY_TOO_LARGE: (u16, &'static str) = (413, "request body too large");
-    /// The answer to a chunked body when `require_content_length` is set.
-    pub const LENGTH_REQUIRED: (u16, &'static str) = (411, "Content-Length required");
-
     pub(super) fn parse(settings: &serde_json::Value) -> Result<Self, Invalid> {
         let parsed: Self = typed(settings)?;
         if parsed == Self::default() {
@@ -90,8 +85,9 @@ impl RequestSizeLimiterSettings {
         Ok(parsed)
     }
 
-    /// Decides from the parsed head alone, in this order: head size (431), a chunked body
-    /// when Content-Length is required (411), the declared body size (413).
+    /// Decides from the parsed head alone, in this order: head size
+    /// ([`Rejection::HeadTooLarge`]), a chunked body when Content-Length is required
+    /// ([`Rejection::LengthRequired`]), the declared body size ([`Rejection::BodyTooLarge`]).
     ///
     /// `head_bytes` is the length of the head as received, blank line included;
     /// `content_length` the parsed Content-Length; `chunked` whether the body is chunked. The
@@ -102,26 +98,26 @@ impl RequestSizeLimiterSettings {
         head_bytes: usize,
         content_length: Option<u64>,
         chunked: bool,
-    ) -> Result<(), (u16, &'static str)> {
-        if let Some(max) = self.max_header_bytes
-            && u64::try_from(head_bytes).unwrap_or(u64::MAX) > max
+    ) -> Result<(), Rejection> {
+        if let Some(limit) = self.max_header_bytes
+            && u64::try_from(head_bytes).unwrap_or(u64::MAX) > limit
         {
-            return Err(Self::HEAD_TOO_LARGE);
+            return Err(Rejection::HeadTooLarge { limit });
         }
         if self.require_content_length && chunked && content_length.is_none() {
-            return Err(Self::LENGTH_REQUIRED);
+            return Err(Rejection::LengthRequired);
         }
-        if let (Some(max), Some(len)) = (self.max_body_bytes, content_length)
-            && len > max
+        if let (Some(limit), Some(len)) = (self.max_body_bytes, content_length)
+            && len > limit
         {
-            return Err(Self::BODY_TOO_LARGE);
+            return Err(Rejection::BodyTooLarge { limit });
         }
         Ok(())
     }
 
     /// The most body bytes to accept while streaming (for chunked bodies; a Content-Length
     /// over it was already refused by [`check_head`](Self::check_head)). Going over it is
-    /// [`BODY_TOO_LARGE`](Self::BODY_TOO_LARGE). None: no limit.
+    /// [`Rejection::BodyTooLarge`]. None: no limit.
     pub fn body_limit(&self) -> Option<u64> {
         self.max_body_bytes
     }
@@ -194,26 +190,26 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_head_is_431_even_when_the_body_is_also_too_large() {
+    fn an_oversized_head_is_refused_first_even_when_the_body_is_also_too_large() {
         let s = parse(json!({"max_header_bytes": 100, "max_body_bytes": 10})).expect("valid");
         assert_eq!(s.check_head(100, Some(10), false), Ok(()));
         assert_eq!(
             s.check_head(101, None, false),
-            Err((431, "request header fields too large"))
+            Err(Rejection::HeadTooLarge { limit: 100 })
         );
         assert_eq!(
             s.check_head(101, Some(11), false),
-            Err((431, "request header fields too large"))
+            Err(Rejection::HeadTooLarge { limit: 100 })
         );
     }
 
     #[test]
-    fn a_declared_body_over_the_limit_is_413_and_at_the_limit_passes() {
+    fn a_declared_body_over_the_limit_is_too_large_and_at_the_limit_passes() {
         let s = parse(json!({"max_body_bytes": 10})).expect("valid");
         assert_eq!(s.check_head(usize::MAX, Some(10), false), Ok(()));
         assert_eq!(
             s.check_head(50, Some(11), false),
-            Err((413, "request body too large"))
+            Err(Rejection::BodyTooLarge { limit: 10 })
         );
         assert_eq!(
             s.check_head(50, None, true),
@@ -223,18 +219,15 @@ mod tests {
         let none = parse(json!({"max_body_bytes": 0})).expect("valid");
         assert_eq!(none.check_head(50, Some(0), false), Ok(()));
         assert_eq!(
-            none.check_head(50, Some(1), false).map_err(|e| e.0),
-            Err(413)
+            none.check_head(50, Some(1), false),
+            Err(Rejection::BodyTooLarge { limit: 0 })
         );
     }
 
     #[test]
-    fn a_chunked_body_is_411_only_when_content_length_is_required() {
+    fn a_chunked_body_needs_a_length_only_when_content_length_is_required() {
         let s = parse(json!({"require_content_length": true})).expect("valid");
-        assert_eq!(
-            s.check_head(50, None, true),
-            Err((411, "Content-Length required"))
-        );
+        assert_eq!(s.check_head(50, None, true), Err(Rejection::LengthRequired));
         assert_eq!(s.check_head(50, Some(5), false), Ok(()));
         assert_eq!(s.check_head(50, None, false), Ok(()), "no body at all");
         let lax = parse(json!({"max_body_bytes": 5})).expect("valid");

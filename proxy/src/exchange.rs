@@ -1,0 +1,159 @@
+//! The exchange: the types every stage of one request shares, in one leaf so that the
+//! stages import it and not each other: the client side of the connection ([`Client`]),
+//! the request as prepared for the upstream ([`UpstreamRequest`]), how an exchange ended
+//! ([`Outcome`]) and a connection that switched protocols ([`Tunnel`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use shardgate_core::http1::BodyKind;
+
+use crate::refusal::ErrorResponse;
+use crate::timed;
+
+/// After a final error answer, how long and how much unread request data is drained
+/// before closing, so the close does not become an RST that destroys the response.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// The client side of a connection.
+#[derive(Debug)]
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Received bytes not yet consumed: the current head, body bytes, pipelined requests.
+    pub buf: Vec<u8>,
+    io_timeout: Duration,
+}
+
+impl Client {
+    /// Drops the first `n` buffered bytes (a finished request).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n);
+    }
+
+    pub fn new(stream: TcpStream, peer: SocketAddr, io_timeout: Duration) -> Client {
+        Client {
+            stream,
+            peer,
+            buf: Vec::new(),
+            io_timeout,
+        }
+    }
+
+    /// Writes all of `bytes` within the client I/O timeout.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        self.write_returning(bytes).await.0
+    }
+
+    /// Like [`Client::write`], giving the buffer back for reuse.
+    pub async fn write_returning(&mut self, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        timed::write_all(&mut self.stream, bytes, self.io_timeout).await
+    }
+
+    /// Reads into `buf` (appending) within the client I/O timeout.
+    pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        timed::read(&mut self.stream, buf, self.io_timeout).await
+    }
+
+    /// Writes an error answer of the gateway's own.
+    pub async fn send_error(
+        &mut self,
+        error: &ErrorResponse,
+        close: bool,
+        head_only: bool,
+    ) -> io::Result<()> {
+        let mut out = Vec::with_capacity(256);
+        error.encode(close, head_only, &mut out);
+        self.write(out).await
+    }
+
+    /// Half-closes and drains what the client still sends, briefly, before the close.
+    pub async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = monoio::time::Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        let mut scratch = Vec::with_capacity(4096);
+        while drained < LINGER_BYTES {
+            scratch.clear();
+            match monoio::time::timeout_at(deadline, self.stream.read(scratch)).await {
+                Ok((Ok(n), buf)) if n > 0 => {
+                    drained += n;
+                    scratch = buf;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// How an exchange ended, for the connection loop.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done; serve the next request on this connection or close it.
+    Done { keep_alive: bool },
+    /// The upstream switched protocols (101): the connection becomes a byte tunnel.
+    Upgrade(Tunnel),
+}
+
+/// Everything the upstream request needs, prepared once before the first attempt, so that
+/// retries and the client buffer's later reuse do not depend on the parsed head.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// `METHOD SP origin-form-target SP HTTP/1.x` without CRLF; Host is per target.
+    pub request_line: Vec<u8>,
+    /// The client's Host, when the rule preserves it.
+    pub preserved_host: Option<Vec<u8>>,
+    /// Every other header line, each ending in CRLF, framing and forwarding headers included.
+    pub headers: Vec<u8>,
+    pub body: BodyKind,
+    /// Where the body starts in the client buffer.
+    pub head_len: usize,
+    /// Whether the request may be repeated on another target (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    pub is_head: bool,
+    pub expect_continue: bool,
+    pub upgrade: bool,
+    /// The protocols the client offered in `Upgrade` (empty unless `upgrade`): a 101 must
+    /// switch to one of them.
+    pub upgrade_protocols: Vec<u8>,
+    /// HTTP/1.0 client: the upstream request is HTTP/1.0 with `Connection: close`, so the
+    /// response can never be chunked.
+    pub http10: bool,
+    /// The client wants to keep the connection.
+    pub client_keep_alive: bool,
+    /// Consistent-hash input (client IP or the upstream's `hash_header`).
+    pub hash: Option<u64>,
+    /// The service's whole-request deadline (`timeout`: connect to last response byte).
+    pub deadline: Option<Instant>,
+}
+
+impl UpstreamRequest {
+    /// `timeout`, or less when the request's deadline comes sooner. Whether the deadline is
+    /// what bounds it decides between 504 "upstream timed out" and "service timeout
+    /// exceeded" (and which one is retried).
+    pub fn bounded(&self, timeout: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => timeout.min(deadline.saturating_duration_since(Instant::now())),
+            None => timeout,
+        }
+    }
+
+    /// Whether the service's deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// A connection that switched protocols, for the connection loop to tunnel.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub upstream: TcpStream,
+    /// Bytes the upstream sent after its 101 head.
+    pub to_client: Vec<u8>,
+}

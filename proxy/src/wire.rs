@@ -1,0 +1,70 @@
+//! Bytes on the wire that several stages write: reason phrases, `100 Continue`, decimal
+//! numbers, chunk-size lines and header lines, all appended to a `Vec<u8>` without an
+//! intermediate `String`. A leaf: it imports nothing from the request flow.
+
+use std::fmt::Write as _;
+
+/// The reason phrase for a status.
+pub fn reason(status: u16) -> &'static str {
+    match shardgate_core::http1::reason_phrase(status) {
+        "" => "Unknown",
+        phrase => phrase,
+    }
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends a decimal number without allocating.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a chunk-size line (`{len:x}\r\n`).
+pub fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+    let _ = write!(ByteWriter(out), "{len:x}\r\n");
+}
+
+/// Appends `name: value\r\n`.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_and_chunk_sizes_format_like_std() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        let mut out = Vec::new();
+        push_chunk_size(&mut out, 255);
+        assert_eq!(out, b"ff\r\n");
+    }
+}
