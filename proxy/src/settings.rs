@@ -44,18 +44,27 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
+    /// Default of [`header_timeout`](Self::header_timeout). The `shardgate run` flags take
+    /// their defaults from these constants (and `CidrSet`'s and `EncodedSlashes`' own
+    /// `Default`), and the README's table from the flags: each value is written once.
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`keepalive_timeout`](Self::keepalive_timeout).
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of [`max_connections`](Self::max_connections).
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
     /// Defaults for `base_domain`.
     pub fn new(base_domain: &str) -> ProxySettings {
         ProxySettings {
             base_domain: base_domain.to_ascii_lowercase().into(),
             head_limits: Limits::default(),
-            header_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(60),
+            header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout: Self::DEFAULT_KEEPALIVE_TIMEOUT,
             client_io_timeout: Duration::from_secs(60),
-            max_connections: 16_384,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_body: u64::MAX,
             trusted_proxies: CidrSet::default(),
-            encoded_slashes: EncodedSlashes::Reject,
+            encoded_slashes: EncodedSlashes::default(),
             rate_limits: Arc::new(Registry::default()),
         }
     }

@@ -2,11 +2,20 @@
 //! [`crate::shell::doctor`]), and how flags, environment variables and the `--config` TOML file
 //! combine into one validated [`Config`].
 //!
+//! Every setting is declared once, as a field of [`RunArgs`]: its clap argument carries the
+//! flag, the environment variable, the default and the help. Everything else is derived
+//! from that argument: the TOML key is the flag's long name, the README's table is rendered
+//! from the help ([`crate::shell::docs`]), and the data plane's defaults are the constants the
+//! arguments take theirs from ([`ProxySettings`]).
+//!
 //! Precedence, per setting: command line > environment (`SHARDGATE_*`) > TOML file >
-//! built-in default. Clap knows the first two and the default; [`ArgMatches::value_source`]
-//! tells us whether a value is only clap's default, which is exactly when the TOML file
-//! gets a say. Every refusal names the setting and where its value came from.
+//! built-in default. Clap resolves the first two and the default; the file is read into a
+//! table, each key is matched to the argument of that long name and parsed by that
+//! argument's own value parser, and it replaces the value only where
+//! [`ArgMatches::value_source`] says clap had nothing better than its default. Every refusal
+//! names the setting and where its value came from.
 
+use std::any::TypeId;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde::Deserialize;
+use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardgate_core::duration::Span;
 use shardgate_core::net::CidrSet;
 use shardgate_core::path::EncodedSlashes;
@@ -25,6 +33,15 @@ pub use crate::worker::IoDriver;
 
 /// Most workers one process runs; beyond this, run several processes.
 pub const MAX_WORKERS: usize = 1024;
+
+/// `--data-dir`'s default, shared with `shardgate doctor --data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// `--io-driver`'s default, shared with `shardgate doctor --io-driver`.
+pub const DEFAULT_IO_DRIVER: IoDriver = IoDriver::Auto;
+
+/// The id of `--config`: the one flag that is not also a key of the file it names.
+const CONFIG: &str = "config";
 
 /// shardgate: a shard-per-core API gateway.
 ///
@@ -53,11 +70,14 @@ pub enum Command {
     Doctor(crate::shell::doctor::DoctorArgs),
 }
 
-/// Flags of `shardgate run`, as clap parsed them (before the TOML file is merged in).
+/// Flags of `shardgate run`. Each field is one setting: its argument's long name is also
+/// its key in the `--config` file, its first help sentence is its line in the README's
+/// table, and a help sentence `Default: ...` is allowed only where clap shows no default
+/// (none, or one that depends on the host).
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// TOML file with any of the settings below (keys named like the flags, e.g.
-    /// `admin-listen = "127.0.0.1:8080"`). Flags and environment variables override it;
+    /// TOML file with any of these settings, each under its flag's name
+    /// (`admin-listen = "127.0.0.1:8080"`). Flags and environment variables override it;
     /// unknown keys are refused. Default: none.
     #[arg(long, env = "SHARDGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -90,19 +110,25 @@ pub struct RunArgs {
         long,
         env = "SHARDGATE_DATA_DIR",
         value_name = "DIR",
-        default_value = "./data"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
 
     /// Number of worker threads, each pinned to a core with its own event loop. More
     /// workers than cores only adds context switches; fewer leaves cores for other
-    /// processes. Default: the CPUs available to this process. Range 1..=1024.
-    #[arg(long, env = "SHARDGATE_WORKERS", value_name = "N", default_value_t = default_workers())]
+    /// processes. Range 1..=1024. Default: the CPUs available to this process.
+    #[arg(
+        long,
+        env = "SHARDGATE_WORKERS",
+        value_name = "N",
+        default_value_t = default_workers(),
+        hide_default_value = true
+    )]
     pub workers: usize,
 
     /// Domain under which gateways get their subdomains: a request for
-    /// `<subdomain>.<base-domain>` goes to that gateway. `localhost` (the default) works
-    /// on any machine without DNS; production uses a domain with a wildcard record.
+    /// `<subdomain>.<base-domain>` goes to that gateway. `localhost` works on any machine
+    /// without DNS; production uses a domain with a wildcard record.
     #[arg(
         long,
         env = "SHARDGATE_BASE_DOMAIN",
@@ -123,16 +149,22 @@ pub struct RunArgs {
     )]
     pub admin_token: Option<AdminToken>,
 
-    /// Event-loop driver. `auto` (default) uses io_uring when the kernel offers it and
-    /// falls back to epoll; `uring` refuses to start without io_uring (so a fallback
-    /// cannot go unnoticed); `epoll` works on every Linux kernel, at more syscalls per
-    /// request.
-    #[arg(long, env = "SHARDGATE_IO_DRIVER", value_enum, value_name = "DRIVER", default_value_t = IoDriver::Auto)]
+    /// Event-loop driver: `auto` (io_uring, else epoll), `uring` or `epoll`. `auto` uses
+    /// io_uring when the kernel offers it and falls back to epoll; `uring` refuses to start
+    /// without io_uring (so a fallback cannot go unnoticed); `epoll` works on every Linux
+    /// kernel, at more syscalls per request.
+    #[arg(
+        long,
+        env = "SHARDGATE_IO_DRIVER",
+        value_enum,
+        value_name = "DRIVER",
+        default_value_t = DEFAULT_IO_DRIVER
+    )]
     pub io_driver: IoDriver,
 
-    /// Log filter for stderr: error, warn, info (default), debug, trace, or a
-    /// tracing env-filter directive such as `info,shardgate_proxy=debug`. debug and trace
-    /// log per connection and cost throughput.
+    /// Log filter for stderr: error, warn, info, debug, trace, or a tracing env-filter
+    /// directive such as `info,shardgate_proxy=debug`. debug and trace log per connection
+    /// and cost throughput.
     #[arg(
         long,
         env = "SHARDGATE_LOG",
@@ -143,34 +175,51 @@ pub struct RunArgs {
 
     /// On SIGTERM/SIGINT, how long in-flight connections may take to finish after the
     /// listeners close; the rest are then cut. Longer is kinder to slow clients, shorter
-    /// makes restarts faster. Format: integer + unit (ms, s, m, h). Default 10s.
-    #[arg(long, env = "SHARDGATE_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = Span::parse)]
+    /// makes restarts faster. Format: integer + unit (ms, s, m, h).
+    #[arg(
+        long,
+        env = "SHARDGATE_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = Span::parse
+    )]
     pub shutdown_grace: Span,
 
     /// A client must send a whole request head within this once it starts one; slower
     /// clients get 408 and are closed. This is the slowloris bound: a connection that
-    /// trickles bytes is cut after it whatever its rate. Default 10s.
-    #[arg(long, env = "SHARDGATE_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = Span::parse)]
+    /// trickles bytes is cut after it whatever its rate.
+    #[arg(
+        long,
+        env = "SHARDGATE_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        default_value_t = span(ProxySettings::DEFAULT_HEADER_TIMEOUT),
+        value_parser = Span::parse
+    )]
     pub header_timeout: Span,
 
     /// How long an idle keep-alive client connection is kept open. Idle connections hold
     /// no buffer, so long values cost little memory but do hold file descriptors.
-    /// Default 60s.
-    #[arg(long, env = "SHARDGATE_KEEPALIVE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = Span::parse)]
+    #[arg(
+        long,
+        env = "SHARDGATE_KEEPALIVE_TIMEOUT",
+        value_name = "DURATION",
+        default_value_t = span(ProxySettings::DEFAULT_KEEPALIVE_TIMEOUT),
+        value_parser = Span::parse
+    )]
     pub keepalive_timeout: Span,
 
     /// Client connections per worker beyond which new connections get 503 and are closed,
-    /// so an overload degrades cleanly instead of exhausting descriptors. Default 16384.
+    /// so an overload degrades cleanly instead of exhausting descriptors.
     #[arg(
         long,
         env = "SHARDGATE_MAX_CONNECTIONS",
         value_name = "N",
-        default_value_t = 16_384
+        default_value_t = ProxySettings::DEFAULT_MAX_CONNECTIONS
     )]
     pub max_connections: usize,
 
-    /// Largest request body in bytes (413 beyond it). 0 (the default) means unlimited:
-    /// bodies stream through without being buffered.
+    /// Largest request body in bytes, 413 beyond it; 0 means unlimited. Bodies stream
+    /// through without being buffered either way.
     #[arg(
         long,
         env = "SHARDGATE_MAX_BODY",
@@ -181,8 +230,8 @@ pub struct RunArgs {
 
     /// Comma-separated CIDRs of proxies in front of shardgate (load balancers) whose
     /// X-Forwarded-For is believed: for requests from them the client is the rightmost
-    /// address not in this list. Default none: the socket peer is the client, and a
-    /// client-sent X-Forwarded-For is only appended to, never believed.
+    /// address not in this list. Empty: the socket peer is the client, and a client-sent
+    /// X-Forwarded-For is only appended to, never believed.
     #[arg(
         long,
         env = "SHARDGATE_TRUSTED_PROXIES",
@@ -192,15 +241,15 @@ pub struct RunArgs {
     pub trusted_proxies: CidrSet,
 
     /// What to do with an encoded slash or backslash (`%2F`, `%5C`) or a raw `\` in a
-    /// request path. `reject` (the default) answers 400: an upstream that decodes them sees
-    /// other path segments than the router did, so a key-protected rule could be walked
-    /// around. `keep` forwards them encoded, for upstreams that need `%2F` in a segment and
-    /// do not decode it before their own routing. See docs/SECURITY.md.
+    /// request path: `reject` (400) or `keep` (forwarded encoded). `reject` because an
+    /// upstream that decodes them sees other path segments than the router did, so a
+    /// key-protected rule could be walked around; `keep` for upstreams that need `%2F` in a
+    /// segment and do not decode it before their own routing. See docs/SECURITY.md.
     #[arg(
         long,
         env = "SHARDGATE_ENCODED_SLASHES",
         value_name = "POLICY",
-        default_value = "reject",
+        default_value = EncodedSlashes::default().as_str(),
         value_parser = parse_encoded_slashes
     )]
     pub encoded_slashes: EncodedSlashes,
@@ -210,6 +259,15 @@ fn parse_encoded_slashes(text: &str) -> Result<EncodedSlashes, String> {
     text.parse()
 }
 
+/// A data-plane default as the text a user would write.
+fn span(duration: Duration) -> Span {
+    if duration.subsec_nanos() == 0 {
+        Span::from_secs(duration.as_secs())
+    } else {
+        Span::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// The CPUs this process may run on (affinity mask and cgroup quota), capped to the
 /// supported maximum; 1 when unknown.
 pub fn default_workers() -> usize {
@@ -217,6 +275,19 @@ pub fn default_workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .min(MAX_WORKERS)
+}
+
+/// The arguments of `command` that are settings of `shardgate run` (every flag that takes
+/// a value, `--config` included), in declaration order.
+pub fn run_settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    command
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some() && matches!(arg.get_action(), ArgAction::Set))
+}
+
+/// The settings a `--config` file may hold: all of them but `--config` itself.
+pub fn file_settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    run_settings(command).filter(|arg| arg.get_id() != CONFIG)
 }
 
 /// The admin API token. Its `Debug` is redacted and it has no `Display`, so it cannot end
@@ -304,11 +375,11 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The `--config` file is not valid TOML or has unknown keys / wrong types.
+    /// The `--config` file is not valid TOML or has a key that is no setting.
     ParseConfig { path: PathBuf, message: String },
-    /// A setting has a value shardgate refuses.
+    /// A setting (named by its flag's long name) has a value shardgate refuses.
     Invalid {
-        setting: &'static str,
+        setting: String,
         origin: Origin,
         message: String,
     },
@@ -316,6 +387,8 @@ pub enum CliError {
     AdminTokenRequired {
         admin_listen: SocketAddr,
         origin: Origin,
+        /// How to set a token or bind to loopback, naming the real flags and variable.
+        fix: String,
     },
 }
 
@@ -339,12 +412,12 @@ impl fmt::Display for CliError {
             CliError::AdminTokenRequired {
                 admin_listen,
                 origin,
+                fix,
             } => write!(
                 f,
                 "refusing to serve the admin API on non-loopback address {admin_listen} ({origin}) \
                  without an admin token: anyone who can reach it could reconfigure the gateway. \
-                 Pass --admin-token or set SHARDGATE_ADMIN_TOKEN (or admin-token in the config \
-                 file), or bind --admin-listen to 127.0.0.1"
+                 {fix}"
             ),
         }
     }
@@ -356,7 +429,8 @@ impl std::error::Error for CliError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     CommandLine,
-    Environment(&'static str),
+    /// The environment variable's name.
+    Environment(String),
     File(PathBuf),
     Default,
 }
@@ -370,27 +444,6 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("the default"),
         }
     }
-}
-
-/// The `--config` file: the same settings as the flags, under the flags' names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    admin_listen: Option<SocketAddr>,
-    proxy_listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    workers: Option<usize>,
-    base_domain: Option<String>,
-    admin_token: Option<String>,
-    io_driver: Option<IoDriver>,
-    log: Option<String>,
-    shutdown_grace: Option<String>,
-    header_timeout: Option<String>,
-    keepalive_timeout: Option<String>,
-    max_connections: Option<usize>,
-    max_body: Option<u64>,
-    trusted_proxies: Option<String>,
-    encoded_slashes: Option<String>,
 }
 
 /// Parses the process's own arguments and environment.
@@ -412,200 +465,98 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = command.try_get_matches_from(args).map_err(CliError::Clap)?;
+    let matches = command
+        .clone()
+        .try_get_matches_from(args)
+        .map_err(CliError::Clap)?;
     let cli = Cli::from_arg_matches(&matches).map_err(CliError::Clap)?;
     match cli.command {
         Some(Command::Run(args)) => {
-            let sub = matches.subcommand_matches("run").unwrap_or(&matches);
-            resolve(args, sub).map(Invocation::Run)
+            let run_matches = matches.subcommand_matches("run").unwrap_or(&matches);
+            let run_command = command.find_subcommand("run").unwrap_or(&command);
+            resolve(args, run_command, run_matches).map(Invocation::Run)
         }
         Some(Command::Doctor(args)) => Ok(Invocation::Doctor(args)),
-        None => resolve(cli.run, &matches).map(Invocation::Run),
+        None => resolve(cli.run, &command, &matches).map(Invocation::Run),
     }
 }
 
-/// Merges the TOML file under the flags and validates the result.
-fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
-    let (file, file_path) = match &args.config {
-        Some(path) => (read_config_file(path)?, Some(path.clone())),
-        None => (FileConfig::default(), None),
-    };
-    let layer = Layers {
+/// Merges the TOML file under the flags and validates the result. `command` and `matches`
+/// are the level (top or `run`) the flags were parsed at.
+fn resolve(
+    mut args: RunArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+) -> Result<Config, CliError> {
+    let mut sources = Sources {
+        command,
         matches,
-        file_path: file_path.as_deref(),
+        file: None,
     };
-
-    let (admin_listen, admin_listen_origin) = layer.pick(
-        "admin_listen",
-        "SHARDGATE_ADMIN_LISTEN",
-        args.admin_listen,
-        file.admin_listen,
-    );
-    let (proxy_listen, _) = layer.pick(
-        "proxy_listen",
-        "SHARDGATE_PROXY_LISTEN",
-        args.proxy_listen,
-        file.proxy_listen,
-    );
-    let file_data_dir =
-        file.data_dir
-            .map(|dir| match file_path.as_deref().and_then(Path::parent) {
-                Some(base) if dir.is_relative() => base.join(dir),
-                _ => dir,
-            });
-    let (data_dir, data_dir_origin) = layer.pick(
-        "data_dir",
-        "SHARDGATE_DATA_DIR",
-        args.data_dir,
-        file_data_dir,
-    );
-    let (workers, workers_origin) =
-        layer.pick("workers", "SHARDGATE_WORKERS", args.workers, file.workers);
-    let (base_domain, base_domain_origin) = layer.pick(
-        "base_domain",
-        "SHARDGATE_BASE_DOMAIN",
-        args.base_domain,
-        file.base_domain,
-    );
-    let (admin_token, token_origin) = layer.pick(
-        "admin_token",
-        "SHARDGATE_ADMIN_TOKEN",
-        args.admin_token,
-        file.admin_token.map(|t| Some(AdminToken(t))),
-    );
-    let (io_driver, _) = layer.pick(
-        "io_driver",
-        "SHARDGATE_IO_DRIVER",
-        args.io_driver,
-        file.io_driver,
-    );
-    let (log, log_origin) = layer.pick("log", "SHARDGATE_LOG", args.log, file.log);
-    let file_grace = match file.shutdown_grace {
-        Some(text) => Some(Span::parse(&text).map_err(|e| CliError::Invalid {
-            setting: "shutdown-grace",
-            origin: layer.file_origin(),
-            message: e.to_string(),
-        })?),
-        None => None,
-    };
-    let (shutdown_grace, _) = layer.pick(
-        "shutdown_grace",
-        "SHARDGATE_SHUTDOWN_GRACE",
-        args.shutdown_grace,
-        file_grace,
-    );
-    let file_span = |setting: &'static str, text: Option<String>| match text {
-        Some(text) => Span::parse(&text).map(Some).map_err(|e| CliError::Invalid {
-            setting,
-            origin: layer.file_origin(),
-            message: e.to_string(),
-        }),
-        None => Ok(None),
-    };
-    let (header_timeout, _) = layer.pick(
-        "header_timeout",
-        "SHARDGATE_HEADER_TIMEOUT",
-        args.header_timeout,
-        file_span("header-timeout", file.header_timeout)?,
-    );
-    let (keepalive_timeout, _) = layer.pick(
-        "keepalive_timeout",
-        "SHARDGATE_KEEPALIVE_TIMEOUT",
-        args.keepalive_timeout,
-        file_span("keepalive-timeout", file.keepalive_timeout)?,
-    );
-    let (max_connections, max_connections_origin) = layer.pick(
-        "max_connections",
-        "SHARDGATE_MAX_CONNECTIONS",
-        args.max_connections,
-        file.max_connections,
-    );
-    let (max_body, _) = layer.pick(
-        "max_body",
-        "SHARDGATE_MAX_BODY",
-        args.max_body,
-        file.max_body,
-    );
-    let file_trusted = match file.trusted_proxies {
-        Some(text) => Some(text.parse::<CidrSet>().map_err(|e| CliError::Invalid {
-            setting: "trusted-proxies",
-            origin: layer.file_origin(),
-            message: e.to_string(),
-        })?),
-        None => None,
-    };
-    let (trusted_proxies, _) = layer.pick(
-        "trusted_proxies",
-        "SHARDGATE_TRUSTED_PROXIES",
-        args.trusted_proxies,
-        file_trusted,
-    );
-    let file_slashes = match file.encoded_slashes {
-        Some(text) => {
-            Some(
-                text.parse::<EncodedSlashes>()
-                    .map_err(|message| CliError::Invalid {
-                        setting: "encoded-slashes",
-                        origin: layer.file_origin(),
-                        message,
-                    })?,
-            )
-        }
-        None => None,
-    };
-    let (encoded_slashes, _) = layer.pick(
-        "encoded_slashes",
-        "SHARDGATE_ENCODED_SLASHES",
-        args.encoded_slashes,
-        file_slashes,
-    );
-    if max_connections == 0 {
-        return Err(CliError::Invalid {
-            setting: "max-connections",
-            origin: max_connections_origin,
-            message: "must be at least 1".into(),
-        });
+    if let Some(path) = args.config.clone() {
+        let decided = apply_config_file(&path, &mut args, command, matches)?;
+        sources.file = Some((path, decided));
     }
+    let RunArgs {
+        config: _,
+        admin_listen,
+        proxy_listen,
+        data_dir,
+        workers,
+        base_domain,
+        admin_token,
+        io_driver,
+        log,
+        shutdown_grace,
+        header_timeout,
+        keepalive_timeout,
+        max_connections,
+        max_body,
+        trusted_proxies,
+        encoded_slashes,
+    } = args;
 
+    if max_connections == 0 {
+        return Err(sources.invalid("max_connections", "must be at least 1"));
+    }
     if data_dir.as_os_str().is_empty() {
-        return Err(CliError::Invalid {
-            setting: "data-dir",
-            origin: data_dir_origin,
-            message: "must not be empty".into(),
-        });
+        return Err(sources.invalid("data_dir", "must not be empty"));
     }
     if !(1..=MAX_WORKERS).contains(&workers) {
-        return Err(CliError::Invalid {
-            setting: "workers",
-            origin: workers_origin,
-            message: format!("{workers} is out of range: must be between 1 and {MAX_WORKERS}"),
-        });
+        return Err(sources.invalid(
+            "workers",
+            format!("{workers} is out of range: must be between 1 and {MAX_WORKERS}"),
+        ));
     }
-    let base_domain = validate_dns_name(&base_domain).map_err(|message| CliError::Invalid {
-        setting: "base-domain",
-        origin: base_domain_origin,
-        message,
-    })?;
+    let base_domain = validate_dns_name(&base_domain)
+        .map_err(|message| sources.invalid("base_domain", message))?;
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
-        return Err(CliError::Invalid {
-            setting: "log",
-            origin: log_origin,
-            message: format!(
+        return Err(sources.invalid(
+            "log",
+            format!(
                 "{log:?} is not a level (error, warn, info, debug, trace) nor an env-filter directive: {e}"
             ),
-        });
+        ));
     }
     if let Some(token) = &admin_token {
-        validate_token(token).map_err(|message| CliError::Invalid {
-            setting: "admin-token",
-            origin: token_origin.clone(),
-            message,
-        })?;
+        validate_token(token).map_err(|message| sources.invalid("admin_token", message))?;
     }
     if admin_token.is_none() && !admin_listen.ip().is_loopback() {
+        let token = sources.name("admin_token");
+        // The real variable, whatever `command` the caller parsed with (tests parse with one
+        // that has no environment variables).
+        let token_env = run_settings(&Cli::command())
+            .find(|arg| arg.get_id() == "admin_token")
+            .map(env_name)
+            .unwrap_or_default();
+        let listen = sources.name("admin_listen");
         return Err(CliError::AdminTokenRequired {
             admin_listen,
-            origin: admin_listen_origin,
+            origin: sources.origin("admin_listen"),
+            fix: format!(
+                "Pass --{token} or set {token_env} (or {token} in the config file), or bind \
+                 --{listen} to 127.0.0.1"
+            ),
         });
     }
 
@@ -628,64 +579,194 @@ fn resolve(args: RunArgs, matches: &ArgMatches) -> Result<Config, CliError> {
     })
 }
 
-/// The three sources under clap's parse: command line / environment (clap), file, default.
-struct Layers<'a> {
+/// Where each setting's value came from: clap knows the command line and the environment,
+/// the file layer knows which settings it decided.
+struct Sources<'a> {
+    command: &'a clap::Command,
     matches: &'a ArgMatches,
-    file_path: Option<&'a Path>,
+    /// The `--config` file and the ids of the settings it decided.
+    file: Option<(PathBuf, Vec<clap::Id>)>,
 }
 
-impl Layers<'_> {
-    /// The value for arg `id`: clap's unless clap only has its default and the file sets it.
-    fn pick<T>(
-        &self,
-        id: &str,
-        env: &'static str,
-        clap_value: T,
-        file_value: Option<T>,
-    ) -> (T, Origin) {
+impl Sources<'_> {
+    fn arg(&self, id: &str) -> Option<&Arg> {
+        self.command.get_arguments().find(|arg| arg.get_id() == id)
+    }
+
+    /// The setting's flag name, which is also its key in the file.
+    fn name(&self, id: &str) -> String {
+        self.arg(id)
+            .and_then(Arg::get_long)
+            .unwrap_or(id)
+            .to_owned()
+    }
+
+    fn origin(&self, id: &str) -> Origin {
         match self.matches.value_source(id) {
-            Some(ValueSource::CommandLine) => (clap_value, Origin::CommandLine),
-            Some(ValueSource::EnvVariable) => (clap_value, Origin::Environment(env)),
-            // Only clap's default, or no value at all: the file wins if it has one.
-            _ => match file_value {
-                Some(value) => (value, self.file_origin()),
-                None => (clap_value, Origin::Default),
+            Some(ValueSource::CommandLine) => Origin::CommandLine,
+            Some(ValueSource::EnvVariable) => {
+                Origin::Environment(self.arg(id).map(env_name).unwrap_or_default())
+            }
+            _ => match &self.file {
+                Some((path, decided)) if decided.iter().any(|d| d == id) => {
+                    Origin::File(path.clone())
+                }
+                _ => Origin::Default,
             },
         }
     }
 
-    fn file_origin(&self) -> Origin {
-        match self.file_path {
-            Some(path) => Origin::File(path.to_path_buf()),
-            None => Origin::Default,
+    fn invalid(&self, id: &str, message: impl Into<String>) -> CliError {
+        CliError::Invalid {
+            setting: self.name(id),
+            origin: self.origin(id),
+            message: message.into(),
         }
     }
 }
 
-fn read_config_file(path: &Path) -> Result<FileConfig, CliError> {
+/// `arg`'s environment variable, or the empty string when it has none.
+fn env_name(arg: &Arg) -> String {
+    arg.get_env()
+        .map(|var| var.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads the `--config` file at `path`, parses every key with the value parser of the
+/// argument of that long name, and puts the value into `args` unless the command line or
+/// the environment set that argument. Returns the ids of the settings the file decided.
+fn apply_config_file(
+    path: &Path,
+    args: &mut RunArgs,
+    command: &clap::Command,
+    matches: &ArgMatches,
+) -> Result<Vec<clap::Id>, CliError> {
     let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
         path: path.to_path_buf(),
         source,
     })?;
-    let config: FileConfig = toml::from_str(&text).map_err(|e| CliError::ParseConfig {
+    let table: toml::Table = toml::from_str(&text).map_err(|e| CliError::ParseConfig {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    if config.admin_token.is_some() {
-        warn_if_readable_by_others(path);
+    let settings: Vec<&Arg> = file_settings(command).collect();
+    // The settings alone, with neither environment nor defaults: what such a command
+    // matches is exactly what the file said.
+    let probe = clap::Command::new("shardgate --config")
+        .no_binary_name(true)
+        .args(run_settings(command).map(|arg| arg.clone().env(None).default_value(None)));
+    let invalid = |key: &str, message: String| CliError::Invalid {
+        setting: key.to_owned(),
+        origin: Origin::File(path.to_path_buf()),
+        message,
+    };
+
+    let mut decided = Vec::new();
+    for (key, value) in &table {
+        let Some(arg) = settings
+            .iter()
+            .find(|arg| arg.get_long() == Some(key.as_str()))
+        else {
+            let known: Vec<String> = settings
+                .iter()
+                .filter_map(|arg| arg.get_long())
+                .map(|long| format!("`{long}`"))
+                .collect();
+            return Err(CliError::ParseConfig {
+                path: path.to_path_buf(),
+                message: format!("unknown key `{key}`, expected one of {}", known.join(", ")),
+            });
+        };
+        if arg.is_hide_env_values_set() {
+            warn_if_readable_by_others(path, key);
+        }
+        let text = file_value(arg, value, path).map_err(|message| invalid(key, message))?;
+        let mut flag = OsString::from(format!("--{key}="));
+        flag.push(&text);
+        let from_file = probe
+            .clone()
+            .try_get_matches_from([flag])
+            .map_err(|e| invalid(key, refusal(&e, arg, &text.to_string_lossy())))?;
+        let id = arg.get_id();
+        if matches!(
+            matches.value_source(id.as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        args.update_from_arg_matches(&from_file)
+            .map_err(CliError::Clap)?;
+        decided.push(id.clone());
     }
-    Ok(config)
+    Ok(decided)
 }
 
-/// A token in a world-readable file is a token every local user has.
-fn warn_if_readable_by_others(path: &Path) {
+/// A TOML value as the text its flag would take: integers for settings clap parses as
+/// integers, strings for everything else; a relative path is taken relative to the file.
+fn file_value(arg: &Arg, value: &toml::Value, file: &Path) -> Result<OsString, String> {
+    let parses_to = arg.get_value_parser().type_id();
+    let integer = [
+        TypeId::of::<usize>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u16>(),
+    ]
+    .into_iter()
+    .any(|ty| parses_to == ty);
+    match value {
+        toml::Value::Integer(n) if integer => Ok(n.to_string().into()),
+        toml::Value::String(text) if !integer => {
+            let path = Path::new(text);
+            match file.parent() {
+                Some(dir) if parses_to == TypeId::of::<PathBuf>() && path.is_relative() => {
+                    Ok(dir.join(path).into_os_string())
+                }
+                _ => Ok(text.into()),
+            }
+        }
+        other => Err(format!(
+            "expected {}, found {}",
+            if integer { "an integer" } else { "a string" },
+            other.type_str()
+        )),
+    }
+}
+
+/// Why clap refused a file value, without clap's usage text and never showing a secret.
+fn refusal(error: &clap::Error, arg: &Arg, text: &str) -> String {
+    if arg.is_hide_env_values_set() {
+        return "not a valid value (not shown: it is secret)".to_owned();
+    }
+    if let Some(why) = std::error::Error::source(error) {
+        let why = why.to_string();
+        return if why.contains(text) {
+            why
+        } else {
+            format!("{text:?}: {why}")
+        };
+    }
+    let possible: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .filter(|value| !value.is_hide_set())
+        .map(|value| value.get_name().to_owned())
+        .collect();
+    if possible.is_empty() {
+        format!("{text:?} is not a valid value")
+    } else {
+        format!("{text:?} is not one of {}", possible.join(", "))
+    }
+}
+
+/// A secret in a world-readable file is a secret every local user has.
+fn warn_if_readable_by_others(path: &Path, key: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o004 != 0
     {
         // Tracing is not initialised yet (the log filter comes from this file).
         eprintln!(
-            "shardgate: warning: {} holds the admin token and is readable by every user; chmod 600 it",
+            "shardgate: warning: {} holds {key} and is readable by every user; chmod 600 it",
             path.display()
         );
     }
@@ -876,6 +957,12 @@ mod tests {
         assert_eq!(config.io_driver, defaults.io_driver);
         assert_eq!(config.log, defaults.log);
         assert_eq!(config.shutdown_grace, defaults.shutdown_grace);
+        assert_eq!(config.header_timeout, defaults.header_timeout);
+        assert_eq!(config.keepalive_timeout, defaults.keepalive_timeout);
+        assert_eq!(config.max_connections, defaults.max_connections);
+        assert_eq!(config.max_body, defaults.max_body);
+        assert_eq!(config.trusted_proxies, defaults.trusted_proxies);
+        assert_eq!(config.encoded_slashes, defaults.encoded_slashes);
     }
 
     #[test]
@@ -1073,10 +1160,14 @@ mod tests {
         let Ok(exe) = std::env::current_exe() else {
             panic!("current_exe")
         };
+        // The test's path inside the crate: `module_path!()` less the crate name.
+        let module = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, path)| path);
         let mut child = std::process::Command::new(exe);
         child.args([
             "--exact",
-            "cli::tests::environment_sits_between_command_line_and_file",
+            &format!("{module}::environment_sits_between_command_line_and_file"),
             "--quiet",
         ]);
         for (key, _) in std::env::vars_os() {
@@ -1104,5 +1195,159 @@ mod tests {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    #[test]
+    fn file_values_are_refused_naming_the_setting_and_the_file() {
+        for (text, setting) in [
+            ("header-timeout = \"soon\"\n", "header-timeout"),
+            ("workers = \"4\"\n", "workers"),
+            ("proxy-listen = 8081\n", "proxy-listen"),
+            ("io-driver = \"kqueue\"\n", "io-driver"),
+            ("trusted-proxies = \"10.0.0.0/33\"\n", "trusted-proxies"),
+            ("encoded-slashes = \"decode\"\n", "encoded-slashes"),
+            ("max-body = -1\n", "max-body"),
+        ] {
+            let file = config_file(text);
+            let Err(err) = run(&["--config", path_str(&file)]) else {
+                panic!("accepted {text:?}");
+            };
+            assert!(
+                matches!(&err, CliError::Invalid { setting: s, origin: Origin::File(_), .. } if s == setting),
+                "{text:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("config file"), "{message}");
+            assert!(message.contains(path_str(&file)), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_file_value_is_checked_even_where_a_flag_overrides_it() {
+        let file = config_file("workers = 0\nshutdown-grace = \"soon\"\n");
+        let Err(err) = run(&["--config", path_str(&file), "--shutdown-grace", "1s"]) else {
+            panic!("accepted a bad file value hidden behind a flag");
+        };
+        assert!(err.to_string().contains("shutdown-grace"), "{err}");
+        let file = config_file("workers = 0\n");
+        assert_eq!(
+            ok(run(&["--config", path_str(&file), "--workers", "3"])).workers,
+            3
+        );
+    }
+
+    #[test]
+    fn the_file_cannot_name_another_config_file() {
+        let file = config_file("config = \"other.toml\"\n");
+        let Err(err) = run(&["--config", path_str(&file)]) else {
+            panic!("accepted a config key");
+        };
+        assert!(matches!(err, CliError::ParseConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains("`config`"), "{err}");
+        assert!(err.to_string().contains("`admin-listen`"), "{err}");
+    }
+
+    #[test]
+    fn every_setting_works_from_the_file_and_from_the_run_subcommand() {
+        let file = config_file(
+            r#"
+            header-timeout = "2s"
+            keepalive-timeout = "500ms"
+            max-connections = 7
+            max-body = 1024
+            trusted-proxies = "10.0.0.0/8"
+            encoded-slashes = "keep"
+            admin-token = "t0ken"
+            "#,
+        );
+        let config = ok(run(&["run", "--config", path_str(&file)]));
+        assert_eq!(config.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.max_body, 1024);
+        assert_eq!(config.trusted_proxies.to_string(), "10.0.0.0/8");
+        assert_eq!(config.encoded_slashes, EncodedSlashes::Keep);
+        assert_eq!(
+            config.admin_token.as_ref().map(AdminToken::expose_secret),
+            Some("t0ken")
+        );
+        let empty = config_file("trusted-proxies = \"\"\n");
+        assert!(
+            ok(run(&["--config", path_str(&empty)]))
+                .trusted_proxies
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn data_plane_defaults_are_the_flag_defaults() {
+        let from_flags = ok(run(&[])).proxy_settings();
+        let defaults = ProxySettings::new("localhost");
+        assert_eq!(from_flags.header_timeout, defaults.header_timeout);
+        assert_eq!(from_flags.keepalive_timeout, defaults.keepalive_timeout);
+        assert_eq!(from_flags.max_connections, defaults.max_connections);
+        assert_eq!(from_flags.max_body, defaults.max_body);
+        assert_eq!(from_flags.trusted_proxies, defaults.trusted_proxies);
+        assert_eq!(from_flags.encoded_slashes, defaults.encoded_slashes);
+        assert_eq!(from_flags.base_domain, defaults.base_domain);
+    }
+
+    #[test]
+    fn every_setting_has_the_environment_variable_named_after_its_flag() {
+        let command = Cli::command();
+        for arg in run_settings(&command) {
+            let long = arg.get_long().unwrap_or_default();
+            let expected = format!("SHARDGATE_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(env_name(arg), expected, "--{long}");
+        }
+    }
+
+    /// `shardgate doctor` takes the flags `shardgate run` will get: where both have one,
+    /// it must read the same environment variable and default to the same value.
+    #[test]
+    fn doctor_flags_shared_with_run_have_its_environment_and_default() {
+        let command = Cli::command();
+        let Some(doctor) = command.find_subcommand("doctor") else {
+            panic!("no doctor subcommand");
+        };
+        let mut shared = 0;
+        for arg in doctor.get_arguments() {
+            let Some(run_arg) = run_settings(&command).find(|a| a.get_id() == arg.get_id()) else {
+                continue;
+            };
+            shared += 1;
+            assert_eq!(arg.get_long(), run_arg.get_long(), "{}", arg.get_id());
+            assert_eq!(arg.get_env(), run_arg.get_env(), "{}", arg.get_id());
+            assert_eq!(
+                arg.get_default_values(),
+                run_arg.get_default_values(),
+                "{}",
+                arg.get_id()
+            );
+        }
+        assert_eq!(shared, 3, "workers, data-dir, io-driver");
+    }
+
+    #[test]
+    fn the_example_config_file_mentions_every_setting() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/shardgate.example.toml"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            panic!("cannot read {path}");
+        };
+        let command = Cli::command();
+        for arg in file_settings(&command) {
+            let key = arg.get_long().unwrap_or_default();
+            assert!(
+                text.lines().any(|line| {
+                    let line = line.trim_start_matches(['#', ' ']);
+                    line.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                }),
+                "docs/shardgate.example.toml does not mention {key}"
+            );
+        }
     }
 }
