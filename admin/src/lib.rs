@@ -1,12 +1,16 @@
 //! shardgate-admin: the admin thread.
 //!
-//! Owns: the REST API ([`api`], served by the small HTTP/1.1 server in [`http`], bodies
-//! parsed by [`strict_json`]), the
-//! durable [`store`] (journal + checkpoint), snapshot compilation after each write and its
-//! [`broadcast`] to the workers, and the admin thread's life cycle ([`server`]).
+//! Owns: the REST API ([`api`]: routes, the status-code contract, the one write path) served
+//! by a small HTTP/1.1 server ([`http`]: connection loop and owned-request adapter over
+//! `shardgate_core::http1`), JSON bodies checked for duplicate keys and depth
+//! ([`strict_json`]), the durable [`store`] (journal + checkpoint), snapshot compilation after
+//! each write and its [`broadcast`] to the workers, upstream name resolution ([`resolve`]),
+//! active health checks ([`health`]) and the admin thread's life cycle ([`server`]).
 //!
 //! Never does: forward client traffic. The admin thread is the only writer of configuration;
 //! workers only ever see immutable snapshots it publishes.
+//!
+//! Lint policy: the workspace's (`unsafe_code` denied, clippy `all` + `unwrap_used`).
 
 pub mod api;
 pub mod broadcast;

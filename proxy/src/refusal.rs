@@ -239,32 +239,29 @@ impl ErrorResponse {
     /// Serializes the whole response. `close`: add `Connection: close`. `head`: HEAD
     /// request, no body.
     pub fn encode(&self, close: bool, head: bool, out: &mut Vec<u8>) {
-        if self.status == 204 {
-            // No content (a CORS preflight answer): no body, no framing headers.
-            let mut head_text = format!("HTTP/1.1 204 {}\r\n", reason(204));
-            for (name, value) in &self.headers {
-                let _ = write!(head_text, "{name}: {value}\r\n");
-            }
-            if close {
-                head_text.push_str("Connection: close\r\n");
-            }
-            head_text.push_str("\r\n");
-            out.extend_from_slice(head_text.as_bytes());
-            return;
-        }
-        let mut body = String::with_capacity(self.message.len() + 16);
-        body.push_str("{\"error\":");
-        body.push_str(&serde_json::Value::String(self.message.clone()).to_string());
-        body.push_str(&self.extra_json);
-        body.push('}');
+        // 204 (a CORS preflight answer) has no body and no framing headers.
+        let body = (self.status != 204).then(|| {
+            let mut body = String::with_capacity(self.message.len() + 16);
+            body.push_str("{\"error\":");
+            body.push_str(&serde_json::Value::String(self.message.clone()).to_string());
+            body.push_str(&self.extra_json);
+            body.push('}');
+            body
+        });
         let mut head_text = String::with_capacity(160);
         let _ = write!(
             head_text,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\n",
             self.status,
-            reason(self.status),
-            body.len()
+            reason(self.status)
         );
+        if let Some(body) = &body {
+            let _ = write!(
+                head_text,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
         for (name, value) in &self.headers {
             let _ = write!(head_text, "{name}: {value}\r\n");
         }
@@ -273,7 +270,7 @@ impl ErrorResponse {
         }
         head_text.push_str("\r\n");
         out.extend_from_slice(head_text.as_bytes());
-        if !head {
+        if let (Some(body), false) = (body, head) {
             out.extend_from_slice(body.as_bytes());
         }
     }

@@ -18,6 +18,9 @@
 //!   sink, upgrade echo), each stopped on drop.
 //! - [`tenant::Tenant`]: a gateway with an API key and shorthands to route a path to
 //!   upstream servers, and proxy clients that send the gateway's Host and key.
+//! - [`nginx::Nginx`]: a real nginx upstream with its default URI handling.
+//! - [`rfc3339_in`]: timestamps computed from now (no date in a test can pass);
+//!   [`repeat`]: run a race-prone test body `SHARDGATE_REPEAT` times.
 //!
 //! Lint policy: the workspace's (`clippy::all`, `unwrap_used`); failures here are test
 //! failures, so they `panic!`/`expect` with a message that says what went wrong.
