@@ -175,12 +175,32 @@ pub fn check_rule_path(path: &str) -> Result<(), RulePathError> {
     if let Some(ch) = path.chars().find(|c| !c.is_ascii()) {
         return Err(RulePathError::NonAscii(ch));
     }
-    // `{name}` and a final `*` are the router's syntax: normalize sees them as plain bytes.
-    match normalize(path, EncodedSlashes::Reject) {
+    // The router's own syntax stands as written: a `{name}` segment matches any one
+    // segment, so only the literal segments around it must be normal.
+    let is_param =
+        |segment: &str| segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}');
+    let literal: Vec<&str> = path
+        .split('/')
+        .map(|segment| if is_param(segment) { "p" } else { segment })
+        .collect();
+    let literal = literal.join("/");
+    match normalize(&literal, EncodedSlashes::Reject) {
         Err(e) => Err(RulePathError::Request(e)),
-        Ok(normal) if normal.route != path => Err(RulePathError::NotNormal {
-            normal: normal.route.into_owned(),
-        }),
+        Ok(normal) if normal.route != literal => {
+            // Put the parameters back where they were, when no segment moved.
+            let original: Vec<&str> = path.split('/').collect();
+            let mut fixed: Vec<&str> = normal.route.split('/').collect();
+            if fixed.len() == original.len() {
+                for (slot, segment) in fixed.iter_mut().zip(&original) {
+                    if is_param(segment) {
+                        *slot = segment;
+                    }
+                }
+            }
+            Err(RulePathError::NotNormal {
+                normal: fixed.join("/"),
+            })
+        }
         Ok(_) => Ok(()),
     }
 }
@@ -259,12 +279,21 @@ enum DotSegment {
     WithParameter,
 }
 
-/// One pass: nothing to decode, merge or resolve.
+/// A byte that stands raw in the normal form: `/` and RFC 3986 `pchar` other than `%`.
+/// Every other byte (`"`, `<`, `>`, `[`, `\\`, `]`, `^`, `` ` ``, `{`, `|`, `}`, controls,
+/// non-ASCII) is written as an escape, so each path has one spelling: a client cannot
+/// reach a rule by writing raw what the rule has escaped, or the other way round.
+fn stands_raw(b: u8) -> bool {
+    b == b'/' || is_unreserved(b) || is_reserved_pchar(b)
+}
+
+/// One pass: nothing to decode, encode, merge or resolve.
 fn is_normal(bytes: &[u8]) -> bool {
     let mut prev = 0u8;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'%' | b'\\' => return false,
+            b'%' => return false,
+            b if !stands_raw(b) => return false,
             b'/' if prev == b'/' => return false,
             b'.' if prev == b'/' => {
                 let rest = &bytes[i..];
@@ -315,7 +344,11 @@ fn normalize_slow(bytes: &[u8], slashes: EncodedSlashes) -> Result<String, PathE
         if b == b'\\' && slashes == EncodedSlashes::Reject {
             return Err(PathError::EncodedSlash);
         }
-        decoded.push(b);
+        if stands_raw(b) {
+            decoded.push(b);
+        } else {
+            push_escape(&mut decoded, b);
+        }
         i += 1;
     }
 
@@ -348,7 +381,7 @@ fn normalize_slow(bytes: &[u8], slashes: EncodedSlashes) -> Result<String, PathE
     if trailing_slash || out.is_empty() {
         out.push(b'/');
     }
-    // Only ASCII escapes were replaced, by ASCII: the input's UTF-8 is intact.
+    // Every byte is ASCII now (others were escaped), so this cannot fail.
     String::from_utf8(out).map_err(|_| PathError::MalformedEscape)
 }
 
@@ -463,6 +496,24 @@ mod tests {
     }
 
     #[test]
+    fn characters_that_cannot_stand_raw_are_escaped_so_each_path_has_one_spelling() {
+        for (raw, want) in [
+            ("/files/[id]/x", "/files/%5Bid%5D/x"),
+            ("/files/%5bid%5d/x", "/files/%5Bid%5D/x"),
+            ("/a|b/{c}/\"d\"", "/a%7Cb/%7Bc%7D/%22d%22"),
+            ("/a^b`c<d>", "/a%5Eb%60c%3Cd%3E"),
+        ] {
+            assert_eq!(route(raw).as_deref(), Ok(want), "{raw}");
+            assert_eq!(forward(raw).as_deref(), Ok(want), "{raw}");
+        }
+        let kept = normalize("/a\\b", EncodedSlashes::Keep).expect("kept");
+        assert_eq!(
+            kept.forward, "/a%5Cb",
+            "a raw backslash is forwarded encoded"
+        );
+    }
+
+    #[test]
     fn reserved_escapes_are_forwarded_encoded_and_routed_decoded() {
         let n = normalize("/v1/m%3apredict/a%3Bb/%20x", EncodedSlashes::Reject).expect("ok");
         assert_eq!(n.forward, "/v1/m%3Apredict/a%3Bb/%20x");
@@ -531,6 +582,19 @@ mod tests {
         out
     }
 
+    /// The one spelling of a decoded path: bytes that cannot stand raw escaped, uppercase.
+    fn canonical(decoded: &str) -> String {
+        let mut out = Vec::new();
+        for &b in decoded.as_bytes() {
+            if stands_raw(b) {
+                out.push(b);
+            } else {
+                push_escape(&mut out, b);
+            }
+        }
+        String::from_utf8(out).expect("ASCII")
+    }
+
     /// Property: whatever path a client sends, if the gateway routes it to rule R, the
     /// upstream (nginx semantics) receives a path that R also matches, and the same resource
     /// the raw path would have named. Random paths from the shapes attackers use.
@@ -544,6 +608,7 @@ mod tests {
             "/users/{id}/x",
             "/v1/chat",
             "/~u/*",
+            "/files/%5Bid%5D/*",
             "/*",
         ];
         let routes = rules
@@ -587,6 +652,11 @@ mod tests {
             accepted += 1;
             let served = nginx_view(&normal.forward);
             assert_eq!(
+                normal.route,
+                canonical(&served),
+                "{path:?}: the router's form is not what the upstream serves"
+            );
+            assert_eq!(
                 route_of(&normal.route),
                 route_of(&served),
                 "{path:?} routed as {:?}, upstream serves {served:?}",
@@ -612,6 +682,13 @@ mod tests {
         assert_eq!(check_rule_path("/v1/*"), Ok(()));
         assert_eq!(check_rule_path("/m:predict"), Ok(()));
         assert_eq!(check_rule_path("/my%20file"), Ok(()));
+        assert_eq!(check_rule_path("/files/%5Bid%5D/{name}/*"), Ok(()));
+        assert_eq!(
+            check_rule_path("/files/[id]/{name}"),
+            Err(RulePathError::NotNormal {
+                normal: "/files/%5Bid%5D/{name}".into()
+            })
+        );
         assert!(matches!(
             check_rule_path("/ä"),
             Err(RulePathError::NonAscii('ä'))

@@ -51,24 +51,25 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 ///
 /// - `X-TG-API-Key` is shardgate's own header: always removed.
 /// - The header that authenticated the request (`key_source`) is removed, every occurrence.
-/// - `X-API-Key` or `Authorization` whose value (after `Bearer `) starts with `sgk_`, the
-///   prefix of every key shardgate issues, is removed even when another header was checked
-///   or the rule is public.
+/// - `X-API-Key` or `Authorization` any of whose words (split at whitespace and commas:
+///   `Bearer sgk_…`, `Token sgk_…`, `foo, sgk_…`) starts with `sgk_`, the prefix of every key
+///   shardgate issues, is removed even when another header was checked or the rule is public.
 ///
 /// Any other `Authorization` or `X-API-Key` (an upstream's own credential) passes.
 pub fn is_gateway_credential(name: &[u8], value: &[u8], key_source: Option<KeySource>) -> bool {
-    let looks_like_key = |v: &[u8]| v.trim_ascii().starts_with(KEY_PREFIX.as_bytes());
+    let carries_key = |v: &[u8]| {
+        v.split(|b| b.is_ascii_whitespace() || *b == b',')
+            .any(|word| word.starts_with(KEY_PREFIX.as_bytes()))
+    };
     if name.eq_ignore_ascii_case(b"x-tg-api-key") {
         return true;
     }
     if name.eq_ignore_ascii_case(b"x-api-key") {
-        return key_source == Some(KeySource::ApiKey) || looks_like_key(value);
+        return key_source == Some(KeySource::ApiKey) || carries_key(value);
     }
     if name.eq_ignore_ascii_case(b"authorization") {
-        return match bearer(value) {
-            Some(token) => key_source == Some(KeySource::Bearer) || looks_like_key(token),
-            None => looks_like_key(value),
-        };
+        return carries_key(value)
+            || (key_source == Some(KeySource::Bearer) && bearer(value).is_some());
     }
     false
 }
@@ -134,6 +135,17 @@ mod tests {
                 source
             ));
             assert!(!is_gateway_credential(b"x-other", key, source));
+            assert!(is_gateway_credential(
+                b"authorization",
+                b"Bearer\tsgk_1",
+                source
+            ));
+            assert!(is_gateway_credential(
+                b"authorization",
+                b"Token sgk_1",
+                source
+            ));
+            assert!(is_gateway_credential(b"x-api-key", b"foo, sgk_1", source));
         }
         // The header that authenticated goes, whatever its value looks like.
         assert!(is_gateway_credential(

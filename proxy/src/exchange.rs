@@ -61,6 +61,22 @@ impl Client {
         timed::read(&mut self.stream, buf, self.io_timeout).await
     }
 
+    /// Like [`Client::read_into`], but never waiting past `deadline` (a service's
+    /// whole-request deadline while its request body streams).
+    pub async fn read_into_before(
+        &mut self,
+        buf: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let timeout = match deadline {
+            Some(deadline) => self
+                .io_timeout
+                .min(deadline.saturating_duration_since(Instant::now())),
+            None => self.io_timeout,
+        };
+        timed::read(&mut self.stream, buf, timeout).await
+    }
+
     /// Writes an error answer of the gateway's own.
     pub async fn send_error(
         &mut self,

@@ -73,6 +73,8 @@ struct BodyPlan {
     remaining: u64,
     /// Some of the body went upstream from the client connection.
     streamed: bool,
+    /// The request's bytes already left the client buffer (its answer was being relayed).
+    consumed: bool,
 }
 
 fn plan_body(body: BodyKind, available: &[u8], limit: u64) -> Result<BodyPlan, Refusal> {
@@ -83,6 +85,7 @@ fn plan_body(body: BodyKind, available: &[u8], limit: u64) -> Result<BodyPlan, R
             scanner: None,
             remaining: 0,
             streamed: false,
+            consumed: false,
         }),
         BodyKind::Length(n) => {
             let have = (available.len() as u64).min(n);
@@ -92,6 +95,7 @@ fn plan_body(body: BodyKind, available: &[u8], limit: u64) -> Result<BodyPlan, R
                 scanner: None,
                 remaining: n - have,
                 streamed: false,
+                consumed: false,
             })
         }
         BodyKind::Chunked => {
@@ -107,6 +111,7 @@ fn plan_body(body: BodyKind, available: &[u8], limit: u64) -> Result<BodyPlan, R
                 scanner: Some(scanner),
                 remaining: 0,
                 streamed: false,
+                consumed: false,
             })
         }
     }
@@ -174,12 +179,18 @@ pub async fn forward(
                     plane.picker.report(upstream, i, true);
                     return Ok(outcome);
                 }
+                // A failure the service's deadline caused says nothing about the target's
+                // health: it is not reported (a tight timeout must not drain a shared upstream).
                 Err(Failure::Connect) => {
-                    plane.picker.report(upstream, i, false);
+                    if !req.past_deadline() {
+                        plane.picker.report(upstream, i, false);
+                    }
                     last = Some(UpstreamFailure::ConnectFailed);
                 }
                 Err(Failure::Upstream { failure, retryable }) => {
-                    plane.picker.report(upstream, i, false);
+                    if failure != UpstreamFailure::DeadlineExceeded {
+                        plane.picker.report(upstream, i, false);
+                    }
                     last = Some(failure);
                     if !retryable {
                         break 'upstreams;
@@ -207,8 +218,10 @@ pub async fn forward(
         None => UpstreamFailure::NoHealthyTarget,
     };
     let keep_alive = !plan.streamed && req.client_keep_alive && !req.http10 && plan.replayable;
-    let consumed = body_start + if plan.streamed { 0 } else { plan.in_buffer };
-    client.consume(consumed.min(client.buf.len()));
+    if !plan.consumed {
+        let consumed = body_start + if plan.streamed { 0 } else { plan.in_buffer };
+        client.consume(consumed.min(client.buf.len()));
+    }
     let refusal = Refusal::Upstream(failure);
     respond::refuse(client, refusal, &effects, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
@@ -267,8 +280,9 @@ async fn attempt(
             retryable: false,
         });
     }
-    let connect_timeout = req.bounded(spec.connect_timeout.as_duration());
-    let write_timeout = req.bounded(spec.write_timeout.as_duration());
+    // Bounded by the service deadline at each use, not once per attempt.
+    let connect_timeout = || req.bounded(spec.connect_timeout.as_duration());
+    let write_timeout = spec.write_timeout.as_duration();
     let body_start = req.head_len.min(client.buf.len());
 
     // The request head and the body bytes already buffered, in one write.
@@ -291,9 +305,9 @@ async fn attempt(
     let mut reused = pooled.is_some();
     let mut up = match pooled {
         Some(stream) => stream,
-        None => connect(target, connect_timeout).await?,
+        None => connect(target, connect_timeout()).await?,
     };
-    let (res, returned) = timed::write_all(&mut up, out, write_timeout).await;
+    let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
     out = returned;
     if res.is_err() {
         if !reused {
@@ -301,8 +315,8 @@ async fn attempt(
             return Err(Failure::Connect);
         }
         reused = false;
-        up = connect(target, connect_timeout).await?;
-        let (res, returned) = timed::write_all(&mut up, out, write_timeout).await;
+        up = connect(target, connect_timeout()).await?;
+        let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
         out = returned;
         if res.is_err() {
             plane.heads.give(out);
@@ -319,16 +333,7 @@ async fn attempt(
                 .map_err(|_| Failure::ClientGone)?;
         }
         plan.streamed = true;
-        stream_request_body(
-            client,
-            &mut up,
-            plan,
-            body_start,
-            write_timeout,
-            body_limit,
-            ctx,
-        )
-        .await?;
+        stream_request_body(client, &mut up, plan, req, write_timeout, body_limit, ctx).await?;
     }
 
     // The response head; interim 1xx answers are relayed (100 is ours to send, not theirs).
@@ -368,11 +373,12 @@ async fn attempt(
             Ok(0) if rbuf.is_empty() && reused => {
                 // The pooled connection was closed under us: one fresh try, same target.
                 reused = false;
-                up = connect(target, connect_timeout).await?;
+                up = connect(target, connect_timeout()).await?;
                 let mut again = plane.heads.take();
                 let body = &client.buf[body_start..body_start + plan.in_buffer];
                 request_bytes(&mut again, req, target, body);
-                let (res, returned) = timed::write_all(&mut up, again, write_timeout).await;
+                let (res, returned) =
+                    timed::write_all(&mut up, again, req.bounded(write_timeout)).await;
                 plane.heads.give(returned);
                 if res.is_err() {
                     return Err(Failure::Connect);
@@ -406,7 +412,8 @@ async fn attempt(
         }
     };
 
-    if head.status == 101 && !switch_was_asked_for(req, head.header(&rbuf, "upgrade")) {
+    if head.status == 101 && !switch_was_asked_for(req, &mut head.headers.get_all(&rbuf, "upgrade"))
+    {
         // Relaying it would desynchronise the client's connection: its next request would be
         // read by whatever the upstream now speaks. `up` is dropped, never pooled.
         plane.heads.give(rbuf);
@@ -425,21 +432,26 @@ async fn attempt(
     if plan.replayable {
         // The request is answered: its bytes leave the client buffer.
         client.consume(body_start + plan.in_buffer);
+        plan.consumed = true;
     }
     let answer = Answer { up, rbuf, head };
     Ok(respond::relay_response(client, answer, req, (upstream, target), ctx, effects).await?)
 }
 
 /// Whether a `101` switches to a protocol the client offered (RFC 9110 §7.8): the client
-/// sent `Upgrade`, and every protocol the upstream names is among those offered.
-fn switch_was_asked_for(req: &UpstreamRequest, chosen: Option<&[u8]>) -> bool {
+/// sent `Upgrade`, the upstream names its protocols in exactly one `Upgrade` field (the one
+/// relayed), and every protocol it names is among those offered.
+fn switch_was_asked_for<'b>(
+    req: &UpstreamRequest,
+    fields: &mut impl Iterator<Item = &'b [u8]>,
+) -> bool {
     let tokens = |list: &[u8]| -> Vec<Vec<u8>> {
         list.split(|&b| b == b',')
             .map(|t| t.trim_ascii().to_ascii_lowercase())
             .filter(|t| !t.is_empty())
             .collect()
     };
-    let Some(chosen) = chosen else {
+    let (Some(chosen), None) = (fields.next(), fields.next()) else {
         return false;
     };
     let offered = tokens(&req.upgrade_protocols);
@@ -452,12 +464,17 @@ async fn stream_request_body(
     client: &mut Client,
     up: &mut TcpStream,
     plan: &mut BodyPlan,
-    body_start: usize,
+    req: &UpstreamRequest,
     write_timeout: Duration,
     max_body: u64,
     ctx: &WorkerContext,
 ) -> Result<(), Failure> {
     let plane = ctx.plane();
+    let body_start = req.head_len.min(client.buf.len());
+    let deadline_passed = || Failure::Upstream {
+        failure: UpstreamFailure::DeadlineExceeded,
+        retryable: false,
+    };
     // Everything buffered after the head belongs to the body (it did not end there).
     client.consume(body_start + plan.in_buffer);
     let mut sent = plan.in_buffer as u64;
@@ -473,9 +490,10 @@ async fn stream_request_body(
         }
         chunk.clear();
         if leftover.is_empty() {
-            let (res, returned) = client.read_into(chunk).await;
+            let (res, returned) = client.read_into_before(chunk, req.deadline).await;
             chunk = returned;
             match res {
+                Err(_) if req.past_deadline() => return Err(deadline_passed()),
                 Ok(0) | Err(_) => {
                     plane.bodies.give(chunk);
                     return Err(Failure::ClientGone);
@@ -511,10 +529,13 @@ async fn stream_request_body(
         // Bytes after the body are the next pipelined request.
         leftover.extend_from_slice(&chunk[take..]);
         chunk.truncate(take);
-        let (res, returned) = timed::write_all(up, chunk, write_timeout).await;
+        let (res, returned) = timed::write_all(up, chunk, req.bounded(write_timeout)).await;
         chunk = returned;
         if res.is_err() {
             plane.bodies.give(chunk);
+            if req.past_deadline() {
+                return Err(deadline_passed());
+            }
             return Err(Failure::Upstream {
                 failure: UpstreamFailure::FailedReceivingBody,
                 retryable: false,

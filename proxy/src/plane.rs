@@ -1,8 +1,8 @@
 //! What one worker owns for the data plane: settings, buffer pools, upstream connection
 //! pools, balancer cursors and health ([`Plane`]), the snapshot it serves and its shutdown
 //! flag ([`WorkerContext`]), and the process-wide clock the rate limiters agree on
-//! ([`now_ms`]). Nothing here is shared with another core. A leaf of the request flow: every
-//! stage reads it, it imports none of them.
+//! ([`now_ms`]). Nothing here is shared with another core. Every stage reads it; of the
+//! stages it imports only the balancer state of [`crate::pick`] that it holds.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;

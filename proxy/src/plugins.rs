@@ -3,8 +3,8 @@
 //! What each stage means here:
 //!
 //! - `pre_request` — after the key check, before any upstream is called. A plugin may
-//!   reject (its own status, headers and JSON body; the chain stops and the upstream never
-//!   sees the request) or shape the request (`request_transformer`) and the response to come
+//!   reject (a typed [`Refusal`] with the headers it promises — the status is chosen in
+//!   [`crate::refusal`]; the chain stops and the upstream never sees the request) or shape the request (`request_transformer`) and the response to come
 //!   (rate-limit and CORS headers). The gateway's chain runs before routing answers 404/405,
 //!   so a rate-limited caller is limited whatever path it probes; the rule's chain runs after.
 //! - `post_request` — after the whole request has been handed to the upstream and before

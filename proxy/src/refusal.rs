@@ -1,8 +1,9 @@
 //! Refusals: every answer the gateway gives itself instead of an upstream's, named by what
 //! went wrong ([`Refusal`]), and the one mapping from that to a status, headers and the
 //! `{"error": "..."}` body (DESIGN.md §4) in [`Refusal::response`]. No other module picks
-//! a status for the gateway's own answers; stages return a `Refusal` and
-//! [`crate::respond::reject`] sends it.
+//! a status for the gateway's own answers; stages return a `Refusal`, and
+//! [`crate::respond::reject`] / [`crate::respond::refuse`] (or the connection loop, before a
+//! request exists) send its response.
 //!
 //! A leaf of the request flow: it names the stages' outcomes but imports none of them.
 

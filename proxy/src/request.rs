@@ -216,6 +216,8 @@ fn path<'b>(
     policy: shardgate_core::path::EncodedSlashes,
 ) -> Result<NormalPath<'b>, Refusal> {
     let raw = std::str::from_utf8(head.path(buf)).map_err(|_| Refusal::TargetNotText)?;
+    // An absolute-form target without a path (`GET http://host HTTP/1.1`) means `/`.
+    let raw = if raw.is_empty() { "/" } else { raw };
     route::normalize(raw, policy).map_err(Refusal::BadPath)
 }
 

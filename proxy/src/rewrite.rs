@@ -218,6 +218,11 @@ fn transformed(lines: &[u8], transforms: &[Arc<PluginSettings>]) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(lines.len() + 64);
     for (name, value) in &list {
+        // A transform may rename a header into one that carries credentials: the rule that a
+        // gateway key never leaves the gateway holds after transforms too.
+        if auth::is_gateway_credential(name.as_bytes(), value.as_bytes(), None) {
+            continue;
+        }
         wire::push_header(&mut out, name.as_bytes(), value.as_bytes());
     }
     out

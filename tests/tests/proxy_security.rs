@@ -31,6 +31,7 @@ fn public_site_with_protected_admin(sg: &Shardgate, nginx: &Nginx) -> Tenant {
         json!({"public": true}),
     );
     tenant.rule(json!({"path": "/admin/*", "service_id": route.service_id}));
+    tenant.rule(json!({"path": "/files/%5Bid%5D/*", "service_id": route.service_id}));
     tenant
 }
 
@@ -58,6 +59,9 @@ fn path_confusion_cannot_reach_a_key_protected_rule_behind_nginx() {
             "/admin/./x",
             "//admin//x",
             "/admin",
+            // A character that may be sent raw or escaped has one spelling for the router.
+            "/files/[id]/x",
+            "/files/%5bid%5D/x",
         ];
         for target in protected {
             let resp = tenant.anonymous().get(target);
@@ -310,6 +314,26 @@ fn gateway_keys_never_reach_the_upstream_whichever_headers_carry_them() {
             Some("Bearer upstream-token"),
             "[{driver}]"
         );
+
+        // Other spellings of a header carrying a gateway key are removed too.
+        let odd_bearer = format!("Bearer\t{}", tenant.key);
+        let token = format!("Token {}", tenant.key);
+        let listed = format!("upstream-own-key, {}", tenant.key);
+        for headers in [
+            [("Authorization", odd_bearer.as_str())],
+            [("Authorization", token.as_str())],
+            [("X-API-Key", listed.as_str())],
+        ] {
+            tenant
+                .anonymous()
+                .request("GET", "/p/x", &headers, b"")
+                .expect_status(200);
+            assert_eq!(
+                leaked(&up.last()),
+                Vec::<(String, String)>::new(),
+                "[{driver}] {headers:?}"
+            );
+        }
     }
 }
 
@@ -321,11 +345,17 @@ struct Switcher {
 
 impl Switcher {
     fn start(protocol: &'static str) -> Switcher {
+        Switcher::start_with(format!("Upgrade: {protocol}\r\n"))
+    }
+
+    /// Answers 101 with `upgrade_fields` (each a whole header line) as its Upgrade headers.
+    fn start_with(upgrade_fields: String) -> Switcher {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the switcher");
         let addr = listener.local_addr().expect("its address");
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
+                let upgrade_fields = upgrade_fields.clone();
                 thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let mut buf = Vec::new();
@@ -337,7 +367,7 @@ impl Switcher {
                         }
                     }
                     let answer = format!(
-                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\n\
+                        "HTTP/1.1 101 Switching Protocols\r\n{upgrade_fields}\
                          Connection: Upgrade\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n\
                          SMUGGLED"
                     );
@@ -359,12 +389,20 @@ fn an_unsolicited_101_is_a_502_and_the_client_connection_stays_in_step() {
     for driver in io_drivers() {
         let up = CountingServer::start("normal");
         let websocket = Switcher::start("websocket");
+        let twice = Switcher::start_with("Upgrade: websocket\r\nUpgrade: h2c\r\n".into());
         let sg = Shardgate::start(Options::new().io_driver(driver));
         let tenant = Tenant::create(&sg, "switch");
         tenant.route(
             "switcher",
             "/switch/*",
             vec![websocket.target()],
+            json!({}),
+            json!({}),
+        );
+        tenant.route(
+            "twice",
+            "/twice/*",
+            vec![twice.target()],
             json!({}),
             json!({}),
         );
