@@ -86,13 +86,9 @@ fn decide(
 
     let gateway = gateway(snapshot, head, buf, &settings.base_domain).map_err(alone)?;
     let normal = path(head, buf, settings.encoded_slashes).map_err(alone)?;
-    let header = |name: &str| {
-        head.header(buf, name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
     let lookup = head
         .method
-        .map(|method| gateway.router.lookup(method, &normal.route, header));
+        .map(|method| route::lookup(&gateway.router, method, &normal, head, buf));
     let client_ip = plugins::client_ip(client.peer.ip(), head, buf, &settings.trusted_proxies);
 
     if let Some(answer) = preflight(gateway, head, buf, &normal, client_ip) {
@@ -216,8 +212,6 @@ fn path<'b>(
     policy: shardgate_core::path::EncodedSlashes,
 ) -> Result<NormalPath<'b>, Refusal> {
     let raw = std::str::from_utf8(head.path(buf)).map_err(|_| Refusal::TargetNotText)?;
-    // An absolute-form target without a path (`GET http://host HTTP/1.1`) means `/`.
-    let raw = if raw.is_empty() { "/" } else { raw };
     route::normalize(raw, policy).map_err(Refusal::BadPath)
 }
 
@@ -233,18 +227,16 @@ fn preflight(
     if !plugins::is_preflight(head, buf) {
         return None;
     }
-    let header = |name: &str| {
-        head.header(buf, name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
     let requested = head
         .header(buf, "access-control-request-method")
         .and_then(Method::from_bytes);
     let rule_chain = requested
-        .and_then(|m| match gateway.router.lookup(m, &normal.route, header) {
-            Lookup::Matched(found) => gateway.rules.get(found.id as usize),
-            _ => None,
-        })
+        .and_then(
+            |m| match route::lookup(&gateway.router, m, normal, head, buf) {
+                Lookup::Matched(found) => gateway.rules.get(found.id as usize),
+                _ => None,
+            },
+        )
         .map_or(&[][..], |rule| rule.plugins.stage(Stage::PreRequest));
     let chains = [gateway.plugins.stage(Stage::PreRequest), rule_chain];
     plugins::answer_preflight(&chains, head, buf, client_ip)
