@@ -17,10 +17,10 @@
 //!   header             magic "SGJOURNL" (8) | format version u32 | generation u64
 //!                      | crc32 of the preceding 20 bytes u32
 //!   frame              payload length u32 (>= 1) | crc32 of payload u32 | payload
-//!                      payload = bincode 2 (serde, config::standard) of one Mutation
+//!                      payload = JSON (serde) of one Mutation
 //! checkpoint.bin       magic "SGCHKPNT" (8) | format version u32 | generation u64
 //!                      | payload length u64 | crc32 of (generation, length, payload) u32
-//!                      | payload = bincode 2 of the whole state
+//!                      | payload = JSON of the whole state
 //! *.tmp                a checkpoint or journal being written; never read, removed on open
 //! ```
 //!
@@ -100,9 +100,18 @@ const LOCK_FILE: &str = "LOCK";
 
 const JOURNAL_MAGIC: [u8; 8] = *b"SGJOURNL";
 const CHECKPOINT_MAGIC: [u8; 8] = *b"SGCHKPNT";
-/// Bumped on any incompatible change to the framing or headers (not to the payload types:
-/// those are the owner's to version).
-const FORMAT_VERSION: u32 = 1;
+/// Bumped on any incompatible change to the framing, headers or payload encoding.
+///
+/// 2: payloads are JSON, which is self-describing: a field added to an entity later (with a
+/// `#[serde(default)]`) reads old records unchanged, so the model can grow without a
+/// migration. 1: payloads were bincode, whose positional encoding cannot take a new field;
+/// a version-1 directory is still read (with today's types, which version 1 wrote) and is
+/// rewritten as version 2 right after it opens ([`Store::open`]), so later releases, whose
+/// types will differ, never need to read bincode. JSON costs space and time only in
+/// checkpoints and records, which are off the request path.
+const FORMAT_VERSION: u32 = 2;
+/// The bincode format, read once to upgrade.
+const FORMAT_BINCODE: u32 = 1;
 const JOURNAL_HEADER_LEN: usize = 24;
 const CHECKPOINT_HEADER_LEN: usize = 32;
 const FRAME_HEADER_LEN: usize = 8;
@@ -283,7 +292,7 @@ pub enum StoreError {
     /// Serializing a mutation or the state failed.
     Encode {
         what: &'static str,
-        source: bincode::error::EncodeError,
+        source: serde_json::Error,
     },
     /// A mutation encoded to a size a record cannot hold (1 ..= u32::MAX bytes).
     RecordSize { len: usize },
@@ -421,8 +430,9 @@ impl<S: Durable> Store<S> {
 
         let checkpoint_path = dir.join(CHECKPOINT_FILE);
         // No checkpoint yet: generation 0, the default state.
-        let (generation, mut state): (u64, S) =
-            read_checkpoint(&checkpoint_path)?.unwrap_or_default();
+        let (generation, mut state, checkpoint_version): (u64, S, u32) =
+            read_checkpoint(&checkpoint_path)?.unwrap_or((0, S::default(), FORMAT_VERSION));
+        let mut upgrade = checkpoint_version == FORMAT_BINCODE;
         let mut recovery = Recovery {
             checkpoint_generation: generation,
             ..Recovery::default()
@@ -450,7 +460,9 @@ impl<S: Durable> Store<S> {
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes)
                     .map_err(io_err(&journal_path, "read"))?;
-                let journal_generation = parse_journal_header(&journal_path, &bytes)?;
+                let (journal_generation, journal_version) =
+                    parse_journal_header(&journal_path, &bytes)?;
+                upgrade |= journal_version == FORMAT_BINCODE;
                 if journal_generation < generation {
                     tracing::warn!(
                         journal = %journal_path.display(),
@@ -470,7 +482,7 @@ impl<S: Durable> Store<S> {
                         checkpoint_generation: generation,
                     });
                 } else {
-                    let replayed = replay(&journal_path, &bytes, &mut state)?;
+                    let replayed = replay(&journal_path, &bytes, journal_version, &mut state)?;
                     if let Some(torn) = replayed.torn_tail {
                         tracing::warn!(
                             journal = %journal_path.display(),
@@ -491,7 +503,7 @@ impl<S: Durable> Store<S> {
             }
         };
 
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             journal_path,
             opts,
@@ -505,6 +517,17 @@ impl<S: Durable> Store<S> {
             _lock: lock,
             _state: PhantomData,
         };
+        if upgrade {
+            // Rewrite both files in today's format before anything is appended: a version-1
+            // journal must not receive JSON records, and later releases read only JSON.
+            store.checkpoint(&state)?;
+            tracing::info!(
+                dir = %dir.display(),
+                from = FORMAT_BINCODE,
+                to = FORMAT_VERSION,
+                "upgraded the data directory's format"
+            );
+        }
         Ok((store, state))
     }
 
@@ -518,13 +541,10 @@ impl<S: Durable> Store<S> {
                 journal: self.journal_path.clone(),
             });
         }
-        let payload =
-            bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|source| {
-                StoreError::Encode {
-                    what: "mutation",
-                    source,
-                }
-            })?;
+        let payload = serde_json::to_vec(m).map_err(|source| StoreError::Encode {
+            what: "mutation",
+            source,
+        })?;
         // Zero is excluded so that a zero-filled tail can never parse as a valid record.
         let len = u32::try_from(payload.len())
             .ok()
@@ -603,12 +623,10 @@ impl<S: Durable> Store<S> {
     /// success clears the poison, since it rewrites both files from the in-memory state.
     pub fn checkpoint(&mut self, state: &S) -> Result<(), StoreError> {
         let next = self.generation + 1;
-        let payload = bincode::serde::encode_to_vec(state, bincode::config::standard()).map_err(
-            |source| StoreError::Encode {
-                what: "state",
-                source,
-            },
-        )?;
+        let payload = serde_json::to_vec(state).map_err(|source| StoreError::Encode {
+            what: "state",
+            source,
+        })?;
         let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER_LEN + payload.len());
         bytes.extend_from_slice(&CHECKPOINT_MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -701,7 +719,7 @@ fn check_magic_and_version(
     magic: &[u8; 8],
     kind: &'static str,
     header_len: usize,
-) -> Result<(), StoreError> {
+) -> Result<u32, StoreError> {
     let short = Corruption::ShortHeader {
         len: bytes.len() as u64,
     };
@@ -721,7 +739,7 @@ fn check_magic_and_version(
         return Err(corrupt(path, 0, Region::Header, short));
     }
     match le_u32(bytes, 8) {
-        Some(FORMAT_VERSION) => Ok(()),
+        Some(version @ (FORMAT_VERSION | FORMAT_BINCODE)) => Ok(version),
         Some(found) => Err(corrupt(
             path,
             8,
@@ -745,28 +763,31 @@ fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER_LEN] {
     h
 }
 
-/// Returns the generation of the checkpoint this journal follows. The header is never torn
-/// (the file is created whole by rename), so any defect here is corruption.
-fn parse_journal_header(path: &Path, bytes: &[u8]) -> Result<u64, StoreError> {
-    check_magic_and_version(path, bytes, &JOURNAL_MAGIC, "journal", JOURNAL_HEADER_LEN)?;
+/// Returns the generation of the checkpoint this journal follows, and its format version.
+/// The header is never torn (the file is created whole by rename), so any defect here is
+/// corruption.
+fn parse_journal_header(path: &Path, bytes: &[u8]) -> Result<(u64, u32), StoreError> {
+    let version =
+        check_magic_and_version(path, bytes, &JOURNAL_MAGIC, "journal", JOURNAL_HEADER_LEN)?;
     let fields = bytes.get(..20);
     match (le_u64(bytes, 12), le_u32(bytes, 20), fields) {
         (Some(generation), Some(crc), Some(fields)) if crc32fast::hash(fields) == crc => {
-            Ok(generation)
+            Ok((generation, version))
         }
         _ => Err(corrupt(path, 0, Region::Header, Corruption::CrcMismatch)),
     }
 }
 
+/// The checkpoint's generation, state and format version; `None` when there is none.
 fn read_checkpoint<S: serde::de::DeserializeOwned>(
     path: &Path,
-) -> Result<Option<(u64, S)>, StoreError> {
+) -> Result<Option<(u64, S, u32)>, StoreError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path, "read")(e)),
     };
-    check_magic_and_version(
+    let version = check_magic_and_version(
         path,
         &bytes,
         &CHECKPOINT_MAGIC,
@@ -810,13 +831,22 @@ fn read_checkpoint<S: serde::de::DeserializeOwned>(
             Corruption::CrcMismatch,
         ));
     }
-    let state = decode_exact::<S>(payload)
+    let state = decode_exact::<S>(payload, version)
         .map_err(|reason| corrupt(path, CHECKPOINT_HEADER_LEN, Region::Checkpoint, reason))?;
-    Ok(Some((generation, state)))
+    Ok(Some((generation, state, version)))
 }
 
-/// Decodes a whole payload; leftover bytes mean the writer and reader disagree on the type.
-fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Corruption> {
+/// Decodes a whole payload written in format `version`; leftover bytes mean the writer and
+/// reader disagree on the type.
+fn decode_exact<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    version: u32,
+) -> Result<T, Corruption> {
+    if version != FORMAT_BINCODE {
+        return serde_json::from_slice(payload).map_err(|e| Corruption::Undecodable {
+            detail: e.to_string(),
+        });
+    }
     match bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard()) {
         Ok((value, used)) if used == payload.len() => Ok(value),
         Ok((_, used)) => Err(Corruption::Undecodable {
@@ -876,13 +906,18 @@ fn next_frame(rest: &[u8]) -> Frame<'_> {
     }
 }
 
-fn replay<S: Durable>(path: &Path, bytes: &[u8], state: &mut S) -> Result<Replayed, StoreError> {
+fn replay<S: Durable>(
+    path: &Path,
+    bytes: &[u8],
+    version: u32,
+    state: &mut S,
+) -> Result<Replayed, StoreError> {
     let mut pos = JOURNAL_HEADER_LEN;
     let mut records = 0;
     while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
         match next_frame(rest) {
             Frame::Complete(payload) => {
-                let m = decode_exact::<S::Mutation>(payload)
+                let m = decode_exact::<S::Mutation>(payload, version)
                     .map_err(|reason| corrupt(path, pos, Region::Record, reason))?;
                 state.apply(&m).map_err(|e| {
                     corrupt(
@@ -1081,6 +1116,82 @@ mod tests {
         }
     }
 
+    /// A version-1 (bincode) data directory as the previous release wrote it: checkpoint
+    /// generation 1 holding `checkpointed`, then a journal of `ops` after it.
+    fn write_version_1(dir: &Path, checkpointed: &Kv, ops: &[Op]) -> TestResult {
+        fs::create_dir_all(dir)?;
+        let payload = bincode::serde::encode_to_vec(checkpointed, bincode::config::standard())?;
+        let mut checkpoint = Vec::new();
+        checkpoint.extend_from_slice(&CHECKPOINT_MAGIC);
+        checkpoint.extend_from_slice(&FORMAT_BINCODE.to_le_bytes());
+        checkpoint.extend_from_slice(&1u64.to_le_bytes());
+        checkpoint.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&checkpoint[12..28]);
+        crc.update(&payload);
+        checkpoint.extend_from_slice(&crc.finalize().to_le_bytes());
+        checkpoint.extend_from_slice(&payload);
+        fs::write(dir.join(CHECKPOINT_FILE), checkpoint)?;
+
+        let mut journal = journal_header(1).to_vec();
+        journal[8..12].copy_from_slice(&FORMAT_BINCODE.to_le_bytes());
+        let crc = crc32fast::hash(&journal[..20]);
+        journal[20..24].copy_from_slice(&crc.to_le_bytes());
+        for op in ops {
+            let payload = bincode::serde::encode_to_vec(op, bincode::config::standard())?;
+            journal.extend_from_slice(&u32::try_from(payload.len())?.to_le_bytes());
+            journal.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            journal.extend_from_slice(&payload);
+        }
+        fs::write(dir.join(JOURNAL_FILE), journal)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_1_directory_opens_with_every_record_and_is_rewritten_as_version_2() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        write_version_1(&dir, &kv(&[("a", "1")], 1), &[put("b", "2"), del("a")])?;
+
+        let (mut store, mut state) = open(&dir)?;
+        assert_eq!(
+            state,
+            kv(&[("b", "2")], 3),
+            "checkpoint and journal both read"
+        );
+        for file in [CHECKPOINT_FILE, JOURNAL_FILE] {
+            let bytes = fs::read(dir.join(file))?;
+            assert_eq!(
+                le_u32(&bytes, 8),
+                Some(FORMAT_VERSION),
+                "{file} was rewritten in today's format"
+            );
+        }
+        write(&mut store, &mut state, put("c", "3"))?;
+        drop(store);
+
+        let (_, reopened) = open(&dir)?;
+        assert_eq!(reopened, kv(&[("b", "2"), ("c", "3")], 4));
+        Ok(())
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused_naming_both() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        drop(open(&dir)?);
+        let path = dir.join(JOURNAL_FILE);
+        let mut bytes = fs::read(&path)?;
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        fs::write(&path, bytes)?;
+        let message = open_err(&dir)?.to_string();
+        assert!(
+            message.contains("format version 7") && message.contains("reads version 2"),
+            "{message}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn fresh_directory_is_created_and_opens_with_default_state() -> TestResult {
         let tmp = tempfile::tempdir()?;
@@ -1159,19 +1270,24 @@ mod tests {
     #[test]
     fn maybe_checkpoint_fires_only_once_journal_reaches_the_threshold() -> TestResult {
         let tmp = tempfile::tempdir()?;
+        // Every record below has the same size: frame header + JSON of `Put("x", "1")`.
+        let record = (FRAME_HEADER_LEN + serde_json::to_vec(&put("a", "1"))?.len()) as u64;
         let opts = StoreOptions {
-            checkpoint_bytes: 40,
+            checkpoint_bytes: 3 * record + 1,
             ..StoreOptions::default()
         };
         let (mut store, mut state) = Store::<Kv>::open(tmp.path(), opts)?;
         assert!(!store.maybe_checkpoint(&state)?, "empty journal");
-        write(&mut store, &mut state, put("a", "1"))?; // 8 + 5 bytes
+        write(&mut store, &mut state, put("a", "1"))?;
         assert!(!store.maybe_checkpoint(&state)?);
         write(&mut store, &mut state, put("b", "2"))?;
         write(&mut store, &mut state, put("c", "3"))?;
-        assert!(!store.maybe_checkpoint(&state)?, "39 bytes");
+        assert!(
+            !store.maybe_checkpoint(&state)?,
+            "3 records, one byte short"
+        );
         write(&mut store, &mut state, put("d", "4"))?;
-        assert!(store.maybe_checkpoint(&state)?, "52 bytes");
+        assert!(store.maybe_checkpoint(&state)?, "4 records");
         assert_eq!(store.stats().checkpoints_written, 1);
         assert_eq!(store.stats().records_since_checkpoint, 0);
         assert!(!store.maybe_checkpoint(&state)?);
@@ -1259,8 +1375,9 @@ mod tests {
     fn corrupted_middle_record_refuses_to_open_naming_file_and_offset() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let (mut journal, _) = three_record_journal(tmp.path())?;
-        // The second record starts after the header and the 13-byte first frame.
-        let second = JOURNAL_HEADER_LEN + 13;
+        // The second record starts after the header and the first frame.
+        let second =
+            JOURNAL_HEADER_LEN + FRAME_HEADER_LEN + serde_json::to_vec(&put("a", "1"))?.len();
         journal[second + FRAME_HEADER_LEN + 1] ^= 0x01;
         fs::write(tmp.path().join(JOURNAL_FILE), &journal)?;
 

@@ -3,9 +3,11 @@
 //!
 //! Each entity has a *spec* (what the client sends: every field has a documented default,
 //! unknown fields are refused by name) and is stored as a [`Record`] that adds the
-//! server-assigned id and timestamps. Specs stay bincode-friendly on purpose (no
-//! `skip_serializing_if`, no `flatten`, no internally tagged enums; free-form JSON goes through
-//! [`Json`]) because the journal stores them as they are.
+//! server-assigned id and timestamps. The journal stores them as JSON (format 2), so a field
+//! added later with `#[serde(default)]` reads old records unchanged. Specs also stay
+//! bincode-friendly (no `skip_serializing_if`, no `flatten`, no internally tagged enums;
+//! free-form JSON goes through [`Json`]) while the store still upgrades format-1 (bincode)
+//! data directories.
 //!
 //! `validate` checks what a spec can check alone and reports the failing field path
 //! (`required_plugins[0].settings.limits.global.window: invalid duration "1x"`); what needs the
@@ -157,8 +159,8 @@ impl std::error::Error for Invalid {}
 
 /// Free-form JSON inside an entity (plugin settings, service metadata).
 ///
-/// In JSON it is the value itself; in binary formats (the journal) it is the JSON text,
-/// because bincode cannot encode a self-describing value.
+/// In JSON it is the value itself; in binary formats (format-1 journals) it is the JSON
+/// text, because bincode cannot encode a self-describing value.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Json(pub serde_json::Value);
 
@@ -1018,7 +1020,7 @@ pub struct StoredKey {
 }
 
 /// `Option<OffsetDateTime>` as an RFC 3339 string or null. `time`'s own `rfc3339::option`
-/// deserializes through `deserialize_any`, which bincode (the journal) cannot do.
+/// deserializes through `deserialize_any`, which bincode (format-1 journals) cannot do.
 mod rfc3339_option {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::OffsetDateTime;
