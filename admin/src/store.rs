@@ -110,7 +110,10 @@ const CHECKPOINT_MAGIC: [u8; 8] = *b"SGCHKPNT";
 /// types will differ, never need to read bincode. JSON costs space and time only in
 /// checkpoints and records, which are off the request path.
 const FORMAT_VERSION: u32 = 2;
-/// The bincode format, read once to upgrade.
+/// The bincode format, read once to upgrade. Reading it is only correct while the stored
+/// types are exactly those that wrote format 1: the change that first adds a field to a
+/// stored type must remove this (a format-1 directory is then refused with the versions
+/// named, and is upgraded by opening it once with a release before that change).
 const FORMAT_BINCODE: u32 = 1;
 const JOURNAL_HEADER_LEN: usize = 24;
 const CHECKPOINT_HEADER_LEN: usize = 32;
