@@ -14,6 +14,7 @@ use shardgate_core::http1::BodyKind;
 
 use crate::refusal::ErrorResponse;
 use crate::timed;
+use crate::tls::Conn;
 
 /// After a final error answer, how long and how much unread request data is drained
 /// before closing, so the close does not become an RST that destroys the response.
@@ -169,7 +170,7 @@ impl UpstreamRequest {
 /// A connection that switched protocols, for the connection loop to tunnel.
 #[derive(Debug)]
 pub struct Tunnel {
-    pub upstream: TcpStream,
+    pub upstream: Conn,
     /// Bytes the upstream sent after its 101 head.
     pub to_client: Vec<u8>,
 }

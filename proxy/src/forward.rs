@@ -31,12 +31,15 @@ use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
 use crate::respond::{self, Answer, Relay};
 use crate::timed;
+use crate::tls::{self, Conn, TlsFailure};
 use crate::wire;
 
 /// Why an attempt failed.
 enum Failure {
     /// Nothing reached the upstream (connect failed or timed out).
     Connect,
+    /// The TLS handshake failed: nothing was sent either.
+    Tls(TlsFailure),
     /// The upstream failed before its response head reached the client.
     Upstream {
         failure: UpstreamFailure,
@@ -187,6 +190,12 @@ pub async fn forward(
                     }
                     last = Some(UpstreamFailure::ConnectFailed);
                 }
+                // Another target may present a valid certificate: like a connect failure,
+                // nothing was sent, so any method moves on.
+                Err(Failure::Tls(failure)) => {
+                    plane.picker.report(upstream, i, false);
+                    last = Some(UpstreamFailure::Tls(failure));
+                }
                 Err(Failure::Upstream { failure, retryable }) => {
                     if failure != UpstreamFailure::DeadlineExceeded {
                         plane.picker.report(upstream, i, false);
@@ -227,22 +236,27 @@ pub async fn forward(
     Ok(Outcome::Done { keep_alive })
 }
 
-async fn connect(target: &CompiledTarget, timeout: Duration) -> Result<TcpStream, Failure> {
+/// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake for an
+/// `https` target.
+async fn connect(target: &CompiledTarget, timeout: Duration) -> Result<Conn, Failure> {
     let addr = target.addr.ok_or(Failure::Connect)?;
-    match monoio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(e)) => {
+    let opened = monoio::time::timeout(timeout, async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "upstream connect failed");
-            Err(Failure::Connect)
+            Failure::Connect
+        })?;
+        let _ = tcp.set_nodelay(true);
+        if target.https {
+            tls::connect(&target.host, tcp).await.map_err(Failure::Tls)
+        } else {
+            Ok(Conn::Plain(tcp))
         }
-        Err(_) => {
-            tracing::debug!(%addr, "upstream connect timed out");
-            Err(Failure::Connect)
-        }
-    }
+    })
+    .await;
+    opened.unwrap_or_else(|_| {
+        tracing::debug!(%addr, "upstream connect timed out");
+        Err(Failure::Connect)
+    })
 }
 
 /// The upstream request: request line, Host for `target`, headers, buffered body bytes.
@@ -274,12 +288,6 @@ async fn attempt(
         upstream, target, ..
     } = leg;
     let spec = &upstream.spec.spec;
-    if target.https {
-        return Err(Failure::Upstream {
-            failure: UpstreamFailure::HttpsUnsupported,
-            retryable: false,
-        });
-    }
     // Bounded by the service deadline at each use, not once per attempt.
     let connect_timeout = || req.bounded(spec.connect_timeout.as_duration());
     let write_timeout = spec.write_timeout.as_duration();
@@ -462,7 +470,7 @@ fn switch_was_asked_for<'b>(
 /// Streams the rest of the request body from the client to the upstream.
 async fn stream_request_body(
     client: &mut Client,
-    up: &mut TcpStream,
+    up: &mut Conn,
     plan: &mut BodyPlan,
     req: &UpstreamRequest,
     write_timeout: Duration,

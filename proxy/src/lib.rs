@@ -54,6 +54,8 @@ pub mod refusal;
 pub mod wire;
 // (socket I/O bounded in time)
 pub mod timed;
+// (TLS to upstreams: the client configuration and the upstream connection type)
+pub mod tls;
 // (one worker's state, its snapshot and clock)
 pub mod buffer;
 pub mod plane;

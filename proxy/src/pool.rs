@@ -10,10 +10,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::tls::Conn;
 
 struct Idle {
-    stream: TcpStream,
+    stream: Conn,
     expires: Instant,
 }
 
@@ -33,7 +33,7 @@ impl std::fmt::Debug for ConnPool {
 
 impl ConnPool {
     /// The most recently parked, unexpired connection to `key`.
-    pub fn take(&self, key: u64) -> Option<TcpStream> {
+    pub fn take(&self, key: u64) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         let now = Instant::now();
@@ -46,7 +46,7 @@ impl ConnPool {
     }
 
     /// Parks a connection whose last exchange ended cleanly.
-    pub fn put(&self, key: u64, stream: TcpStream, max_idle: usize, idle_timeout: Duration) {
+    pub fn put(&self, key: u64, stream: Conn, max_idle: usize, idle_timeout: Duration) {
         if max_idle == 0 {
             return;
         }

@@ -13,6 +13,7 @@ use shardgate_core::http1::{ChunkError, HeadError};
 use shardgate_core::path::PathError;
 use shardgate_core::plugins::Rejection;
 
+use crate::tls::TlsFailure;
 use crate::wire::reason;
 
 /// Why the gateway answers a request itself.
@@ -76,7 +77,8 @@ pub enum UpstreamFailure {
     ConnectFailed,
     /// No target of the service's upstreams is healthy.
     NoHealthyTarget,
-    HttpsUnsupported,
+    /// The TLS handshake with the target failed (certificate or protocol).
+    Tls(TlsFailure),
     /// The response head (or the start of its body) is malformed.
     InvalidResponse,
     ClosedWithoutAnswer,
@@ -97,9 +99,7 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::ConnectFailed => (502, "upstream connection failed"),
             UpstreamFailure::NoHealthyTarget => (503, "no healthy upstream target"),
-            UpstreamFailure::HttpsUnsupported => {
-                (502, "https upstream targets are not supported yet")
-            }
+            UpstreamFailure::Tls(failure) => (502, failure.message()),
             UpstreamFailure::InvalidResponse => (502, "invalid response from upstream"),
             UpstreamFailure::ClosedWithoutAnswer => {
                 (502, "upstream closed the connection without answering")

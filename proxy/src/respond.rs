@@ -6,7 +6,6 @@
 
 use std::io;
 
-use monoio::net::TcpStream;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, RequestHead, ResponseHead, is_hop_by_hop};
 use shardgate_core::plugins::PluginSettings;
 use shardgate_core::router::Method;
@@ -17,6 +16,7 @@ use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::Refusal;
 use crate::timed;
+use crate::tls::Conn;
 use crate::wire;
 
 /// Why relaying a response failed before the client saw any of it, or could be told more.
@@ -32,7 +32,7 @@ pub enum Relay {
 /// (the head and perhaps the start of the body) and the parsed head.
 #[derive(Debug)]
 pub struct Answer {
-    pub up: TcpStream,
+    pub up: Conn,
     pub rbuf: Vec<u8>,
     pub head: ResponseHead,
 }

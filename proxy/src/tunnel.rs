@@ -7,6 +7,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::exchange::{Client, Tunnel};
 use crate::plane::WorkerContext;
+use crate::tls::Conn;
 
 /// Copies `reader` → `writer` until EOF, then half-closes the writer.
 async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
@@ -37,25 +38,36 @@ async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
 
 /// Runs the tunnel to completion.
 pub async fn run(client: Client, tunnel: Tunnel, ctx: &WorkerContext) -> io::Result<()> {
+    let Tunnel {
+        upstream,
+        to_client,
+    } = tunnel;
+    match upstream {
+        Conn::Plain(upstream) => splice(client, upstream, to_client, ctx).await,
+        Conn::Tls(upstream) => splice(client, *upstream, to_client, ctx).await,
+    }
+    Ok(())
+}
+
+/// Pipes both ways between the client and an upstream stream until both directions end.
+async fn splice<U: Splitable>(client: Client, upstream: U, to_client: Vec<u8>, ctx: &WorkerContext)
+where
+    U::OwnedRead: AsyncReadRent,
+    U::OwnedWrite: AsyncWriteRent,
+{
     let plane = ctx.plane();
     let Client { stream, buf, .. } = client;
     // Bytes the client sent after its upgrade request already belong to the new protocol.
     let to_upstream = buf;
     let (client_read, client_write) = stream.into_split();
-    let (upstream_read, upstream_write) = tunnel.upstream.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
     let up = pipe(
         client_read,
         upstream_write,
         to_upstream,
         plane.bodies.take(),
     );
-    let down = pipe(
-        upstream_read,
-        client_write,
-        tunnel.to_client,
-        plane.bodies.take(),
-    );
+    let down = pipe(upstream_read, client_write, to_client, plane.bodies.take());
     let (a, b) = monoio::join!(up, down);
     tracing::debug!(up = ?a.as_ref().err(), down = ?b.as_ref().err(), "tunnel closed");
-    Ok(())
 }

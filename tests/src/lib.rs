@@ -19,6 +19,7 @@
 //! - [`tenant::Tenant`]: a gateway with an API key and shorthands to route a path to
 //!   upstream servers, and proxy clients that send the gateway's Host and key.
 //! - [`nginx::Nginx`]: a real nginx upstream with its default URI handling.
+//! - [`tls`]: a per-test certificate authority and an HTTPS upstream ([`tls::TlsUpstream`]).
 //! - [`rfc3339_in`]: timestamps computed from now (no date in a test can pass);
 //!   [`repeat`]: run a race-prone test body `SHARDGATE_REPEAT` times.
 //!
@@ -42,6 +43,7 @@ pub use serde_json::{Value, json};
 pub mod connection;
 pub mod nginx;
 pub mod tenant;
+pub mod tls;
 pub mod upstream;
 
 /// How long a server may take to print its ready line.

@@ -146,6 +146,9 @@ fn run(config: Config) -> Result<u8, Fatal> {
     // Cheap checks before the store is opened (and its lock taken).
     let driver = worker::choose_driver(config.io_driver).map_err(Fatal::runtime)?;
     let settings = std::sync::Arc::new(config.proxy_settings());
+    // The system's root store is read here, once, not by a worker on its first https request.
+    let roots = crate::tls::init();
+    tracing::info!(roots, "loaded root certificates for https upstreams");
     let admin = Admin::open(AdminOptions {
         listen: config.admin_listen,
         token: config
