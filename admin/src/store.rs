@@ -319,6 +319,17 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Corrupt {
                 path,
+                reason: Corruption::UnsupportedVersion { found, .. },
+                ..
+            } => write!(
+                f,
+                "{}: written in format version {found}, and this build reads versions \
+                 {FORMAT_BINCODE} and {FORMAT_VERSION}: a newer release wrote it (or an older one \
+                 that must open it once to upgrade it); refusing to start, nothing was changed",
+                path.display()
+            ),
+            StoreError::Corrupt {
+                path,
                 offset,
                 region,
                 reason,
@@ -1189,7 +1200,9 @@ mod tests {
         fs::write(&path, bytes)?;
         let message = open_err(&dir)?.to_string();
         assert!(
-            message.contains("format version 7") && message.contains("reads version 2"),
+            message.contains("format version 7")
+                && message.contains("reads versions 1 and 2")
+                && message.contains("nothing was changed"),
             "{message}"
         );
         Ok(())

@@ -377,7 +377,24 @@ async fn attempt(
         let read_timeout = req.bounded(spec.read_timeout.as_duration());
         let (res, returned) = timed::read(&mut up, rbuf, read_timeout).await;
         rbuf = returned;
+        let res = match res {
+            Err(e)
+                if reused
+                    && rbuf.is_empty()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                Ok(0)
+            }
+            other => other,
+        };
         match res {
+            // A pooled connection closed under us: TCP reads 0, TLS without close_notify
+            // reports an unexpected EOF or a reset.
             Ok(0) if rbuf.is_empty() && reused => {
                 // The pooled connection was closed under us: one fresh try, same target.
                 reused = false;

@@ -32,6 +32,8 @@ pub enum TlsFailure {
     NameMismatch,
     /// The certificate's validity period is over.
     Expired,
+    /// Any other certificate defect (bad signature, not yet valid, wrong purpose, revoked).
+    InvalidCertificate,
     /// The target's host is neither a DNS name nor an IP address rustls accepts.
     BadServerName,
     /// Anything else (protocol alert, no common version or cipher, connection reset).
@@ -44,6 +46,7 @@ impl TlsFailure {
             TlsFailure::UnknownCa => "upstream TLS certificate: unknown CA",
             TlsFailure::NameMismatch => "upstream TLS certificate: name mismatch",
             TlsFailure::Expired => "upstream TLS certificate: expired",
+            TlsFailure::InvalidCertificate => "upstream TLS certificate: invalid",
             TlsFailure::BadServerName => "upstream TLS: the target host is not a valid server name",
             TlsFailure::Handshake => "upstream TLS handshake failed",
         }
@@ -52,15 +55,13 @@ impl TlsFailure {
     fn of(error: &rustls::Error) -> TlsFailure {
         match error {
             rustls::Error::InvalidCertificate(e) => match e {
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    TlsFailure::UnknownCa
-                }
+                CertificateError::UnknownIssuer => TlsFailure::UnknownCa,
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => TlsFailure::NameMismatch,
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     TlsFailure::Expired
                 }
-                _ => TlsFailure::Handshake,
+                _ => TlsFailure::InvalidCertificate,
             },
             _ => TlsFailure::Handshake,
         }
@@ -110,7 +111,11 @@ fn build() -> (TlsConnector, usize) {
 
 /// Runs the TLS handshake with `host` over `tcp`.
 pub async fn connect(host: &str, tcp: TcpStream) -> Result<Conn, TlsFailure> {
-    let connector = CONNECTOR.get_or_init(|| build().0);
+    // Never built here: reading the root store on a worker would stall its requests.
+    let Some(connector) = CONNECTOR.get() else {
+        tracing::error!("upstream TLS used before tls::init(); refusing the handshake");
+        return Err(TlsFailure::Handshake);
+    };
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => ServerName::try_from(host.to_owned()).map_err(|_| TlsFailure::BadServerName)?,
@@ -125,7 +130,11 @@ pub async fn connect(host: &str, tcp: TcpStream) -> Result<Conn, TlsFailure> {
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                     .map_or(TlsFailure::Handshake, TlsFailure::of),
             };
-            tracing::warn!(%host, cause = failure.message(), %error, "upstream TLS handshake failed");
+            let detail = match &error {
+                TlsError::Rustls(e) => e.to_string(),
+                TlsError::Io(e) => e.to_string(),
+            };
+            tracing::warn!(%host, cause = failure.message(), %detail, "upstream TLS handshake failed");
             Err(failure)
         }
     }

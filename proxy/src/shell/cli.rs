@@ -645,9 +645,19 @@ fn apply_config_file(
         path: path.to_path_buf(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| CliError::ParseConfig {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    // toml's Display quotes the offending line, which may hold the admin token: report the
+    // message and the position only.
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" (line {line}, column {column})")
+        });
+        CliError::ParseConfig {
+            path: path.to_path_buf(),
+            message: format!("{}{at}", e.message()),
+        }
     })?;
     let settings: Vec<&Arg> = file_settings(command).collect();
     // The settings alone, with neither environment nor defaults: what such a command
@@ -973,6 +983,19 @@ mod tests {
         };
         assert!(matches!(err, CliError::ParseConfig { .. }), "{err:?}");
         assert!(err.to_string().contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn a_config_syntax_error_names_the_position_but_never_quotes_the_line() {
+        // A bad escape in the token's own line: toml's own message would quote it.
+        let file = config_file("log = \"info\"\nadmin-token = \"s3cret-token\\q\"\n");
+        let Err(err) = run(&["--config", path_str(&file)]) else {
+            panic!("accepted a malformed file");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, CliError::ParseConfig { .. }), "{err:?}");
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("s3cret"), "the token leaked: {text}");
     }
 
     #[test]
