@@ -238,7 +238,11 @@ pub async fn forward(
 
 /// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake for an
 /// `https` target.
-async fn connect(target: &CompiledTarget, timeout: Duration) -> Result<Conn, Failure> {
+async fn connect(
+    target: &CompiledTarget,
+    timeout: Duration,
+    tls: Option<&tls::UpstreamTls>,
+) -> Result<Conn, Failure> {
     let addr = target.addr.ok_or(Failure::Connect)?;
     let opened = monoio::time::timeout(timeout, async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| {
@@ -247,7 +251,9 @@ async fn connect(target: &CompiledTarget, timeout: Duration) -> Result<Conn, Fai
         })?;
         let _ = tcp.set_nodelay(true);
         if target.https {
-            tls::connect(&target.host, tcp).await.map_err(Failure::Tls)
+            tls::connect(tls, &target.host, tcp)
+                .await
+                .map_err(Failure::Tls)
         } else {
             Ok(Conn::Plain(tcp))
         }
@@ -313,7 +319,7 @@ async fn attempt(
     let mut reused = pooled.is_some();
     let mut up = match pooled {
         Some(stream) => stream,
-        None => connect(target, connect_timeout()).await?,
+        None => connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?,
     };
     let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
     out = returned;
@@ -323,7 +329,7 @@ async fn attempt(
             return Err(Failure::Connect);
         }
         reused = false;
-        up = connect(target, connect_timeout()).await?;
+        up = connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?;
         let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
         out = returned;
         if res.is_err() {
@@ -398,7 +404,7 @@ async fn attempt(
             Ok(0) if rbuf.is_empty() && reused => {
                 // The pooled connection was closed under us: one fresh try, same target.
                 reused = false;
-                up = connect(target, connect_timeout()).await?;
+                up = connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?;
                 let mut again = plane.heads.take();
                 let body = &client.buf[body_start..body_start + plan.in_buffer];
                 request_bytes(&mut again, req, target, body);

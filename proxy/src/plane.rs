@@ -2,7 +2,8 @@
 //! pools, balancer cursors and health ([`Plane`]), the snapshot it serves and its shutdown
 //! flag ([`WorkerContext`]), and the process-wide clock the rate limiters agree on
 //! ([`now_ms`]). Nothing here is shared with another core. Every stage reads it; of the
-//! stages it imports only the balancer state of [`crate::pick`] that it holds.
+//! stages it imports only the balancer state of [`crate::pick`] that it holds (and the leaves
+//! `buffer`, `pool`, `settings`, `shutdown`, `tls`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -18,6 +19,7 @@ use crate::pick::Picker;
 use crate::pool::ConnPool;
 use crate::settings::ProxySettings;
 use crate::shutdown::Shutdown;
+use crate::tls::UpstreamTls;
 
 /// One worker's data-plane state.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct Plane {
     pub connections: Cell<usize>,
     /// This worker's leased rate-limit buckets.
     pub rate_limits: RefCell<WorkerBuckets>,
+    /// This worker's TLS client for https targets.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 impl Plane {
@@ -45,6 +49,7 @@ impl Plane {
             upstreams: ConnPool::default(),
             picker: Picker::new(worker),
             connections: Cell::new(0),
+            upstream_tls: UpstreamTls::for_worker(),
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! One client configuration serves the process: the system's root store (loaded once at
 //! start-up by [`init`]; `SSL_CERT_FILE` / `SSL_CERT_DIR` point it elsewhere), TLS 1.2 and
-//! 1.3 with rustls's safe defaults, ALPN `http/1.1`, and rustls's in-memory session cache so
-//! new connections to a target resume. The server name sent (SNI) and verified is the
+//! 1.3 with rustls's safe defaults, ALPN `http/1.1`. Each worker gets its own copy with its
+//! own in-memory session cache ([`UpstreamTls::for_worker`]), so new connections to a target
+//! resume without a lock shared between cores. The server name sent (SNI) and verified is the
 //! target's host, a DNS name or an IP address. Handshake failures are told apart
 //! ([`TlsFailure`]) so the 502 names the cause, and are logged at warn with the target.
 //!
@@ -68,23 +69,46 @@ impl TlsFailure {
     }
 }
 
-/// The process's upstream TLS client.
-static CONNECTOR: OnceLock<TlsConnector> = OnceLock::new();
+/// The process's upstream TLS client configuration.
+static BASE: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Session tickets and ids kept per worker for resumption.
+const SESSIONS_PER_WORKER: usize = 256;
+
+/// One worker's upstream TLS client.
+#[derive(Clone)]
+pub struct UpstreamTls(TlsConnector);
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamTls")
+    }
+}
+
+impl UpstreamTls {
+    /// The process configuration with a session cache of this worker's own (rustls's cache
+    /// is a mutex: one per worker is never contended). `None` before [`init`].
+    pub fn for_worker() -> Option<UpstreamTls> {
+        let mut config = (**BASE.get()?).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_WORKER);
+        Some(UpstreamTls(TlsConnector::from(Arc::new(config))))
+    }
+}
 
 /// Loads the system's root store and builds the client configuration. Called once at
 /// start-up, before the workers run, so no worker reads certificate files on a request.
 /// Returns how many root certificates were loaded.
 pub fn init() -> usize {
     let mut loaded = 0;
-    CONNECTOR.get_or_init(|| {
-        let (connector, count) = build();
+    BASE.get_or_init(|| {
+        let (config, count) = build();
         loaded = count;
-        connector
+        config
     });
     loaded
 }
 
-fn build() -> (TlsConnector, usize) {
+fn build() -> (Arc<ClientConfig>, usize) {
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {
         tracing::warn!(%error, "reading the system's root certificates");
@@ -106,13 +130,18 @@ fn build() -> (TlsConnector, usize) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    (TlsConnector::from(Arc::new(config)), added)
+    (Arc::new(config), added)
 }
 
-/// Runs the TLS handshake with `host` over `tcp`.
-pub async fn connect(host: &str, tcp: TcpStream) -> Result<Conn, TlsFailure> {
-    // Never built here: reading the root store on a worker would stall its requests.
-    let Some(connector) = CONNECTOR.get() else {
+/// Runs the TLS handshake with `host` over `tcp`, with this worker's client (`None` when
+/// the process never called [`init`]: refused rather than reading the root store on a
+/// worker).
+pub async fn connect(
+    client: Option<&UpstreamTls>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<Conn, TlsFailure> {
+    let Some(UpstreamTls(connector)) = client else {
         tracing::error!("upstream TLS used before tls::init(); refusing the handshake");
         return Err(TlsFailure::Handshake);
     };
