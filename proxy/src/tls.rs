@@ -124,8 +124,10 @@ fn build() -> (Arc<ClientConfig>, usize) {
              (install ca-certificates, or set SSL_CERT_FILE)"
         );
     }
-    // ring is the only provider compiled in, so the builder's default is ring's, with its
-    // safe protocol versions (TLS 1.2 and 1.3).
+    // ring as the process's provider (an error only means one is installed already), so the
+    // builder never has to choose between providers another dependency might compile in;
+    // its safe protocol versions are TLS 1.2 and 1.3.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
