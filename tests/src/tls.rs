@@ -19,11 +19,10 @@
 //! The server uses the ring provider explicitly (never the process-wide default), so it
 //! works whichever rustls backends the rest of the workspace enables.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,17 +38,10 @@ use serde_json::{Value, json};
 
 use crate::DAY_SECS;
 use crate::connection::find;
-use crate::upstream::{Seen, target_json};
+use crate::upstream::{Handler, Seen, Server, lock, target_json};
 
-/// Read/write timeout of the server's sockets: long enough for any test step, short enough
-/// that a stuck test fails instead of hanging.
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest request head the server reads; a bigger one ends the connection.
 const MAX_HEAD: usize = 64 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
@@ -328,42 +320,23 @@ impl TlsUpstreamBuilder {
 
     pub fn start(self) -> TlsUpstream {
         let config = Arc::new(self.server_config());
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an HTTPS upstream");
-        let addr = listener.local_addr().expect("the HTTPS upstream's address");
         let records = Arc::new(Records::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let open = Arc::new(Mutex::new(HashMap::<u64, TcpStream>::new()));
-        let running = Arc::new(AtomicUsize::new(0));
-        let conn_settings = ConnSettings {
+        let settings = ConnSettings {
             identity: self.identity.clone(),
             close_each: self.close_each,
         };
-        let accept = {
-            let (records, stop, open, running) =
-                (records.clone(), stop.clone(), open.clone(), running.clone());
-            thread::Builder::new()
-                .name(format!("tls-upstream-{}", self.identity))
-                .spawn(move || {
-                    accept_loop(
-                        listener,
-                        config,
-                        conn_settings,
-                        records,
-                        stop,
-                        open,
-                        running,
-                    )
-                })
-                .expect("spawn the HTTPS upstream's accept thread")
+        // The plain upstreams' accept loop, stop and drain; only the connection is TLS.
+        let handler: Handler = {
+            let records = records.clone();
+            Arc::new(move |stream, peer| {
+                records.connections.fetch_add(1, Ordering::SeqCst);
+                let _ = serve_connection(stream, peer, config.clone(), &settings, &records);
+            })
         };
         TlsUpstream {
+            server: Server::start(&format!("tls-{}", self.identity), handler),
             identity: self.identity,
-            addr,
             records,
-            stop,
-            open,
-            running,
-            accept: Some(accept),
         }
     }
 
@@ -416,51 +389,6 @@ struct Records {
 struct ConnSettings {
     identity: String,
     close_each: bool,
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    settings: ConnSettings,
-    records: Arc<Records>,
-    stop: Arc<AtomicBool>,
-    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
-    running: Arc<AtomicUsize>,
-) {
-    let mut next_id = 0u64;
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = conn else { continue };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        records.connections.fetch_add(1, Ordering::SeqCst);
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_nodelay(true);
-        next_id += 1;
-        let id = next_id;
-        if let Ok(clone) = stream.try_clone() {
-            lock(&open).insert(id, clone);
-        }
-        let (config, settings, records) = (config.clone(), settings.clone(), records.clone());
-        let (done, open) = (running.clone(), open.clone());
-        running.fetch_add(1, Ordering::SeqCst);
-        let spawned = thread::Builder::new()
-            .name(format!("tls-upstream-{}-conn", settings.identity))
-            .spawn(move || {
-                let _ = serve_connection(stream, peer, config, &settings, &records);
-                if let Some(clone) = lock(&open).remove(&id) {
-                    let _ = clone.shutdown(Shutdown::Both);
-                }
-                done.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            running.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
 }
 
 fn serve_connection(
@@ -658,19 +586,15 @@ fn read_request(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<
 /// accepting, shuts every open connection down and waits (boundedly) for their threads.
 pub struct TlsUpstream {
     identity: String,
-    addr: SocketAddr,
     records: Arc<Records>,
-    stop: Arc<AtomicBool>,
-    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
-    running: Arc<AtomicUsize>,
-    accept: Option<thread::JoinHandle<()>>,
+    server: Server,
 }
 
 impl std::fmt::Debug for TlsUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsUpstream")
             .field("identity", &self.identity)
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr)
             .field("connections", &self.connections())
             .field("requests", &self.count())
             .finish()
@@ -698,12 +622,12 @@ impl TlsUpstream {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// `{"host": "127.0.0.1", "port": <port>, "protocol": "https"}`.
     pub fn target(&self) -> Value {
-        target_json(self.addr.port(), json!({"protocol": "https"}))
+        target_json(self.server.addr.port(), json!({"protocol": "https"}))
     }
 
     /// Every request received so far, in arrival order.
@@ -745,24 +669,6 @@ impl TlsUpstream {
     }
 }
 
-impl Drop for TlsUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-        for (_, stream) in lock(&self.open).drain() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.running.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,7 +698,7 @@ mod tests {
         let name = ServerName::try_from(server_name.to_owned()).expect("a server name");
         let conn = ClientConnection::new(Arc::new(config), name).expect("a client connection");
         let sock = TcpStream::connect(up.addr()).expect("connect to the upstream");
-        sock.set_read_timeout(Some(IO_TIMEOUT))
+        sock.set_read_timeout(Some(crate::upstream::UPSTREAM_IO_TIMEOUT))
             .expect("set a read timeout");
         StreamOwned::new(conn, sock)
     }

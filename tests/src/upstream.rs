@@ -31,22 +31,22 @@ use serde_json::{Value, json};
 
 /// Read/write timeout of upstream sockets: long enough for any test step, short enough
 /// that a stuck test fails instead of hanging.
-const UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
 // The server skeleton
 
-type Handler = Arc<dyn Fn(TcpStream, SocketAddr) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(TcpStream, SocketAddr) + Send + Sync>;
 
 /// A listener with an accept thread that hands each connection to `handler` on its own
 /// thread. Dropping it stops accepting, shuts every open connection down and waits
 /// (boundedly) for the connection threads to end.
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     /// A clone of each open connection, to shut it down on drop. The connection's thread
     /// removes (and shuts down) its own when its handler returns, so that the clone never
@@ -57,7 +57,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(name: &str, handler: Handler) -> Server {
+    pub(crate) fn start(name: &str, handler: Handler) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream on loopback");
         Server::serve(listener, name, handler)
     }
