@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use shardgate_core::certs::{CertificateInfo, CertificateSpec};
 use shardgate_core::keys::{self, hash_key};
 use shardgate_core::model::{
     GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
@@ -166,6 +167,25 @@ fn entity_json<T: serde::Serialize>(record: &Record<T>, gateway_id: Option<Uuid>
     object.insert("created_at".into(), rfc3339(record.created_at));
     object.insert("updated_at".into(), rfc3339(record.updated_at));
     Value::Object(object)
+}
+
+/// A certificate as every GET shows it: never the private key. `info` is `None` only for a
+/// stored certificate that no longer loads (logged at start-up).
+fn certificate_json(record: &Record<CertificateSpec>, info: Option<&CertificateInfo>) -> Value {
+    let mut body = json!({
+        "id": record.id,
+        "name": record.spec.name,
+        "sans": info.map(|i| i.sans.clone()),
+        "not_before": info.map(|i| rfc3339(i.not_before)),
+        "not_after": info.map(|i| rfc3339(i.not_after)),
+        "fingerprint_sha256": info.map(|i| i.fingerprint_sha256.clone()),
+        "created_at": rfc3339(record.created_at),
+        "updated_at": rfc3339(record.updated_at),
+    });
+    if info.is_none() {
+        body["error"] = json!("the stored certificate does not load; replace it");
+    }
+    body
 }
 
 /// An API key as every GET shows it: never the key, never its hash.
@@ -374,6 +394,20 @@ impl Api {
                     &json!({"plugins": CATALOGUE, "count": CATALOGUE.len()}),
                 ))
             }),
+            ["api", "v1", "certificates"] => match method {
+                "GET" | "HEAD" => self.list_certificates(req),
+                "POST" => self.create_certificate(req),
+                _ => method_not_allowed("GET, HEAD, POST"),
+            },
+            ["api", "v1", "certificates", id] => {
+                let id = parse_id(id, "certificate")?;
+                match method {
+                    "GET" | "HEAD" => self.get_certificate(id),
+                    "PUT" => self.update_certificate(req, id),
+                    "DELETE" => self.delete(Mutation::DeleteCertificate { id }),
+                    _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
+                }
+            }
             ["api", "v1", "gateways"] => match method {
                 "GET" | "HEAD" => self.list_gateways(req),
                 "POST" => self.create_gateway(req),
@@ -477,7 +511,7 @@ impl Api {
             next = Some(Arc::new(base.next(
                 base.version + 1,
                 &self.state,
-                id,
+                Some(id),
                 &self.env,
             )));
         }
@@ -548,6 +582,68 @@ impl Api {
         Ok(Response::json(200, &body))
     }
 
+    // -- certificates -------------------------------------------------------------------
+
+    fn list_certificates(&self, req: &Request) -> Reply {
+        let page = page(req)?;
+        Ok(list_json(
+            "certificates",
+            self.state.certificates().len(),
+            &page,
+            self.state
+                .certificates()
+                .map(|r| certificate_json(r, self.state.certificate_info(r.id))),
+        ))
+    }
+
+    fn get_certificate(&self, id: Uuid) -> Reply {
+        let record = self
+            .state
+            .certificate(id)
+            .ok_or_else(|| Fail::new(404, format!("certificate {id} not found")))?;
+        Ok(Response::json(
+            200,
+            &certificate_json(record, self.state.certificate_info(id)),
+        ))
+    }
+
+    fn create_certificate(&mut self, req: &Request) -> Reply {
+        let spec: CertificateSpec = parse_body(req, &[])?;
+        let info = spec.validate(OffsetDateTime::now_utc())?;
+        let t = now();
+        let record = Record {
+            id: Uuid::now_v7(),
+            created_at: t,
+            updated_at: t,
+            spec,
+        };
+        let body = certificate_json(&record, Some(&info));
+        let location = format!("/api/v1/certificates/{}", record.id);
+        self.commit(Mutation::PutCertificate(record))?;
+        Ok(Response::json(201, &body).with_header("Location", location))
+    }
+
+    /// Replaces the certificate: new handshakes get the new one at once; connections
+    /// already open keep the one they negotiated.
+    fn update_certificate(&mut self, req: &Request, id: Uuid) -> Reply {
+        let spec: CertificateSpec = parse_body(req, &[("id", Some(id))])?;
+        let created_at = self
+            .state
+            .certificate(id)
+            .ok_or_else(|| Fail::new(404, format!("certificate {id} not found")))?
+            .created_at;
+        let info = spec.validate(OffsetDateTime::now_utc())?;
+        let record = Record {
+            id,
+            created_at,
+            updated_at: now(),
+            spec,
+        };
+        let body = certificate_json(&record, Some(&info));
+        self.commit(Mutation::PutCertificate(record))?;
+        Ok(Response::json(200, &body))
+    }
+
     // -- children -----------------------------------------------------------------------
 
     fn list_children(&self, req: &Request, gateway_id: Uuid, c: Collection) -> Reply {
@@ -559,7 +655,9 @@ impl Api {
                 c.name(),
                 g.upstreams.len(),
                 &page,
-                g.upstreams.values().map(|r| entity_json(r, gid)),
+                g.upstreams
+                    .values()
+                    .map(|r| entity_json(&r.redacted(), gid)),
             ),
             Collection::Services => list_json(
                 c.name(),
@@ -586,7 +684,10 @@ impl Api {
         let g = self.gateway_state(gateway_id)?;
         let gid = Some(gateway_id);
         let found = match c {
-            Collection::Upstreams => g.upstreams.get(&id).map(|r| entity_json(r, gid)),
+            Collection::Upstreams => g
+                .upstreams
+                .get(&id)
+                .map(|r| entity_json(&r.redacted(), gid)),
             Collection::Services => g.services.get(&id).map(|r| entity_json(r, gid)),
             Collection::Rules => g.rules.get(&id).map(|r| entity_json(r, gid)),
             Collection::Keys => g.keys.get(&id).map(|r| key_json(r, gateway_id)),
@@ -705,7 +806,11 @@ impl Api {
     ) -> Result<Child, Fail> {
         Ok(match c {
             Collection::Upstreams => {
-                let spec: UpstreamSpec = parse_body(req, ids)?;
+                let mut spec: UpstreamSpec = parse_body(req, ids)?;
+                // A key sent back as GET showed it: the stored one (ids are unique across
+                // gateways, and a create's is new).
+                let stored = self.state.gateways().find_map(|g| g.upstreams.get(&id));
+                spec.restore_redacted_key(stored.map(|r| &r.spec));
                 spec.validate()?;
                 Child::Upstream(Record {
                     id,
@@ -780,6 +885,27 @@ impl Api {
         );
         let _ = writeln!(
             out,
+            "# HELP shardgate_certificate_expiry_timestamp_seconds When each certificate expires (not_after, Unix seconds).\n# TYPE shardgate_certificate_expiry_timestamp_seconds gauge"
+        );
+        for record in self.state.certificates() {
+            if let Some(info) = self.state.certificate_info(record.id) {
+                let _ = writeln!(
+                    out,
+                    "shardgate_certificate_expiry_timestamp_seconds{{name=\"{}\"}} {}",
+                    prometheus_label(&record.spec.name),
+                    info.not_after.unix_timestamp()
+                );
+            }
+        }
+        if let Some(default) = self.state.fallback_certificate() {
+            let _ = writeln!(
+                out,
+                "shardgate_certificate_expiry_timestamp_seconds{{name=\"{DEFAULT_CERTIFICATE_LABEL}\"}} {}",
+                default.info.not_after.unix_timestamp()
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP shardgate_worker_config_version Configuration version each worker runs.\n# TYPE shardgate_worker_config_version gauge"
         );
         for (i, v) in self.broadcaster.applied_versions().iter().enumerate() {
@@ -792,11 +918,23 @@ impl Api {
 fn child_json(entity: &Child, gateway_id: Uuid) -> Value {
     let gid = Some(gateway_id);
     match entity {
-        Child::Upstream(r) => entity_json(r, gid),
+        Child::Upstream(r) => entity_json(&r.redacted(), gid),
         Child::Service(r) => entity_json(r, gid),
         Child::Rule(r) => entity_json(r, gid),
         Child::Key(r) => key_json(r, gateway_id),
     }
+}
+
+/// The metrics label of the development certificate, which is not an API entity; no
+/// uploaded certificate's name starts with `<` (`CertificateSpec::validate`).
+const DEFAULT_CERTIFICATE_LABEL: &str = "<development>";
+
+/// A label value in the Prometheus text format: backslash, quote and newline escaped.
+fn prometheus_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn read_only(method: &str, answer: impl FnOnce() -> Reply) -> Reply {

@@ -5,7 +5,7 @@
 //! `shardgate_core::http1`), JSON bodies checked for duplicate keys and depth
 //! ([`strict_json`]), the durable [`store`] (journal + checkpoint), snapshot compilation after
 //! each write and its [`broadcast`] to the workers, upstream name resolution ([`resolve`]),
-//! active health checks ([`health`]) and the admin thread's life cycle ([`server`]).
+//! active health checks ([`health`]), the development certificate ([`devcert`]) and the admin thread's life cycle ([`server`]).
 //!
 //! Never does: forward client traffic. The admin thread is the only writer of configuration;
 //! workers only ever see immutable snapshots it publishes.
@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod broadcast;
+pub mod devcert;
 pub mod health;
 pub mod http;
 pub mod resolve;

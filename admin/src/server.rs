@@ -22,6 +22,7 @@ use shardgate_core::state::{ApplyError, Mutation, State};
 
 use crate::api::Api;
 use crate::broadcast::Broadcaster;
+use crate::devcert;
 use crate::http::{self, ServerLimits};
 use crate::resolve::CompileEnv;
 use crate::store::{Durable, Store, StoreOptions};
@@ -47,6 +48,9 @@ pub struct AdminOptions {
     pub fsync: bool,
     /// Shared rate-limit counters; the workers hold the same registry.
     pub rate_limits: Arc<Registry>,
+    /// Serve a development certificate ([`crate::devcert`]) when no uploaded certificate
+    /// covers `*.<base_domain>`: set when the HTTPS listener is on.
+    pub dev_certificate: bool,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -57,6 +61,7 @@ impl std::fmt::Debug for AdminOptions {
             .field("data_dir", &self.data_dir)
             .field("base_domain", &self.base_domain)
             .field("fsync", &self.fsync)
+            .field("dev_certificate", &self.dev_certificate)
             .finish_non_exhaustive()
     }
 }
@@ -90,8 +95,22 @@ impl Admin {
             fsync: opts.fsync,
             ..StoreOptions::default()
         };
-        let (store, state) = Store::<State>::open(&opts.data_dir, store_opts)
+        let (store, mut state) = Store::<State>::open(&opts.data_dir, store_opts)
             .map_err(|e| AdminError(format!("cannot open the data directory: {e}")))?;
+        let mut fallback = None;
+        if opts.dev_certificate && !devcert::covered(&state, &opts.base_domain) {
+            let cert = devcert::load_or_create(&opts.data_dir, &opts.base_domain)
+                .map_err(|e| AdminError(format!("development certificate: {e}")))?;
+            tracing::warn!(
+                names = ?cert.info.sans,
+                not_after = %shardgate_core::certs::rfc3339(cert.info.not_after),
+                path = %opts.data_dir.join(devcert::DEV_CERT_FILE).display(),
+                "the HTTPS listener serves a self-signed DEVELOPMENT certificate to names no \
+                 uploaded certificate covers; upload one (POST /api/v1/certificates) for production"
+            );
+            fallback = Some(cert);
+        }
+        state.set_tls_default(&opts.base_domain, fallback);
         let recovery = store.stats().recovery;
         tracing::info!(
             data_dir = %opts.data_dir.display(),

@@ -4,8 +4,9 @@
 //!
 //! # Lifecycle
 //!
-//! `open` locks the directory, loads `checkpoint.bin` (if any), replays `journal.log` through
-//! [`Durable::apply`] and hands back the recovered state. The owner then, per change:
+//! `open` creates the directory if absent (mode 0700: the state holds private keys, such as
+//! upstream mTLS keys), locks it, loads `checkpoint.bin` (if any), replays `journal.log`
+//! through [`Durable::apply`] and hands back the recovered state. The owner then, per change:
 //! validate → [`Store::append`] (returns once the record is fsynced) → apply to its state →
 //! [`Store::maybe_checkpoint`]. A checkpoint writes the state and starts an empty journal.
 //!
@@ -13,7 +14,7 @@
 //!
 //! ```text
 //! LOCK                 empty; held with flock(LOCK_EX|LOCK_NB) while a Store is open
-//! journal.log          header (24 bytes), then frames
+//! journal.log          (mode 0600, like checkpoint.bin) header (24 bytes), then frames
 //!   header             magic "SGJOURNL" (8) | format version u32 | generation u64
 //!                      | crc32 of the preceding 20 bytes u32
 //!   frame              payload length u32 (>= 1) | crc32 of payload u32 | payload
@@ -89,7 +90,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const JOURNAL_FILE: &str = "journal.log";
@@ -104,17 +105,18 @@ const CHECKPOINT_MAGIC: [u8; 8] = *b"SGCHKPNT";
 ///
 /// 2: payloads are JSON, which is self-describing: a field added to an entity later (with a
 /// `#[serde(default)]`) reads old records unchanged, so the model can grow without a
-/// migration. 1: payloads were bincode, whose positional encoding cannot take a new field;
-/// a version-1 directory is still read (with today's types, which version 1 wrote) and is
-/// rewritten as version 2 right after it opens ([`Store::open`]), so later releases, whose
-/// types will differ, never need to read bincode. JSON costs space and time only in
-/// checkpoints and records, which are off the request path.
+/// migration. JSON costs space and time only in checkpoints and records, which are off the
+/// request path.
 const FORMAT_VERSION: u32 = 2;
-/// The bincode format, read once to upgrade. Reading it is only correct while the stored
-/// types are exactly those that wrote format 1: the change that first adds a field to a
-/// stored type must remove this (a format-1 directory is then refused with the versions
-/// named, and is upgraded by opening it once with a release before that change).
+/// Format 1: payloads were bincode, whose positional encoding cannot take a new field. It is
+/// no longer read: the stored types have grown since (an upstream's `tls`), so bincode would
+/// misread what format 1 wrote. The releases that wrote format 2 also read format 1 and
+/// rewrote it as format 2 at open, so a format-1 directory is refused with that advice.
 const FORMAT_BINCODE: u32 = 1;
+/// The data directory's mode when `open` creates it: the owner only.
+const DIR_MODE: u32 = 0o700;
+/// The journal's and checkpoint's mode: they hold private keys.
+const FILE_MODE: u32 = 0o600;
 const JOURNAL_HEADER_LEN: usize = 24;
 const CHECKPOINT_HEADER_LEN: usize = 32;
 const FRAME_HEADER_LEN: usize = 8;
@@ -216,7 +218,8 @@ pub enum Corruption {
     WrongMagic {
         expected: &'static str,
     },
-    /// Written by a different (newer) format version.
+    /// Written in another format version: a newer one, or format 1 (bincode), which this
+    /// build no longer reads.
     UnsupportedVersion {
         found: u32,
         supported: u32,
@@ -319,13 +322,29 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Corrupt {
                 path,
+                reason:
+                    Corruption::UnsupportedVersion {
+                        found: FORMAT_BINCODE,
+                        ..
+                    },
+                ..
+            } => write!(
+                f,
+                "{}: written in format version {FORMAT_BINCODE} (bincode), which this build no \
+                 longer reads (it reads version {FORMAT_VERSION}): start the previous release \
+                 once on this data directory, which rewrites it as version {FORMAT_VERSION}, \
+                 then this one; refusing to start, nothing was changed",
+                path.display()
+            ),
+            StoreError::Corrupt {
+                path,
                 reason: Corruption::UnsupportedVersion { found, .. },
                 ..
             } => write!(
                 f,
-                "{}: written in format version {found}, and this build reads versions \
-                 {FORMAT_BINCODE} and {FORMAT_VERSION}: a newer release wrote it (or an older one \
-                 that must open it once to upgrade it); refusing to start, nothing was changed",
+                "{}: written in format version {found}, and this build reads version \
+                 {FORMAT_VERSION}: a newer release wrote it; refusing to start, nothing was \
+                 changed",
                 path.display()
             ),
             StoreError::Corrupt {
@@ -419,8 +438,14 @@ impl<S: Durable> Store<S> {
     /// Opens (creating if absent) the data directory, recovers checkpoint + journal, returns the store and the recovered state.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store<S>, S), StoreError> {
         let existed = dir.exists();
-        fs::create_dir_all(dir).map_err(io_err(dir, "create data directory"))?;
-        if !existed && opts.fsync {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(io_err(dir, "create data directory"))?;
+        if existed {
+            warn_if_others_can_read(dir);
+        } else if opts.fsync {
             // Make the new directory's own name durable, or a power loss could lose the
             // whole directory along with the acknowledged writes inside it.
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -444,9 +469,8 @@ impl<S: Durable> Store<S> {
 
         let checkpoint_path = dir.join(CHECKPOINT_FILE);
         // No checkpoint yet: generation 0, the default state.
-        let (generation, mut state, checkpoint_version): (u64, S, u32) =
-            read_checkpoint(&checkpoint_path)?.unwrap_or((0, S::default(), FORMAT_VERSION));
-        let mut upgrade = checkpoint_version == FORMAT_BINCODE;
+        let (generation, mut state): (u64, S) =
+            read_checkpoint(&checkpoint_path)?.unwrap_or((0, S::default()));
         let mut recovery = Recovery {
             checkpoint_generation: generation,
             ..Recovery::default()
@@ -474,9 +498,7 @@ impl<S: Durable> Store<S> {
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes)
                     .map_err(io_err(&journal_path, "read"))?;
-                let (journal_generation, journal_version) =
-                    parse_journal_header(&journal_path, &bytes)?;
-                upgrade |= journal_version == FORMAT_BINCODE;
+                let journal_generation = parse_journal_header(&journal_path, &bytes)?;
                 if journal_generation < generation {
                     tracing::warn!(
                         journal = %journal_path.display(),
@@ -496,7 +518,7 @@ impl<S: Durable> Store<S> {
                         checkpoint_generation: generation,
                     });
                 } else {
-                    let replayed = replay(&journal_path, &bytes, journal_version, &mut state)?;
+                    let replayed = replay(&journal_path, &bytes, &mut state)?;
                     if let Some(torn) = replayed.torn_tail {
                         tracing::warn!(
                             journal = %journal_path.display(),
@@ -517,7 +539,7 @@ impl<S: Durable> Store<S> {
             }
         };
 
-        let mut store = Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             journal_path,
             opts,
@@ -531,18 +553,26 @@ impl<S: Durable> Store<S> {
             _lock: lock,
             _state: PhantomData,
         };
-        if upgrade {
-            // Rewrite both files in today's format before anything is appended: a version-1
-            // journal must not receive JSON records, and later releases read only JSON.
-            store.checkpoint(&state)?;
-            tracing::info!(
-                dir = %dir.display(),
-                from = FORMAT_BINCODE,
-                to = FORMAT_VERSION,
-                "upgraded the data directory's format"
-            );
-        }
         Ok((store, state))
+    }
+
+    /// Reads the state in `dir` without opening the store: no lock, no writes (a torn tail
+    /// is skipped, not truncated; a stale journal is ignored). For `shardgate doctor`, which
+    /// may run beside the gateway that holds the lock; what it reads is as of the last
+    /// complete record.
+    pub fn peek(dir: &Path) -> Result<S, StoreError> {
+        let (generation, mut state): (u64, S) =
+            read_checkpoint(&dir.join(CHECKPOINT_FILE))?.unwrap_or((0, S::default()));
+        let journal_path = dir.join(JOURNAL_FILE);
+        let bytes = match fs::read(&journal_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(io_err(&journal_path, "read")(e)),
+        };
+        if parse_journal_header(&journal_path, &bytes)? == generation {
+            replay(&journal_path, &bytes, &mut state)?;
+        }
+        Ok(state)
     }
 
     /// Appends one mutation to the journal and fsyncs before returning. Caller applies it to its state after this returns Ok.
@@ -733,7 +763,7 @@ fn check_magic_and_version(
     magic: &[u8; 8],
     kind: &'static str,
     header_len: usize,
-) -> Result<u32, StoreError> {
+) -> Result<(), StoreError> {
     let short = Corruption::ShortHeader {
         len: bytes.len() as u64,
     };
@@ -753,7 +783,7 @@ fn check_magic_and_version(
         return Err(corrupt(path, 0, Region::Header, short));
     }
     match le_u32(bytes, 8) {
-        Some(version @ (FORMAT_VERSION | FORMAT_BINCODE)) => Ok(version),
+        Some(FORMAT_VERSION) => Ok(()),
         Some(found) => Err(corrupt(
             path,
             8,
@@ -777,31 +807,29 @@ fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER_LEN] {
     h
 }
 
-/// Returns the generation of the checkpoint this journal follows, and its format version.
-/// The header is never torn (the file is created whole by rename), so any defect here is
-/// corruption.
-fn parse_journal_header(path: &Path, bytes: &[u8]) -> Result<(u64, u32), StoreError> {
-    let version =
-        check_magic_and_version(path, bytes, &JOURNAL_MAGIC, "journal", JOURNAL_HEADER_LEN)?;
+/// Returns the generation of the checkpoint this journal follows. The header is never torn
+/// (the file is created whole by rename), so any defect here is corruption.
+fn parse_journal_header(path: &Path, bytes: &[u8]) -> Result<u64, StoreError> {
+    check_magic_and_version(path, bytes, &JOURNAL_MAGIC, "journal", JOURNAL_HEADER_LEN)?;
     let fields = bytes.get(..20);
     match (le_u64(bytes, 12), le_u32(bytes, 20), fields) {
         (Some(generation), Some(crc), Some(fields)) if crc32fast::hash(fields) == crc => {
-            Ok((generation, version))
+            Ok(generation)
         }
         _ => Err(corrupt(path, 0, Region::Header, Corruption::CrcMismatch)),
     }
 }
 
-/// The checkpoint's generation, state and format version; `None` when there is none.
+/// The checkpoint's generation and state; `None` when there is none.
 fn read_checkpoint<S: serde::de::DeserializeOwned>(
     path: &Path,
-) -> Result<Option<(u64, S, u32)>, StoreError> {
+) -> Result<Option<(u64, S)>, StoreError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path, "read")(e)),
     };
-    let version = check_magic_and_version(
+    check_magic_and_version(
         path,
         &bytes,
         &CHECKPOINT_MAGIC,
@@ -845,31 +873,16 @@ fn read_checkpoint<S: serde::de::DeserializeOwned>(
             Corruption::CrcMismatch,
         ));
     }
-    let state = decode_exact::<S>(payload, version)
+    let state = decode_exact::<S>(payload)
         .map_err(|reason| corrupt(path, CHECKPOINT_HEADER_LEN, Region::Checkpoint, reason))?;
-    Ok(Some((generation, state, version)))
+    Ok(Some((generation, state)))
 }
 
-/// Decodes a whole payload written in format `version`; leftover bytes mean the writer and
-/// reader disagree on the type.
-fn decode_exact<T: serde::de::DeserializeOwned>(
-    payload: &[u8],
-    version: u32,
-) -> Result<T, Corruption> {
-    if version != FORMAT_BINCODE {
-        return serde_json::from_slice(payload).map_err(|e| Corruption::Undecodable {
-            detail: e.to_string(),
-        });
-    }
-    match bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard()) {
-        Ok((value, used)) if used == payload.len() => Ok(value),
-        Ok((_, used)) => Err(Corruption::Undecodable {
-            detail: format!("{} trailing bytes", payload.len() - used),
-        }),
-        Err(e) => Err(Corruption::Undecodable {
-            detail: e.to_string(),
-        }),
-    }
+/// Decodes a whole JSON payload; trailing bytes mean the writer and reader disagree.
+fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Corruption> {
+    serde_json::from_slice(payload).map_err(|e| Corruption::Undecodable {
+        detail: e.to_string(),
+    })
 }
 
 struct Replayed {
@@ -920,18 +933,13 @@ fn next_frame(rest: &[u8]) -> Frame<'_> {
     }
 }
 
-fn replay<S: Durable>(
-    path: &Path,
-    bytes: &[u8],
-    version: u32,
-    state: &mut S,
-) -> Result<Replayed, StoreError> {
+fn replay<S: Durable>(path: &Path, bytes: &[u8], state: &mut S) -> Result<Replayed, StoreError> {
     let mut pos = JOURNAL_HEADER_LEN;
     let mut records = 0;
     while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
         match next_frame(rest) {
             Frame::Complete(payload) => {
-                let m = decode_exact::<S::Mutation>(payload, version)
+                let m = decode_exact::<S::Mutation>(payload)
                     .map_err(|reason| corrupt(path, pos, Region::Record, reason))?;
                 state.apply(&m).map_err(|e| {
                     corrupt(
@@ -971,6 +979,7 @@ fn write_synced(path: &Path, bytes: &[u8], fsync: bool) -> io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(FILE_MODE)
         .open(path)?;
     file.write_all(bytes)?;
     if fsync {
@@ -990,6 +999,7 @@ fn install_fresh_journal(dir: &Path, generation: u64, fsync: bool) -> Result<Fil
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(FILE_MODE)
         .open(&tmp)
         .map_err(io_err(&tmp, "create"))?;
     file.write_all(&journal_header(generation))
@@ -1003,6 +1013,21 @@ fn install_fresh_journal(dir: &Path, generation: u64, fsync: bool) -> Result<Fil
     }
     // The handle now names journal.log.
     Ok(file)
+}
+
+/// Warns when an existing data directory lets others than its owner in: the state holds
+/// private keys. Its mode is the operator's choice, so it is not changed.
+fn warn_if_others_can_read(dir: &Path) {
+    if let Ok(meta) = fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the data directory is open to other users, and its files hold private keys; \
+             chmod 700 it"
+        );
+    }
 }
 
 /// Makes renames and file creations in `dir` durable.
@@ -1130,11 +1155,12 @@ mod tests {
         }
     }
 
-    /// A version-1 (bincode) data directory as the previous release wrote it: checkpoint
-    /// generation 1 holding `checkpointed`, then a journal of `ops` after it.
-    fn write_version_1(dir: &Path, checkpointed: &Kv, ops: &[Op]) -> TestResult {
+    /// A version-1 data directory as releases before format 2 wrote it: checkpoint
+    /// generation 1, then a journal of one record after it. The payloads stand in for
+    /// bincode: the version in the headers is all that `open` may look at.
+    fn write_version_1(dir: &Path) -> TestResult {
         fs::create_dir_all(dir)?;
-        let payload = bincode::serde::encode_to_vec(checkpointed, bincode::config::standard())?;
+        let payload = b"\x01\x02 bincode of the previous release";
         let mut checkpoint = Vec::new();
         checkpoint.extend_from_slice(&CHECKPOINT_MAGIC);
         checkpoint.extend_from_slice(&FORMAT_BINCODE.to_le_bytes());
@@ -1142,50 +1168,85 @@ mod tests {
         checkpoint.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&checkpoint[12..28]);
-        crc.update(&payload);
+        crc.update(payload);
         checkpoint.extend_from_slice(&crc.finalize().to_le_bytes());
-        checkpoint.extend_from_slice(&payload);
+        checkpoint.extend_from_slice(payload);
         fs::write(dir.join(CHECKPOINT_FILE), checkpoint)?;
 
         let mut journal = journal_header(1).to_vec();
         journal[8..12].copy_from_slice(&FORMAT_BINCODE.to_le_bytes());
         let crc = crc32fast::hash(&journal[..20]);
         journal[20..24].copy_from_slice(&crc.to_le_bytes());
-        for op in ops {
-            let payload = bincode::serde::encode_to_vec(op, bincode::config::standard())?;
-            journal.extend_from_slice(&u32::try_from(payload.len())?.to_le_bytes());
-            journal.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            journal.extend_from_slice(&payload);
-        }
+        journal.extend_from_slice(&u32::try_from(payload.len())?.to_le_bytes());
+        journal.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        journal.extend_from_slice(payload);
         fs::write(dir.join(JOURNAL_FILE), journal)?;
         Ok(())
     }
 
     #[test]
-    fn a_version_1_directory_opens_with_every_record_and_is_rewritten_as_version_2() -> TestResult {
+    fn a_version_1_directory_is_refused_saying_to_open_it_with_the_previous_release_first()
+    -> TestResult {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("data");
-        write_version_1(&dir, &kv(&[("a", "1")], 1), &[put("b", "2"), del("a")])?;
+        write_version_1(&dir)?;
+        let before = files_in(&dir)?;
 
-        let (mut store, mut state) = open(&dir)?;
-        assert_eq!(
-            state,
-            kv(&[("b", "2")], 3),
-            "checkpoint and journal both read"
+        let err = open_err(&dir)?;
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt {
+                    reason: Corruption::UnsupportedVersion { found: 1, .. },
+                    ..
+                }
+            ),
+            "{err:?}"
         );
-        for file in [CHECKPOINT_FILE, JOURNAL_FILE] {
-            let bytes = fs::read(dir.join(file))?;
-            assert_eq!(
-                le_u32(&bytes, 8),
-                Some(FORMAT_VERSION),
-                "{file} was rewritten in today's format"
-            );
-        }
-        write(&mut store, &mut state, put("c", "3"))?;
-        drop(store);
+        let message = err.to_string();
+        assert!(
+            message.contains("format version 1 (bincode)")
+                && message.contains("no longer reads")
+                && message.contains("previous release")
+                && message.contains("nothing was changed"),
+            "{message}"
+        );
+        assert_eq!(files_in(&dir)?, before, "the directory is left as it was");
+        Ok(())
+    }
 
-        let (_, reopened) = open(&dir)?;
-        assert_eq!(reopened, kv(&[("b", "2"), ("c", "3")], 4));
+    /// Every file in `dir` but the lock, with its bytes.
+    fn files_in(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn Error>> {
+        let mut files = BTreeMap::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != LOCK_FILE {
+                files.insert(name, fs::read(entry.path())?);
+            }
+        }
+        Ok(files)
+    }
+
+    #[test]
+    fn the_data_directory_is_created_owner_only_and_its_files_are_0600() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let (mut store, mut state) = open(&dir)?;
+        write(
+            &mut store,
+            &mut state,
+            put("secret", "-----BEGIN PRIVATE KEY-----"),
+        )?;
+        store.checkpoint(&state)?;
+        write(&mut store, &mut state, put("b", "2"))?;
+        let mode = |path: &Path| -> io::Result<u32> {
+            Ok(fs::metadata(path)?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode(&dir)?, 0o700, "the data directory");
+        for file in [JOURNAL_FILE, CHECKPOINT_FILE] {
+            assert_eq!(mode(&dir.join(file))?, 0o600, "{file}");
+        }
         Ok(())
     }
 
@@ -1201,7 +1262,7 @@ mod tests {
         let message = open_err(&dir)?.to_string();
         assert!(
             message.contains("format version 7")
-                && message.contains("reads versions 1 and 2")
+                && message.contains("reads version 2")
                 && message.contains("nothing was changed"),
             "{message}"
         );

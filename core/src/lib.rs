@@ -17,6 +17,7 @@
 //! Lint policy: the workspace's (`unsafe_code` denied, clippy `all` + `unwrap_used`).
 
 pub mod balance;
+pub mod certs;
 pub mod duration;
 pub mod http1;
 pub mod keys;

@@ -4,10 +4,15 @@
 //! Each entity has a *spec* (what the client sends: every field has a documented default,
 //! unknown fields are refused by name) and is stored as a [`Record`] that adds the
 //! server-assigned id and timestamps. The journal stores them as JSON (format 2), so a field
-//! added later with `#[serde(default)]` reads old records unchanged. Specs also stay
-//! bincode-friendly (no `skip_serializing_if`, no `flatten`, no internally tagged enums;
-//! free-form JSON goes through [`Json`]) while the store still upgrades format-1 (bincode)
-//! data directories.
+//! added later with `#[serde(default)]` reads old records unchanged. (Specs also stay
+//! bincode-friendly: no `skip_serializing_if`, no `flatten`, no internally tagged enums,
+//! free-form JSON through [`Json`]. The store no longer reads its format-1 bincode files,
+//! but the state's tests still roundtrip through bincode.)
+//!
+//! Secrets are stored in full, because the proxy needs them: an upstream's
+//! `tls.client_key_pem` is a [`PrivateKeyPem`], whose `Debug` hides it; the admin API
+//! shows every stored upstream through [`Record::redacted`] and puts a key sent back as
+//! [`REDACTED`] back with [`UpstreamSpec::restore_redacted_key`].
 //!
 //! `validate` checks what a spec can check alone and reports the failing field path
 //! (`required_plugins[0].settings.limits.global.window: invalid duration "1x"`); what needs the
@@ -16,6 +21,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -159,8 +167,8 @@ impl std::error::Error for Invalid {}
 
 /// Free-form JSON inside an entity (plugin settings, service metadata).
 ///
-/// In JSON it is the value itself; in binary formats (format-1 journals) it is the JSON
-/// text, because bincode cannot encode a self-describing value.
+/// In JSON it is the value itself; in binary formats it is the JSON text, because bincode
+/// cannot encode a self-describing value.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Json(pub serde_json::Value);
 
@@ -506,6 +514,12 @@ pub struct UpstreamSpec {
     pub pool: PoolSettings,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// How its `https` targets are reached: trusted roots, server name, client certificate,
+    /// minimum version. Absent (default): the system's roots, the target's host, no client
+    /// certificate, TLS 1.2 or later. Harmless on an upstream without `https` targets.
+    /// (Boxed: most upstreams have none, and every stored upstream would carry its size.)
+    #[serde(default)]
+    pub tls: Option<Box<TlsSettings>>,
 }
 
 fn default_connect_timeout() -> Span {
@@ -773,8 +787,267 @@ impl UpstreamSpec {
                 "must be at least 1",
             ));
         }
-        validate_tags(&self.tags)
+        validate_tags(&self.tags)?;
+        match &self.tls {
+            Some(tls) => tls.validate().map_err(|e| e.under("tls")),
+            None => Ok(()),
+        }
     }
+
+    /// Puts the stored client key back where `tls.client_key_pem` holds [`REDACTED`], the
+    /// placeholder every answer of the admin API shows instead of the key, so that GET →
+    /// edit → PUT keeps the key. `stored` is the upstream this spec replaces (`None` on a
+    /// create); with no key stored the placeholder stays and [`UpstreamSpec::validate`]
+    /// refuses it. A key given in full replaces the stored one, as any other field does.
+    pub fn restore_redacted_key(&mut self, stored: Option<&UpstreamSpec>) {
+        let Some(key) = self.tls.as_mut().and_then(|t| t.client_key_pem.as_mut()) else {
+            return;
+        };
+        if !key.is_redacted() {
+            return;
+        }
+        let kept = stored
+            .and_then(|s| s.tls.as_ref())
+            .and_then(|t| t.client_key_pem.as_ref());
+        if let Some(kept) = kept {
+            *key = kept.clone();
+        }
+    }
+}
+
+impl Record<UpstreamSpec> {
+    /// The upstream as the admin API shows it: `tls.client_key_pem`, when set, as
+    /// [`REDACTED`]. Borrowed unchanged when there is no key to hide.
+    pub fn redacted(&self) -> std::borrow::Cow<'_, Record<UpstreamSpec>> {
+        use std::borrow::Cow;
+        let has_key = self
+            .spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_key_pem.is_some());
+        if !has_key {
+            return Cow::Borrowed(self);
+        }
+        let mut shown = self.clone();
+        if let Some(key) = shown
+            .spec
+            .tls
+            .as_mut()
+            .and_then(|t| t.client_key_pem.as_mut())
+        {
+            *key = PrivateKeyPem(REDACTED.to_owned());
+        }
+        Cow::Owned(shown)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream TLS
+
+/// What the admin API shows instead of a private key, and takes back in its place.
+pub const REDACTED: &str = "<redacted>";
+
+/// How an upstream's `https` targets are reached (`tls` on an upstream). Every field has a
+/// default, and the defaults together are what an upstream without `tls` gets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Check the target's certificate: a chain to a trusted root, valid now, for the server
+    /// name. Default true. `false` accepts any certificate (still the handshake's own
+    /// signature), so anyone on the path can read and change the traffic; the proxy warns in
+    /// its log each time it picks up a configuration that has it.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM bundle of the roots trusted for this upstream, instead of the system's store.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// The name sent as SNI and verified against the certificate. Default: the target's
+    /// host (an IP address is verified as one and sends no SNI).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// mTLS: the client certificate (leaf first, then intermediates) presented to the
+    /// target. Requires `client_key_pem`.
+    #[serde(default)]
+    pub client_cert_pem: Option<String>,
+    /// mTLS: the private key of `client_cert_pem` (PKCS#8, PKCS#1 or SEC1 PEM). Never
+    /// returned by the API (shown as [`REDACTED`]), logged, or quoted in an error.
+    #[serde(default)]
+    pub client_key_pem: Option<PrivateKeyPem>,
+    /// The oldest protocol version accepted: `1.2` (default) or `1.3`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            verify: true,
+            ca_pem: None,
+            server_name: None,
+            client_cert_pem: None,
+            client_key_pem: None,
+            min_version: TlsVersion::default(),
+        }
+    }
+}
+
+/// A private key in PEM. Its `Debug` never shows it, so a spec logged by mistake does not
+/// leak it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PrivateKeyPem(pub String);
+
+impl PrivateKeyPem {
+    /// Whether this is the placeholder a GET shows rather than a key.
+    pub fn is_redacted(&self) -> bool {
+        self.0 == REDACTED
+    }
+}
+
+impl fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// A TLS protocol version, as `tls.min_version` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl TlsSettings {
+    /// True when these settings are what an upstream without `tls` gets, so the process's
+    /// shared client configuration serves it.
+    pub fn is_default(&self) -> bool {
+        *self == TlsSettings::default()
+    }
+
+    /// Checks what a handshake would trip over: PEM that does not parse, a key that is not
+    /// the certificate's, half an mTLS pair, a server name rustls refuses. Paths are
+    /// relative to `tls`; no message quotes a byte of the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.server_name()?;
+        self.trusted_roots()?;
+        self.client_identity()?;
+        Ok(())
+    }
+
+    /// `server_name` as rustls takes it; `None` when the target's host is to be used.
+    pub fn server_name(&self) -> Result<Option<ServerName<'static>>, Invalid> {
+        let Some(name) = &self.server_name else {
+            return Ok(None);
+        };
+        check_len("server_name", name, MAX_HOST_BYTES)?;
+        match ServerName::try_from(name.as_str()) {
+            Ok(parsed) if is_valid_host(name) => Ok(Some(parsed.to_owned())),
+            _ => Err(Invalid::new(
+                "server_name",
+                format!("{name:?} is not a DNS name or an IP address"),
+            )),
+        }
+    }
+
+    /// The certificates of `ca_pem`, each checked to be usable as a trust anchor; `None`
+    /// when the system's roots are to be used.
+    pub fn trusted_roots(&self) -> Result<Option<Vec<CertificateDer<'static>>>, Invalid> {
+        let Some(pem) = &self.ca_pem else {
+            return Ok(None);
+        };
+        let certs = parse_certificates(pem, "ca_pem")?;
+        let mut store = rustls::RootCertStore::empty();
+        for (i, cert) in certs.iter().enumerate() {
+            if store.add(cert.clone()).is_err() {
+                return Err(Invalid::new(
+                    "ca_pem",
+                    format!(
+                        "certificate {} of the bundle is not a valid X.509 certificate",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        Ok(Some(certs))
+    }
+
+    /// The client certificate chain and its private key, checked to belong together;
+    /// `None` without mTLS.
+    pub fn client_identity(
+        &self,
+    ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, Invalid> {
+        let (cert_pem, key_pem) = match (&self.client_cert_pem, &self.client_key_pem) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(Invalid::new(
+                    "client_key_pem",
+                    "required with client_cert_pem: mTLS takes the certificate and its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Invalid::new(
+                    "client_cert_pem",
+                    "required with client_key_pem: mTLS takes the certificate and its key",
+                ));
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let chain = parse_certificates(cert_pem, "client_cert_pem")?;
+        if chain
+            .first()
+            .is_none_or(|leaf| rustls::server::ParsedCertificate::try_from(leaf).is_err())
+        {
+            return Err(Invalid::new(
+                "client_cert_pem",
+                "the first certificate is not a valid X.509 certificate",
+            ));
+        }
+        if key_pem.is_redacted() {
+            return Err(Invalid::new(
+                "client_key_pem",
+                format!(
+                    "{REDACTED:?} stands for the stored key, and this upstream has none: \
+                     send the PEM key itself"
+                ),
+            ));
+        }
+        // Never the parser's message: it may quote a line of the key.
+        let key = PrivateKeyDer::from_pem_slice(key_pem.0.as_bytes()).map_err(|_| {
+            Invalid::new(
+                "client_key_pem",
+                "not a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            )
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        match CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
+            Ok(_) => Ok(Some((chain, key))),
+            Err(rustls::Error::InconsistentKeys(_)) => Err(Invalid::new(
+                "client_key_pem",
+                "does not match the public key of client_cert_pem",
+            )),
+            Err(_) => Err(Invalid::new(
+                "client_key_pem",
+                "not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519)",
+            )),
+        }
+    }
+}
+
+/// Every certificate in `pem` (other sections, such as keys, are skipped); at least one.
+fn parse_certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| Invalid::new(field, "not valid PEM"))?;
+    if certs.is_empty() {
+        return Err(Invalid::new(
+            field,
+            "no certificate in it: expected PEM (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certs)
 }
 
 /// An RFC 9110 token.
@@ -1020,7 +1293,7 @@ pub struct StoredKey {
 }
 
 /// `Option<OffsetDateTime>` as an RFC 3339 string or null. `time`'s own `rfc3339::option`
-/// deserializes through `deserialize_any`, which bincode (format-1 journals) cannot do.
+/// deserializes through `deserialize_any`, which bincode cannot do.
 mod rfc3339_option {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::OffsetDateTime;
@@ -1457,5 +1730,231 @@ mod tests {
             serde_json::from_str::<KeySpec>(&format!(r#"{{"name":"k","expires_at":"{long}"}}"#))
                 .expect_err("not a timestamp");
         assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    // -- upstream TLS settings ---------------------------------------------------------------
+
+    /// A self-signed certificate for `name` and its key, as PEM.
+    fn issued(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("generate a key pair");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("a DNS name")
+            .self_signed(&key)
+            .expect("self-sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The base64 lines of a PEM key: none may appear in an error.
+    fn key_lines(key_pem: &str) -> Vec<&str> {
+        key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .collect()
+    }
+
+    fn upstream_with_tls(tls: serde_json::Value) -> Result<UpstreamSpec, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "name": "u",
+            "targets": [{"host": "127.0.0.1", "port": 443, "protocol": "https"}],
+            "tls": tls,
+        }))
+    }
+
+    #[track_caller]
+    fn refused_at(tls: serde_json::Value, path: &str) -> Invalid {
+        let spec = upstream_with_tls(tls).expect("parses");
+        let err = spec.validate().expect_err("refused");
+        assert_eq!(err.path, path, "{err}");
+        err
+    }
+
+    #[test]
+    fn tls_settings_default_to_verified_system_roots_tls_1_2_and_no_client_certificate() {
+        assert_eq!(upstream().tls, None, "absent: the process defaults");
+        let spec = upstream_with_tls(serde_json::json!({})).expect("an empty tls object");
+        let tls = spec.tls.clone().expect("present");
+        assert!(tls.verify && tls.is_default(), "{tls:?}");
+        assert_eq!(tls.min_version, TlsVersion::Tls12);
+        spec.validate().expect("the defaults are valid");
+        let lax = upstream_with_tls(serde_json::json!({"verify": false})).expect("parses");
+        assert!(!lax.tls.is_some_and(|t| t.is_default()));
+    }
+
+    #[test]
+    fn valid_tls_settings_are_accepted_and_parsed_for_the_proxy() {
+        let (ca, _) = issued("ca.test");
+        let (cert, key) = issued("client.test");
+        let spec = upstream_with_tls(serde_json::json!({
+            "verify": true, "ca_pem": ca, "server_name": "api.example.com",
+            "client_cert_pem": cert, "client_key_pem": key, "min_version": "1.3",
+        }))
+        .expect("parses");
+        spec.validate().expect("valid");
+        let tls = spec.tls.expect("present");
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(
+            tls.trusted_roots().expect("roots").map(|r| r.len()),
+            Some(1)
+        );
+        let name = tls.server_name().expect("a name").expect("set");
+        assert_eq!(name.to_str(), "api.example.com");
+        let (chain, _) = tls.client_identity().expect("identity").expect("set");
+        assert_eq!(chain.len(), 1);
+    }
+
+    #[test]
+    fn tls_settings_on_an_upstream_without_https_targets_are_accepted() {
+        let (ca, _) = issued("ca.test");
+        let mut spec = upstream();
+        spec.tls = Some(Box::new(TlsSettings {
+            ca_pem: Some(ca),
+            ..TlsSettings::default()
+        }));
+        spec.validate().expect("harmless on plain targets");
+    }
+
+    #[test]
+    fn a_ca_pem_that_holds_no_usable_certificate_is_refused_naming_tls_ca_pem() {
+        let (_, key) = issued("x.test");
+        for bad in [
+            "not a certificate",
+            key.as_str(),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let err = refused_at(serde_json::json!({"ca_pem": bad}), "tls.ca_pem");
+            for line in key_lines(&key) {
+                assert!(!err.message.contains(line), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_an_mtls_pair_is_refused_naming_the_missing_half() {
+        let (cert, key) = issued("client.test");
+        refused_at(
+            serde_json::json!({"client_key_pem": key}),
+            "tls.client_cert_pem",
+        );
+        refused_at(
+            serde_json::json!({"client_cert_pem": cert}),
+            "tls.client_key_pem",
+        );
+    }
+
+    #[test]
+    fn client_key_errors_never_quote_the_key() {
+        let (cert, key) = issued("client.test");
+        let (_, other_key) = issued("other.test");
+        let garbled = "-----BEGIN PRIVATE KEY-----\nTOPSECRETxNOTxAxKEYxTOPSECRET\n-----END PRIVATE KEY-----\n";
+        let cases = [
+            (other_key.as_str(), "does not match"),
+            (garbled, "private key"),
+            ("not a key at all", "private key"),
+        ];
+        for (bad_key, says) in cases {
+            let err = refused_at(
+                serde_json::json!({"client_cert_pem": cert, "client_key_pem": bad_key}),
+                "tls.client_key_pem",
+            );
+            assert!(err.message.contains(says), "{err}");
+            assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+            for line in key_lines(bad_key).into_iter().chain(key_lines(&key)) {
+                assert!(!err.to_string().contains(line), "{err}");
+            }
+        }
+        refused_at(
+            serde_json::json!({"client_cert_pem": "not a certificate", "client_key_pem": key}),
+            "tls.client_cert_pem",
+        );
+    }
+
+    #[test]
+    fn a_server_name_that_is_not_a_host_name_is_refused() {
+        for bad in ["", "a b", "-bad.example", "exa mple.com", &"a".repeat(300)] {
+            refused_at(serde_json::json!({"server_name": bad}), "tls.server_name");
+        }
+        for good in ["api.example.com", "10.0.0.1", "::1", "localhost"] {
+            upstream_with_tls(serde_json::json!({"server_name": good}))
+                .expect("parses")
+                .validate()
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn min_version_is_1_2_or_1_3_and_verify_a_boolean() {
+        for bad in [
+            serde_json::json!({"min_version": "1.1"}),
+            serde_json::json!({"min_version": "1.4"}),
+            serde_json::json!({"min_version": 1.3}),
+            serde_json::json!({"verify": "yes"}),
+            serde_json::json!({"verify": true, "insecure": true}),
+        ] {
+            upstream_with_tls(bad.clone()).expect_err(&bad.to_string());
+        }
+    }
+
+    #[test]
+    fn the_client_key_is_redacted_for_display_and_hidden_from_debug() {
+        let (cert, key) = issued("client.test");
+        let mut spec = upstream();
+        spec.tls = Some(Box::new(TlsSettings {
+            client_cert_pem: Some(cert.clone()),
+            client_key_pem: Some(PrivateKeyPem(key.clone())),
+            ..TlsSettings::default()
+        }));
+        let record = Record {
+            id: Uuid::now_v7(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            spec,
+        };
+        let shown = serde_json::to_value(&*record.redacted()).expect("serialize");
+        assert_eq!(shown["spec"]["tls"]["client_key_pem"], REDACTED);
+        assert_eq!(shown["spec"]["tls"]["client_cert_pem"], cert.as_str());
+        let stored = serde_json::to_string(&record).expect("serialize");
+        assert!(
+            stored.contains(key_lines(&key)[0]),
+            "the journal keeps the key"
+        );
+        let debug = format!("{record:?}");
+        for line in key_lines(&key) {
+            assert!(!debug.contains(line), "Debug shows the key");
+        }
+
+        let keyless = Record {
+            spec: upstream(),
+            ..record.clone()
+        };
+        assert!(matches!(keyless.redacted(), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_redacted_key_sent_back_keeps_the_stored_key_and_is_refused_without_one() {
+        let (cert, key) = issued("client.test");
+        let mut stored = upstream();
+        stored.tls = Some(Box::new(TlsSettings {
+            client_cert_pem: Some(cert.clone()),
+            client_key_pem: Some(PrivateKeyPem(key.clone())),
+            ..TlsSettings::default()
+        }));
+        let mut edited = stored.clone();
+        if let Some(tls) = edited.tls.as_mut() {
+            tls.client_key_pem = Some(PrivateKeyPem(REDACTED.to_owned()));
+        }
+        edited.tags = vec!["edited".into()];
+
+        let mut put = edited.clone();
+        put.restore_redacted_key(Some(&stored));
+        put.validate().expect("the stored key is back");
+        assert_eq!(put.tls, stored.tls);
+
+        // A create (nothing stored) keeps the placeholder, and validation refuses it.
+        let mut created = edited;
+        created.restore_redacted_key(None);
+        let err = created.validate().expect_err("no key to keep");
+        assert_eq!(err.path, "tls.client_key_pem", "{err}");
+        assert!(err.message.contains(REDACTED), "{err}");
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::balance::{Balancer, TargetWeight, hash_bytes};
+use crate::certs::ServerCertificates;
 use crate::keys::KeyTable;
 use crate::model::{
     Algorithm, GatewayStatus, Invalid, PluginConfig, Protocol, Record, RuleSpec, ServiceSpec,
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub version: u64,
     by_id: HashMap<Uuid, Arc<CompiledGateway>>,
     by_subdomain: HashMap<Box<str>, Arc<CompiledGateway>>,
+    /// The HTTPS listener's SNI table (shared with the state that built it).
+    pub certificates: Arc<ServerCertificates>,
 }
 
 /// Turns a target's host into an address. The admin thread passes one that may block on
@@ -81,31 +84,38 @@ impl Snapshot {
                 )
             })
             .collect();
-        Snapshot::from_parts(version, by_id)
+        Snapshot::from_parts(version, by_id, state.server_certificates())
     }
 
-    /// The next snapshot after a mutation of one gateway: that gateway is recompiled from
-    /// `state` (or dropped if it no longer exists), the others are shared with `self`.
+    /// The next snapshot after a mutation of one gateway (`changed`), or of the
+    /// certificates only (`None`): that gateway is recompiled from `state` (or dropped if it
+    /// no longer exists), the others are shared with `self`; the SNI table is `state`'s.
     pub fn next(
         &self,
         version: u64,
         state: &State,
-        changed: Uuid,
+        changed: Option<Uuid>,
         resolver: &dyn Resolve,
     ) -> Snapshot {
         let mut by_id = self.by_id.clone();
-        match state.gateway(changed) {
-            Some(g) => {
-                by_id.insert(changed, Arc::new(CompiledGateway::compile(g, resolver)));
-            }
-            None => {
-                by_id.remove(&changed);
+        if let Some(changed) = changed {
+            match state.gateway(changed) {
+                Some(g) => {
+                    by_id.insert(changed, Arc::new(CompiledGateway::compile(g, resolver)));
+                }
+                None => {
+                    by_id.remove(&changed);
+                }
             }
         }
-        Snapshot::from_parts(version, by_id)
+        Snapshot::from_parts(version, by_id, state.server_certificates())
     }
 
-    fn from_parts(version: u64, by_id: HashMap<Uuid, Arc<CompiledGateway>>) -> Snapshot {
+    fn from_parts(
+        version: u64,
+        by_id: HashMap<Uuid, Arc<CompiledGateway>>,
+        certificates: Arc<ServerCertificates>,
+    ) -> Snapshot {
         let by_subdomain = by_id
             .values()
             .map(|g| (g.subdomain.clone(), g.clone()))
@@ -114,6 +124,7 @@ impl Snapshot {
             version,
             by_id,
             by_subdomain,
+            certificates,
         }
     }
 

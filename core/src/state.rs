@@ -13,10 +13,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::certs::{
+    CertificateInfo, CertificateSpec, CompiledCertificate, MAX_CERTIFICATES, ServerCertificates,
+};
 use crate::keys::{KeyEntry, KeyTable};
 use crate::model::limits::{
     MAX_GATEWAYS, MAX_KEYS_PER_GATEWAY, MAX_RULES_PER_GATEWAY, MAX_SERVICES_PER_GATEWAY,
@@ -43,15 +47,23 @@ pub enum Mutation {
         kind: Kind,
         id: Uuid,
     },
+    /// Create or replace a server certificate (server-wide, not in a gateway).
+    PutCertificate(Record<CertificateSpec>),
+    /// Delete a server certificate.
+    DeleteCertificate { id: Uuid },
 }
 
 impl Mutation {
-    /// The gateway whose compiled view this mutation changes.
-    pub fn gateway_id(&self) -> Uuid {
+    /// The gateway whose compiled view this mutation changes; `None` for certificates,
+    /// which change the snapshot's TLS table only.
+    pub fn gateway_id(&self) -> Option<Uuid> {
         match self {
-            Mutation::PutGateway(r) => r.id,
-            Mutation::DeleteGateway { id } => *id,
-            Mutation::Put { gateway_id, .. } | Mutation::Delete { gateway_id, .. } => *gateway_id,
+            Mutation::PutGateway(r) => Some(r.id),
+            Mutation::DeleteGateway { id } => Some(*id),
+            Mutation::Put { gateway_id, .. } | Mutation::Delete { gateway_id, .. } => {
+                Some(*gateway_id)
+            }
+            Mutation::PutCertificate(_) | Mutation::DeleteCertificate { .. } => None,
         }
     }
 }
@@ -144,6 +156,8 @@ impl std::error::Error for ApplyError {}
 pub enum Full {
     /// The server already holds `max` gateways.
     Gateways { max: usize },
+    /// The server already holds `max` certificates.
+    Certificates { max: usize },
     /// The gateway already holds `max` entities of `kind`.
     Children {
         gateway_id: Uuid,
@@ -158,6 +172,10 @@ impl fmt::Display for Full {
             Full::Gateways { max } => write!(
                 f,
                 "there are already {max} gateways (the maximum); delete one to make room"
+            ),
+            Full::Certificates { max } => write!(
+                f,
+                "there are already {max} certificates (the maximum); delete one to make room"
             ),
             Full::Children {
                 gateway_id,
@@ -276,13 +294,21 @@ fn key_entry(record: &Record<StoredKey>) -> KeyEntry {
 #[serde(from = "Persisted")]
 pub struct State {
     gateways: BTreeMap<Uuid, GatewayState>,
+    /// Server certificates for the HTTPS listener; not in any gateway.
+    certificates: BTreeMap<Uuid, Record<CertificateSpec>>,
     #[serde(skip)]
     subdomains: HashMap<String, Uuid>,
+    /// Derived from `certificates` (and the default certificate the process sets).
+    #[serde(skip)]
+    tls: TlsTable,
 }
 
 #[derive(Deserialize)]
 struct Persisted {
     gateways: BTreeMap<Uuid, GatewayState>,
+    /// Absent in checkpoints written before certificates existed.
+    #[serde(default)]
+    certificates: BTreeMap<Uuid, Record<CertificateSpec>>,
 }
 
 impl From<Persisted> for State {
@@ -293,10 +319,64 @@ impl From<Persisted> for State {
             g.rebuild_indexes();
             subdomains.insert(g.gateway.spec.subdomain.clone(), *id);
         }
-        State {
+        let mut state = State {
             gateways,
+            certificates: p.certificates,
             subdomains,
+            tls: TlsTable::default(),
+        };
+        let ids: Vec<Uuid> = state.certificates.keys().copied().collect();
+        for id in ids {
+            state.compile_certificate(id);
         }
+        state.tls.rebuild();
+        state
+    }
+}
+
+/// The certificates compiled for handshakes (parsed once, on the admin thread) and the
+/// SNI table built from them, which snapshots share.
+#[derive(Debug, Clone, Default)]
+struct TlsTable {
+    compiled: HashMap<Uuid, Arc<CompiledCertificate>>,
+    /// `*.<base-domain>`: the newest certificate with this name is the default.
+    base_wildcard: Option<String>,
+    /// The default when no certificate has `base_wildcard` (the development certificate).
+    fallback: Option<Arc<CompiledCertificate>>,
+    server: Arc<ServerCertificates>,
+}
+
+impl TlsTable {
+    fn rebuild(&mut self) {
+        let mut ids: Vec<&Uuid> = self.compiled.keys().collect();
+        ids.sort();
+        let certs: Vec<&CompiledCertificate> = ids
+            .into_iter()
+            .filter_map(|id| self.compiled.get(id))
+            .map(|c| &**c)
+            .collect();
+        let covering = self.base_wildcard.as_ref().and_then(|wildcard| {
+            certs
+                .iter()
+                .rev()
+                .find(|c| c.info.sans.contains(wildcard))
+                .copied()
+        });
+        let default = covering.or(self.fallback.as_deref());
+        self.server = Arc::new(ServerCertificates::build(certs, default));
+    }
+}
+
+/// Derived: equal when the same certificates are compiled and a default is set alike.
+impl PartialEq for TlsTable {
+    fn eq(&self, other: &TlsTable) -> bool {
+        self.compiled.len() == other.compiled.len()
+            && self
+                .compiled
+                .keys()
+                .all(|id| other.compiled.contains_key(id))
+            && self.base_wildcard == other.base_wildcard
+            && self.fallback.is_some() == other.fallback.is_some()
     }
 }
 
@@ -307,6 +387,65 @@ fn not_found_gateway(id: Uuid) -> ApplyError {
 impl State {
     pub fn gateways(&self) -> impl ExactSizeIterator<Item = &GatewayState> {
         self.gateways.values()
+    }
+
+    /// Server certificates, in creation order.
+    pub fn certificates(&self) -> impl ExactSizeIterator<Item = &Record<CertificateSpec>> {
+        self.certificates.values()
+    }
+
+    pub fn certificate(&self, id: Uuid) -> Option<&Record<CertificateSpec>> {
+        self.certificates.get(&id)
+    }
+
+    /// What the certificate `id` is (names, validity, fingerprint); `None` when it is
+    /// unknown or did not compile (logged when it was loaded).
+    pub fn certificate_info(&self, id: Uuid) -> Option<&CertificateInfo> {
+        self.tls.compiled.get(&id).map(|c| &c.info)
+    }
+
+    /// The SNI table for the HTTPS listener (shared, immutable).
+    pub fn server_certificates(&self) -> Arc<ServerCertificates> {
+        self.tls.server.clone()
+    }
+
+    /// Decides the default certificate (served to a handshake without SNI, or for a name
+    /// no certificate covers): the newest uploaded certificate for `*.<base_domain>`, else
+    /// `fallback` (the development certificate), else none (the handshake fails).
+    pub fn set_tls_default(
+        &mut self,
+        base_domain: &str,
+        fallback: Option<Arc<CompiledCertificate>>,
+    ) {
+        self.tls.base_wildcard = Some(format!("*.{}", base_domain.to_ascii_lowercase()));
+        self.tls.fallback = fallback;
+        self.tls.rebuild();
+    }
+
+    /// The development certificate, when one was set by [`State::set_tls_default`].
+    pub fn fallback_certificate(&self) -> Option<&CompiledCertificate> {
+        self.tls.fallback.as_deref()
+    }
+
+    /// Parses certificate `id` for handshakes. A stored certificate that no longer
+    /// compiles (it passed validation when it was written) is logged and not served.
+    fn compile_certificate(&mut self, id: Uuid) {
+        let Some(record) = self.certificates.get(&id) else {
+            self.tls.compiled.remove(&id);
+            return;
+        };
+        match CompiledCertificate::compile(&record.spec) {
+            Ok(c) => {
+                self.tls.compiled.insert(id, Arc::new(c));
+            }
+            Err(e) => {
+                self.tls.compiled.remove(&id);
+                tracing::error!(
+                    certificate = %record.spec.name, %id, error = %e,
+                    "a stored certificate does not load; it is not served"
+                );
+            }
+        }
     }
 
     pub fn gateway(&self, id: Uuid) -> Option<&GatewayState> {
@@ -328,10 +467,20 @@ impl State {
     /// or a diff can be expressed in the same values the journal holds.
     pub fn mutations(&self) -> Vec<Mutation> {
         let mut out = Vec::with_capacity(
-            self.gateways
+            self.certificates.len()
+                + self
+                    .gateways
+                    .values()
+                    .map(|g| {
+                        1 + g.upstreams.len() + g.services.len() + g.rules.len() + g.keys.len()
+                    })
+                    .sum::<usize>(),
+        );
+        out.extend(
+            self.certificates
                 .values()
-                .map(|g| 1 + g.upstreams.len() + g.services.len() + g.rules.len() + g.keys.len())
-                .sum(),
+                .cloned()
+                .map(Mutation::PutCertificate),
         );
         for g in self.gateways.values() {
             out.push(Mutation::PutGateway(g.gateway.clone()));
@@ -431,6 +580,16 @@ impl State {
                     }
                 }
             }
+            Mutation::PutCertificate(record) => {
+                self.certificates.insert(record.id, record.clone());
+                self.compile_certificate(record.id);
+                self.tls.rebuild();
+            }
+            Mutation::DeleteCertificate { id } => {
+                self.certificates.remove(id);
+                self.tls.compiled.remove(id);
+                self.tls.rebuild();
+            }
         }
         #[cfg(debug_assertions)]
         self.assert_invariants();
@@ -472,7 +631,19 @@ impl State {
                 }
                 Ok(())
             }
-            Mutation::DeleteGateway { .. } | Mutation::Delete { .. } => Ok(()),
+            Mutation::PutCertificate(record) => {
+                if !self.certificates.contains_key(&record.id)
+                    && self.certificates.len() >= MAX_CERTIFICATES
+                {
+                    return Err(Full::Certificates {
+                        max: MAX_CERTIFICATES,
+                    });
+                }
+                Ok(())
+            }
+            Mutation::DeleteGateway { .. }
+            | Mutation::Delete { .. }
+            | Mutation::DeleteCertificate { .. } => Ok(()),
         }
     }
 
@@ -512,6 +683,26 @@ impl State {
                     .get(gateway_id)
                     .ok_or_else(|| not_found_gateway(*gateway_id))?;
                 check_delete(g, *kind, *id)
+            }
+            Mutation::PutCertificate(record) => {
+                let taken = self
+                    .certificates
+                    .values()
+                    .find(|c| c.spec.name == record.spec.name && c.id != record.id);
+                if let Some(other) = taken {
+                    return Err(ApplyError::Conflict(format!(
+                        "certificate name {:?} is already used by certificate {}",
+                        record.spec.name, other.id
+                    )));
+                }
+                Ok(())
+            }
+            Mutation::DeleteCertificate { id } => {
+                if self.certificates.contains_key(id) {
+                    Ok(())
+                } else {
+                    Err(ApplyError::NotFound(format!("certificate {id} not found")))
+                }
             }
         }
     }
@@ -669,6 +860,75 @@ mod tests {
             updated_at: OffsetDateTime::UNIX_EPOCH,
             spec,
         }
+    }
+
+    fn certificate(name: &str, san: &str) -> Record<CertificateSpec> {
+        let mut params = rcgen::CertificateParams::new(vec![san.to_owned()]).expect("params");
+        params.not_before = OffsetDateTime::now_utc();
+        params.not_after = params.not_before + time::Duration::days(3);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        record(CertificateSpec {
+            name: name.into(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    #[test]
+    fn certificates_are_put_replaced_and_deleted_with_their_sni_table() {
+        let mut state = State::default();
+        let empty = state.server_certificates();
+        assert!(empty.is_empty());
+        let a = certificate("a", "a.example.com");
+        state
+            .apply(&Mutation::PutCertificate(a.clone()))
+            .expect("put");
+        let table = state.server_certificates();
+        assert!(!Arc::ptr_eq(&empty, &table));
+        assert!(table.select(Some("a.example.com")).is_some());
+        assert!(table.select(Some("b.example.com")).is_none());
+        assert_eq!(
+            state.certificate_info(a.id).map(|i| i.sans.clone()),
+            Some(vec!["a.example.com".to_owned()])
+        );
+        // A second certificate may not take the name.
+        let clash = certificate("a", "b.example.com");
+        assert!(matches!(
+            state.apply(&Mutation::PutCertificate(clash)),
+            Err(ApplyError::Conflict(_))
+        ));
+        // Replacing keeps the name, changes the names served.
+        let mut replaced = certificate("a", "b.example.com");
+        replaced.id = a.id;
+        state
+            .apply(&Mutation::PutCertificate(replaced))
+            .expect("replace");
+        let table = state.server_certificates();
+        assert!(table.select(Some("a.example.com")).is_none());
+        assert!(table.select(Some("b.example.com")).is_some());
+        // Rebuilt from its mutations (a checkpoint), the state is the same.
+        let mut rebuilt = State::default();
+        for m in state.mutations() {
+            rebuilt.apply(&m).expect("replay");
+        }
+        assert_eq!(rebuilt, state);
+        let json = serde_json::to_string(&state).expect("serialize");
+        let back: State = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, state);
+        assert!(
+            back.server_certificates()
+                .select(Some("b.example.com"))
+                .is_some()
+        );
+        state
+            .apply(&Mutation::DeleteCertificate { id: a.id })
+            .expect("delete");
+        assert!(state.server_certificates().is_empty());
+        assert!(matches!(
+            state.apply(&Mutation::DeleteCertificate { id: a.id }),
+            Err(ApplyError::NotFound(_))
+        ));
     }
 
     fn gateway(subdomain: &str) -> Record<GatewaySpec> {

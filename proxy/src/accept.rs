@@ -16,6 +16,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::serve_connection;
+use crate::downstream::{self, Downstream};
 use crate::plane::WorkerContext;
 use crate::shutdown::InFlight;
 
@@ -55,9 +56,18 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
         .collect()
 }
 
+/// Which listener a loop serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Plain,
+    /// Every connection starts with a TLS handshake (bounded by the header timeout).
+    Tls,
+}
+
 /// Accepts connections until `cancel` fires (shutdown), spawning one task per connection.
 pub(crate) async fn accept_loop(
     listener: &TcpListener,
+    kind: Listener,
     cancel: CancelHandle,
     ctx: &Rc<WorkerContext>,
     in_flight: &InFlight,
@@ -75,7 +85,20 @@ pub(crate) async fn accept_loop(
                 monoio::spawn(async move {
                     let _counted = guard;
                     let worker = ctx.id();
-                    match catch_unwind(serve_connection(stream, peer, ctx)).await {
+                    let served = async {
+                        let stream = match kind {
+                            Listener::Plain => Downstream::Plain(stream),
+                            Listener::Tls => {
+                                let certificates = ctx.snapshot().certificates.clone();
+                                let acceptor = ctx.plane().listener_tls.acceptor(&certificates);
+                                let limit = ctx.plane().settings.header_timeout;
+                                let tls = downstream::handshake(&acceptor, stream, limit).await?;
+                                Downstream::Tls(Box::new(tls))
+                            }
+                        };
+                        serve_connection(stream, peer, ctx).await
+                    };
+                    match catch_unwind(served).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             tracing::debug!(worker, %peer, error = %e, "connection ended with an error")

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use monoio::net::TcpStream;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request};
 
+use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, Tunnel};
 use crate::plane::WorkerContext;
 use crate::refusal::Refusal;
@@ -30,7 +30,7 @@ use crate::tunnel;
 /// Serves one client connection until it is done (or broken). Errors are the
 /// connection's own I/O errors; the caller logs them at debug level.
 pub async fn serve_connection(
-    stream: TcpStream,
+    stream: Downstream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
 ) -> io::Result<()> {
@@ -71,10 +71,25 @@ async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Optio
             if client.buf.capacity() > 0 {
                 plane.heads.give(std::mem::take(&mut client.buf));
             }
-            if !first && !wait_for_request(client, ctx, settings.keepalive_timeout).await {
-                return Ok(None);
+            if !first {
+                match &client.stream {
+                    Downstream::Plain(tcp) => {
+                        if !wait_for_readable(tcp, ctx, settings.keepalive_timeout).await {
+                            return Ok(None);
+                        }
+                        client.buf = plane.heads.take();
+                    }
+                    Downstream::Tls(_) => {
+                        let buf = plane.heads.take();
+                        match wait_for_bytes(client, buf, ctx, settings.keepalive_timeout).await {
+                            Some(buf) => client.buf = buf,
+                            None => return Ok(None),
+                        }
+                    }
+                }
+            } else {
+                client.buf = plane.heads.take();
             }
-            client.buf = plane.heads.take();
         }
         first = false;
         // Boxed: everything a request needs (the head read, the parsed head, the exchange)
@@ -130,14 +145,44 @@ async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result
 
 /// Waits, holding no buffer, until the client sends more; false on idle timeout, close
 /// or shutdown.
-async fn wait_for_request(client: &Client, ctx: &WorkerContext, idle: Duration) -> bool {
+async fn wait_for_readable(
+    tcp: &monoio::net::TcpStream,
+    ctx: &WorkerContext,
+    idle: Duration,
+) -> bool {
     if ctx.shutdown().is_triggered() {
         return false;
     }
     monoio::select! {
-        ready = client.stream.readable(false) => ready.is_ok(),
+        ready = tcp.readable(false) => ready.is_ok(),
         _ = monoio::time::sleep(idle) => false,
         _ = ctx.shutdown().triggered() => false,
+    }
+}
+
+/// Like [`wait_for_readable`] for a TLS client, whose next request may already be
+/// decrypted and buffered inside the TLS session (a readable socket is no sign of it):
+/// reads into `buf`. `None` on idle timeout, close, error or shutdown (the connection then
+/// closes: an interrupted TLS read leaves the session unusable).
+async fn wait_for_bytes(
+    client: &mut Client,
+    buf: Vec<u8>,
+    ctx: &WorkerContext,
+    idle: Duration,
+) -> Option<Vec<u8>> {
+    if ctx.shutdown().is_triggered() {
+        return None;
+    }
+    let mut buf = buf;
+    buf.clear();
+    let cap = buf.capacity();
+    monoio::select! {
+        (res, slice) = client.stream.read(buf.slice_mut(0..cap)) => match res {
+            Ok(n) if n > 0 => Some(slice.into_inner()),
+            _ => None,
+        },
+        _ = monoio::time::sleep(idle) => None,
+        _ = ctx.shutdown().triggered() => None,
     }
 }
 

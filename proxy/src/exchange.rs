@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_core::http1::BodyKind;
 
+use crate::downstream::Downstream;
 use crate::refusal::ErrorResponse;
 use crate::timed;
 use crate::tls::Conn;
@@ -24,7 +24,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// The client side of a connection.
 #[derive(Debug)]
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Downstream,
     pub peer: SocketAddr,
     /// Received bytes not yet consumed: the current head, body bytes, pipelined requests.
     pub buf: Vec<u8>,
@@ -38,7 +38,7 @@ impl Client {
         self.buf.drain(..n);
     }
 
-    pub fn new(stream: TcpStream, peer: SocketAddr, io_timeout: Duration) -> Client {
+    pub fn new(stream: Downstream, peer: SocketAddr, io_timeout: Duration) -> Client {
         Client {
             stream,
             peer,

@@ -120,11 +120,12 @@ fn plan_body(body: BodyKind, available: &[u8], limit: u64) -> Result<BodyPlan, R
     }
 }
 
-/// One try: which target of which upstream, and whether another may follow.
+/// One try: which target (entry `index`) of which upstream, and whether another may follow.
 #[derive(Clone, Copy)]
 struct Leg<'a> {
     upstream: &'a CompiledUpstream,
     target: &'a CompiledTarget,
+    index: usize,
     last: bool,
 }
 
@@ -172,6 +173,7 @@ pub async fn forward(
             let leg = Leg {
                 upstream,
                 target,
+                index: i,
                 last: attempts >= max_attempts,
             };
             plane.picker.started(upstream, i);
@@ -236,12 +238,12 @@ pub async fn forward(
     Ok(Outcome::Done { keep_alive })
 }
 
-/// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake for an
-/// `https` target.
+/// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake with
+/// `tls` (the upstream's client) for an `https` target.
 async fn connect(
     target: &CompiledTarget,
     timeout: Duration,
-    tls: Option<&tls::UpstreamTls>,
+    tls: Option<&tls::Client>,
 ) -> Result<Conn, Failure> {
     let addr = target.addr.ok_or(Failure::Connect)?;
     let opened = monoio::time::timeout(timeout, async {
@@ -291,8 +293,11 @@ async fn attempt(
 ) -> Result<Outcome, Failure> {
     let plane = ctx.plane();
     let Leg {
-        upstream, target, ..
+        upstream, index, ..
     } = leg;
+    // The upstream's TLS client, and the target under the pool key that goes with it.
+    let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, leg.target, index);
+    let target = dial.target();
     let spec = &upstream.spec.spec;
     // Bounded by the service deadline at each use, not once per attempt.
     let connect_timeout = || req.bounded(spec.connect_timeout.as_duration());
@@ -319,7 +324,7 @@ async fn attempt(
     let mut reused = pooled.is_some();
     let mut up = match pooled {
         Some(stream) => stream,
-        None => connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?,
+        None => connect(target, connect_timeout(), dial.client()).await?,
     };
     let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
     out = returned;
@@ -329,7 +334,7 @@ async fn attempt(
             return Err(Failure::Connect);
         }
         reused = false;
-        up = connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?;
+        up = connect(target, connect_timeout(), dial.client()).await?;
         let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
         out = returned;
         if res.is_err() {
@@ -404,7 +409,7 @@ async fn attempt(
             Ok(0) if rbuf.is_empty() && reused => {
                 // The pooled connection was closed under us: one fresh try, same target.
                 reused = false;
-                up = connect(target, connect_timeout(), plane.upstream_tls.as_ref()).await?;
+                up = connect(target, connect_timeout(), dial.client()).await?;
                 let mut again = plane.heads.take();
                 let body = &client.buf[body_start..body_start + plan.in_buffer];
                 request_bytes(&mut again, req, target, body);
@@ -434,11 +439,14 @@ async fn attempt(
                     retryable,
                 });
             }
-            Err(_) => {
-                return Err(Failure::Upstream {
-                    failure: UpstreamFailure::FailedWhileAnswering,
-                    retryable,
-                });
+            Err(e) => {
+                // A TLS alert before any answer: the upstream refused the handshake late
+                // (TLS 1.3 judges the client certificate after the client's side is done).
+                let failure = match tls::failure_in(&e) {
+                    Some(tls) if rbuf.is_empty() => UpstreamFailure::Tls(tls),
+                    _ => UpstreamFailure::FailedWhileAnswering,
+                };
+                return Err(Failure::Upstream { failure, retryable });
             }
         }
     };

@@ -56,6 +56,8 @@ pub mod wire;
 pub mod timed;
 // (TLS to upstreams: the client configuration and the upstream connection type)
 pub mod tls;
+// (the client's stream, plain or TLS, and the listener's TLS configuration)
+pub mod downstream;
 // (one worker's state, its snapshot and clock)
 pub mod buffer;
 pub mod plane;

@@ -15,6 +15,7 @@ use shardgate_core::ratelimit::WorkerBuckets;
 use shardgate_core::snapshot::Snapshot;
 
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER};
+use crate::downstream::ListenerTls;
 use crate::pick::Picker;
 use crate::pool::ConnPool;
 use crate::settings::ProxySettings;
@@ -37,6 +38,8 @@ pub struct Plane {
     pub rate_limits: RefCell<WorkerBuckets>,
     /// This worker's TLS client for https targets.
     pub upstream_tls: Option<UpstreamTls>,
+    /// This worker's TLS server for the HTTPS listener.
+    pub listener_tls: ListenerTls,
 }
 
 impl Plane {
@@ -50,6 +53,7 @@ impl Plane {
             picker: Picker::new(worker),
             connections: Cell::new(0),
             upstream_tls: UpstreamTls::for_worker(),
+            listener_tls: ListenerTls::default(),
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     pub(crate) fn new(id: usize, snapshot: Arc<Snapshot>, settings: Arc<ProxySettings>) -> Self {
+        crate::tls::warn_unverified(None, &snapshot);
         WorkerContext {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -113,6 +118,7 @@ impl WorkerContext {
     }
 
     pub(crate) fn install(&self, snapshot: Arc<Snapshot>) {
+        crate::tls::warn_unverified(Some(&self.snapshot.borrow()), &snapshot);
         *self.snapshot.borrow_mut() = Rc::new(snapshot);
     }
 }

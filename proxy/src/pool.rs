@@ -1,6 +1,9 @@
 //! Per-worker pools of idle upstream connections, keyed by target identity
 //! ([`CompiledTarget::key`](shardgate_core::snapshot::CompiledTarget)), so they survive
-//! configuration changes that keep the target.
+//! configuration changes that keep the target. A TLS connection made with an upstream's own
+//! `tls` settings is keyed by the target *and* those settings ([`crate::tls::Dial::target`]
+//! gives the key): it was verified (or not) and authenticated for them, and is never handed
+//! to an upstream with other settings.
 //!
 //! Most recently used first (LIFO): the warmest connection is the least likely to have been
 //! closed by the upstream. Each idle connection carries its own expiry (the upstream's

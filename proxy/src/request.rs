@@ -166,6 +166,7 @@ fn decide(
             preserve_host: rule.spec.preserve_host,
             key_source,
             peer: client.peer.ip(),
+            https: client.stream.is_tls(),
             hash_header: service
                 .upstreams
                 .first()

@@ -42,6 +42,8 @@ pub struct Forwarding<'a> {
     pub key_source: Option<KeySource>,
     /// The socket peer (appended to X-Forwarded-For).
     pub peer: IpAddr,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
     pub hash_header: Option<&'a str>,
     pub transforms: &'a [Arc<PluginSettings>],
     /// The service's whole-request deadline, when it has one.
@@ -56,6 +58,7 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
         preserve_host,
         key_source,
         peer,
+        https,
         hash_header,
         transforms,
         deadline,
@@ -124,7 +127,8 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
     // Formatted straight into the header value: no intermediate String per request.
     let _ = std::io::Write::write_fmt(&mut xff, format_args!("{peer}"));
     wire::push_header(&mut headers, b"X-Forwarded-For", &xff);
-    wire::push_header(&mut headers, b"X-Forwarded-Proto", b"http");
+    let proto: &[u8] = if https { b"https" } else { b"http" };
+    wire::push_header(&mut headers, b"X-Forwarded-Proto", proto);
     let client_host = head.effective_authority(buf);
     if let Some(host) = client_host {
         wire::push_header(&mut headers, b"X-Forwarded-Host", host);

@@ -5,6 +5,7 @@ use std::io;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
+use crate::downstream::Downstream;
 use crate::exchange::{Client, Tunnel};
 use crate::plane::WorkerContext;
 use crate::tls::Conn;
@@ -42,24 +43,43 @@ pub async fn run(client: Client, tunnel: Tunnel, ctx: &WorkerContext) -> io::Res
         upstream,
         to_client,
     } = tunnel;
-    match upstream {
-        Conn::Plain(upstream) => splice(client, upstream, to_client, ctx).await,
-        Conn::Tls(upstream) => splice(client, *upstream, to_client, ctx).await,
+    // Bytes the client sent after its upgrade request already belong to the new protocol.
+    let Client { stream, buf, .. } = client;
+    match stream {
+        Downstream::Plain(down) => match upstream {
+            Conn::Plain(up) => splice(down, buf, up, to_client, ctx).await,
+            Conn::Tls(up) => splice(down, buf, *up, to_client, ctx).await,
+        },
+        Downstream::Tls(down) => {
+            let Some(down) = down.into_inner() else {
+                return Err(io::Error::other(
+                    "the TLS connection was interrupted before the tunnel",
+                ));
+            };
+            match upstream {
+                Conn::Plain(up) => splice(down, buf, up, to_client, ctx).await,
+                Conn::Tls(up) => splice(down, buf, *up, to_client, ctx).await,
+            }
+        }
     }
     Ok(())
 }
 
 /// Pipes both ways between the client and an upstream stream until both directions end.
-async fn splice<U: Splitable>(client: Client, upstream: U, to_client: Vec<u8>, ctx: &WorkerContext)
-where
+async fn splice<D: Splitable, U: Splitable>(
+    client: D,
+    to_upstream: Vec<u8>,
+    upstream: U,
+    to_client: Vec<u8>,
+    ctx: &WorkerContext,
+) where
+    D::OwnedRead: AsyncReadRent,
+    D::OwnedWrite: AsyncWriteRent,
     U::OwnedRead: AsyncReadRent,
     U::OwnedWrite: AsyncWriteRent,
 {
     let plane = ctx.plane();
-    let Client { stream, buf, .. } = client;
-    // Bytes the client sent after its upgrade request already belong to the new protocol.
-    let to_upstream = buf;
-    let (client_read, client_write) = stream.into_split();
+    let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
     let up = pipe(
         client_read,

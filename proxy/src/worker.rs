@@ -32,7 +32,7 @@ use socket2::SockRef;
 use clap::ValueEnum;
 use serde::Deserialize;
 
-use crate::accept::accept_loop;
+use crate::accept::{Listener, accept_loop};
 use crate::plane::WorkerContext;
 use crate::settings::ProxySettings;
 use crate::shutdown::InFlight;
@@ -162,6 +162,8 @@ pub struct WorkerSpec {
     pub driver: DriverChoice,
     /// This worker's own SO_REUSEPORT listener, already bound.
     pub listener: std::net::TcpListener,
+    /// Its HTTPS listener, when `--tls-listen` is on.
+    pub tls_listener: Option<std::net::TcpListener>,
     pub link: WorkerLink,
     /// How long in-flight connections may take after shutdown begins.
     pub grace: Duration,
@@ -296,6 +298,7 @@ fn fail(events: &Sender<WorkerEvent>, id: usize, error: String) {
 /// The fds a worker adopts into its runtime.
 struct Adopted {
     listener: monoio::net::TcpListener,
+    tls_listener: Option<monoio::net::TcpListener>,
     wakeup: monoio::net::UnixStream,
     stop: monoio::net::UnixStream,
 }
@@ -303,6 +306,7 @@ struct Adopted {
 /// Registers the std sockets with this thread's runtime (must run inside `block_on`).
 fn adopt(
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     wakeup: Option<UnixStream>,
     stop: UnixStream,
     driver: DriverKind,
@@ -313,11 +317,17 @@ fn adopt(
     // handles blocking sockets itself.
     if driver == DriverKind::Epoll {
         listener.set_nonblocking(true)?;
+        if let Some(tls) = &tls_listener {
+            tls.set_nonblocking(true)?;
+        }
         wakeup.set_nonblocking(true)?;
         stop.set_nonblocking(true)?;
     }
     Ok(Adopted {
         listener: monoio::net::TcpListener::from_std(listener)?,
+        tls_listener: tls_listener
+            .map(monoio::net::TcpListener::from_std)
+            .transpose()?,
         wakeup: monoio::net::UnixStream::from_std(wakeup)?,
         stop: monoio::net::UnixStream::from_std(stop)?,
     })
@@ -328,6 +338,7 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
         id,
         cpu,
         listener,
+        tls_listener,
         mut link,
         grace,
         settings,
@@ -339,12 +350,23 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
         Ok(control) => control,
         Err(e) => return fail(&events, id, format!("cannot duplicate the listener: {e}")),
     };
+    let tls_control = match tls_listener.as_ref().map(|l| l.try_clone()).transpose() {
+        Ok(control) => control,
+        Err(e) => {
+            return fail(
+                &events,
+                id,
+                format!("cannot duplicate the HTTPS listener: {e}"),
+            );
+        }
+    };
     let wakeup = link.take_wakeup();
     let Adopted {
         listener,
+        tls_listener,
         wakeup,
         stop,
-    } = match adopt(listener, wakeup, stop, driver) {
+    } = match adopt(listener, tls_listener, wakeup, stop, driver) {
         Ok(adopted) => adopted,
         Err(e) => {
             return fail(
@@ -370,10 +392,25 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
     tracing::info!(worker = id, %driver, cpu = ?cpu, snapshot = version, "worker started");
 
     let in_flight = InFlight::new();
-    accept_loop(&listener, accept_cancel, &ctx, &in_flight).await;
+    let plain = accept_loop(
+        &listener,
+        Listener::Plain,
+        accept_cancel.clone(),
+        &ctx,
+        &in_flight,
+    );
+    let tls = async {
+        if let Some(tls_listener) = &tls_listener {
+            accept_loop(tls_listener, Listener::Tls, accept_cancel, &ctx, &in_flight).await;
+        }
+    };
+    monoio::join!(plain, tls);
     stop_listening(id, &control);
-    drop(control);
-    drop(listener);
+    if let Some(tls_control) = &tls_control {
+        stop_listening(id, tls_control);
+    }
+    drop((control, tls_control));
+    drop((listener, tls_listener));
 
     let open = in_flight.count();
     if open > 0 {

@@ -6,12 +6,16 @@
 //! - [`binary`]: the path of `shardgate`, built once per test process with the same cargo
 //!   profile as the tests (`$SHARDGATE_BIN` overrides it).
 //! - [`Shardgate`]: one server process with its own free ports (`127.0.0.1:0`, read back
-//!   from the `shardgate ready admin=<addr> proxy=<addr>` line), its own data directory and
-//!   its stderr captured in a file; terminated with SIGTERM or SIGKILL, killed on drop.
+//!   from the `shardgate ready admin=<addr> proxy=<addr> tls=<addr|off>` line), its own
+//!   data directory and its stderr captured in a file; terminated with SIGTERM or SIGKILL,
+//!   killed on drop.
 //! - [`Client`], [`Resp`]: a small blocking HTTP/1.1 client with 10 s timeouts (so no test
-//!   can hang), an optional source address on 127.0.0.0/8 ("another client IP") and a raw
-//!   mode for malformed requests.
-//! - [`io_drivers`]: the event-loop drivers end-to-end tests run under.
+//!   can hang), an optional source address on 127.0.0.0/8 ("another client IP"), a raw
+//!   mode for malformed requests, and HTTPS through a [`certs::TlsClient`]
+//!   ([`Client::tls`]); [`KeepAlive`] is one persistent connection over either.
+//! - [`io_drivers`]: the event-loop drivers end-to-end tests run under; [`Listener`] and
+//!   [`drivers_and_listeners`]: the proxy listeners (plain and TLS) the request-flow tests
+//!   run over, reached through a [`Via`].
 //! - [`connection::Connection`]: one persistent client connection (keep-alive,
 //!   pipelining, raw bytes, timed reads) for the proxy tests.
 //! - [`upstream`]: real upstream servers on loopback (counting, SSE, big download, upload
@@ -20,6 +24,8 @@
 //!   upstream servers, and proxy clients that send the gateway's Host and key.
 //! - [`nginx::Nginx`]: a real nginx upstream with its default URI handling.
 //! - [`tls`]: a per-test certificate authority and an HTTPS upstream ([`tls::TlsUpstream`]).
+//! - [`certs`]: the client side of the proxy's TLS listener (which certificate it served,
+//!   pinned or CA trust) and certificate facts (SHA-256 fingerprints, SANs).
 //! - [`rfc3339_in`]: timestamps computed from now (no date in a test can pass);
 //!   [`repeat`]: run a race-prone test body `SHARDGATE_REPEAT` times.
 //!
@@ -40,6 +46,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+pub mod certs;
 pub mod connection;
 pub mod nginx;
 pub mod tenant;
@@ -163,16 +170,109 @@ pub fn io_drivers() -> &'static [&'static str] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Proxy listeners
+
+/// A proxy listener the request-flow tests run over: the plain HTTP one
+/// (`--proxy-listen`) or the HTTPS one (`--tls-listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Plain,
+    Tls,
+}
+
+impl Listener {
+    /// What the proxy sends upstream as `X-Forwarded-Proto`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Listener::Plain => "http",
+            Listener::Tls => "https",
+        }
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listener::Plain => "plain",
+            Listener::Tls => "tls",
+        })
+    }
+}
+
+/// Every listener.
+pub const LISTENERS: [Listener; 2] = [Listener::Plain, Listener::Tls];
+
+/// Every `(io driver, listener)` pair: what a request-flow test loops over.
+pub fn drivers_and_listeners() -> Vec<(&'static str, Listener)> {
+    io_drivers()
+        .iter()
+        .flat_map(|driver| LISTENERS.map(|listener| (*driver, listener)))
+        .collect()
+}
+
+/// The way into a running proxy through one listener ([`Shardgate::via`]): its address
+/// and, for TLS, a client pinned to the certificate the server presents by default, with
+/// SNI taken from each request's `Host`. Its clients send `Host:
+/// <subdomain>.localhost:<this listener's port>`, like curl with `--resolve`.
+#[derive(Debug, Clone)]
+pub struct Via {
+    listener: Listener,
+    addr: SocketAddr,
+    tls: Option<certs::TlsClient>,
+}
+
+impl Via {
+    pub fn listener(&self) -> Listener {
+        self.listener
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `<subdomain>.localhost:<port>`.
+    pub fn host_for(&self, subdomain: &str) -> String {
+        format!("{subdomain}.localhost:{}", self.addr.port())
+    }
+
+    /// The `Host` the tenant's clients send through this listener.
+    pub fn host(&self, tenant: &tenant::Tenant) -> String {
+        self.host_for(&tenant.subdomain)
+    }
+
+    /// A client for `host` through this listener.
+    pub fn client_for(&self, host: &str) -> Client {
+        let client = Client::new(self.addr).host(host);
+        match &self.tls {
+            None => client,
+            Some(tls) => client.tls(tls.clone()),
+        }
+    }
+
+    /// The tenant's gateway without a key.
+    pub fn anonymous(&self, tenant: &tenant::Tenant) -> Client {
+        self.client_for(&self.host(tenant))
+    }
+
+    /// The tenant's gateway with its `X-API-Key`.
+    pub fn client(&self, tenant: &tenant::Tenant) -> Client {
+        self.anonymous(tenant).header("X-API-Key", &tenant.key)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The server process
 
 /// How to start a [`Shardgate`]. Every server listens on `127.0.0.1:0` (free ports) unless
-/// `admin_listen` says otherwise; a fixed port is never used.
+/// `admin_listen` or `tls_listen` says otherwise; a fixed port is never used (in
+/// particular never the TLS listener's default 8443).
 #[derive(Debug, Clone)]
 pub struct Options {
     workers: usize,
     io_driver: Option<String>,
     admin_token: Option<String>,
     admin_listen: String,
+    tls_listen: String,
     log: Option<String>,
     data_dir: Option<PathBuf>,
     args: Vec<OsString>,
@@ -193,6 +293,7 @@ impl Options {
             io_driver: None,
             admin_token: None,
             admin_listen: "127.0.0.1:0".to_owned(),
+            tls_listen: "127.0.0.1:0".to_owned(),
             log: None,
             data_dir: None,
             args: Vec::new(),
@@ -220,6 +321,13 @@ impl Options {
     /// `--admin-listen` (default `127.0.0.1:0`).
     pub fn admin_listen(mut self, addr: &str) -> Options {
         self.admin_listen = addr.to_owned();
+        self
+    }
+
+    /// `--tls-listen` (default `127.0.0.1:0`; `off` disables the TLS listener). An
+    /// `--tls-listen` given with [`Options::arg`] wins over this.
+    pub fn tls_listen(mut self, addr: &str) -> Options {
+        self.tls_listen = addr.to_owned();
         self
     }
 
@@ -280,6 +388,10 @@ pub struct Shardgate {
     child: Option<Child>,
     admin: SocketAddr,
     proxy: SocketAddr,
+    /// `None` when the ready line says `tls=off` (or says nothing about TLS).
+    tls: Option<SocketAddr>,
+    /// The ready line as printed.
+    ready_line: String,
     data_dir: DataDir,
     /// Holds the stderr file; separate from the data directory so that a test can search
     /// one without the other.
@@ -291,18 +403,33 @@ pub struct Shardgate {
 
 const READY_PREFIX: &str = "shardgate ready ";
 
-fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The addresses of a `shardgate ready admin=<addr> proxy=<addr> tls=<addr|off>` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ready {
+    admin: SocketAddr,
+    proxy: SocketAddr,
+    /// `tls=off`, or no `tls=` field: `None`.
+    tls: Option<SocketAddr>,
+}
+
+fn parse_ready(line: &str) -> Option<Ready> {
     let rest = line.trim_end().strip_prefix(READY_PREFIX)?;
     let mut admin = None;
     let mut proxy = None;
+    let mut tls = None;
     for field in rest.split_whitespace() {
         match field.split_once('=') {
             Some(("admin", a)) => admin = a.parse().ok(),
             Some(("proxy", p)) => proxy = p.parse().ok(),
+            Some(("tls", t)) => tls = t.parse().ok(),
             _ => {}
         }
     }
-    Some((admin?, proxy?))
+    Some(Ready {
+        admin: admin?,
+        proxy: proxy?,
+        tls,
+    })
 }
 
 impl Shardgate {
@@ -347,8 +474,15 @@ impl Shardgate {
         cmd.arg("--admin-listen")
             .arg(&opts.admin_listen)
             .arg("--proxy-listen")
-            .arg("127.0.0.1:0")
-            .arg("--workers")
+            .arg("127.0.0.1:0");
+        let own_tls_listen = opts
+            .args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--tls-listen"));
+        if !own_tls_listen {
+            cmd.arg("--tls-listen").arg(&opts.tls_listen);
+        }
+        cmd.arg("--workers")
             .arg(opts.workers.to_string())
             .arg("--data-dir")
             .arg(data_dir.path());
@@ -389,11 +523,13 @@ impl Shardgate {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some((admin, proxy)) = parse_ready(&line) {
+                    if let Some(ready) = parse_ready(&line) {
                         return Ok(Shardgate {
                             child: Some(child),
-                            admin,
-                            proxy,
+                            admin: ready.admin,
+                            proxy: ready.proxy,
+                            tls: ready.tls,
+                            ready_line: line,
                             data_dir,
                             logs,
                             exit: None,
@@ -432,6 +568,50 @@ impl Shardgate {
 
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy
+    }
+
+    /// The `shardgate ready ...` line the server printed.
+    pub fn ready_line(&self) -> &str {
+        &self.ready_line
+    }
+
+    /// The TLS listener's address; `None` when it is off.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+    }
+
+    /// The TLS listener's address; panics when the ready line named none.
+    pub fn expect_tls_addr(&self) -> SocketAddr {
+        self.tls.unwrap_or_else(|| {
+            panic!(
+                "shardgate's ready line named no tls=<addr> (is --tls-listen off?); stderr:\n{}",
+                self.stderr_contents()
+            )
+        })
+    }
+
+    /// How a request-flow test reaches the proxy through `listener`; see [`Via`].
+    pub fn via(&self, listener: Listener) -> Via {
+        match listener {
+            Listener::Plain => Via {
+                listener,
+                addr: self.proxy,
+                tls: None,
+            },
+            Listener::Tls => {
+                let addr = self.expect_tls_addr();
+                // Trust on first use: whatever the server presents without SNI is its
+                // default certificate (the development one unless a test changed it).
+                let served = certs::TlsClient::new(certs::Trust::Any)
+                    .handshake(addr, "")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                Via {
+                    listener,
+                    addr,
+                    tls: Some(certs::TlsClient::new(certs::Trust::Pinned(served.leaf))),
+                }
+            }
+        }
     }
 
     /// A client for the admin API.
@@ -682,7 +862,8 @@ pub fn request(
 }
 
 /// A blocking HTTP/1.1 client bound to one server address; each request opens a new
-/// connection and closes it, so requests never interfere.
+/// connection and closes it, so requests never interfere. With [`Client::tls`] it speaks
+/// HTTPS: every connection starts with a handshake whose SNI is the `Host` header's name.
 #[derive(Debug, Clone)]
 pub struct Client {
     addr: SocketAddr,
@@ -690,6 +871,7 @@ pub struct Client {
     /// The `Host` header; the server address when `None`.
     host: Option<String>,
     headers: Vec<(String, String)>,
+    tls: Option<certs::TlsClient>,
 }
 
 impl Client {
@@ -699,6 +881,26 @@ impl Client {
             source: None,
             host: None,
             headers: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// Speak HTTPS through `tls` (SNI: the name of [`Client::host_header`]; none for an
+    /// IP address).
+    pub fn tls(mut self, tls: certs::TlsClient) -> Client {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The name part of the `Host` header: what a TLS client sends as SNI.
+    pub fn server_name(&self) -> String {
+        let host = self.host_header();
+        if let Ok(addr) = host.parse::<SocketAddr>() {
+            return addr.ip().to_string();
+        }
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+            _ => host,
         }
     }
 
@@ -747,8 +949,44 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr))
     }
 
-    /// Opens a connection with [`IO_TIMEOUT`] on connect, reads and writes.
+    /// Opens a TCP connection with [`IO_TIMEOUT`] on connect, reads and writes. A TLS
+    /// client refuses (plain bytes on it would not be HTTPS): use
+    /// [`Client::try_open_stream`] or [`Client::keep_alive`].
     pub fn try_connect(&self) -> io::Result<TcpStream> {
+        if self.tls.is_some() {
+            return Err(io::Error::other(
+                "a TLS client has no plain TCP stream: use keep_alive() or try_open_stream()",
+            ));
+        }
+        self.try_connect_tcp()
+    }
+
+    /// A connection ready for HTTP: TCP, plus a completed handshake for a TLS client (a
+    /// failed handshake is an error, like a refused connect).
+    pub fn try_open_stream(&self) -> io::Result<Stream> {
+        let tcp = self.try_connect_tcp()?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => Ok(Stream::Tls(tls.wrap(tcp, &self.server_name())?)),
+        }
+    }
+
+    /// One persistent connection (keep-alive) over TCP or TLS; panics when it cannot open.
+    pub fn keep_alive(&self) -> KeepAlive {
+        match &self.tls {
+            None => KeepAlive::Plain(self.open()),
+            Some(tls) => KeepAlive::Tls {
+                stream: self
+                    .try_connect_tcp()
+                    .and_then(|tcp| tls.wrap(tcp, &self.server_name()))
+                    .unwrap_or_else(|e| panic!("open a TLS connection to {}: {e}", self.addr)),
+                buf: Vec::new(),
+                client: self.clone(),
+            },
+        }
+    }
+
+    fn try_connect_tcp(&self) -> io::Result<TcpStream> {
         let stream = match self.source {
             None => TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?,
             Some(ip) => {
@@ -800,10 +1038,11 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr))
     }
 
-    /// Like [`Client::raw`]; only a failed connect is an error. A failed write (the server
-    /// answered early and closed, e.g. with 413) is not: the answer is still read.
+    /// Like [`Client::raw`]; only a failed connect (or TLS handshake) is an error. A failed
+    /// write (the server answered early and closed, e.g. with 413) is not: the answer is
+    /// still read.
     pub fn try_raw(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
-        let mut stream = self.try_connect()?;
+        let mut stream = self.try_open_stream()?;
         let _ = stream.write_all(bytes).and_then(|()| stream.flush());
         let mut out = Vec::new();
         let mut buf = [0u8; 16 * 1024];
@@ -861,6 +1100,203 @@ impl Client {
             &[("Content-Type", "application/json")],
             body.as_bytes(),
         )
+    }
+}
+
+/// A client connection: TCP, or TLS after a completed handshake.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(certs::TlsStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// One keep-alive connection ([`Client::keep_alive`]) through either listener, sending the
+/// client's `Host` and headers with every request. The plain one is a full
+/// [`connection::Connection`] (pipelining, raw bytes, timed reads); the TLS one does
+/// request/response in turn, which is what the request-flow tests need of it.
+#[derive(Debug)]
+pub enum KeepAlive {
+    Plain(connection::Connection),
+    Tls {
+        stream: certs::TlsStream,
+        /// Bytes read past the last response.
+        buf: Vec<u8>,
+        client: Client,
+    },
+}
+
+impl KeepAlive {
+    /// Sends one request and reads its response; panics when none arrives.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on a kept-alive connection: {e}"))
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// Like [`KeepAlive::request`], with a failed write or a missing response as an `Err`
+    /// (e.g. the server closed the connection).
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Resp, String> {
+        let head_request = method == "HEAD";
+        match self {
+            KeepAlive::Plain(conn) => {
+                let bytes = conn.request_bytes(method, path, headers, body);
+                conn.try_write(&bytes)
+                    .map_err(|e| format!("write the request: {e}"))?;
+                conn.try_read_response(head_request)
+            }
+            KeepAlive::Tls {
+                stream,
+                buf,
+                client,
+            } => {
+                let bytes = client.request_bytes(method, path, headers, body);
+                stream
+                    .write_all(&bytes)
+                    .and_then(|()| stream.flush())
+                    .map_err(|e| format!("write the request: {e}"))?;
+                read_one_response(stream, buf, head_request)
+            }
+        }
+    }
+
+    /// What the TLS handshake served; `None` on a plain connection.
+    pub fn served(&self) -> Option<certs::Served> {
+        match self {
+            KeepAlive::Plain(_) => None,
+            KeepAlive::Tls { stream, .. } => Some(stream.served()),
+        }
+    }
+}
+
+/// Reads one whole response off `stream` (bytes after it stay in `buf`).
+fn read_one_response(
+    stream: &mut impl Read,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> Result<Resp, String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(len) = whole_response_len(buf, head_request)? {
+            let resp = parse_response(&buf[..len], head_request)?;
+            buf.drain(..len);
+            return Ok(resp);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                // A body without framing ends with the connection.
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let resp = parse_response(buf, head_request)?;
+                    buf.clear();
+                    return Ok(resp);
+                }
+                return Err(format!(
+                    "connection closed before a whole response; got {:?}",
+                    String::from_utf8_lossy(buf)
+                ));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(format!(
+                    "read a response: {e}; got {:?}",
+                    String::from_utf8_lossy(buf)
+                ));
+            }
+        }
+    }
+}
+
+/// The length of the first whole response in `buf`; `None` while more bytes are needed
+/// (or its body ends with the connection).
+fn whole_response_len(buf: &[u8], head_request: bool) -> Result<Option<usize>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head_len = end + 4;
+    let head = parse_response(&buf[..head_len], true)?;
+    if head_request || matches!(head.status, 204 | 304) || (100..200).contains(&head.status) {
+        return Ok(Some(head_len));
+    }
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        // Chunks, then the last chunk and the (empty) trailer section.
+        let mut at = head_len;
+        loop {
+            let Some(line_end) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            let line = String::from_utf8_lossy(&buf[at..at + line_end]).into_owned();
+            let size_text = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| format!("bad chunk size {line:?}"))?;
+            at += line_end + 2;
+            if size == 0 {
+                loop {
+                    let Some(line_end) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+                        return Ok(None);
+                    };
+                    at += line_end + 2;
+                    if line_end == 0 {
+                        return Ok(Some(at));
+                    }
+                }
+            }
+            if buf.len() < at + size + 2 {
+                return Ok(None);
+            }
+            at += size + 2;
+        }
+    }
+    match head.header("content-length") {
+        Some(len) => {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("bad Content-Length {len:?}"))?;
+            Ok((buf.len() >= head_len + len).then_some(head_len + len))
+        }
+        None => Ok(None),
     }
 }
 
@@ -1149,12 +1585,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_line_is_parsed() {
-        let (a, p) = parse_ready("shardgate ready admin=127.0.0.1:4000 proxy=127.0.0.1:4001\n")
-            .expect("a ready line");
-        assert_eq!(a.port(), 4000);
-        assert_eq!(p.port(), 4001);
+    fn ready_line_is_parsed_with_or_without_a_tls_listener() {
+        let ready = parse_ready(
+            "shardgate ready admin=127.0.0.1:4000 proxy=127.0.0.1:4001 tls=127.0.0.1:4002\n",
+        )
+        .expect("a ready line");
+        assert_eq!(ready.admin.port(), 4000);
+        assert_eq!(ready.proxy.port(), 4001);
+        assert_eq!(ready.tls.map(|t| t.port()), Some(4002));
+        let off = parse_ready("shardgate ready admin=127.0.0.1:4000 proxy=127.0.0.1:4001 tls=off")
+            .expect("a ready line with tls=off");
+        assert_eq!(off.tls, None);
+        let before = parse_ready("shardgate ready admin=127.0.0.1:4000 proxy=127.0.0.1:4001")
+            .expect("a ready line without tls=");
+        assert_eq!((before.proxy.port(), before.tls), (4001, None));
         assert!(parse_ready("shardgate starting").is_none());
+    }
+
+    #[test]
+    fn server_name_is_the_host_headers_name() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().expect("an address");
+        assert_eq!(Client::new(addr).server_name(), "127.0.0.1");
+        let client = Client::new(addr).host("api.localhost:8443");
+        assert_eq!(client.server_name(), "api.localhost");
+        assert_eq!(client.host("api.localhost").server_name(), "api.localhost");
+    }
+
+    #[test]
+    fn whole_response_len_waits_for_the_framed_end() {
+        let cl = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(whole_response_len(&cl[..cl.len() - 1], false), Ok(None));
+        assert_eq!(whole_response_len(cl, false), Ok(Some(cl.len())));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nNEXT";
+        assert_eq!(
+            whole_response_len(chunked, false),
+            Ok(Some(chunked.len() - 4))
+        );
+        assert_eq!(whole_response_len(&chunked[..40], false), Ok(None));
     }
 
     #[test]

@@ -21,6 +21,8 @@ const CHECKS: &[&str] = &[
     "data_dir",
     "fsync",
     "disk_space",
+    "certificates",
+    "dev_certificate",
 ];
 
 struct Line {

@@ -2,18 +2,25 @@
 //! 3): Host → gateway → API key → rule → service → upstream → target, what the upstream
 //! receives (forwarding headers in, key and hop-by-hop headers out), who learns which
 //! paths exist, read-your-writes of admin changes, and the 502/503/504 answers.
+//!
+//! Every test runs under each io driver and over each listener (issue 10): the plain one,
+//! and the TLS one with the development certificate, where the flow must be the same but
+//! for `X-Forwarded-Proto: https`.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use shardgate_tests::tenant::Tenant;
 use shardgate_tests::upstream::{CountingServer, DeadPort};
-use shardgate_tests::{Options, Shardgate, io_drivers, json, repeat, rfc3339_in};
+use shardgate_tests::{
+    Listener, Options, Shardgate, Via, drivers_and_listeners, json, repeat, rfc3339_in,
+};
 
 #[test]
 fn seed_flow_routes_a_keyed_request_to_the_upstream_and_refuses_without_a_key() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("seed-upstream");
         let tenant = Tenant::create(&sg, "api");
         tenant.route(
@@ -25,31 +32,43 @@ fn seed_flow_routes_a_keyed_request_to_the_upstream_and_refuses_without_a_key() 
         );
 
         // curl http://api.localhost:<port>/v1/chat -H "X-API-Key: <key>"
-        let ok = tenant.client().get("/v1/chat").expect_status(200);
-        assert_eq!(ok.text(), "seed-upstream GET /v1/chat", "[{driver}] {ok}");
-        assert_eq!(ok.header("x-upstream"), Some("seed-upstream"), "[{driver}]");
+        let ok = via.client(&tenant).get("/v1/chat").expect_status(200);
+        assert_eq!(
+            ok.text(),
+            "seed-upstream GET /v1/chat",
+            "[{driver} {listener}] {ok}"
+        );
+        assert_eq!(
+            ok.header("x-upstream"),
+            Some("seed-upstream"),
+            "[{driver} {listener}]"
+        );
         let body = br#"{"messages":[]}"#;
-        let posted = tenant
-            .client()
+        let posted = via
+            .client(&tenant)
             .request("POST", "/v1/chat", &[], body)
             .expect_status(200);
-        assert_eq!(posted.text(), "seed-upstream POST /v1/chat", "[{driver}]");
+        assert_eq!(
+            posted.text(),
+            "seed-upstream POST /v1/chat",
+            "[{driver} {listener}]"
+        );
         assert_eq!(
             up.last().body,
             body,
-            "[{driver}] the body reached the upstream"
+            "[{driver} {listener}] the body reached the upstream"
         );
 
-        let missing = tenant.anonymous().get("/v1/chat").expect_status(401);
+        let missing = via.anonymous(&tenant).get("/v1/chat").expect_status(401);
         let challenge = missing.header("www-authenticate").unwrap_or_default();
         assert!(
             challenge.starts_with("Bearer"),
-            "[{driver}] 401 without a key carries a Bearer challenge: {missing}"
+            "[{driver} {listener}] 401 without a key carries a Bearer challenge: {missing}"
         );
-        assert!(!missing.error().is_empty(), "[{driver}]");
+        assert!(!missing.error().is_empty(), "[{driver} {listener}]");
 
-        let wrong = tenant
-            .anonymous()
+        let wrong = via
+            .anonymous(&tenant)
             .header("X-API-Key", "sgk_not-a-key-of-this-gateway")
             .get("/v1/chat")
             .expect_status(401);
@@ -57,12 +76,12 @@ fn seed_flow_routes_a_keyed_request_to_the_upstream_and_refuses_without_a_key() 
             wrong
                 .header("www-authenticate")
                 .is_some_and(|c| c.contains("invalid_token")),
-            "[{driver}] {wrong}"
+            "[{driver} {listener}] {wrong}"
         );
 
-        let other_host = format!("nope.localhost:{}", sg.proxy_addr().port());
-        let unknown = tenant
-            .client()
+        let other_host = via.host_for("nope");
+        let unknown = via
+            .client(&tenant)
             .host(&other_host)
             .get("/v1/chat")
             .expect_status(404);
@@ -71,15 +90,16 @@ fn seed_flow_routes_a_keyed_request_to_the_upstream_and_refuses_without_a_key() 
         assert_eq!(
             up.count(),
             2,
-            "[{driver}] only the two keyed requests reached the upstream"
+            "[{driver} {listener}] only the two keyed requests reached the upstream"
         );
     }
 }
 
 #[test]
 fn api_key_is_accepted_from_each_header_and_never_forwarded() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("keys");
         let tenant = Tenant::create(&sg, "keys");
         tenant.route(
@@ -90,7 +110,7 @@ fn api_key_is_accepted_from_each_header_and_never_forwarded() {
             json!({}),
         );
 
-        let anonymous = tenant.anonymous();
+        let anonymous = via.anonymous(&tenant);
         for (name, value) in [
             ("X-API-Key", tenant.key.clone()),
             ("X-TG-API-Key", tenant.key.clone()),
@@ -103,13 +123,13 @@ fn api_key_is_accepted_from_each_header_and_never_forwarded() {
             for stripped in ["x-api-key", "x-tg-api-key", "authorization"] {
                 assert!(
                     !seen.has_header(stripped),
-                    "[{driver}] key sent in {name}: the upstream saw {stripped}: {:?}",
+                    "[{driver} {listener}] key sent in {name}: the upstream saw {stripped}: {:?}",
                     seen.headers
                 );
             }
             assert!(
                 !seen.headers.iter().any(|(_, v)| v.contains(&tenant.key)),
-                "[{driver}] the key's plaintext reached the upstream: {:?}",
+                "[{driver} {listener}] the key's plaintext reached the upstream: {:?}",
                 seen.headers
             );
         }
@@ -118,8 +138,9 @@ fn api_key_is_accepted_from_each_header_and_never_forwarded() {
 
 #[test]
 fn forwarding_headers_are_set_and_hop_by_hop_headers_are_dropped() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("hops");
         let tenant = Tenant::create(&sg, "hops");
         tenant.route(
@@ -130,7 +151,7 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_are_dropped() {
             json!({}),
         );
 
-        let mut conn = tenant.client().open();
+        let mut conn = via.client(&tenant).keep_alive();
         let resp = conn.request(
             "GET",
             "/h",
@@ -146,10 +167,10 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_are_dropped() {
             ],
             b"",
         );
-        assert_eq!(resp.status, 200, "[{driver}] {resp}");
+        assert_eq!(resp.status, 200, "[{driver} {listener}] {resp}");
         assert!(
             resp.header("via").is_some_and(|v| v.contains("shardgate")),
-            "[{driver}] the response carries Via: {resp}"
+            "[{driver} {listener}] the response carries Via: {resp}"
         );
 
         let seen = up.last();
@@ -157,17 +178,28 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_are_dropped() {
         assert_eq!(
             header("x-forwarded-for"),
             "203.0.113.7, 127.0.0.1",
-            "[{driver}] the client address is appended"
+            "[{driver} {listener}] the client address is appended"
         );
-        assert_eq!(header("x-forwarded-proto"), "http", "[{driver}]");
-        assert_eq!(header("x-forwarded-host"), tenant.host(), "[{driver}]");
-        assert!(header("via").contains("1.1 shardgate"), "[{driver}]");
+        assert_eq!(
+            header("x-forwarded-proto"),
+            listener.scheme(),
+            "[{driver} {listener}] the scheme the client used"
+        );
+        assert_eq!(
+            header("x-forwarded-host"),
+            via.host(&tenant),
+            "[{driver} {listener}]"
+        );
+        assert!(
+            header("via").contains("1.1 shardgate"),
+            "[{driver} {listener}]"
+        );
         assert_eq!(
             header("host"),
             up.addr().to_string(),
-            "[{driver}] Host is the target's"
+            "[{driver} {listener}] Host is the target's"
         );
-        assert_eq!(header("x-end-to-end"), "kept", "[{driver}]");
+        assert_eq!(header("x-end-to-end"), "kept", "[{driver} {listener}]");
         for hop in [
             "x-hop-secret",
             "keep-alive",
@@ -177,23 +209,28 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_are_dropped() {
         ] {
             assert!(
                 !seen.has_header(hop),
-                "[{driver}] hop-by-hop {hop} was forwarded: {:?}",
+                "[{driver} {listener}] hop-by-hop {hop} was forwarded: {:?}",
                 seen.headers
             );
         }
         assert!(
             !header("connection").to_ascii_lowercase().contains("x-hop"),
-            "[{driver}] the client's Connection header was forwarded: {:?}",
+            "[{driver} {listener}] the client's Connection header was forwarded: {:?}",
             seen.headers
         );
-        assert_eq!(seen.header_count("x-forwarded-for"), 1, "[{driver}]");
+        assert_eq!(
+            seen.header_count("x-forwarded-for"),
+            1,
+            "[{driver} {listener}]"
+        );
     }
 }
 
 #[test]
 fn strip_path_removes_the_matched_prefix_and_keeps_the_query() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("paths");
         let tenant = Tenant::create(&sg, "paths");
         let target = vec![up.target(json!({}))];
@@ -206,26 +243,27 @@ fn strip_path_removes_the_matched_prefix_and_keeps_the_query() {
         );
         tenant.route("kept", "/keep/*", target, json!({}), json!({}));
 
-        let client = tenant.client();
+        let client = via.client(&tenant);
         client
             .get("/v1/chat/completions?model=a&stream=true")
             .expect_status(200);
         assert_eq!(
             up.last().target,
             "/chat/completions?model=a&stream=true",
-            "[{driver}]"
+            "[{driver} {listener}]"
         );
         client.get("/v1?x=1").expect_status(200);
-        assert_eq!(up.last().target, "/?x=1", "[{driver}]");
+        assert_eq!(up.last().target, "/?x=1", "[{driver} {listener}]");
         client.get("/keep/this?q=1").expect_status(200);
-        assert_eq!(up.last().target, "/keep/this?q=1", "[{driver}]");
+        assert_eq!(up.last().target, "/keep/this?q=1", "[{driver} {listener}]");
     }
 }
 
 #[test]
 fn preserve_host_forwards_the_clients_host_otherwise_the_targets() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("hosts");
         let tenant = Tenant::create(&sg, "hosts");
         let target = vec![up.target(json!({}))];
@@ -238,25 +276,26 @@ fn preserve_host_forwards_the_clients_host_otherwise_the_targets() {
         );
         tenant.route("rewritten", "/rewritten", target, json!({}), json!({}));
 
-        tenant.client().get("/preserved").expect_status(200);
+        via.client(&tenant).get("/preserved").expect_status(200);
         assert_eq!(
             up.last().header("host"),
-            Some(tenant.host().as_str()),
-            "[{driver}]"
+            Some(via.host(&tenant).as_str()),
+            "[{driver} {listener}]"
         );
-        tenant.client().get("/rewritten").expect_status(200);
+        via.client(&tenant).get("/rewritten").expect_status(200);
         assert_eq!(
             up.last().header("host"),
             Some(up.addr().to_string().as_str()),
-            "[{driver}]"
+            "[{driver} {listener}]"
         );
     }
 }
 
 #[test]
 fn public_rule_needs_no_key_and_other_paths_stay_hidden_without_one() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("public");
         let tenant = Tenant::create(&sg, "pub");
         let target = vec![up.target(json!({}))];
@@ -275,9 +314,9 @@ fn public_rule_needs_no_key_and_other_paths_stay_hidden_without_one() {
             json!({"methods": ["GET"]}),
         );
 
-        let anonymous = tenant.anonymous();
+        let anonymous = via.anonymous(&tenant);
         let open = anonymous.get("/status").expect_status(200);
-        assert_eq!(open.text(), "public GET /status", "[{driver}]");
+        assert_eq!(open.text(), "public GET /status", "[{driver} {listener}]");
 
         // Without a key, nothing tells an existing path from a missing one.
         anonymous.get("/private").expect_status(401);
@@ -287,56 +326,58 @@ fn public_rule_needs_no_key_and_other_paths_stay_hidden_without_one() {
             .expect_status(401);
 
         // With a key, the router answers.
-        let client = tenant.client();
+        let client = via.client(&tenant);
         let missing = client.get("/no-such-path").expect_status(404);
-        assert!(!missing.error().is_empty(), "[{driver}]");
+        assert!(!missing.error().is_empty(), "[{driver} {listener}]");
         let wrong_method = client
             .request("POST", "/private", &[], b"x")
             .expect_status(405);
         let allow = wrong_method.header("allow").unwrap_or_default();
         assert!(
             allow.split(',').any(|m| m.trim() == "GET"),
-            "[{driver}] 405 names the allowed methods: {wrong_method}"
+            "[{driver} {listener}] 405 names the allowed methods: {wrong_method}"
         );
-        assert!(!wrong_method.error().is_empty(), "[{driver}]");
+        assert!(!wrong_method.error().is_empty(), "[{driver} {listener}]");
         assert_eq!(
             up.count(),
             1,
-            "[{driver}] only the public request was forwarded"
+            "[{driver} {listener}] only the public request was forwarded"
         );
     }
 }
 
 #[test]
 fn inactive_gateway_answers_503_until_reactivated() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::start("inactive");
         let tenant = Tenant::create(&sg, "sleepy");
         tenant.route("r", "/x", vec![up.target(json!({}))], json!({}), json!({}));
-        tenant.client().get("/x").expect_status(200);
+        via.client(&tenant).get("/x").expect_status(200);
 
         tenant.update_gateway(
             &json!({"name": "gw-sleepy", "subdomain": "sleepy", "status": "inactive"}),
         );
-        let off = tenant.client().get("/x").expect_status(503);
-        assert!(!off.error().is_empty(), "[{driver}]");
+        let off = via.client(&tenant).get("/x").expect_status(503);
+        assert!(!off.error().is_empty(), "[{driver} {listener}]");
 
         tenant.update_gateway(
             &json!({"name": "gw-sleepy", "subdomain": "sleepy", "status": "active"}),
         );
-        tenant.client().get("/x").expect_status(200);
-        assert_eq!(up.count(), 2, "[{driver}]");
+        via.client(&tenant).get("/x").expect_status(200);
+        assert_eq!(up.count(), 2, "[{driver} {listener}]");
     }
 }
 
 #[test]
 fn expired_and_disabled_keys_get_401() {
-    // Both drivers share one wait for the expiry.
-    let servers: Vec<(Shardgate, CountingServer, Tenant, String)> = io_drivers()
-        .iter()
-        .map(|driver| {
+    // Every driver and listener shares one wait for the expiry.
+    let servers: Vec<(Shardgate, CountingServer, Tenant, Via, String)> = drivers_and_listeners()
+        .into_iter()
+        .map(|(driver, listener)| {
             let sg = Shardgate::start(Options::new().io_driver(driver));
+            let via = sg.via(listener);
             let up = CountingServer::start("expiry");
             let tenant = Tenant::create(&sg, "exp");
             tenant.route("r", "/x", vec![up.target(json!({}))], json!({}), json!({}));
@@ -349,14 +390,15 @@ fn expired_and_disabled_keys_get_401() {
                 .expect_status(201)
                 .json();
             let soon = soon["key"].as_str().expect("plaintext").to_owned();
-            (sg, up, tenant, soon)
+            (sg, up, tenant, via, soon)
         })
         .collect();
     let expires = Instant::now() + Duration::from_secs(2);
 
-    for (driver, (_, _, tenant, soon)) in io_drivers().iter().zip(&servers) {
-        tenant
-            .anonymous()
+    for ((driver, listener), (_, _, tenant, via, soon)) in
+        drivers_and_listeners().into_iter().zip(&servers)
+    {
+        via.anonymous(tenant)
             .header("X-API-Key", soon)
             .get("/x")
             .expect_status(200);
@@ -369,64 +411,79 @@ fn expired_and_disabled_keys_get_401() {
                 &json!({"name": "test-key", "active": false}),
             )
             .expect_status(200);
-        let disabled = tenant.client().get("/x").expect_status(401);
+        let disabled = via.client(tenant).get("/x").expect_status(401);
         assert!(
             disabled.header("www-authenticate").is_some(),
-            "[{driver}] {disabled}"
+            "[{driver} {listener}] {disabled}"
         );
-        assert!(!disabled.error().is_empty(), "[{driver}]");
+        assert!(!disabled.error().is_empty(), "[{driver} {listener}]");
     }
 
     // Whole seconds: expiry is compared at one-second resolution.
     thread::sleep(expires.saturating_duration_since(Instant::now()) + Duration::from_millis(1100));
-    for (driver, (_, up, tenant, soon)) in io_drivers().iter().zip(&servers) {
-        let expired = tenant
-            .anonymous()
+    for ((driver, listener), (_, up, tenant, via, soon)) in
+        drivers_and_listeners().into_iter().zip(&servers)
+    {
+        let expired = via
+            .anonymous(tenant)
             .header("X-API-Key", soon)
             .get("/x")
             .expect_status(401);
         assert!(
             expired.header("www-authenticate").is_some(),
-            "[{driver}] {expired}"
+            "[{driver} {listener}] {expired}"
         );
-        assert!(expired.error().contains("expired"), "[{driver}] {expired}");
-        assert_eq!(up.count(), 1, "[{driver}]");
+        assert!(
+            expired.error().contains("expired"),
+            "[{driver} {listener}] {expired}"
+        );
+        assert_eq!(up.count(), 1, "[{driver} {listener}]");
     }
 }
 
 #[test]
 fn admin_writes_are_visible_to_the_next_proxied_request_on_every_worker() {
-    const ITERATIONS: usize = 200;
     // Race-prone by nature: the write's answer must wait for every worker to swap its
     // snapshot, and a missed wake-up shows only when the next request happens to land on the
-    // late worker. Hunt it with SHARDGATE_REPEAT=50 (fresh servers each time).
+    // late worker. Hunt it with SHARDGATE_REPEAT=50 (fresh servers each time). Over TLS
+    // fewer rounds: the snapshot swap is the listener-independent part, and each of the
+    // three requests a round makes pays a full handshake.
     repeat(|_| {
-        for driver in io_drivers() {
-            admin_writes_are_visible_at_once(driver, ITERATIONS);
+        for (driver, listener) in drivers_and_listeners() {
+            let iterations = match listener {
+                Listener::Plain => 200,
+                Listener::Tls => 50,
+            };
+            admin_writes_are_visible_at_once(driver, listener, iterations);
         }
     });
 }
 
 /// Creates, changes and deletes a rule `iterations` times, each change checked by the very
 /// next proxied request.
-fn admin_writes_are_visible_at_once(driver: &str, iterations: usize) {
+fn admin_writes_are_visible_at_once(driver: &str, listener: Listener, iterations: usize) {
     let sg = Shardgate::start(Options::new().io_driver(driver));
+    let via = sg.via(listener);
     let up = CountingServer::start("ryw");
     let tenant = Tenant::create(&sg, "ryw");
     let upstream = tenant.upstream("ryw", vec![up.target(json!({}))], json!({}));
     let service = tenant.service("ryw", &upstream, json!({}));
     // Every proxied request opens a fresh connection, so SO_REUSEPORT spreads them
     // over the workers: each worker must already run the snapshot the write made.
-    let client = tenant.client();
+    let client = via.client(&tenant);
     for i in 0..iterations {
         let path = format!("/ryw/{i}");
         let rule = tenant.rule(json!({"path": path, "methods": ["GET"], "service_id": service}));
         let created = client.get(&path);
         assert_eq!(
             created.status, 200,
-            "[{driver}] iteration {i}: a created rule routes at once: {created}"
+            "[{driver} {listener}] iteration {i}: a created rule routes at once: {created}"
         );
-        assert_eq!(created.text(), format!("ryw GET {path}"), "[{driver}]");
+        assert_eq!(
+            created.text(),
+            format!("ryw GET {path}"),
+            "[{driver} {listener}]"
+        );
 
         tenant
             .admin
@@ -438,7 +495,7 @@ fn admin_writes_are_visible_at_once(driver: &str, iterations: usize) {
         let updated = client.get(&path);
         assert_eq!(
             updated.status, 405,
-            "[{driver}] iteration {i}: an updated rule applies at once: {updated}"
+            "[{driver} {listener}] iteration {i}: an updated rule applies at once: {updated}"
         );
         assert_eq!(updated.header("allow").map(str::trim), Some("POST"));
 
@@ -449,16 +506,17 @@ fn admin_writes_are_visible_at_once(driver: &str, iterations: usize) {
         let deleted = client.get(&path);
         assert_eq!(
             deleted.status, 404,
-            "[{driver}] iteration {i}: a deleted rule is gone at once: {deleted}"
+            "[{driver} {listener}] iteration {i}: a deleted rule is gone at once: {deleted}"
         );
     }
-    assert_eq!(up.count(), iterations, "[{driver}]");
+    assert_eq!(up.count(), iterations, "[{driver} {listener}]");
 }
 
 #[test]
 fn dead_only_target_gives_502() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let tenant = Tenant::create(&sg, "dead");
         let dead = DeadPort::reserve();
         tenant.route(
@@ -468,23 +526,25 @@ fn dead_only_target_gives_502() {
             json!({}),
             json!({}),
         );
-        let resp = tenant.client().get("/x").expect_status(502);
-        assert!(!resp.error().is_empty(), "[{driver}]");
+        let resp = via.client(&tenant).get("/x").expect_status(502);
+        assert!(!resp.error().is_empty(), "[{driver} {listener}]");
         assert_eq!(
             resp.header("content-type"),
             Some("application/json"),
-            "[{driver}]"
+            "[{driver} {listener}]"
         );
     }
 }
 
 #[test]
 fn upstream_slower_than_read_timeout_gives_504() {
-    for driver in io_drivers() {
+    // One upstream for every run: stopping it waits for its sleeping handler, once.
+    let slow = CountingServer::builder("slow")
+        .delay(Duration::from_millis(2500))
+        .start();
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
-        let slow = CountingServer::builder("slow")
-            .delay(Duration::from_millis(2500))
-            .start();
+        let via = sg.via(listener);
         let tenant = Tenant::create(&sg, "slow");
         tenant.route(
             "slow",
@@ -494,20 +554,21 @@ fn upstream_slower_than_read_timeout_gives_504() {
             json!({}),
         );
         let started = Instant::now();
-        let resp = tenant.client().get("/x").expect_status(504);
+        let resp = via.client(&tenant).get("/x").expect_status(504);
         let took = started.elapsed();
-        assert!(!resp.error().is_empty(), "[{driver}]");
+        assert!(!resp.error().is_empty(), "[{driver} {listener}]");
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_millis(2400),
-            "[{driver}] 504 after the 1 s read timeout, not the upstream's 2.5 s: {took:?}"
+            "[{driver} {listener}] 504 after the 1 s read timeout, not the upstream's 2.5 s: {took:?}"
         );
     }
 }
 
 #[test]
 fn hop_by_hop_response_headers_are_dropped() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let up = CountingServer::builder("hops")
             .header("Connection", "X-Up-Secret")
             .header("X-Up-Secret", "must-not-pass")
@@ -523,21 +584,25 @@ fn hop_by_hop_response_headers_are_dropped() {
             json!({}),
             json!({}),
         );
-        let mut conn = tenant.client().open();
+        let mut conn = via.client(&tenant).keep_alive();
         for _ in 0..2 {
             let resp = conn.get("/h");
-            assert_eq!(resp.status, 200, "[{driver}] {resp}");
-            assert_eq!(resp.header("x-up-visible"), Some("yes"), "[{driver}]");
+            assert_eq!(resp.status, 200, "[{driver} {listener}] {resp}");
+            assert_eq!(
+                resp.header("x-up-visible"),
+                Some("yes"),
+                "[{driver} {listener}]"
+            );
             for hop in ["x-up-secret", "keep-alive", "proxy-authenticate"] {
                 assert!(
                     resp.header(hop).is_none(),
-                    "[{driver}] hop-by-hop {hop} reached the client: {resp}"
+                    "[{driver} {listener}] hop-by-hop {hop} reached the client: {resp}"
                 );
             }
             assert!(
                 resp.header("connection")
                     .is_none_or(|c| !c.to_ascii_lowercase().contains("x-up-secret")),
-                "[{driver}] {resp}"
+                "[{driver} {listener}] {resp}"
             );
         }
     }
@@ -545,8 +610,9 @@ fn hop_by_hop_response_headers_are_dropped() {
 
 #[test]
 fn upstream_key_and_gateway_changes_apply_to_the_next_request() {
-    for driver in io_drivers() {
+    for (driver, listener) in drivers_and_listeners() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
+        let via = sg.via(listener);
         let a = CountingServer::start("a");
         let b = CountingServer::start("b");
         let tenant = Tenant::create(&sg, "moving");
@@ -559,7 +625,7 @@ fn upstream_key_and_gateway_changes_apply_to_the_next_request() {
         );
         // A kept-alive client connection stays on one worker, whose pool holds a warm
         // connection to the old target: the change must still win.
-        let mut conn = tenant.client().open();
+        let mut conn = via.client(&tenant).keep_alive();
         for i in 0..20 {
             let (to, expected) = if i % 2 == 0 { (&b, "b") } else { (&a, "a") };
             tenant
@@ -573,23 +639,23 @@ fn upstream_key_and_gateway_changes_apply_to_the_next_request() {
             assert_eq!(
                 kept.header("x-upstream"),
                 Some(expected),
-                "[{driver}] change {i}, kept-alive connection: {kept}"
+                "[{driver} {listener}] change {i}, kept-alive connection: {kept}"
             );
-            let fresh = tenant.client().get("/x");
+            let fresh = via.client(&tenant).get("/x");
             assert_eq!(
                 fresh.header("x-upstream"),
                 Some(expected),
-                "[{driver}] change {i}, fresh connection: {fresh}"
+                "[{driver} {listener}] change {i}, fresh connection: {fresh}"
             );
         }
 
         // A renamed subdomain moves the gateway at once.
         tenant.update_gateway(&json!({"name": "gw-moving", "subdomain": "moved"}));
         let old = conn.get("/x");
-        assert_eq!(old.status, 404, "[{driver}] {old}");
+        assert_eq!(old.status, 404, "[{driver} {listener}] {old}");
         assert_eq!(old.json(), json!({"error": "gateway not found"}));
-        let moved_host = format!("moved.localhost:{}", sg.proxy_addr().port());
-        let moved = tenant.client().host(&moved_host);
+        let moved_host = via.host_for("moved");
+        let moved = via.client(&tenant).host(&moved_host);
         moved.get("/x").expect_status(200);
 
         // A deleted key is refused on the next request.

@@ -1,7 +1,8 @@
-//! Targets with `"protocol": "https"` are reached over TLS, verified against the system's
-//! root store (issue 10, item 4, without per-upstream settings yet). The tests make the
-//! "system" store a test CA with `SSL_CERT_FILE`, which rustls-native-certs honours, and run
-//! a real rustls HTTPS server on loopback (`shardgate_tests::tls`).
+//! Targets with `"protocol": "https"` of an upstream without `tls` settings are reached
+//! over TLS, verified against the system's root store (issue 10, item 4; per-upstream
+//! settings are `proxy_https_upstream.rs`). The tests make the "system" store a test CA with
+//! `SSL_CERT_FILE`, which rustls-native-certs honours, and run a real rustls HTTPS server on
+//! loopback (`shardgate_tests::tls`).
 
 use std::fs;
 use std::path::PathBuf;

@@ -103,6 +103,19 @@ pub struct RunArgs {
     )]
     pub proxy_listen: SocketAddr,
 
+    /// Address of the HTTPS listener; `off` disables it. TLS 1.2/1.3 with the certificates
+    /// of `/api/v1/certificates` chosen by SNI, and a self-signed development certificate
+    /// for the base domain until one covers `*.<base-domain>`. One SO_REUSEPORT listener
+    /// per worker, like the plain one.
+    #[arg(
+        long,
+        env = "SHARDGATE_TLS_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "0.0.0.0:8443",
+        value_parser = parse_tls_listen
+    )]
+    pub tls_listen: TlsListen,
+
     /// Directory of the durable store (journal + checkpoint). Put it on a local disk:
     /// every admin write is fsynced here before it is acknowledged. Relative paths in the
     /// TOML file are relative to the file's directory.
@@ -255,6 +268,45 @@ pub struct RunArgs {
     pub encoded_slashes: EncodedSlashes,
 }
 
+/// `--tls-listen`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl TlsListen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            TlsListen::Off => None,
+            TlsListen::On(addr) => Some(addr),
+        }
+    }
+}
+
+fn parse_tls_listen(text: &str) -> Result<TlsListen, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(TlsListen::Off);
+    }
+    text.trim()
+        .parse()
+        .map(TlsListen::On)
+        .map_err(|_| format!("{text:?} is neither an address (IP:PORT) nor `off`"))
+}
+
+#[cfg(test)]
+#[test]
+fn tls_listen_is_an_address_or_off() {
+    assert_eq!(parse_tls_listen("off"), Ok(TlsListen::Off));
+    assert_eq!(parse_tls_listen("OFF"), Ok(TlsListen::Off));
+    assert_eq!(
+        parse_tls_listen("127.0.0.1:0").map(TlsListen::addr),
+        Ok("127.0.0.1:0".parse().ok())
+    );
+    let err = parse_tls_listen("8443").expect_err("a port alone is not an address");
+    assert!(err.contains("neither an address"), "{err}");
+}
+
 fn parse_encoded_slashes(text: &str) -> Result<EncodedSlashes, String> {
     text.parse()
 }
@@ -319,6 +371,7 @@ impl fmt::Debug for AdminToken {
 pub struct Config {
     pub admin_listen: SocketAddr,
     pub proxy_listen: SocketAddr,
+    pub tls_listen: TlsListen,
     pub data_dir: PathBuf,
     pub workers: usize,
     /// Lower-cased, validated DNS name.
@@ -501,6 +554,7 @@ fn resolve(
         config: _,
         admin_listen,
         proxy_listen,
+        tls_listen,
         data_dir,
         workers,
         base_domain,
@@ -563,6 +617,7 @@ fn resolve(
     Ok(Config {
         admin_listen,
         proxy_listen,
+        tls_listen,
         data_dir,
         workers,
         base_domain,
@@ -882,6 +937,10 @@ mod tests {
         let config = ok(run(&[]));
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.proxy_listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(
+            config.tls_listen.addr().map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:8443")
+        );
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.workers, default_workers());
         assert_eq!(config.base_domain, "localhost");
@@ -1348,7 +1407,10 @@ mod tests {
                 arg.get_id()
             );
         }
-        assert_eq!(shared, 3, "workers, data-dir, io-driver");
+        assert_eq!(
+            shared, 5,
+            "workers, data-dir, io-driver, base-domain, tls-listen"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! parse CLI → tracing → signal handlers → open the store (`Admin::open`, recovery) →
 //! choose the I/O driver → bind all proxy listeners → snapshot channels → spawn workers and
 //! wait until each is accepting → start the admin thread (binds the admin port) → print
-//! `shardgate ready admin=<addr> proxy=<addr>` on stdout (the only stdout line; logs go to
+//! `shardgate ready admin=<addr> proxy=<addr> tls=<addr|off>` on stdout (the only stdout line; logs go to
 //! stderr).
 //!
 //! Shutdown on SIGTERM/SIGINT: every worker closes its listener and drains in-flight
@@ -159,6 +159,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
         base_domain: config.base_domain.clone(),
         fsync: true,
         rate_limits: settings.rate_limits.clone(),
+        dev_certificate: config.tls_listen.addr().is_some(),
     })
     // The admin's message names the directory and what is wrong with it (e.g. a
     // corrupt journal); it must reach the user as is.
@@ -173,10 +174,25 @@ fn run(config: Config) -> Result<u8, Fatal> {
         .map_err(|e| Fatal::runtime(format!("cannot read the proxy listener's address: {e}")))?
         .unwrap_or(config.proxy_listen);
 
+    let tls_listeners = match config.tls_listen.addr() {
+        Some(addr) => Some(
+            bind_listeners(addr, config.workers)
+                .map_err(|e| Fatal::runtime(listen_error("HTTPS", addr, &e)))?,
+        ),
+        None => None,
+    };
+    let tls_addr = tls_listeners
+        .as_ref()
+        .and_then(|l| l.first())
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| Fatal::runtime(format!("cannot read the HTTPS listener's address: {e}")))?;
+    crate::downstream::init();
+
     let (broadcaster, links) = broadcast::channels(config.workers, admin.initial_snapshot())
         .map_err(|e| Fatal::runtime(format!("cannot create the snapshot channels: {e}")))?;
 
-    let mut workers = Workers::start(&config, &settings, driver, listeners, links)?;
+    let mut workers = Workers::start(&config, &settings, driver, listeners, tls_listeners, links)?;
     if let Err(stop) = workers.wait_ready(&signals) {
         workers.shutdown(&signals, config.shutdown_grace);
         return match stop {
@@ -197,7 +213,7 @@ fn run(config: Config) -> Result<u8, Fatal> {
         }
     };
 
-    announce_ready(&admin_thread, proxy_addr);
+    announce_ready(&admin_thread, proxy_addr, tls_addr);
     let code = match workers.wait_for_stop(&signals, &admin_thread) {
         Stop::Signal(signal) => {
             tracing::info!(
@@ -231,18 +247,19 @@ fn run(config: Config) -> Result<u8, Fatal> {
 }
 
 /// The machine-readable start-up line (tests and scripts wait for it).
-fn announce_ready(admin: &AdminThread, proxy: SocketAddr) {
+fn announce_ready(admin: &AdminThread, proxy: SocketAddr, tls: Option<SocketAddr>) {
+    let tls = tls.map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     let mut stdout = std::io::stdout().lock();
     let printed = writeln!(
         stdout,
-        "shardgate ready admin={} proxy={proxy}",
+        "shardgate ready admin={} proxy={proxy} tls={tls}",
         admin.local_addr
     )
     .and_then(|()| stdout.flush());
     if let Err(e) = printed {
         tracing::warn!(error = %e, "could not print the ready line to stdout");
     }
-    tracing::info!(admin = %admin.local_addr, %proxy, "ready");
+    tracing::info!(admin = %admin.local_addr, %proxy, %tls, "ready");
 }
 
 fn listen_error(what: &str, addr: SocketAddr, e: &std::io::Error) -> String {
@@ -293,6 +310,7 @@ impl Workers {
         settings: &std::sync::Arc<crate::settings::ProxySettings>,
         driver: worker::DriverChoice,
         listeners: Vec<std::net::TcpListener>,
+        tls_listeners: Option<Vec<std::net::TcpListener>>,
         links: Vec<broadcast::WorkerLink>,
     ) -> Result<Workers, Fatal> {
         let cpus = worker::allowed_cpus();
@@ -302,12 +320,14 @@ impl Workers {
             events,
             exited: Vec::new(),
         };
+        let mut tls_listeners = tls_listeners.map(Vec::into_iter);
         for (id, (listener, link)) in listeners.into_iter().zip(links).enumerate() {
             let spec = WorkerSpec {
                 id,
                 cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
                 driver,
                 listener,
+                tls_listener: tls_listeners.as_mut().and_then(Iterator::next),
                 link,
                 grace: config.shutdown_grace,
                 settings: settings.clone(),

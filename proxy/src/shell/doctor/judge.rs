@@ -685,6 +685,96 @@ pub fn judge_disk_space(space: Option<DiskSpace>) -> Finding {
     }
 }
 
+/// One stored certificate, as the expiry check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    pub name: String,
+    pub not_after: time::OffsetDateTime,
+}
+
+/// Certificates expiring within this many days are listed.
+pub const CERT_WARN_DAYS: i64 = 14;
+
+/// Lists the certificates that expire within [`CERT_WARN_DAYS`] of `now` (or have).
+pub fn judge_certificates(certs: &[CertExpiry], now: time::OffsetDateTime) -> Finding {
+    const CHECK: &str = "certificates";
+    if certs.is_empty() {
+        return Finding::ok(CHECK, "no certificates uploaded");
+    }
+    let soon = now + time::Duration::days(CERT_WARN_DAYS);
+    let mut expiring: Vec<&CertExpiry> = certs.iter().filter(|c| c.not_after <= soon).collect();
+    expiring.sort_by_key(|c| c.not_after);
+    let date = |t: time::OffsetDateTime| shardgate_core::certs::rfc3339(t);
+    if expiring.is_empty() {
+        let next = certs.iter().map(|c| c.not_after).min().unwrap_or(soon);
+        return Finding::ok(
+            CHECK,
+            format!(
+                "{} certificate{}; none expires within {CERT_WARN_DAYS} days (next: {})",
+                count(certs.len() as u64),
+                if certs.len() == 1 { "" } else { "s" },
+                date(next)
+            ),
+        );
+    }
+    let list = expiring
+        .iter()
+        .map(|c| {
+            let days = (c.not_after - now).whole_days();
+            if c.not_after <= now {
+                format!("{:?} expired {}", c.name, date(c.not_after))
+            } else {
+                format!(
+                    "{:?} expires {} (in {days} days)",
+                    c.name,
+                    date(c.not_after)
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Finding::warn(
+        CHECK,
+        format!(
+            "{} of {} certificates expire within {CERT_WARN_DAYS} days: {list}",
+            expiring.len(),
+            certs.len()
+        ),
+        "upload renewed certificates: PUT /api/v1/certificates/{id} (open connections are kept)",
+    )
+}
+
+/// Whether the HTTPS listener would serve the self-signed development certificate, and for
+/// which base domain: fine for `localhost`, a warning for any real domain.
+pub fn judge_dev_certificate(tls_on: bool, base_domain: &str, covered: bool) -> Finding {
+    const CHECK: &str = "dev_certificate";
+    if !tls_on {
+        return Finding::ok(CHECK, "the HTTPS listener is off");
+    }
+    if covered {
+        return Finding::ok(
+            CHECK,
+            format!(
+                "an uploaded certificate covers *.{base_domain}; no development certificate is served"
+            ),
+        );
+    }
+    if base_domain == "localhost" {
+        return Finding::ok(
+            CHECK,
+            "a self-signed development certificate serves localhost and *.localhost (local use)",
+        );
+    }
+    Finding::warn(
+        CHECK,
+        format!(
+            "the HTTPS listener would serve a self-signed development certificate for \
+             *.{base_domain}: clients will refuse it"
+        ),
+        format!("upload a certificate covering *.{base_domain} (POST /api/v1/certificates)"),
+    )
+}
+
 /// The data directory has no existing ancestor at all (not even `/`).
 pub fn judge_no_existing_ancestor(path: &Path) -> Finding {
     Finding::fail(
@@ -1121,6 +1211,44 @@ mod tests {
         let garbled = ParseError("no \"Max open files\" row".into());
         let [memlock, _] = judge_unknown_limits(Some(&garbled));
         assert!(memlock.finding.contains("cannot parse"), "{memlock}");
+    }
+
+    #[test]
+    fn certificates_expiring_within_14_days_are_listed() {
+        let now = time::OffsetDateTime::now_utc();
+        let cert = |name: &str, days: i64| CertExpiry {
+            name: name.into(),
+            not_after: now + time::Duration::days(days),
+        };
+        assert_eq!(judge_certificates(&[], now).level, Level::Ok);
+        let fine = judge_certificates(&[cert("a", 90), cert("b", 30)], now);
+        assert_eq!(fine.level, Level::Ok, "{fine}");
+        let soon = judge_certificates(&[cert("a", 90), cert("soon", 3), cert("gone", -1)], now);
+        assert_eq!(soon.level, Level::Warn);
+        let line = soon.to_string();
+        assert!(line.contains("\"soon\" expires"), "{line}");
+        assert!(line.contains("\"gone\" expired"), "{line}");
+        assert!(!line.contains("\"a\""), "{line}");
+    }
+
+    #[test]
+    fn the_development_certificate_is_only_fine_for_localhost() {
+        assert_eq!(
+            judge_dev_certificate(true, "localhost", false).level,
+            Level::Ok
+        );
+        assert_eq!(
+            judge_dev_certificate(true, "example.com", false).level,
+            Level::Warn
+        );
+        assert_eq!(
+            judge_dev_certificate(true, "example.com", true).level,
+            Level::Ok
+        );
+        assert_eq!(
+            judge_dev_certificate(false, "example.com", false).level,
+            Level::Ok
+        );
     }
 
     #[test]

@@ -34,9 +34,10 @@ use crate::shell::cli::{
     DEFAULT_DATA_DIR, DEFAULT_IO_DRIVER, IoDriver, MAX_WORKERS, default_workers,
 };
 use judge::{
-    FsInfo, UringInputs, judge_cpus, judge_data_dir, judge_disk_space, judge_filesystem,
-    judge_io_uring, judge_memlock, judge_no_existing_ancestor, judge_nofile, judge_port_range,
-    judge_somaxconn, judge_syn_backlog, judge_unknown_limits, nofile_needed,
+    CertExpiry, FsInfo, UringInputs, judge_certificates, judge_cpus, judge_data_dir,
+    judge_dev_certificate, judge_disk_space, judge_filesystem, judge_io_uring, judge_memlock,
+    judge_no_existing_ancestor, judge_nofile, judge_port_range, judge_somaxconn, judge_syn_backlog,
+    judge_unknown_limits, nofile_needed,
 };
 use parse::{
     CAP_IPC_LOCK, force_legacy_driver, fs_kind, fs_kind_from_magic, mount_containing,
@@ -65,6 +66,24 @@ pub struct DoctorArgs {
     /// file-descriptor and ephemeral-port checks. Default 10000 (the classic C10k).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub expected_connections: u64,
+
+    /// The `--base-domain` `shardgate run` will use (for the development-certificate check).
+    #[arg(
+        long,
+        env = "SHARDGATE_BASE_DOMAIN",
+        value_name = "DOMAIN",
+        default_value = "localhost"
+    )]
+    pub base_domain: String,
+
+    /// The `--tls-listen` `shardgate run` will use (`off`: no certificate checks).
+    #[arg(
+        long,
+        env = "SHARDGATE_TLS_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub tls_listen: String,
 
     /// The `--io-driver` `shardgate run` will use: decides whether io_uring problems are
     /// fatal (`uring`), a fallback to epoll (`auto`), or irrelevant (`epoll`).
@@ -231,12 +250,43 @@ pub fn checks(args: &DoctorArgs) -> Vec<Finding> {
         probe::parallelism(),
     ));
     findings.extend(data_dir_checks(&args.data_dir));
+    findings.extend(certificate_checks(args));
     findings
 }
 
 /// A single-number sysctl, when it can be read and parsed.
 fn sysctl(path: &str) -> Option<u64> {
     probe::read(path).and_then(|text| parse_sysctl_value(&text).ok())
+}
+
+/// The stored certificates' expiry, and whether the development certificate would serve a
+/// real domain. Reads the data directory without taking its lock (a running gateway may
+/// hold it).
+fn certificate_checks(args: &DoctorArgs) -> Vec<Finding> {
+    let tls_on = !args.tls_listen.trim().eq_ignore_ascii_case("off");
+    let base_domain = args.base_domain.trim().to_ascii_lowercase();
+    match shardgate_admin::devcert::stored_certificates(&args.data_dir) {
+        Ok(stored) => {
+            let wildcard = format!("*.{base_domain}");
+            let covered = stored.iter().any(|c| c.sans.contains(&wildcard));
+            let expiries: Vec<CertExpiry> = stored
+                .into_iter()
+                .map(|c| CertExpiry {
+                    name: c.name,
+                    not_after: c.not_after,
+                })
+                .collect();
+            vec![
+                judge_certificates(&expiries, time::OffsetDateTime::now_utc()),
+                judge_dev_certificate(tls_on, &base_domain, covered),
+            ]
+        }
+        Err(e) => vec![Finding::warn(
+            "certificates",
+            format!("cannot read the stored certificates: {e}"),
+            "check the data directory (shardgate run reports what is wrong with it)",
+        )],
+    }
 }
 
 /// The data directory, its filesystem and its free space.

@@ -1,0 +1,277 @@
+//! The client's side of a connection: plain TCP from the plain listener, or TLS from the
+//! HTTPS listener, one type for every stage that reads from or writes to the client.
+//!
+//! TLS: each worker answers handshakes with a rustls server configuration built from the
+//! snapshot's SNI table ([`shardgate_core::certs::ServerCertificates`]) and rebuilt only
+//! when that table changes, so a replaced certificate takes effect for new handshakes while
+//! open connections keep the configuration they negotiated with. TLS 1.2 and 1.3 with
+//! rustls's safe defaults (ring), ALPN `http/1.1`. Resumption: session tickets from one
+//! process-wide ticketer (a client that comes back on another core resumes too) and a
+//! per-worker session-id cache for TLS 1.2 clients without tickets.
+//!
+//! monoio-rustls keeps its own read and write buffers and panics if an I/O future is
+//! dropped mid-operation and the stream is used again. Timeouts drop futures, so
+//! [`TlsClient`] marks an operation as started and refuses (an I/O error, never a panic)
+//! any later one of the same kind on a stream whose previous one was interrupted; such a
+//! connection is only ever closed.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio_rustls::{ServerTlsStream, TlsAcceptor};
+use rustls::ServerConfig;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
+use shardgate_core::certs::ServerCertificates;
+
+/// TLS 1.2 session ids kept per worker.
+const SESSIONS_PER_WORKER: usize = 4096;
+
+/// The process's session-ticket key (rotated by rustls), shared by every worker.
+static TICKETER: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
+
+/// Creates the process's ticketer; called once at start-up (before the workers run).
+pub fn init() {
+    TICKETER.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(ticketer) => Some(ticketer),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS session tickets: resumption by session id only");
+                None
+            }
+        }
+    });
+}
+
+/// One worker's TLS server: its session cache and the configuration for the SNI table it
+/// last saw.
+pub struct ListenerTls {
+    sessions: Arc<ServerSessionMemoryCache>,
+    current: RefCell<Option<(Arc<ServerCertificates>, TlsAcceptor)>>,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenerTls")
+    }
+}
+
+impl Default for ListenerTls {
+    fn default() -> Self {
+        ListenerTls {
+            sessions: ServerSessionMemoryCache::new(SESSIONS_PER_WORKER),
+            current: RefCell::new(None),
+        }
+    }
+}
+
+impl ListenerTls {
+    /// The acceptor for `certificates`: the cached one while the table is the same `Arc`
+    /// (one pointer comparison per connection), else a new configuration.
+    pub fn acceptor(&self, certificates: &Arc<ServerCertificates>) -> TlsAcceptor {
+        let mut current = self.current.borrow_mut();
+        if let Some((table, acceptor)) = current.as_ref()
+            && Arc::ptr_eq(table, certificates)
+        {
+            return acceptor.clone();
+        }
+        let acceptor = TlsAcceptor::from(Arc::new(self.config(certificates.clone())));
+        *current = Some((certificates.clone(), acceptor.clone()));
+        acceptor
+    }
+
+    fn config(&self, certificates: Arc<ServerCertificates>) -> ServerConfig {
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(certificates);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.session_storage = self.sessions.clone();
+        if let Some(Some(ticketer)) = TICKETER.get() {
+            config.ticketer = ticketer.clone();
+        }
+        config
+    }
+}
+
+/// Runs the server handshake on `tcp` within `limit` (the header timeout: a client that
+/// stalls mid-handshake costs a timer, not memory for long).
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    limit: Duration,
+) -> io::Result<TlsClient> {
+    match monoio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Ok(TlsClient {
+            stream,
+            reading: false,
+            writing: false,
+        }),
+        Ok(Err(e)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("TLS handshake failed: {e}"),
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
+/// A TLS client connection (see the module docs for the interruption guard).
+pub struct TlsClient {
+    stream: ServerTlsStream<TcpStream>,
+    reading: bool,
+    writing: bool,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("reading", &self.reading)
+            .field("writing", &self.writing)
+            .finish_non_exhaustive()
+    }
+}
+
+fn interrupted() -> io::Error {
+    io::Error::other("an earlier TLS operation on this connection was interrupted")
+}
+
+impl TlsClient {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.reading {
+            return (Err(interrupted()), buf);
+        }
+        self.reading = true;
+        let out = self.stream.read(buf).await;
+        self.reading = false;
+        out
+    }
+
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.writing {
+            return (Err(interrupted()), buf);
+        }
+        self.writing = true;
+        let out = self.stream.write(buf).await;
+        self.writing = false;
+        out
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.writing {
+            return Err(interrupted());
+        }
+        self.writing = true;
+        let out = self.stream.flush().await;
+        self.writing = false;
+        out
+    }
+
+    /// Sends close_notify and half-closes.
+    async fn shutdown(&mut self) -> io::Result<()> {
+        if self.writing {
+            return Err(interrupted());
+        }
+        self.writing = true;
+        let out = self.stream.shutdown().await;
+        self.writing = false;
+        out
+    }
+
+    /// The stream for a tunnel; `None` when an earlier operation was interrupted.
+    pub fn into_inner(self) -> Option<ServerTlsStream<TcpStream>> {
+        (!self.reading && !self.writing).then_some(self.stream)
+    }
+}
+
+/// The client's stream.
+pub enum Downstream {
+    Plain(TcpStream),
+    /// Boxed: the TLS session and its buffers are tens of kilobytes.
+    Tls(Box<TlsClient>),
+}
+
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Downstream::Plain(_) => "Downstream::Plain",
+            Downstream::Tls(_) => "Downstream::Tls",
+        })
+    }
+}
+
+impl Downstream {
+    /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Downstream::Tls(_))
+    }
+}
+
+impl AsyncReadRent for Downstream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Downstream::Plain(s) => s.read(buf).await,
+            Downstream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Downstream::Plain(s) => s.readv(buf).await,
+            Downstream::Tls(s) => {
+                if s.reading {
+                    return (Err(interrupted()), buf);
+                }
+                s.reading = true;
+                let out = s.stream.readv(buf).await;
+                s.reading = false;
+                out
+            }
+        }
+    }
+}
+
+impl AsyncWriteRent for Downstream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Downstream::Plain(s) => s.write(buf).await,
+            Downstream::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Downstream::Plain(s) => s.writev(buf).await,
+            Downstream::Tls(s) => {
+                if s.writing {
+                    return (Err(interrupted()), buf);
+                }
+                s.writing = true;
+                let out = s.stream.writev(buf).await;
+                s.writing = false;
+                out
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Downstream::Plain(s) => s.flush().await,
+            Downstream::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Downstream::Plain(s) => s.shutdown().await,
+            Downstream::Tls(s) => s.shutdown().await,
+        }
+    }
+}
