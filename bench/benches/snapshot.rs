@@ -29,7 +29,7 @@ fn compile(c: &mut Criterion) {
                 if let Err(e) = state.apply(&m) {
                     panic!("{e}");
                 }
-                base.next(2, &state, gateway_id, &LiteralOnly)
+                base.next(2, &state, Some(gateway_id), &LiteralOnly)
             },
             BatchSize::SmallInput,
         )
