@@ -82,35 +82,31 @@ pub(crate) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let guard = in_flight.enter();
                 let ctx = ctx.clone();
-                monoio::spawn(async move {
-                    let _counted = guard;
-                    let worker = ctx.id();
-                    let served = async {
-                        let stream = match kind {
-                            Listener::Plain => Downstream::Plain(stream),
-                            Listener::Tls => {
-                                let certificates = ctx.snapshot().certificates.clone();
-                                let acceptor = ctx.plane().listener_tls.acceptor(&certificates);
-                                let limit = ctx.plane().settings.header_timeout;
-                                let tls = downstream::handshake(&acceptor, stream, limit).await?;
-                                Downstream::Tls(Box::new(tls))
-                            }
-                        };
-                        serve_connection(stream, peer, ctx).await
-                    };
-                    match catch_unwind(served).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(worker, %peer, error = %e, "connection ended with an error")
-                        }
-                        Err(panic) => tracing::error!(
-                            worker,
-                            %peer,
-                            panic = panic_message(&*panic),
-                            "connection handler panicked; connection dropped, worker continues"
-                        ),
-                    }
-                });
+                // Two task types, so a plain connection's task carries no TLS state (its
+                // size is what an idle keep-alive connection costs).
+                let worker = ctx.id();
+                match kind {
+                    Listener::Plain => monoio::spawn(async move {
+                        let _counted = guard;
+                        let served =
+                            catch_unwind(serve_connection(Downstream::Plain(stream), peer, ctx));
+                        report(worker, peer, served.await);
+                    }),
+                    Listener::Tls => monoio::spawn(async move {
+                        let _counted = guard;
+                        let served = catch_unwind(async move {
+                            let certificates = ctx.snapshot().certificates.clone();
+                            let acceptor = ctx.plane().listener_tls.acceptor(&certificates);
+                            let limit = ctx.plane().settings.header_timeout;
+                            // Boxed: the handshake's state is gone once it is done.
+                            let tls =
+                                Box::pin(downstream::handshake(&acceptor, stream, limit)).await?;
+                            drop(acceptor);
+                            serve_connection(Downstream::Tls(Box::new(tls)), peer, ctx).await
+                        });
+                        report(worker, peer, served.await);
+                    }),
+                };
             }
             Err(_) if ctx.shutdown().is_triggered() => return,
             Err(e) => {
@@ -128,6 +124,23 @@ pub(crate) async fn accept_loop(
                 monoio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+/// Logs how a connection ended: an I/O error at debug, a panic (caught, the worker goes
+/// on) at error.
+fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Result<()>>) {
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(worker, %peer, error = %e, "connection ended with an error")
+        }
+        Err(panic) => tracing::error!(
+            worker,
+            %peer,
+            panic = panic_message(&*panic),
+            "connection handler panicked; connection dropped, worker continues"
+        ),
     }
 }
 

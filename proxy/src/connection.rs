@@ -40,7 +40,8 @@ pub async fn serve_connection(
     let mut client = Client::new(stream, peer, settings.client_io_timeout);
     if open >= settings.max_connections {
         let e = Refusal::TooManyConnections.response();
-        let _ = client.send_error(&e, true, false).await;
+        // Boxed: the rare refusal must not size the task every idle connection keeps.
+        let _ = Box::pin(client.send_error(&e, true, false)).await;
         return Ok(());
     }
     plane.connections.set(open + 1);
@@ -81,7 +82,10 @@ async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Optio
                     }
                     Downstream::Tls(_) => {
                         let buf = plane.heads.take();
-                        match wait_for_bytes(client, buf, ctx, settings.keepalive_timeout).await {
+                        // Boxed: a plain connection's task must not carry the TLS read's
+                        // state while it idles.
+                        let idle = settings.keepalive_timeout;
+                        match Box::pin(wait_for_bytes(client, buf, ctx, idle)).await {
                             Some(buf) => client.buf = buf,
                             None => return Ok(None),
                         }

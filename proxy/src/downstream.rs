@@ -192,6 +192,11 @@ impl TlsClient {
 }
 
 /// The client's stream.
+///
+/// The TLS arms of its reads and writes are boxed: monoio-rustls's futures are large, and
+/// inline they would grow every future that awaits client I/O — the connection task an
+/// idle keep-alive connection keeps alive, and the per-request future — for plain
+/// connections too. A TLS operation pays one small allocation beside its crypto.
 pub enum Downstream {
     Plain(TcpStream),
     /// Boxed: the TLS session and its buffers are tens of kilobytes.
@@ -218,7 +223,7 @@ impl AsyncReadRent for Downstream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Downstream::Plain(s) => s.read(buf).await,
-            Downstream::Tls(s) => s.read(buf).await,
+            Downstream::Tls(s) => Box::pin(s.read(buf)).await,
         }
     }
 
@@ -230,7 +235,7 @@ impl AsyncReadRent for Downstream {
                     return (Err(interrupted()), buf);
                 }
                 s.reading = true;
-                let out = s.stream.readv(buf).await;
+                let out = Box::pin(s.stream.readv(buf)).await;
                 s.reading = false;
                 out
             }
@@ -242,7 +247,7 @@ impl AsyncWriteRent for Downstream {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Downstream::Plain(s) => s.write(buf).await,
-            Downstream::Tls(s) => s.write(buf).await,
+            Downstream::Tls(s) => Box::pin(s.write(buf)).await,
         }
     }
 
@@ -254,7 +259,7 @@ impl AsyncWriteRent for Downstream {
                     return (Err(interrupted()), buf);
                 }
                 s.writing = true;
-                let out = s.stream.writev(buf).await;
+                let out = Box::pin(s.stream.writev(buf)).await;
                 s.writing = false;
                 out
             }
@@ -264,14 +269,14 @@ impl AsyncWriteRent for Downstream {
     async fn flush(&mut self) -> io::Result<()> {
         match self {
             Downstream::Plain(s) => s.flush().await,
-            Downstream::Tls(s) => s.flush().await,
+            Downstream::Tls(s) => Box::pin(s.flush()).await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             Downstream::Plain(s) => s.shutdown().await,
-            Downstream::Tls(s) => s.shutdown().await,
+            Downstream::Tls(s) => Box::pin(s.shutdown()).await,
         }
     }
 }
