@@ -4,9 +4,14 @@
 //!   the naive alternative (router, key table, balancer, HTTP head parse, snapshot compile).
 //! * `src/bin/admin_write.rs` — admin write-to-live latency through the real binary, with
 //!   100 000 keys present.
+//! * `src/bin/tls_load.rs` — the HTTPS load generator of `bench/run`'s TLS scenarios
+//!   (keep-alive requests, or one full handshake per request), with [`tls`]'s certificates
+//!   and client configuration.
 //!
 //! [`fixture`] builds realistic configurations (many rules, many keys) without going
 //! through the API, so benchmarks start in milliseconds.
 
 pub mod client;
 pub mod fixture;
+pub mod summary;
+pub mod tls;

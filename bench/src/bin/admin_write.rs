@@ -112,7 +112,12 @@ fn run() -> Result<(), String> {
     }
     drop(state);
 
-    let mut child = Command::new(&args.binary)
+    let mut cmd = Command::new(&args.binary);
+    if shardgate_bench::tls::shardgate_has_tls_listener(&args.binary) {
+        // The HTTPS listener's default (0.0.0.0:8443) is not ours to take.
+        cmd.args(["--tls-listen", "off"]);
+    }
+    let mut child = cmd
         .args([
             "--admin-listen",
             "127.0.0.1:0",

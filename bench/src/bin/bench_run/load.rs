@@ -1,27 +1,22 @@
 //! Load: wrk runs (with a Lua `done()` that prints the latency percentile curve as JSON),
-//! single checked requests, and the idle keep-alive connection test.
+//! `tls_load` runs for the HTTPS scenarios (the same summary), single checked requests
+//! (plain or HTTPS), and the idle keep-alive connection test.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::Value;
+use shardgate_bench::summary::{TLS_LOAD_PREFIX, WRK_PREFIX, quantiles};
+use shardgate_bench::tls::{self, Negotiated};
 
 use crate::sys;
-
-/// Quantiles (in percent) wrk reports: the percentile curve from 0 % to 99.99 % in steps
-/// of a tenth of a decade of `1 / (1 - q)`, plus the named ones and the maximum.
-pub fn quantiles() -> Vec<f64> {
-    let mut qs: Vec<f64> = (0..=40)
-        .map(|k| 100.0 * (1.0 - 10f64.powf(-(k as f64) / 10.0)))
-        .collect();
-    qs.extend([50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0]);
-    qs.sort_by(f64::total_cmp);
-    qs.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
-    qs
-}
+use crate::targets::TlsMode;
 
 /// Writes the wrk script; its `done()` prints one `WRKJSON {...}` line.
 pub fn write_script(dir: &Path) -> Result<PathBuf, String> {
@@ -68,6 +63,9 @@ pub struct WrkJob<'a> {
 
 pub struct Running {
     child: std::process::Child,
+    /// The summary line's prefix.
+    prefix: &'static str,
+    what: &'static str,
 }
 
 impl WrkJob<'_> {
@@ -94,29 +92,83 @@ impl WrkJob<'_> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start wrk: {e}"))?;
-        Ok(Running { child })
+        Ok(Running {
+            child,
+            prefix: WRK_PREFIX,
+            what: "wrk",
+        })
+    }
+}
+
+/// One `tls_load` invocation (src/bin/tls_load.rs): the HTTPS scenarios' load generator.
+pub struct TlsJob<'a> {
+    pub binary: &'a Path,
+    pub ca: &'a Path,
+    pub cpus: &'a [usize],
+    pub threads: usize,
+    pub connections: usize,
+    pub seconds: u64,
+    pub addr: SocketAddr,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub mode: TlsMode,
+}
+
+impl TlsJob<'_> {
+    pub fn spawn(&self) -> Result<Running, String> {
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c")
+            .arg(sys::cpu_list_string(self.cpus))
+            .arg(self.binary)
+            .arg("--addr")
+            .arg(self.addr.to_string())
+            .arg("--ca")
+            .arg(self.ca)
+            .args(["--sni", tls::SERVER_NAME])
+            .args(["--path", self.path])
+            .args(["--threads", &self.threads.to_string()])
+            .args(["--connections", &self.connections.to_string()])
+            .args(["--seconds", &self.seconds.to_string()])
+            .args(["--timeout", "5"]);
+        for (name, value) in self.headers {
+            cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        if self.mode == TlsMode::Handshake {
+            cmd.arg("--new-connection-per-request");
+        }
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        Ok(Running {
+            child,
+            prefix: TLS_LOAD_PREFIX,
+            what: "tls_load",
+        })
     }
 }
 
 impl Running {
-    /// Waits for wrk and returns its JSON summary.
+    /// Waits for the load generator and returns its JSON summary.
     pub fn finish(self) -> Result<Value, String> {
+        let what = self.what;
         let out = self
             .child
             .wait_with_output()
-            .map_err(|e| format!("wrk: {e}"))?;
+            .map_err(|e| format!("{what}: {e}"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout
             .lines()
-            .find_map(|l| l.strip_prefix("WRKJSON "))
+            .find_map(|l| l.strip_prefix(self.prefix))
             .ok_or_else(|| {
                 format!(
-                    "wrk printed no summary (exit {:?}):\n{stdout}\n{}",
+                    "{what} printed no summary (exit {:?}):\n{stdout}\n{}",
                     out.status.code(),
                     String::from_utf8_lossy(&out.stderr)
                 )
             })?;
-        serde_json::from_str(line).map_err(|e| format!("wrk summary {line:?}: {e}"))
+        serde_json::from_str(line).map_err(|e| format!("{what} summary {line:?}: {e}"))
     }
 }
 
@@ -147,9 +199,9 @@ pub fn request_bytes(path: &str, headers: &[(String, String)]) -> Vec<u8> {
 }
 
 /// Sends one GET on `stream` and reads the whole response (Content-Length or chunked).
-pub fn get_on(stream: &TcpStream, request: &[u8]) -> Result<Reply, String> {
-    let mut w = stream;
-    w.write_all(request).map_err(|e| e.to_string())?;
+pub fn get_on<S: Read + Write>(stream: &mut S, request: &[u8]) -> Result<Reply, String> {
+    stream.write_all(request).map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -208,7 +260,33 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(String, String)]) -> Result
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    get_on(&stream, &request_bytes(path, headers))
+    get_on(&mut &stream, &request_bytes(path, headers))
+}
+
+/// The HTTPS client of the checked requests: the bench client configuration and SNI name.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// One GET over a new TLS connection (SNI and chain verified as the load generator does);
+/// the reply and what the handshake negotiated.
+pub fn tls_get(
+    client: &TlsClient,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(Reply, Negotiated), String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(client.config.clone(), client.name.clone())
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream = StreamOwned::new(conn, tcp);
+    let reply = get_on(&mut stream, &request_bytes(path, headers))
+        .map_err(|e| format!("https://{addr}{path}: {e}"))?;
+    Ok((reply, Negotiated::of(&stream.conn)))
 }
 
 /// Opens `count` keep-alive connections, each after one complete request, and returns them
@@ -226,7 +304,7 @@ pub fn open_idle(
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
-        let reply = get_on(&stream, &request).map_err(|e| format!("connection {i}: {e}"))?;
+        let reply = get_on(&mut &stream, &request).map_err(|e| format!("connection {i}: {e}"))?;
         if reply.status != 200 {
             return Err(format!("connection {i}: status {}", reply.status));
         }

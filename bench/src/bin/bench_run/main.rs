@@ -1,7 +1,9 @@
 //! The `bench/run` driver: starts the upstream, shardgate in each scenario and the nginx
-//! baseline, measures them with wrk in interleaved rounds, measures idle keep-alive
-//! connection memory and admin write-to-live latency, and writes the report (Markdown on
-//! stdout and in the results directory, JSON, SVG percentile plots).
+//! baseline, measures them with wrk (plain HTTP) and `tls_load` (the HTTPS scenarios: keep-
+//! alive requests and one full handshake per request, both proxies serving the same ECDSA
+//! P-256 certificate) in interleaved rounds, measures idle keep-alive connection memory and
+//! admin write-to-live latency, and writes the report (Markdown on stdout and in the results
+//! directory, JSON, SVG percentile plots).
 //!
 //! `bench/run` (the shell script beside this crate) builds the binaries, installs wrk and
 //! nginx when missing, raises the open-files limit and then runs this program; see
@@ -17,11 +19,13 @@ mod targets;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shardgate_bench::tls::{self, BenchPki, PkiFiles, TicketCounter};
 
-use targets::{Nginx, Shardgate};
+use targets::{Nginx, Shardgate, TlsMode};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,7 +67,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --connections N       wrk connections (default 64)
   --threads N           wrk threads (default: # load CPUs)
   --sizes LIST          response body sizes in bytes (default 1024,16384)
-  --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full)
+  --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full,https,
+                        https-handshake; the last two over TLS 1.3 at the first size)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -218,46 +223,103 @@ fn rerender(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Something that serves proxied requests: nginx or one shardgate scenario.
-#[derive(Debug)]
-pub enum Target<'a> {
+/// The proxy behind a [`Target`].
+#[derive(Debug, Clone, Copy)]
+pub enum Proxy<'a> {
     Nginx(&'a Nginx),
     Shardgate(&'a Shardgate),
 }
 
-impl Target<'_> {
+/// Something that serves proxied requests: nginx (plain, or the HTTPS nginx in one of the
+/// two TLS modes) or one shardgate scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    proxy: Proxy<'a>,
+    /// Where the load goes: the plain or the HTTPS listener.
+    addr: SocketAddr,
+    tls: Option<TlsMode>,
+}
+
+impl<'a> Target<'a> {
+    fn nginx(n: &'a Nginx) -> Target<'a> {
+        Target {
+            proxy: Proxy::Nginx(n),
+            addr: n.addr,
+            tls: None,
+        }
+    }
+
+    /// The HTTPS nginx, as the baseline of the `mode` scenario.
+    fn nginx_tls(n: &'a Nginx, mode: TlsMode) -> Result<Target<'a>, String> {
+        if !n.tls {
+            return Err("the HTTPS baseline is a plain nginx".into());
+        }
+        Ok(Target {
+            proxy: Proxy::Nginx(n),
+            addr: n.addr,
+            tls: Some(mode),
+        })
+    }
+
+    fn shardgate(s: &'a Shardgate) -> Result<Target<'a>, String> {
+        let addr = match s.scenario.tls {
+            None => s.proxy,
+            Some(_) => s
+                .tls
+                .ok_or_else(|| format!("shardgate `{}` has no HTTPS listener", s.scenario.name))?,
+        };
+        Ok(Target {
+            proxy: Proxy::Shardgate(s),
+            addr,
+            tls: s.scenario.tls,
+        })
+    }
+
     fn name(&self) -> String {
-        match self {
-            Target::Nginx(_) => "nginx".into(),
-            Target::Shardgate(s) => s.scenario.name.into(),
+        match (self.proxy, self.tls) {
+            (Proxy::Nginx(_), None) => "nginx".into(),
+            (Proxy::Nginx(_), Some(mode)) => mode.scenario().into(),
+            (Proxy::Shardgate(s), _) => s.scenario.name.into(),
         }
     }
     fn proxy(&self) -> &'static str {
-        match self {
-            Target::Nginx(_) => "nginx",
-            Target::Shardgate(_) => "shardgate",
+        match self.proxy {
+            Proxy::Nginx(_) => "nginx",
+            Proxy::Shardgate(_) => "shardgate",
+        }
+    }
+    fn shardgate_scenario(&self) -> Option<&'a Shardgate> {
+        match self.proxy {
+            Proxy::Nginx(_) => None,
+            Proxy::Shardgate(s) => Some(s),
         }
     }
     fn addr(&self) -> SocketAddr {
-        match self {
-            Target::Nginx(n) => n.addr,
-            Target::Shardgate(s) => s.proxy,
-        }
+        self.addr
     }
     fn pids(&self) -> Vec<u32> {
-        match self {
-            Target::Nginx(n) => sys::proc_tree(n.process.pid()),
-            Target::Shardgate(s) => vec![s.process.pid()],
+        match self.proxy {
+            Proxy::Nginx(n) => sys::proc_tree(n.process.pid()),
+            Proxy::Shardgate(s) => vec![s.process.pid()],
         }
     }
     fn headers(&self, with_key: bool) -> Vec<(String, String)> {
-        let mut h = vec![("Host".to_string(), "bench.localhost".to_string())];
-        if let (true, Target::Shardgate(s)) = (with_key, self)
+        let mut h = vec![("Host".to_string(), tls::SERVER_NAME.to_string())];
+        if with_key
+            && let Some(s) = self.shardgate_scenario()
             && let Some(k) = &s.key
         {
             h.push(("X-API-Key".into(), k.clone()));
         }
         h
+    }
+    /// Body sizes this target is measured at: all for plain HTTP, the first for HTTPS
+    /// (the TLS scenarios measure the handshake and the record layer at 1 KiB).
+    fn sizes<'c>(&self, config: &'c Config) -> &'c [usize] {
+        match self.tls {
+            None => &config.sizes,
+            Some(_) => &config.sizes[..1],
+        }
     }
 }
 
@@ -360,11 +422,77 @@ fn run(config: &Config) -> Result<(), String> {
     }
 
     let all = targets::scenarios(config.rules, config.keys);
-    let wanted: Vec<_> = all
-        .into_iter()
+    let mut wanted: Vec<_> = all
+        .iter()
         .filter(|s| config.scenarios.iter().any(|n| n == s.name))
+        .cloned()
         .collect();
-    let first = wanted.first().ok_or("no scenario")?;
+
+    // HTTPS: both proxies serve one certificate made for this run; the scenarios are
+    // skipped (with a note saying why) where either proxy cannot serve TLS.
+    let has_tls_listener = tls::shardgate_has_tls_listener(&bin("shardgate"));
+    let mut tls_setup: Option<(BenchPki, PkiFiles)> = None;
+    let mut tls_skipped: Option<String> = None;
+    if wanted.iter().any(|s| s.tls.is_some()) {
+        let missing = if !targets::nginx_has_ssl(&config.nginx) {
+            Some(format!(
+                "{} was built without the SSL module (`nginx -V` shows no --with-http_ssl_module)",
+                config.nginx.display()
+            ))
+        } else if !has_tls_listener {
+            Some(
+                "this shardgate build has no HTTPS listener (`shardgate --help` shows no \
+                 --tls-listen)"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        match missing {
+            Some(why) => {
+                let skipped: Vec<&str> = wanted
+                    .iter()
+                    .filter(|s| s.tls.is_some())
+                    .map(|s| s.name)
+                    .collect();
+                let msg = format!("HTTPS scenarios ({}) skipped: {why}", skipped.join(", "));
+                progress.say(&msg);
+                notes.push(msg.clone());
+                tls_skipped = Some(msg);
+                wanted.retain(|s| s.tls.is_none());
+            }
+            None => {
+                let pki = BenchPki::generate(&[tls::SERVER_NAME])?;
+                let dir = work_dir.join("tls");
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let files = pki.write(&dir)?;
+                tls_setup = Some((pki, files));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Err(match &tls_skipped {
+            Some(why) => format!("no scenario left to run: {why}"),
+            None => "no scenario".into(),
+        });
+    }
+    let tls_client = match &tls_setup {
+        Some((pki, _)) => Some(load::TlsClient {
+            config: Arc::new(tls::client_config(
+                &pki.ca_pem,
+                Arc::new(TicketCounter::default()),
+            )?),
+            name: tls::server_name(tls::SERVER_NAME)?,
+        }),
+        None => None,
+    };
+    // The idle test measures plain keep-alive connections: a plain scenario's
+    // configuration (`bare` when only HTTPS scenarios were asked for).
+    let idle_scenario = wanted
+        .iter()
+        .find(|s| s.tls.is_none())
+        .or_else(|| all.first())
+        .ok_or("no scenario")?;
 
     // The idle-connection test gets its own fresh processes (shardgate `bare` and nginx),
     // stopped afterwards: the memory they keep would otherwise show in the load runs' RSS.
@@ -379,11 +507,13 @@ fn run(config: &Config) -> Result<(), String> {
                 workers: config.workers,
                 work_dir: &idle_dir,
                 upstream: upstream.addr,
+                has_tls_listener,
+                pki: None,
             },
-            first,
+            idle_scenario,
         )?;
         idle.push(idle_test(
-            &Target::Shardgate(&sg),
+            &Target::shardgate(&sg)?,
             config.sizes[0],
             idle_conns,
             &progress,
@@ -396,9 +526,10 @@ fn run(config: &Config) -> Result<(), String> {
             work_dir: &idle_dir,
             upstream: upstream.addr,
             connections: idle_conns,
+            tls: None,
         })?;
         idle.push(idle_test(
-            &Target::Nginx(&ng),
+            &Target::nginx(&ng),
             config.sizes[0],
             idle_conns,
             &progress,
@@ -406,15 +537,25 @@ fn run(config: &Config) -> Result<(), String> {
         drop(ng);
     }
 
-    let nginx = targets::start_nginx(&targets::NginxOptions {
+    let nginx_options = |tls| targets::NginxOptions {
         binary: &config.nginx,
         cpus: &config.proxy_cpus,
         workers: config.workers,
         work_dir,
         upstream: upstream.addr,
         connections: config.connections,
-    })?;
+        tls,
+    };
+    let nginx = targets::start_nginx(&nginx_options(None))?;
     progress.say(&format!("nginx on {}", nginx.addr));
+    let nginx_https = match &tls_setup {
+        Some((_, files)) => {
+            let n = targets::start_nginx(&nginx_options(Some(files)))?;
+            progress.say(&format!("nginx (HTTPS) on {}", n.addr));
+            Some(n)
+        }
+        None => None,
+    };
 
     let sg_opts = targets::ShardgateOptions {
         binary: &bin("shardgate"),
@@ -422,14 +563,21 @@ fn run(config: &Config) -> Result<(), String> {
         workers: config.workers,
         work_dir,
         upstream: upstream.addr,
+        has_tls_listener,
+        pki: tls_setup.as_ref().map(|(pki, _)| pki),
     };
     let mut shardgates: Vec<Shardgate> = Vec::new();
     for s in &wanted {
         progress.say(&format!(
-            "configuring shardgate `{}` ({} rules, {} keys) through the admin API",
+            "configuring shardgate `{}` ({} rules, {} keys{}) through the admin API",
             s.name,
             s.rules,
-            if s.auth { s.keys } else { 0 }
+            if s.auth { s.keys } else { 0 },
+            if s.tls.is_some() {
+                ", the run's certificate"
+            } else {
+                ""
+            }
         ));
         let sg = targets::start_shardgate(&sg_opts, s)?;
         if s.auth && s.keys > 1 {
@@ -445,13 +593,61 @@ fn run(config: &Config) -> Result<(), String> {
     let drivers = targets::worker_drivers(&shardgates[0].log);
     progress.say(&format!("shardgate workers: {drivers:?}"));
 
+    // Every scenario is measured right after its own baseline: plain nginx for the plain
+    // scenarios, nginx's HTTPS server (same mode) for the HTTPS ones.
+    let mut pairs: Vec<(Target, Target)> = Vec::new();
+    for sg in &shardgates {
+        let candidate = Target::shardgate(sg)?;
+        let baseline = match (sg.scenario.tls, &nginx_https) {
+            (None, _) => Target::nginx(&nginx),
+            (Some(mode), Some(n)) => Target::nginx_tls(n, mode)?,
+            (Some(_), None) => return Err("HTTPS scenario without the HTTPS nginx".into()),
+        };
+        pairs.push((baseline, candidate));
+    }
+    // Every distinct target once, baselines first (for the checks, warm-up and memory).
+    let mut targets_list: Vec<Target> = Vec::new();
+    for (b, _) in &pairs {
+        if !targets_list
+            .iter()
+            .any(|t| t.name() == b.name() && t.proxy() == b.proxy())
+        {
+            targets_list.push(*b);
+        }
+    }
+    targets_list.extend(pairs.iter().map(|(_, c)| *c));
+
     // Every target must answer the benchmark request correctly before it is measured.
-    let mut targets_list: Vec<Target> = vec![Target::Nginx(&nginx)];
-    targets_list.extend(shardgates.iter().map(Target::Shardgate));
     let mut rate_limit_headers = None;
+    let mut tls_checks: Vec<Value> = Vec::new();
     for t in &targets_list {
-        for &size in &config.sizes {
-            let r = load::get(t.addr(), &path_for(size), &t.headers(true))?;
+        for &size in t.sizes(config) {
+            let r = match (t.tls, &tls_client) {
+                (None, _) => load::get(t.addr(), &path_for(size), &t.headers(true))?,
+                (Some(_), Some(client)) => {
+                    let (r, negotiated) =
+                        load::tls_get(client, t.addr(), &path_for(size), &t.headers(true))
+                            .map_err(|e| format!("{} ({}): {e}", t.name(), t.proxy()))?;
+                    if negotiated.version != "TLSv1_3" {
+                        return Err(format!(
+                            "{} ({}) negotiated {} instead of TLS 1.3",
+                            t.name(),
+                            t.proxy(),
+                            negotiated.version
+                        ));
+                    }
+                    tls_checks.push(json!({
+                        "proxy": t.proxy(),
+                        "scenario": t.name(),
+                        "version": negotiated.version,
+                        "cipher_suite": negotiated.cipher_suite,
+                        "kx_group": negotiated.kx_group,
+                        "handshake": negotiated.handshake,
+                    }));
+                    r
+                }
+                (Some(_), None) => return Err("HTTPS target without a TLS client".into()),
+            };
             if r.status != 200 || r.body_len != size {
                 return Err(format!(
                     "{} answered GET {} with {} and {} body bytes, expected 200 and {size}; \
@@ -462,7 +658,7 @@ fn run(config: &Config) -> Result<(), String> {
                     r.body_len
                 ));
             }
-            if let Target::Shardgate(s) = t {
+            if let Some(s) = t.shardgate_scenario() {
                 if s.scenario.auth {
                     let anon = load::get(t.addr(), &path_for(size), &t.headers(false))?;
                     if anon.status != 401 {
@@ -494,26 +690,43 @@ fn run(config: &Config) -> Result<(), String> {
 
     let script = load::write_script(work_dir)?;
     let clk = sys::clk_tck();
+    let tls_load_bin = bin("tls_load");
     let measure = |t: &Target, size: usize, seconds: u64| -> Result<Value, String> {
         let path = path_for(size);
         let headers = t.headers(true);
-        let job = load::WrkJob {
-            wrk: &config.wrk,
-            script: &script,
-            cpus: &config.load_cpus,
-            threads: config.threads,
-            connections: config.connections,
-            seconds,
-            addr: t.addr(),
-            path: &path,
-            headers: &headers,
-        };
         let pids = t.pids();
         let host0 = sys::host_procs();
         let cpu0 = sys::cpu_times();
         let before = sys::sample(&pids);
         let t0 = Instant::now();
-        let running = job.spawn()?;
+        let running = match (t.tls, &tls_setup) {
+            (None, _) => load::WrkJob {
+                wrk: &config.wrk,
+                script: &script,
+                cpus: &config.load_cpus,
+                threads: config.threads,
+                connections: config.connections,
+                seconds,
+                addr: t.addr(),
+                path: &path,
+                headers: &headers,
+            }
+            .spawn()?,
+            (Some(mode), Some((_, files))) => load::TlsJob {
+                binary: &tls_load_bin,
+                ca: &files.ca,
+                cpus: &config.load_cpus,
+                threads: config.threads,
+                connections: config.connections,
+                seconds,
+                addr: t.addr(),
+                path: &path,
+                headers: &headers,
+                mode,
+            }
+            .spawn()?,
+            (Some(_), None) => return Err("HTTPS target without a certificate".into()),
+        };
         std::thread::sleep(Duration::from_millis(seconds * 500));
         let mid = sys::sample(&pids);
         let wrk = running.finish()?;
@@ -537,13 +750,14 @@ fn run(config: &Config) -> Result<(), String> {
                 .and_then(|p| p[1].as_f64())
                 .unwrap_or(f64::NAN)
         };
-        let errors: u64 = ["connect", "read", "write", "status", "timeout"]
+        let errors: u64 = ["connect", "read", "write", "status", "timeout", "tls"]
             .iter()
             .map(|k| wrk["errors"][k].as_u64().unwrap_or(0))
             .sum();
         Ok(json!({
             "proxy": t.proxy(),
             "scenario": t.name(),
+            "tls_mode": t.tls.map(TlsMode::label),
             "size": size,
             "requests": requests,
             "duration_s": duration_s,
@@ -568,32 +782,39 @@ fn run(config: &Config) -> Result<(), String> {
             "rss_kib": mid.rss_kib,
             "pss_kib": mid.pss_kib,
             "curve": wrk["percentiles"],
+            "tls": wrk["tls"],
         }))
     };
 
-    // Warm-up: every target at every size, not recorded.
+    // Warm-up: every target at every size it is measured at, not recorded.
     progress.say(&format!(
         "warming up ({} s per target and size)",
         config.warmup
     ));
     if config.warmup > 0 {
         for &size in &config.sizes {
-            for t in &targets_list {
+            for t in targets_list
+                .iter()
+                .filter(|t| t.sizes(config).contains(&size))
+            {
                 measure(t, size, config.warmup)?;
             }
         }
     }
 
-    // Rounds: per body size, each scenario right after an nginx run (A B A B ...), so
-    // every scenario has its own paired baseline and drift cancels in the ratios.
+    // Rounds: per body size, each scenario right after its baseline's run (A B A C ...),
+    // so every scenario has its own paired baseline and drift cancels in the ratios.
     let mut runs: Vec<Value> = Vec::new();
     let mut seq = 0;
     let mut quiet_budget = Duration::from_secs(config.quiet_wait);
     let mut waited_total = Duration::ZERO;
     for round in 1..=config.rounds {
         for &size in &config.sizes {
-            for sg in &targets_list[1..] {
-                for t in [&targets_list[0], sg] {
+            for (baseline, candidate) in pairs
+                .iter()
+                .filter(|(_, c)| c.sizes(config).contains(&size))
+            {
+                for (t, is_candidate) in [(baseline, false), (candidate, true)] {
                     let waited = wait_for_quiet(&mut quiet_budget, clk);
                     waited_total += waited;
                     let mut r = measure(t, size, config.duration)?;
@@ -601,13 +822,14 @@ fn run(config: &Config) -> Result<(), String> {
                     seq += 1;
                     r["round"] = json!(round);
                     r["seq"] = json!(seq);
-                    if let Target::Shardgate(_) = t {
+                    if is_candidate {
                         r["paired_nginx_seq"] = json!(seq - 1);
                     }
                     progress.say(&format!(
-                        "round {round}/{} {:>6} {:<15} {:>9.0} req/s  p99 {:>6.2} ms  {:>6.2} µs CPU/req  proxy CPUs {:>3.0}% busy, load CPUs {:>3.0}%, others {:.2} CPUs{}",
+                        "round {round}/{} {:>6} {:<9} {:<15} {:>9.0} req/s  p99 {:>6.2} ms  {:>7.2} µs CPU/req  proxy CPUs {:>3.0}% busy, load CPUs {:>3.0}%, others {:.2} CPUs{}",
                         config.rounds,
                         size_label(size),
+                        t.proxy(),
                         t.name(),
                         r["rps"].as_f64().unwrap_or(0.0),
                         r["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
@@ -642,11 +864,13 @@ fn run(config: &Config) -> Result<(), String> {
     let mut memory_end = Vec::new();
     for t in &targets_list {
         let s = sys::sample(&t.pids());
-        memory_end.push(json!({"scenario": t.name(), "rss_kib": s.rss_kib, "pss_kib": s.pss_kib}));
+        memory_end.push(json!({"proxy": t.proxy(), "scenario": t.name(), "rss_kib": s.rss_kib, "pss_kib": s.pss_kib}));
     }
+    drop(pairs);
     drop(targets_list);
     drop(shardgates);
     drop(nginx);
+    drop(nginx_https);
     drop(upstream);
 
     let admin = admin_write(config, &progress);
@@ -680,6 +904,12 @@ fn run(config: &Config) -> Result<(), String> {
         "shardgate_workers": drivers,
         "upstream_driver": upstream_driver_note(),
         "rate_limiter_enforced": rate_limit_headers,
+        "tls": {
+            "skipped": tls_skipped,
+            "certificate": tls_setup.as_ref().map(|_| "ECDSA P-256 (SHA-256), issued by the run's own CA (ECDSA P-256), SAN bench.localhost; chain sent: the certificate alone"),
+            "client": "src/bin/tls_load.rs: rustls (ring), TLS 1.3 only, SNI bench.localhost, chain verified against the run's CA, no resumption",
+            "checks": tls_checks,
+        },
         "runs": runs,
         "memory_end": memory_end,
         "idle": idle,

@@ -34,6 +34,8 @@ fn f(v: &Value, key: &str) -> f64 {
 struct Row {
     proxy: String,
     scenario: String,
+    /// `keep-alive` or `handshake` for the HTTPS scenarios (and their nginx baselines).
+    tls: Option<String>,
     size: usize,
     runs: usize,
     values: Vec<(&'static str, f64)>,
@@ -117,6 +119,10 @@ fn rows(results: &Value) -> Vec<Row> {
                 })
                 .collect();
             Row {
+                tls: mine
+                    .first()
+                    .and_then(|r| r["tls_mode"].as_str())
+                    .map(str::to_string),
                 errors: mine.iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum(),
                 runs: mine.len(),
                 proxy,
@@ -239,7 +245,11 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         "**Software**: shardgate `{}`, release build (fat LTO) (workers: {}); nginx {}; {}; {}.\n",
         m["git"].as_str().unwrap_or("?"),
         list(&results["shardgate_workers"]),
-        m["nginx"].as_str().unwrap_or("?"),
+        match m["nginx_tls_library"].as_str() {
+            Some(tls) if !tls.is_empty() =>
+                format!("{} ({tls})", m["nginx"].as_str().unwrap_or("?")),
+            _ => m["nginx"].as_str().unwrap_or("?").to_string(),
+        },
         m["wrk"]
             .as_str()
             .unwrap_or("?")
@@ -268,12 +278,16 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     );
 
     let _ = writeln!(md, "## Throughput, latency, CPU and memory\n");
-    let _ = writeln!(
-        md,
-        "| proxy | scenario | body | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | RSS MiB | proxy CPUs busy | load CPUs busy | other procs (CPUs) | errors |"
-    );
-    let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for r in &rows {
+    if rows.iter().all(|r| r.tls.is_some()) {
+        let _ = writeln!(md, "No plain-HTTP scenario in this run (`--scenarios`).");
+    } else {
+        let _ = writeln!(
+            md,
+            "| proxy | scenario | body | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | RSS MiB | proxy CPUs busy | load CPUs busy | other procs (CPUs) | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    }
+    for r in rows.iter().filter(|r| r.tls.is_none()) {
         let sg = r.proxy != "nginx";
         let _ = writeln!(
             md,
@@ -340,12 +354,14 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     if load_bound {
         let _ = writeln!(
             md,
-            "Load CPUs at ≥ 95 % busy: wrk + upstream, not the proxy, set the pace in those runs, \
-             so req/s and latency ratios understate the faster proxy; CPU µs/req is the figure \
-             that compares the proxies there.\n"
+            "Load CPUs at ≥ 95 % busy: the load generator (wrk, or tls_load for HTTPS) + \
+             upstream, not the proxy, set the pace in those runs, so req/s and latency ratios \
+             understate the faster proxy; CPU µs/req is the figure that compares the proxies \
+             there.\n"
         );
     }
-    for &size in &sizes {
+    https_section(&mut md, results, &rows);
+    for size in plotted_sizes(&rows) {
         let _ = writeln!(
             md,
             "![latency percentiles, {}]({stem}-latency-{}.svg)\n",
@@ -358,6 +374,15 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let find = |scenario: &str, size: usize| {
         rows.iter()
             .find(|r| r.proxy == "shardgate" && r.scenario == scenario && r.size == size)
+    };
+    let plain_sizes: Vec<usize> = {
+        let mut s: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.tls.is_none())
+            .map(|r| r.size)
+            .collect();
+        s.dedup();
+        s
     };
     let _ = writeln!(
         md,
@@ -377,10 +402,9 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         let Some(bare) = find("bare", size) else {
             continue;
         };
-        for r in rows
-            .iter()
-            .filter(|r| r.proxy == "shardgate" && r.size == size && r.scenario != "bare")
-        {
+        for r in rows.iter().filter(|r| {
+            r.proxy == "shardgate" && r.size == size && r.scenario != "bare" && r.tls.is_none()
+        }) {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:+.1} % | {:+.1} % |",
@@ -464,7 +488,7 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let _ = writeln!(md, "| target | measured | met? |");
     let _ = writeln!(md, "|---|---|---|");
     let per_size = |scenario: &str, metric: &str, ratio: bool| -> Vec<(usize, f64)> {
-        sizes
+        plain_sizes
             .iter()
             .filter_map(|&s| {
                 find(scenario, s).map(|r| {
@@ -481,6 +505,9 @@ pub fn markdown(results: &Value, stem: &str) -> String {
             .collect()
     };
     let show = |v: &[(usize, f64)], fmt: &dyn Fn(f64) -> String| {
+        if v.is_empty() {
+            return "–".to_string();
+        }
         v.iter()
             .map(|(s, x)| format!("{} {}", size_label(*s), fmt(*x)))
             .collect::<Vec<_>>()
@@ -514,7 +541,7 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         },
         verdict(&tput, &|x| x >= 1.25)
     );
-    let chain: Vec<(usize, f64)> = sizes
+    let chain: Vec<(usize, f64)> = plain_sizes
         .iter()
         .filter_map(|&s| {
             let (b, fu) = (find("bare", s)?, find("full", s)?);
@@ -566,7 +593,28 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let _ = writeln!(
         md,
         "| throughput scales ≥ 0.9 × linear with workers | not measured by bench/run (run it with \
-         `--proxy-cpus 0 --workers 1` and `--proxy-cpus 0-1 --workers 2` on a larger machine) | – |\n"
+         `--proxy-cpus 0 --workers 1` and `--proxy-cpus 0-1 --workers 2` on a larger machine) | – |"
+    );
+    // Issue 10: the HTTPS listener against nginx with the same certificate.
+    let tls_sizes = |scenario: &str| -> Vec<(usize, f64)> {
+        rows.iter()
+            .filter(|r| r.proxy == "shardgate" && r.scenario == scenario)
+            .map(|r| (r.size, r.ratio("cpu_us_per_req")))
+            .collect()
+    };
+    let https = tls_sizes("https");
+    let _ = writeln!(
+        md,
+        "| CPU per HTTPS request (keep-alive) ≤ 0.9 × nginx (issue 10) | {} | {} |",
+        show(&https, &|x| format!("{x:.2}×")),
+        verdict(&https, &|x| x <= 0.9)
+    );
+    let handshake = tls_sizes("https-handshake");
+    let _ = writeln!(
+        md,
+        "| CPU per TLS 1.3 handshake ≤ 1.0 × nginx (issue 10) | {} | {} |\n",
+        show(&handshake, &|x| format!("{x:.2}×")),
+        verdict(&handshake, &|x| x <= 1.0)
     );
 
     let notes = results["notes"].as_array().cloned().unwrap_or_default();
@@ -621,6 +669,133 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     md
 }
 
+/// Sum of `tls.<key>` over the runs of one (proxy, scenario).
+fn tls_sum(results: &Value, proxy: &str, scenario: &str, key: &str) -> u64 {
+    results["runs"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .filter(|r| r["proxy"] == proxy && r["scenario"] == scenario)
+                .map(|r| r["tls"][key].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The HTTPS scenarios: keep-alive requests and new connections (one full handshake each),
+/// each beside nginx serving the same certificate, and what the handshakes negotiated.
+fn https_section(md: &mut String, results: &Value, rows: &[Row]) {
+    let tls = &results["tls"];
+    let https: Vec<&Row> = rows.iter().filter(|r| r.tls.is_some()).collect();
+    if https.is_empty() && tls["skipped"].is_null() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## HTTPS: TLS 1.3, same ECDSA P-256 certificate on both\n"
+    );
+    if https.is_empty() {
+        let _ = writeln!(
+            md,
+            "Not measured: {}\n",
+            tls["skipped"]
+                .as_str()
+                .unwrap_or("no HTTPS scenario asked for")
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Both proxies serve one certificate made for this run ({}); nginx with `ssl_protocols \
+         TLSv1.3` and otherwise its defaults, shardgate through its HTTPS listener (rustls, \
+         ring provider) with the certificate uploaded by the admin API. Load: `tls_load` ({}), same closed loop as wrk \
+         (`-c` connections) on the load CPUs. **keep-alive**: requests on open connections — \
+         the record layer's cost. **handshake**: a new TCP connection and a full handshake for \
+         every request, then `close_notify` — CPU µs/req is the cost of one new connection \
+         (handshake + one request), and \"per CPU-second\" (10⁶ ÷ that) is how many new \
+         connections one fully busy core of the proxy would complete per second. `(×)`: median \
+         ratio to the nginx run just before, as above.\n",
+        tls["certificate"].as_str().unwrap_or("?"),
+        tls["client"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        md,
+        "| proxy | mode | body | req/s | p50 ms | p99 ms | CPU µs/req | per CPU-second | RSS MiB | proxy CPUs busy | load CPUs busy | tickets/handshake | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for r in &https {
+        let sg = r.proxy != "nginx";
+        let handshakes = tls_sum(results, &r.proxy, &r.scenario, "handshakes");
+        let tickets = tls_sum(results, &r.proxy, &r.scenario, "tickets");
+        let cpu = r.get("cpu_us_per_req");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.proxy,
+            r.tls.as_deref().unwrap_or("?"),
+            size_label(r.size),
+            with_ratio(group(r.get("rps")), r.ratio("rps"), sg),
+            with_ratio(ms(r.get("p50_us")), r.ratio("p50_us"), sg),
+            with_ratio(ms(r.get("p99_us")), r.ratio("p99_us"), sg),
+            with_ratio(format!("{cpu:.2}"), r.ratio("cpu_us_per_req"), sg),
+            group(1e6 / cpu),
+            with_ratio(
+                format!("{:.1}", r.get("rss_kib") / 1024.0),
+                r.ratio("rss_kib"),
+                sg
+            ),
+            pct(r.get("proxy_cpus_busy")),
+            pct(r.get("load_cpus_busy")),
+            if handshakes > 0 {
+                format!("{:.1}", tickets as f64 / handshakes as f64)
+            } else {
+                "–".into()
+            },
+            r.errors,
+        );
+    }
+    let _ = writeln!(md);
+    let checks = tls["checks"].as_array().cloned().unwrap_or_default();
+    let mut negotiated: Vec<String> = Vec::new();
+    for c in &checks {
+        let line = format!(
+            "{} {}, {}, {}",
+            c["proxy"].as_str().unwrap_or("?"),
+            c["version"].as_str().unwrap_or("?"),
+            c["cipher_suite"].as_str().unwrap_or("?"),
+            c["kx_group"].as_str().unwrap_or("?"),
+        );
+        if !negotiated.contains(&line) {
+            negotiated.push(line);
+        }
+    }
+    let mut counts: Vec<String> = Vec::new();
+    for r in https
+        .iter()
+        .filter(|r| r.tls.as_deref() == Some("handshake"))
+    {
+        let sum = |key: &str| tls_sum(results, &r.proxy, &r.scenario, key);
+        let (all, resumed, retried) = (sum("handshakes"), sum("resumed"), sum("hello_retries"));
+        counts.push(format!(
+            "{} {} full, {resumed} resumed, {retried} after a HelloRetryRequest",
+            r.proxy,
+            group(all.saturating_sub(resumed + retried) as f64),
+        ));
+    }
+    let _ = writeln!(
+        md,
+        "Negotiated (checked before the runs): {}. Handshake runs: {}. Tickets/handshake: TLS \
+         1.3 session tickets each server sent per new connection (issuing them is part of its \
+         handshake cost; the client never uses them).\n",
+        negotiated.join("; "),
+        if counts.is_empty() {
+            "–".into()
+        } else {
+            counts.join("; ")
+        }
+    );
+}
+
 /// Median percentile curve of one target: (x = 1/(1-q), latency ms).
 fn curve(results: &Value, proxy: &str, scenario: &str, size: usize) -> Vec<(f64, f64)> {
     let empty = Vec::new();
@@ -657,9 +832,10 @@ fn curve(results: &Value, proxy: &str, scenario: &str, size: usize) -> Vec<(f64,
 
 fn plot(results: &Value, size: usize, path: &Path) -> Result<(), String> {
     let rows = rows(results);
+    // Plain HTTP only: a handshake's latency would flatten every other curve.
     let series: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
-        .filter(|r| r.size == size)
+        .filter(|r| r.size == size && r.tls.is_none())
         .map(|r| {
             let name = if r.proxy == "nginx" {
                 "nginx proxy_pass".to_string()
@@ -740,6 +916,18 @@ fn plot(results: &Value, size: usize, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Body sizes with a latency plot: those with plain-HTTP runs (the plots leave HTTPS out).
+fn plotted_sizes(rows: &[Row]) -> Vec<usize> {
+    let mut sizes: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.tls.is_none())
+        .map(|r| r.size)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
 /// Writes `<stem>.md`, the SVG plots and (when `json`) `<stem>.json` into `dir`; returns
 /// the Markdown.
 pub fn write_all(results: &Value, dir: &Path, stem: &str, json: bool) -> Result<String, String> {
@@ -755,19 +943,73 @@ pub fn write_all(results: &Value, dir: &Path, stem: &str, json: bool) -> Result<
         )?;
     }
     w(format!("{stem}.md"), &md)?;
-    let mut sizes: Vec<usize> = results["config"]["sizes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_u64())
-                .map(|s| s as usize)
-                .collect()
-        })
-        .unwrap_or_default();
-    sizes.dedup();
-    for size in sizes {
+    for size in plotted_sizes(&rows(results)) {
         let name = format!("{stem}-latency-{}.svg", size_label(size).replace(' ', ""));
         plot(results, size, &dir.join(name))?;
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(seq: u64, proxy: &str, scenario: &str, mode: Option<&str>, cpu: f64) -> Value {
+        let mut r = json!({
+            "proxy": proxy, "scenario": scenario, "tls_mode": mode, "size": 1024, "seq": seq,
+            "rps": 1000.0, "cpu_us_per_req": cpu, "errors": 0,
+            "tls": {"handshakes": 100, "tickets": 200, "resumed": 0, "hello_retries": 0},
+        });
+        if proxy == "shardgate" {
+            r["paired_nginx_seq"] = json!(seq - 1);
+        }
+        r
+    }
+
+    fn results() -> Value {
+        json!({
+            "config": {"sizes": [1024], "smoke": false},
+            "machine": {},
+            "runs": [
+                run(1, "nginx", "nginx", None, 16.0),
+                run(2, "shardgate", "bare", None, 15.0),
+                run(3, "nginx", "https", Some("keep-alive"), 20.0),
+                run(4, "shardgate", "https", Some("keep-alive"), 17.0),
+                run(5, "nginx", "https-handshake", Some("handshake"), 400.0),
+                run(6, "shardgate", "https-handshake", Some("handshake"), 440.0),
+            ],
+            "tls": {"checks": [
+                {"proxy": "nginx", "version": "TLSv1_3", "cipher_suite": "TLS13_AES_256_GCM_SHA384", "kx_group": "X25519"},
+            ]},
+        })
+    }
+
+    #[test]
+    fn https_runs_get_their_own_table_and_the_issue_10_verdicts() {
+        let md = markdown(&results(), "x");
+        let section = md.split("## HTTPS").nth(1).expect("an HTTPS section");
+        assert!(section.contains("| shardgate | keep-alive | 1 KiB |"));
+        assert!(section.contains("| 17.00 (0.85×) |"));
+        assert!(section.contains("| 440.00 (1.10×) | 2,273 |"));
+        assert!(section.contains("TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519"));
+        assert!(md.contains("≤ 0.9 × nginx (issue 10) | 1 KiB 0.85× | met |"));
+        assert!(md.contains("≤ 1.0 × nginx (issue 10) | 1 KiB 1.10× | **not met** |"));
+        // The plain table and the plugin-cost table leave the HTTPS runs out.
+        let plain = md.split("## HTTPS").next().expect("plain part");
+        assert!(!plain.contains("https"));
+    }
+
+    #[test]
+    fn skipped_https_scenarios_say_why() {
+        let mut r = results();
+        r["runs"] = json!([
+            run(1, "nginx", "nginx", None, 16.0),
+            run(2, "shardgate", "bare", None, 15.0)
+        ]);
+        r["tls"] = json!({"skipped": "HTTPS scenarios skipped: no listener"});
+        let md = markdown(&r, "x");
+        assert!(md.contains("Not measured: HTTPS scenarios skipped: no listener"));
+        assert!(md.contains("(issue 10) | – | not measured |"));
+    }
 }

@@ -334,6 +334,13 @@ pub fn machine(nginx: &str, wrk: &str) -> Value {
         "cpufreq_governor": governor,
         "io_uring_disabled_sysctl": io_uring_disabled,
         "nginx": command_line(nginx, &["-v"]).trim_start_matches("nginx version: ").to_string(),
+        // The TLS library nginx runs with, for the HTTPS scenarios (`built with OpenSSL 3.0.x
+        // ... (running with OpenSSL 3.0.y ...)`).
+        "nginx_tls_library": command_line(nginx, &["-V"])
+            .lines()
+            .find_map(|l| l.strip_prefix("built with "))
+            .unwrap_or("")
+            .to_string(),
         "wrk": command_line(wrk, &["-v"])
             .lines()
             .next()

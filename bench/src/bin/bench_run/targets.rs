@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shardgate_bench::client::Client;
+use shardgate_bench::tls::{BenchPki, PkiFiles};
 
 use crate::sys;
 
@@ -88,6 +89,15 @@ fn addr_after(line: &str, key: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("no {key}<addr> in {line:?}"))
 }
 
+/// The HTTPS address in shardgate's ready line: `tls=<addr>`, or `None` for `tls=off` and
+/// for builds without the HTTPS listener (no `tls=` at all).
+fn tls_addr(line: &str) -> Result<Option<SocketAddr>, String> {
+    match line.split_whitespace().find_map(|w| w.strip_prefix("tls=")) {
+        None | Some("off") => Ok(None),
+        Some(_) => addr_after(line, "tls=").map(Some),
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     /// Held for its `Drop`, which stops the process.
@@ -134,6 +144,33 @@ fn log_file(path: &Path) -> Result<fs::File, String> {
     fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// How an HTTPS scenario's client uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Many requests per connection: the TLS record layer's cost per request.
+    KeepAlive,
+    /// One request per connection, each a full TLS 1.3 handshake: the handshake's cost.
+    Handshake,
+}
+
+impl TlsMode {
+    /// The name runs and report rows carry (for nginx's paired runs too).
+    pub fn scenario(self) -> &'static str {
+        match self {
+            TlsMode::KeepAlive => "https",
+            TlsMode::Handshake => "https-handshake",
+        }
+    }
+
+    /// The `tls_mode` field of a run in the results JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsMode::KeepAlive => "keep-alive",
+            TlsMode::Handshake => "handshake",
+        }
+    }
+}
+
 /// One shardgate configuration under test.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -142,6 +179,9 @@ pub struct Scenario {
     pub rate_limit: bool,
     pub rules: usize,
     pub keys: usize,
+    /// HTTPS scenarios: `bare`'s configuration behind the TLS listener, with the run's
+    /// certificate uploaded; measured against nginx's TLS server with the same certificate.
+    pub tls: Option<TlsMode>,
 }
 
 pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
@@ -152,6 +192,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rate_limit: false,
             rules: 1,
             keys: 0,
+            tls: None,
         },
         Scenario {
             name: "auth",
@@ -159,6 +200,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rate_limit: false,
             rules: 1,
             keys: 1,
+            tls: None,
         },
         Scenario {
             name: "auth+ratelimit",
@@ -166,6 +208,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rate_limit: true,
             rules: 1,
             keys: 1,
+            tls: None,
         },
         Scenario {
             name: "full",
@@ -173,6 +216,23 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rate_limit: true,
             rules: rules.max(1),
             keys: keys.max(1),
+            tls: None,
+        },
+        Scenario {
+            name: TlsMode::KeepAlive.scenario(),
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+            tls: Some(TlsMode::KeepAlive),
+        },
+        Scenario {
+            name: TlsMode::Handshake.scenario(),
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+            tls: Some(TlsMode::Handshake),
         },
     ]
 }
@@ -197,6 +257,8 @@ pub struct Shardgate {
     pub scenario: Scenario,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener (HTTPS scenarios only; the others run with `--tls-listen off`).
+    pub tls: Option<SocketAddr>,
     /// The API key requests carry (auth scenarios).
     pub key: Option<String>,
     /// Seconds it took to create the keys through the admin API.
@@ -210,6 +272,11 @@ pub struct ShardgateOptions<'a> {
     pub workers: usize,
     pub work_dir: &'a Path,
     pub upstream: SocketAddr,
+    /// Whether the binary has `--tls-listen` (builds from before the HTTPS listener do
+    /// not, and refuse the flag).
+    pub has_tls_listener: bool,
+    /// The certificate HTTPS scenarios upload.
+    pub pki: Option<&'a BenchPki>,
 }
 
 pub fn start_shardgate(
@@ -219,15 +286,32 @@ pub fn start_shardgate(
     let slug = scenario.name.replace('+', "-");
     let data_dir = opt.work_dir.join(format!("data-{slug}"));
     let log = opt.work_dir.join(format!("shardgate-{slug}.log"));
-    let mut child = pinned(opt.cpus, opt.binary)
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-        ])
+    let pki = match (scenario.tls, opt.has_tls_listener, opt.pki) {
+        (None, _, _) => None,
+        (Some(_), true, Some(pki)) => Some(pki),
+        (Some(_), false, _) => {
+            return Err(format!(
+                "{}: this shardgate has no --tls-listen (no HTTPS listener)",
+                scenario.name
+            ));
+        }
+        (Some(_), true, None) => return Err(format!("{}: no certificate", scenario.name)),
+    };
+    let mut cmd = pinned(opt.cpus, opt.binary);
+    cmd.args([
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--log",
+        "info",
+    ]);
+    if opt.has_tls_listener {
+        // Never the default 0.0.0.0:8443: that port is not ours to take.
+        cmd.arg("--tls-listen")
+            .arg(if pki.is_some() { "127.0.0.1:0" } else { "off" });
+    }
+    let mut child = cmd
         .arg("--workers")
         .arg(opt.workers.to_string())
         .arg("--data-dir")
@@ -251,15 +335,31 @@ pub fn start_shardgate(
     })?;
     let admin = addr_after(&line, "admin=")?;
     let proxy = addr_after(&line, "proxy=")?;
+    let tls = tls_addr(&line)?;
+    if pki.is_some() && tls.is_none() {
+        return Err(format!(
+            "shardgate ({}) was started with --tls-listen 127.0.0.1:0 but its ready line names              no HTTPS address: {line:?}",
+            scenario.name
+        ));
+    }
     let mut api = Api::connect(admin)?;
     let (key, keys_seconds) = api
         .configure(scenario, opt.upstream)
         .map_err(|e| format!("configuring shardgate ({}): {e}", scenario.name))?;
+    if let Some(pki) = pki {
+        api.upload_certificate(pki).map_err(|e| {
+            format!(
+                "uploading the certificate to shardgate ({}): {e}",
+                scenario.name
+            )
+        })?;
+    }
     Ok(Shardgate {
         process,
         scenario: scenario.clone(),
         proxy,
         admin,
+        tls,
         key,
         keys_seconds,
         log,
@@ -291,6 +391,24 @@ impl Api {
             ));
         }
         serde_json::from_slice(&resp.body).map_err(|e| format!("POST {path}: {e}"))
+    }
+
+    /// `POST /api/v1/certificates`; an error never echoes the request (it holds the key).
+    fn upload_certificate(&mut self, pki: &BenchPki) -> Result<(), String> {
+        let path = "/api/v1/certificates";
+        let body = json!({"name": "bench", "cert_pem": pki.cert_pem, "key_pem": pki.key_pem});
+        let resp = self
+            .client
+            .request("POST", path, Some(&body.to_string()))
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        if resp.status != 201 && resp.status != 200 {
+            return Err(format!(
+                "POST {path}: {} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
+        }
+        Ok(())
     }
 
     fn id(v: &Value) -> Result<String, String> {
@@ -374,7 +492,9 @@ pub fn worker_drivers(log: &Path) -> Vec<String> {
 #[derive(Debug)]
 pub struct Nginx {
     pub process: Managed,
+    /// Its one server: plain HTTP, or HTTPS when [`NginxOptions::tls`] was given.
     pub addr: SocketAddr,
+    pub tls: bool,
     pub dir: PathBuf,
 }
 
@@ -386,6 +506,19 @@ pub struct NginxOptions<'a> {
     pub upstream: SocketAddr,
     /// Client connections each worker must hold (the idle-connection test).
     pub connections: usize,
+    /// Serve HTTPS (TLS 1.3 only) with this certificate and key instead of plain HTTP.
+    /// A separate nginx from the plain baseline, so the plain runs' memory carries no TLS
+    /// state (shardgate's plain scenarios run without their HTTPS listener too).
+    pub tls: Option<&'a PkiFiles>,
+}
+
+/// Whether this nginx was built with the SSL module (`nginx -V`). Without it the TLS
+/// server block would stop nginx from starting at all, so the harness asks first.
+pub fn nginx_has_ssl(binary: &Path) -> bool {
+    Command::new(binary).arg("-V").output().is_ok_and(|o| {
+        let text = String::from_utf8_lossy(&o.stderr) + String::from_utf8_lossy(&o.stdout);
+        text.contains("--with-http_ssl_module")
+    })
 }
 
 fn free_port() -> Result<u16, String> {
@@ -404,17 +537,44 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Where an nginx keeps its config, pid and logs (the plain and the HTTPS one apart).
+fn nginx_dir(opt: &NginxOptions<'_>) -> PathBuf {
+    opt.work_dir.join(match opt.tls {
+        None => "nginx",
+        Some(_) => "nginx-https",
+    })
+}
+
 /// nginx.conf for a plain `proxy_pass` with upstream keep-alive: the baseline the design
 /// targets compare with. Defaults are nginx's own except what a fair comparison needs:
 /// worker count = shardgate's, SO_REUSEPORT like shardgate, no access log (shardgate has
 /// none), keep-alive requests unlimited on both sides (shardgate does not cap them).
+///
+/// With [`NginxOptions::tls`] the server speaks HTTPS instead: the run's ECDSA P-256
+/// certificate, `ssl_protocols TLSv1.3` (what the bench client speaks); everything else is
+/// nginx's default — no session cache, session tickets on (OpenSSL then sends two per
+/// handshake, which the bench client counts and never uses), OpenSSL's cipher suites and
+/// key-exchange groups.
 pub fn nginx_conf(opt: &NginxOptions<'_>, port: u16) -> String {
-    let dir = opt.work_dir.join("nginx");
+    let dir = nginx_dir(opt);
     let d = dir.display();
     let nofile = 2 * (opt.connections + 1024);
     let user = if is_root() { "user root;\n" } else { "" };
+    let (what, listen, ssl) = match opt.tls {
+        None => ("plain", format!("127.0.0.1:{port}"), String::new()),
+        Some(files) => (
+            "HTTPS (TLS 1.3)",
+            format!("127.0.0.1:{port} ssl"),
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+                 ssl_protocols TLSv1.3;\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+        ),
+    };
     format!(
-        "# Written by bench/run: plain proxy_pass with upstream keep-alive.\n\
+        "# Written by bench/run: {what} proxy_pass with upstream keep-alive.\n\
 {user}worker_processes {workers};\n\
 worker_rlimit_nofile {nofile};\n\
 daemon off;\n\
@@ -438,8 +598,9 @@ http {{\n\
         keepalive_requests 1000000000;\n\
     }}\n\
     server {{\n\
-        listen 127.0.0.1:{port} reuseport backlog=4096;\n\
+        listen {listen} reuseport backlog=4096;\n\
         server_name _;\n\
+{ssl}\
         location / {{\n\
             proxy_pass http://origin;\n\
             proxy_http_version 1.1;\n\
@@ -454,7 +615,7 @@ http {{\n\
 }
 
 pub fn start_nginx(opt: &NginxOptions<'_>) -> Result<Nginx, String> {
-    let dir = opt.work_dir.join("nginx");
+    let dir = nginx_dir(opt);
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
@@ -492,5 +653,92 @@ pub fn start_nginx(opt: &NginxOptions<'_>) -> Result<Nginx, String> {
     while sys::proc_tree(process.pid()).len() < opt.workers + 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Nginx { process, addr, dir })
+    Ok(Nginx {
+        process,
+        addr,
+        tls: opt.tls.is_some(),
+        dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_tls_field_is_an_address_off_or_absent() {
+        let line = "shardgate ready admin=127.0.0.1:1 proxy=127.0.0.1:2 tls=127.0.0.1:3\n";
+        assert_eq!(
+            tls_addr(line),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 3))))
+        );
+        let off = "shardgate ready admin=127.0.0.1:1 proxy=127.0.0.1:2 tls=off";
+        assert_eq!(tls_addr(off), Ok(None));
+        let before = "shardgate ready admin=127.0.0.1:1 proxy=127.0.0.1:2";
+        assert_eq!(tls_addr(before), Ok(None));
+        assert!(tls_addr("shardgate ready tls=nonsense").is_err());
+    }
+
+    fn options<'a>(dir: &'a Path, tls: Option<&'a PkiFiles>) -> NginxOptions<'a> {
+        NginxOptions {
+            binary: Path::new("nginx"),
+            cpus: &[0],
+            workers: 2,
+            work_dir: dir,
+            upstream: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            connections: 64,
+            tls,
+        }
+    }
+
+    #[test]
+    fn nginx_https_uses_the_certificate_over_tls13_only_and_is_otherwise_the_plain_baseline() {
+        let dir = Path::new("/tmp/bench");
+        let files = PkiFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        let https = nginx_conf(&options(dir, Some(&files)), 8443);
+        let plain = nginx_conf(&options(dir, None), 8081);
+        assert!(https.contains("listen 127.0.0.1:8443 ssl reuseport backlog=4096;"));
+        assert!(https.contains("ssl_certificate /tmp/bench/server.pem;"));
+        assert!(https.contains("ssl_certificate_key /tmp/bench/server.key;"));
+        assert!(https.contains("ssl_protocols TLSv1.3;"));
+        assert!(https.contains("pid /tmp/bench/nginx-https/nginx.pid;"));
+        assert_eq!(https.matches('{').count(), https.matches('}').count());
+        // Everything but the listener is the plain baseline's.
+        let strip = |c: &str| -> Vec<String> {
+            c.lines()
+                .filter(|l| !l.contains("ssl") && !l.contains("listen") && !l.starts_with('#'))
+                .map(|l| l.replace("nginx-https", "nginx"))
+                .collect()
+        };
+        assert_eq!(strip(&https), strip(&plain));
+    }
+
+    #[test]
+    fn plain_nginx_has_no_tls() {
+        let conf = nginx_conf(&options(Path::new("/tmp/bench"), None), 8081);
+        assert!(conf.contains("listen 127.0.0.1:8081 reuseport backlog=4096;"));
+        assert!(!conf.contains("ssl"));
+    }
+
+    #[test]
+    fn https_scenarios_are_bare_behind_the_tls_listener() {
+        let all = scenarios(100, 10_000);
+        let bare = all.iter().find(|s| s.name == "bare").expect("bare");
+        for mode in [TlsMode::KeepAlive, TlsMode::Handshake] {
+            let s = all
+                .iter()
+                .find(|s| s.name == mode.scenario())
+                .expect("HTTPS scenario");
+            assert_eq!(s.tls, Some(mode));
+            assert_eq!(
+                (s.auth, s.rate_limit, s.rules, s.keys),
+                (bare.auth, bare.rate_limit, bare.rules, bare.keys)
+            );
+        }
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 4);
+    }
 }
