@@ -1,12 +1,13 @@
 //! The development certificate: what makes `https://api.localhost:8443/` answer on a fresh
-//! machine. When no uploaded certificate covers `*.<base-domain>`, the HTTPS listener
-//! serves a self-signed certificate for `<base-domain>` and `*.<base-domain>`, generated
-//! at the first start and kept in `<data-dir>/tls/development.pem` (certificate and key,
-//! mode 0600, directory 0700) so restarts serve the same one. It is the default
-//! certificate: a handshake whose name no uploaded certificate covers gets it.
+//! machine. A self-signed certificate for `<base-domain>` and `*.<base-domain>`, generated
+//! at the first start with the HTTPS listener on and kept in
+//! `<data-dir>/tls/development.pem` (certificate and key, mode 0600, directory 0700) so
+//! restarts serve the same one. While no uploaded certificate covers `*.<base-domain>` it is
+//! the default certificate: a handshake whose name nothing else covers gets it.
 //!
-//! It is regenerated when the base domain changes, when it expires within
+//! It is regenerated at start-up when the base domain changed, when it expires within
 //! [`RENEW_BEFORE`], or when the file does not load (it is ours; nothing else writes it).
+//! A process running for a year serves it past its expiry; restart it (or upload one).
 //! `shardgate doctor` warns when it serves a base domain other than `localhost`.
 
 use std::fs;
@@ -100,7 +101,8 @@ fn load(path: &Path, base_domain: &str) -> Result<Option<CompiledCertificate>, S
             "it is not for {base_domain} (the base domain changed)"
         ));
     }
-    if cert.info.not_after - RENEW_BEFORE <= OffsetDateTime::now_utc() {
+    let renew_at = cert.info.not_after.checked_sub(RENEW_BEFORE);
+    if renew_at.is_none_or(|at| at <= OffsetDateTime::now_utc()) {
         return Err("it expires within a week".into());
     }
     Ok(Some(cert))

@@ -97,10 +97,18 @@ impl Admin {
         };
         let (store, mut state) = Store::<State>::open(&opts.data_dir, store_opts)
             .map_err(|e| AdminError(format!("cannot open the data directory: {e}")))?;
+        // Loaded whenever the listener is on, so deleting the upload that covers the base
+        // domain brings the development certificate back at once, not at the next restart.
         let mut fallback = None;
-        if opts.dev_certificate && !devcert::covered(&state, &opts.base_domain) {
+        if opts.dev_certificate {
             let cert = devcert::load_or_create(&opts.data_dir, &opts.base_domain)
                 .map_err(|e| AdminError(format!("development certificate: {e}")))?;
+            fallback = Some(cert);
+        }
+        if let Some(cert) = fallback
+            .as_ref()
+            .filter(|_| !devcert::covered(&state, &opts.base_domain))
+        {
             tracing::warn!(
                 names = ?cert.info.sans,
                 not_after = %shardgate_core::certs::rfc3339(cert.info.not_after),
@@ -108,7 +116,6 @@ impl Admin {
                 "the HTTPS listener serves a self-signed DEVELOPMENT certificate to names no \
                  uploaded certificate covers; upload one (POST /api/v1/certificates) for production"
             );
-            fallback = Some(cert);
         }
         state.set_tls_default(&opts.base_domain, fallback);
         let recovery = store.stats().recovery;

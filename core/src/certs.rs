@@ -170,11 +170,26 @@ impl CompiledCertificate {
     }
 }
 
+/// Whether PEM text holds a private key block (of any kind: `PRIVATE KEY`, `RSA PRIVATE
+/// KEY`, `EC PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`). Certificate fields refuse it, so a key
+/// pasted with its certificate is never stored where it would be shown or journaled as a
+/// certificate.
+pub fn holds_private_key(pem: &str) -> bool {
+    pem.lines()
+        .any(|line| line.starts_with("-----BEGIN ") && line.contains("PRIVATE KEY"))
+}
+
 fn parse_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
     if pem.len() > MAX_PEM_BYTES {
         return Err(Invalid::new(
             "cert_pem",
             format!("longer than {MAX_PEM_BYTES} bytes"),
+        ));
+    }
+    if holds_private_key(pem) {
+        return Err(Invalid::new(
+            "cert_pem",
+            "holds a PRIVATE KEY block: the certificate chain only (the key goes in key_pem)",
         ));
     }
     let mut chain = Vec::new();
@@ -416,6 +431,7 @@ mod tests {
                 "cert_pem",
             ),
             (spec("", (cert.clone(), key.clone())), "name"),
+            (spec("x", (format!("{cert}{key}"), key.clone())), "cert_pem"),
         ];
         for (s, field) in cases {
             let err = s.validate(now()).expect_err("must be refused");

@@ -1038,6 +1038,14 @@ impl TlsSettings {
 
 /// Every certificate in `pem` (other sections, such as keys, are skipped); at least one.
 fn parse_certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
+    // A certificate field is shown by GET: a key pasted into it with the certificate would
+    // be shown too.
+    if crate::certs::holds_private_key(pem) {
+        return Err(Invalid::new(
+            field,
+            "holds a PRIVATE KEY block: certificates only (a client key goes in tls.client_key_pem)",
+        ));
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|_| Invalid::new(field, "not valid PEM"))?;
@@ -1823,6 +1831,25 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
         ] {
             let err = refused_at(serde_json::json!({"ca_pem": bad}), "tls.ca_pem");
+            for line in key_lines(&key) {
+                assert!(!err.message.contains(line), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_certificate_field_holding_a_private_key_is_refused_without_quoting_it() {
+        let (cert, key) = issued("client.test");
+        let bundle = format!("{cert}{key}");
+        for (field, settings) in [
+            ("tls.ca_pem", serde_json::json!({"ca_pem": bundle})),
+            (
+                "tls.client_cert_pem",
+                serde_json::json!({"client_cert_pem": bundle, "client_key_pem": key}),
+            ),
+        ] {
+            let err = refused_at(settings, field);
+            assert!(err.message.contains("PRIVATE KEY"), "{err}");
             for line in key_lines(&key) {
                 assert!(!err.message.contains(line), "{err}");
             }

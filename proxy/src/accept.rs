@@ -15,7 +15,7 @@ use monoio::io::CancelHandle;
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::connection::serve_connection;
+use crate::connection::{Slot, serve_connection, serve_in_slot};
 use crate::downstream::{self, Downstream};
 use crate::plane::WorkerContext;
 use crate::shutdown::InFlight;
@@ -95,6 +95,12 @@ pub(crate) async fn accept_loop(
                     Listener::Tls => monoio::spawn(async move {
                         let _counted = guard;
                         let served = catch_unwind(async move {
+                            // Counted from before the handshake: handshakes in progress
+                            // are connections too. Over the limit, closed unanswered
+                            // (a 503 would cost the handshake it refuses).
+                            let Some(slot) = Slot::acquire(&ctx) else {
+                                return Ok(());
+                            };
                             let certificates = ctx.snapshot().certificates.clone();
                             let acceptor = ctx.plane().listener_tls.acceptor(&certificates);
                             let limit = ctx.plane().settings.header_timeout;
@@ -102,7 +108,7 @@ pub(crate) async fn accept_loop(
                             let tls =
                                 Box::pin(downstream::handshake(&acceptor, stream, limit)).await?;
                             drop(acceptor);
-                            serve_connection(Downstream::Tls(Box::new(tls)), peer, ctx).await
+                            serve_in_slot(Downstream::Tls(Box::new(tls)), peer, ctx, slot).await
                         });
                         report(worker, peer, served.await);
                     }),

@@ -27,25 +27,64 @@ use crate::refusal::Refusal;
 use crate::request;
 use crate::tunnel;
 
-/// Serves one client connection until it is done (or broken). Errors are the
-/// connection's own I/O errors; the caller logs them at debug level.
+/// One of the worker's `--max-connections` places, held for a connection's whole life
+/// (a TLS connection's from before its handshake); given back on drop, so a connection
+/// whose handler panicked does not keep it.
+#[derive(Debug)]
+pub struct Slot {
+    ctx: Rc<WorkerContext>,
+}
+
+impl Slot {
+    /// A place, or `None` when the worker already serves `--max-connections`.
+    pub fn acquire(ctx: &Rc<WorkerContext>) -> Option<Slot> {
+        let plane = ctx.plane();
+        let open = plane.connections.get();
+        if open >= plane.settings.max_connections {
+            return None;
+        }
+        plane.connections.set(open + 1);
+        Some(Slot { ctx: ctx.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let open = &self.ctx.plane().connections;
+        open.set(open.get().saturating_sub(1));
+    }
+}
+
+/// Serves one plain client connection until it is done (or broken), or answers 503 when
+/// the worker is full. Errors are the connection's own I/O errors; the caller logs them
+/// at debug level.
 pub async fn serve_connection(
     stream: Downstream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
 ) -> io::Result<()> {
-    let plane = ctx.plane();
-    let settings = plane.settings.clone();
-    let open = plane.connections.get();
-    let mut client = Client::new(stream, peer, settings.client_io_timeout);
-    if open >= settings.max_connections {
+    let Some(slot) = Slot::acquire(&ctx) else {
+        let timeout = ctx.plane().settings.client_io_timeout;
+        let mut client = Client::new(stream, peer, timeout);
         let e = Refusal::TooManyConnections.response();
         // Boxed: the rare refusal must not size the task every idle connection keeps.
         let _ = Box::pin(client.send_error(&e, true, false)).await;
         return Ok(());
-    }
-    plane.connections.set(open + 1);
-    let result = match serve(&mut client, &ctx).await {
+    };
+    serve_in_slot(stream, peer, ctx, slot).await
+}
+
+/// Serves a connection that already holds its [`Slot`].
+pub async fn serve_in_slot(
+    stream: Downstream,
+    peer: SocketAddr,
+    ctx: Rc<WorkerContext>,
+    slot: Slot,
+) -> io::Result<()> {
+    let _slot = slot;
+    let plane = ctx.plane();
+    let mut client = Client::new(stream, peer, plane.settings.client_io_timeout);
+    match serve(&mut client, &ctx).await {
         // The buffer goes with the client: it may hold bytes of the new protocol.
         // Boxed: only upgraded connections pay for the tunnel's state.
         Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
@@ -55,11 +94,7 @@ pub async fn serve_connection(
             }
             other.map(drop)
         }
-    };
-    plane
-        .connections
-        .set(plane.connections.get().saturating_sub(1));
-    result
+    }
 }
 
 /// The request loop; returns a tunnel when the connection switched protocols.

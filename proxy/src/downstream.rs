@@ -12,8 +12,8 @@
 //! monoio-rustls keeps its own read and write buffers and panics if an I/O future is
 //! dropped mid-operation and the stream is used again. Timeouts drop futures, so
 //! [`TlsClient`] marks an operation as started and refuses (an I/O error, never a panic)
-//! any later one of the same kind on a stream whose previous one was interrupted; such a
-//! connection is only ever closed.
+//! every later one on a stream whose previous one was interrupted; such a connection is
+//! only ever closed.
 
 use std::cell::RefCell;
 use std::io;
@@ -109,8 +109,7 @@ pub async fn handshake(
     match monoio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Ok(TlsClient {
             stream,
-            reading: false,
-            writing: false,
+            busy: false,
         }),
         Ok(Err(e)) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -126,15 +125,16 @@ pub async fn handshake(
 /// A TLS client connection (see the module docs for the interruption guard).
 pub struct TlsClient {
     stream: ServerTlsStream<TcpStream>,
-    reading: bool,
-    writing: bool,
+    /// An operation is (or was left) in flight. One flag for reads and writes alike: a
+    /// monoio-rustls read may write (an alert), so an interrupted read can leave the write
+    /// side unusable too.
+    busy: bool,
 }
 
 impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient")
-            .field("reading", &self.reading)
-            .field("writing", &self.writing)
+            .field("busy", &self.busy)
             .finish_non_exhaustive()
     }
 }
@@ -145,49 +145,49 @@ fn interrupted() -> io::Error {
 
 impl TlsClient {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        if self.reading {
+        if self.busy {
             return (Err(interrupted()), buf);
         }
-        self.reading = true;
+        self.busy = true;
         let out = self.stream.read(buf).await;
-        self.reading = false;
+        self.busy = false;
         out
     }
 
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        if self.writing {
+        if self.busy {
             return (Err(interrupted()), buf);
         }
-        self.writing = true;
+        self.busy = true;
         let out = self.stream.write(buf).await;
-        self.writing = false;
+        self.busy = false;
         out
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if self.writing {
+        if self.busy {
             return Err(interrupted());
         }
-        self.writing = true;
+        self.busy = true;
         let out = self.stream.flush().await;
-        self.writing = false;
+        self.busy = false;
         out
     }
 
     /// Sends close_notify and half-closes.
     async fn shutdown(&mut self) -> io::Result<()> {
-        if self.writing {
+        if self.busy {
             return Err(interrupted());
         }
-        self.writing = true;
+        self.busy = true;
         let out = self.stream.shutdown().await;
-        self.writing = false;
+        self.busy = false;
         out
     }
 
     /// The stream for a tunnel; `None` when an earlier operation was interrupted.
     pub fn into_inner(self) -> Option<ServerTlsStream<TcpStream>> {
-        (!self.reading && !self.writing).then_some(self.stream)
+        (!self.busy).then_some(self.stream)
     }
 }
 
@@ -231,12 +231,12 @@ impl AsyncReadRent for Downstream {
         match self {
             Downstream::Plain(s) => s.readv(buf).await,
             Downstream::Tls(s) => {
-                if s.reading {
+                if s.busy {
                     return (Err(interrupted()), buf);
                 }
-                s.reading = true;
+                s.busy = true;
                 let out = Box::pin(s.stream.readv(buf)).await;
-                s.reading = false;
+                s.busy = false;
                 out
             }
         }
@@ -255,12 +255,12 @@ impl AsyncWriteRent for Downstream {
         match self {
             Downstream::Plain(s) => s.writev(buf).await,
             Downstream::Tls(s) => {
-                if s.writing {
+                if s.busy {
                     return (Err(interrupted()), buf);
                 }
-                s.writing = true;
+                s.busy = true;
                 let out = Box::pin(s.stream.writev(buf)).await;
-                s.writing = false;
+                s.busy = false;
                 out
             }
         }

@@ -543,3 +543,39 @@ fn replacing_a_certificate_keeps_open_connections_and_new_ones_get_the_new_certi
         assert_eq!(up.count(), 5, "[{driver}]");
     }
 }
+
+#[test]
+fn handshakes_in_progress_count_against_max_connections_and_free_their_place() {
+    for driver in io_drivers() {
+        let sg = Shardgate::start(
+            Options::new()
+                .io_driver(driver)
+                .workers(1)
+                .arg("--max-connections")
+                .arg("1"),
+        );
+        let tls = sg.expect_tls_addr();
+        // A client that connects and never says hello holds the worker's only place.
+        let stalled = std::net::TcpStream::connect(tls).expect("connect");
+        thread::sleep(Duration::from_millis(300));
+        let refused = TlsClient::new(Trust::Any).handshake(tls, "api.localhost");
+        assert!(
+            refused.is_err(),
+            "[{driver}] a second connection must be closed unanswered while the first \
+             handshake holds the only place"
+        );
+        // Once the stalled client goes, its place is free again.
+        drop(stalled);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TlsClient::new(Trust::Any).handshake(tls, "api.localhost") {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("[{driver}] the place was never given back: {e}"),
+            }
+        }
+    }
+}
