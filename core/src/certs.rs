@@ -78,20 +78,6 @@ pub struct CertificateInfo {
     pub fingerprint_sha256: String,
 }
 
-impl CertificateInfo {
-    /// Whether this certificate covers the DNS name `host` (exactly or by a wildcard).
-    pub fn covers(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.sans.iter().any(|san| {
-            san == &host
-                || san.strip_prefix("*.").is_some_and(|suffix| {
-                    host.split_once('.')
-                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
-                })
-        })
-    }
-}
-
 impl CertificateSpec {
     /// Checks the certificate as of `now`, at the API edge (never on replay: a journaled
     /// certificate that has since expired still loads). Returns what the API shows.
@@ -399,10 +385,6 @@ mod tests {
         assert_eq!(info.sans, vec!["api.example.com", "*.example.com"]);
         assert_eq!(info.fingerprint_sha256.len(), 64);
         assert!(info.not_after > now());
-        assert!(info.covers("x.example.com"));
-        assert!(info.covers("API.example.com"));
-        assert!(!info.covers("a.b.example.com"));
-        assert!(!info.covers("example.com"));
     }
 
     #[test]

@@ -1472,10 +1472,17 @@ mod tests {
         let (back, _): (StoredKey, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
         assert_eq!(back, key);
+        let in_a_year = OffsetDateTime::now_utc() + time::Duration::days(365);
+        let stamp = in_a_year
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format");
         let json: KeySpec =
-            serde_json::from_str(r#"{"name":"k","expires_at":"2027-12-31T23:59:59Z"}"#)
+            serde_json::from_value(serde_json::json!({"name": "k", "expires_at": stamp}))
                 .expect("json");
-        assert_eq!(json.expires_at.map(|t| t.year()), Some(2027));
+        assert_eq!(
+            json.expires_at.map(|t| t.unix_timestamp()),
+            Some(in_a_year.unix_timestamp())
+        );
         let err = serde_json::from_str::<KeySpec>(r#"{"name":"k","expires_at":"tomorrow"}"#)
             .expect_err("not a timestamp");
         assert!(err.to_string().contains("RFC 3339"), "{err}");

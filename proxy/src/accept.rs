@@ -101,8 +101,10 @@ pub(crate) async fn accept_loop(
                             let Some(slot) = Slot::acquire(&ctx) else {
                                 return Ok(());
                             };
-                            let certificates = ctx.snapshot().certificates.clone();
-                            let acceptor = ctx.plane().listener_tls.acceptor(&certificates);
+                            let acceptor = ctx
+                                .plane()
+                                .listener_tls
+                                .acceptor(&ctx.snapshot().certificates);
                             let limit = ctx.plane().settings.header_timeout;
                             // Boxed: the handshake's state is gone once it is done.
                             let tls =

@@ -611,10 +611,13 @@ mod tests {
     /// An upstream as a snapshot compiles it: an https target and a plain one on the same
     /// address, with `tls` settings. Each call is a new record, as a recompile makes.
     fn upstream(tls: serde_json::Value) -> CompiledUpstream {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format now");
         let record: Record<UpstreamSpec> = serde_json::from_value(json!({
             "id": Uuid::now_v7(),
-            "created_at": "2025-01-01T00:00:00Z",
-            "updated_at": "2025-01-01T00:00:00Z",
+            "created_at": now,
+            "updated_at": now,
             "spec": {
                 "name": "u",
                 "targets": [

@@ -379,13 +379,18 @@ impl Api {
     }
 
     fn post(&mut self, path: &str, body: &Value) -> Result<Value, String> {
+        self.post_shown_as(path, body, &body.to_string())
+    }
+
+    /// `POST path body`; an error shows the request as `shown`.
+    fn post_shown_as(&mut self, path: &str, body: &Value, shown: &str) -> Result<Value, String> {
         let resp = self
             .client
             .request("POST", path, Some(&body.to_string()))
             .map_err(|e| format!("POST {path}: {e}"))?;
         if resp.status != 201 && resp.status != 200 {
             return Err(format!(
-                "POST {path} {body}: {} {}",
+                "POST {path} {shown}: {} {}",
                 resp.status,
                 String::from_utf8_lossy(&resp.body)
             ));
@@ -395,20 +400,9 @@ impl Api {
 
     /// `POST /api/v1/certificates`; an error never echoes the request (it holds the key).
     fn upload_certificate(&mut self, pki: &BenchPki) -> Result<(), String> {
-        let path = "/api/v1/certificates";
         let body = json!({"name": "bench", "cert_pem": pki.cert_pem, "key_pem": pki.key_pem});
-        let resp = self
-            .client
-            .request("POST", path, Some(&body.to_string()))
-            .map_err(|e| format!("POST {path}: {e}"))?;
-        if resp.status != 201 && resp.status != 200 {
-            return Err(format!(
-                "POST {path}: {} {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            ));
-        }
-        Ok(())
+        self.post_shown_as("/api/v1/certificates", &body, "(certificate and key)")
+            .map(drop)
     }
 
     fn id(v: &Value) -> Result<String, String> {
