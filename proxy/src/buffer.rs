@@ -9,6 +9,8 @@ use std::cell::RefCell;
 
 /// Buffers for request and response heads (and what arrives with them).
 pub const HEAD_BUFFER: usize = 16 * 1024 + 512;
+/// Buffers for the upstream request's line and header block (prepared per request).
+pub const LINE_BUFFER: usize = 4096;
 /// Buffers for streaming bodies.
 pub const BODY_BUFFER: usize = 64 * 1024;
 

@@ -11,6 +11,7 @@
 //! close otherwise); idle keep-alive connections close after `keepalive_timeout`; on
 //! shutdown idle connections close at once and busy ones after their response.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request};
+use reusable_box_future::ReusableLocalBoxFuture;
+use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request_into};
 
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, Tunnel};
@@ -83,8 +85,9 @@ pub async fn serve_in_slot(
 ) -> io::Result<()> {
     let _slot = slot;
     let plane = ctx.plane();
-    let mut client = Client::new(stream, peer, plane.settings.client_io_timeout);
-    match serve(&mut client, &ctx).await {
+    let client = Client::new(stream, peer, plane.settings.client_io_timeout);
+    let (mut client, served) = serve(client, &ctx).await;
+    match served {
         // The buffer goes with the client: it may hold bytes of the new protocol.
         // Boxed: only upgraded connections pay for the tunnel's state.
         Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
@@ -97,8 +100,51 @@ pub async fn serve_in_slot(
     }
 }
 
-/// The request loop; returns a tunnel when the connection switched protocols.
-async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Option<Tunnel>> {
+/// What a request gives back to the connection loop: the client, and what comes next.
+type Served = (Client, io::Result<Step>);
+
+/// The heap slot a request's future runs in (everything a request needs: the head read,
+/// the parsed head, the exchange). A connection takes one from its worker's free list for
+/// each request and gives it back after, so an idle connection holds none and a request
+/// in steady state allocates none: [`RequestSlot::set`] reuses the allocation, since every
+/// request's future has the same layout.
+type RequestSlot = ReusableLocalBoxFuture<Served>;
+
+/// Free request slots a worker keeps (beyond that, a burst's extra slots are freed). A
+/// slot is the size of the request future, about 19 KiB.
+const MAX_FREE_SLOTS: usize = 256;
+
+thread_local! {
+    /// This worker thread's free request slots (one runtime per thread: per worker).
+    static FREE_SLOTS: RefCell<Vec<RequestSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A slot running `future`: a free one reused, or a new one.
+fn request_slot(future: impl Future<Output = Served> + 'static) -> RequestSlot {
+    match FREE_SLOTS.with(|free| free.borrow_mut().pop()) {
+        Some(mut slot) => {
+            slot.set(future);
+            slot
+        }
+        None => RequestSlot::new(future),
+    }
+}
+
+fn free_slot(slot: RequestSlot) {
+    FREE_SLOTS.with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < MAX_FREE_SLOTS {
+            free.push(slot);
+        }
+    });
+}
+
+/// The request loop; gives the client back, with a tunnel when the connection switched
+/// protocols.
+async fn serve(
+    mut client: Client,
+    ctx: &Rc<WorkerContext>,
+) -> (Client, io::Result<Option<Tunnel>>) {
     let plane = ctx.plane();
     let settings = plane.settings.clone();
     let mut first = true;
@@ -111,7 +157,7 @@ async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Optio
                 match &client.stream {
                     Downstream::Plain(tcp) => {
                         if !wait_for_readable(tcp, ctx, settings.keepalive_timeout).await {
-                            return Ok(None);
+                            return (client, Ok(None));
                         }
                         client.buf = plane.heads.take();
                     }
@@ -120,9 +166,9 @@ async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Optio
                         // Boxed: a plain connection's task must not carry the TLS read's
                         // state while it idles.
                         let idle = settings.keepalive_timeout;
-                        match Box::pin(wait_for_bytes(client, buf, ctx, idle)).await {
+                        match Box::pin(wait_for_bytes(&mut client, buf, ctx, idle)).await {
                             Some(buf) => client.buf = buf,
-                            None => return Ok(None),
+                            None => return (client, Ok(None)),
                         }
                     }
                 }
@@ -131,13 +177,17 @@ async fn serve(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Optio
             }
         }
         first = false;
-        // Boxed: everything a request needs (the head read, the parsed head, the exchange)
-        // lives in its own allocation while the request is in flight, so the connection's
-        // task stays small while it waits for the next one (see module docs).
-        match Box::pin(one_request(client, ctx)).await? {
-            Step::Next => {}
-            Step::Close => return Ok(None),
-            Step::Tunnel(tunnel) => return Ok(Some(tunnel)),
+        // In its own slot: the connection's task stays small while it waits for the next
+        // request (see module docs).
+        let mut slot = request_slot(one_request(client, ctx.clone()));
+        let (back, step) = (&mut slot).await;
+        free_slot(slot);
+        client = back;
+        match step {
+            Ok(Step::Next) => {}
+            Ok(Step::Close) => return (client, Ok(None)),
+            Ok(Step::Tunnel(tunnel)) => return (client, Ok(Some(tunnel))),
+            Err(e) => return (client, Err(e)),
         }
     }
 }
@@ -149,12 +199,21 @@ enum Step {
     Tunnel(Tunnel),
 }
 
+/// One request, owning the client while it runs (a request slot holds only what lives as
+/// long as the worker).
+async fn one_request(mut client: Client, ctx: Rc<WorkerContext>) -> Served {
+    let step = serve_request(&mut client, &ctx).await;
+    (client, step)
+}
+
 /// Reads one request head (under the header timeout) and serves the request.
-async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result<Step> {
+async fn serve_request(client: &mut Client, ctx: &WorkerContext) -> io::Result<Step> {
     let settings = &ctx.plane().settings;
-    let head = match monoio::time::timeout(
+    // Parsed in place: the 2 KiB field table lives in the request slot, never moved.
+    let mut head = RequestHead::default();
+    match monoio::time::timeout(
         settings.header_timeout,
-        read_head(client, &settings.head_limits),
+        read_head(client, &settings.head_limits, &mut head),
     )
     .await
     {
@@ -164,8 +223,8 @@ async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result
             let _ = client.send_error(&e, true, false).await;
             return Ok(Step::Close);
         }
-        Ok(Ok(None)) => return Ok(Step::Close),
-        Ok(Ok(Some(head))) => head,
+        Ok(Ok(false)) => return Ok(Step::Close),
+        Ok(Ok(true)) => {}
         Ok(Err(ReadHead::Invalid(e))) => {
             let error = Refusal::BadHead(e).response();
             client.buf.clear();
@@ -175,7 +234,7 @@ async fn one_request(client: &mut Client, ctx: &Rc<WorkerContext>) -> io::Result
         }
         Ok(Err(ReadHead::Io(e))) => return Err(e),
     };
-    Ok(match request::handle(client, *head, ctx).await? {
+    Ok(match request::handle(client, &head, ctx).await? {
         Outcome::Upgrade(tunnel) => Step::Tunnel(tunnel),
         Outcome::Done { keep_alive } if keep_alive && !ctx.shutdown().is_triggered() => Step::Next,
         Outcome::Done { .. } => Step::Close,
@@ -230,16 +289,17 @@ enum ReadHead {
     Io(io::Error),
 }
 
-/// Reads until a whole request head is buffered. `None`: the client closed cleanly
-/// before sending anything.
+/// Reads until a whole request head is buffered, parsing it into `head`. `false`: the
+/// client closed cleanly before sending anything.
 async fn read_head(
     client: &mut Client,
     limits: &shardgate_core::http1::Limits,
-) -> Result<Option<Box<RequestHead>>, ReadHead> {
+    head: &mut RequestHead,
+) -> Result<bool, ReadHead> {
     loop {
         if !client.buf.is_empty() {
-            match parse_request(&client.buf, limits) {
-                Ok(Parse::Complete(head)) => return Ok(Some(Box::new(head))),
+            match parse_request_into(&client.buf, limits, head) {
+                Ok(Parse::Complete(())) => return Ok(true),
                 Ok(Parse::Partial) => {}
                 Err(e) => return Err(ReadHead::Invalid(e)),
             }
@@ -252,7 +312,7 @@ async fn read_head(
         let (res, slice) = client.stream.read(buf.slice_mut(len..cap)).await;
         client.buf = slice.into_inner();
         match res {
-            Ok(0) if client.buf.is_empty() => return Ok(None),
+            Ok(0) if client.buf.is_empty() => return Ok(false),
             Ok(0) => {
                 return Err(ReadHead::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

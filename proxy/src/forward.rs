@@ -132,7 +132,7 @@ struct Leg<'a> {
 /// Forwards one prepared request to `service`, with retries and fallbacks.
 pub async fn forward(
     client: &mut Client,
-    req: UpstreamRequest,
+    req: &UpstreamRequest,
     service: &CompiledService,
     ctx: &WorkerContext,
     effects: Effects,
@@ -177,7 +177,7 @@ pub async fn forward(
                 last: attempts >= max_attempts,
             };
             plane.picker.started(upstream, i);
-            let result = attempt(client, &req, &mut plan, leg, ctx, (&effects, body_limit)).await;
+            let result = attempt(client, req, &mut plan, leg, ctx, (&effects, body_limit)).await;
             plane.picker.finished(upstream, i);
             match result {
                 Ok(outcome) => {

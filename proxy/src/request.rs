@@ -60,15 +60,21 @@ fn refused(refusal: Refusal, effects: Effects) -> Box<Refused> {
 /// Handles one request whose head is at the start of `client.buf`.
 pub async fn handle(
     client: &mut Client,
-    head: RequestHead,
+    head: &RequestHead,
     ctx: &WorkerContext,
 ) -> io::Result<Outcome> {
     let snapshot = ctx.snapshot();
-    match decide(client, &head, &snapshot, ctx) {
+    match decide(client, head, &snapshot, ctx) {
         Ok(d) => {
-            forward::forward(client, d.request, &d.service, ctx, d.effects, d.body_limit).await
+            let outcome =
+                forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit)
+                    .await;
+            let lines = &ctx.plane().lines;
+            lines.give(d.request.request_line);
+            lines.give(d.request.headers);
+            outcome
         }
-        Err(no) => respond::reject(client, &head, no.refusal, &no.effects).await,
+        Err(no) => respond::reject(client, head, no.refusal, &no.effects).await,
     }
 }
 
@@ -179,6 +185,7 @@ fn decide(
                 .as_ref()
                 .map(|t| Instant::now() + t.as_duration()),
         },
+        (plane.lines.take(), plane.lines.take()),
     );
     Ok(Decision {
         request,

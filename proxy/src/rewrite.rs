@@ -51,8 +51,15 @@ pub struct Forwarding<'a> {
 }
 
 /// Builds the upstream request from the client's head (RFC 9110 §7.6: hop-by-hop fields
-/// and those named in Connection are removed; forwarding fields are appended).
-pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamRequest {
+/// and those named in Connection are removed; forwarding fields are appended), into
+/// `request_line` and `headers` (cleared first: the worker's pooled buffers, so a request
+/// allocates nothing here once they have grown to size).
+pub fn prepare(
+    head: &RequestHead,
+    buf: &[u8],
+    fwd: Forwarding<'_>,
+    (mut request_line, mut headers): (Vec<u8>, Vec<u8>),
+) -> UpstreamRequest {
     let Forwarding {
         path,
         preserve_host,
@@ -64,7 +71,7 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
         deadline,
     } = fwd;
     let http10 = head.version_minor == 0;
-    let mut request_line = Vec::with_capacity(path.len() + 32);
+    request_line.clear();
     request_line.extend_from_slice(head.method_bytes(buf));
     request_line.push(b' ');
     request_line.extend_from_slice(path.as_bytes());
@@ -87,31 +94,18 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
     request_line.extend_from_slice(if http10 { b" HTTP/1.0" } else { b" HTTP/1.1" });
 
     let connection = head.connection_tokens(buf);
-    let mut headers = Vec::with_capacity(head.head_len + 128);
-    let mut forwarded_for: Option<Vec<u8>> = None;
-    let mut via: Option<Vec<u8>> = None;
+    headers.clear();
     let mut upgrade_value: Option<&[u8]> = None;
     for (name, value) in head.headers(buf) {
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            let list = forwarded_for.get_or_insert_with(Vec::new);
-            if !list.is_empty() {
-                list.extend_from_slice(b", ");
-            }
-            list.extend_from_slice(value);
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"via") {
-            let list = via.get_or_insert_with(Vec::new);
-            if !list.is_empty() {
-                list.extend_from_slice(b", ");
-            }
-            list.extend_from_slice(value);
-            continue;
-        }
         if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_value = Some(value);
         }
-        if is_hop_by_hop(name, &connection) || is_rewritten(name, value, key_source) {
+        // X-Forwarded-For and Via are re-stated below, the client's values first.
+        if name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"via")
+            || is_hop_by_hop(name, &connection)
+            || is_rewritten(name, value, key_source)
+        {
             continue;
         }
         wire::push_header(&mut headers, name, value);
@@ -120,29 +114,24 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
         headers = transformed(&headers, transforms);
     }
 
-    let mut xff = forwarded_for.unwrap_or_default();
-    if !xff.is_empty() {
-        xff.extend_from_slice(b", ");
-    }
-    // Formatted straight into the header value: no intermediate String per request.
-    let _ = std::io::Write::write_fmt(&mut xff, format_args!("{peer}"));
-    wire::push_header(&mut headers, b"X-Forwarded-For", &xff);
+    // Each list is written straight into the header block: no intermediate buffer per
+    // request (the peer's address is formatted in place).
+    headers.extend_from_slice(b"X-Forwarded-For: ");
+    push_list(&mut headers, head, buf, "x-forwarded-for");
+    let _ = std::io::Write::write_fmt(&mut headers, format_args!("{peer}\r\n"));
     let proto: &[u8] = if https { b"https" } else { b"http" };
     wire::push_header(&mut headers, b"X-Forwarded-Proto", proto);
     let client_host = head.effective_authority(buf);
     if let Some(host) = client_host {
         wire::push_header(&mut headers, b"X-Forwarded-Host", host);
     }
-    let mut via_value = via.unwrap_or_default();
-    if !via_value.is_empty() {
-        via_value.extend_from_slice(b", ");
-    }
-    via_value.extend_from_slice(if http10 {
-        b"1.0 shardgate"
+    headers.extend_from_slice(b"Via: ");
+    push_list(&mut headers, head, buf, "via");
+    headers.extend_from_slice(if http10 {
+        b"1.0 shardgate\r\n"
     } else {
-        b"1.1 shardgate"
+        b"1.1 shardgate\r\n"
     });
-    wire::push_header(&mut headers, b"Via", &via_value);
 
     match head.body {
         BodyKind::Length(n) => {
@@ -199,6 +188,15 @@ pub fn prepare(head: &RequestHead, buf: &[u8], fwd: Forwarding<'_>) -> UpstreamR
         http10,
         client_keep_alive: head.keep_alive,
         hash,
+    }
+}
+
+/// Appends the values of every `name` field of the client's head, each followed by `, `
+/// (a list the gateway then extends with its own member).
+fn push_list(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8], name: &str) {
+    for value in head.headers.get_all(buf, name) {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
     }
 }
 

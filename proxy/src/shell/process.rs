@@ -100,7 +100,14 @@ fn init_tracing(filter: &str) -> Result<(), Fatal> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true)
         .try_init()
-        .map_err(|e| Fatal::runtime(format!("cannot initialise logging: {e}")))
+        .or_else(|e| {
+            // A gateway embedded a second time in one process (tests) keeps the first's.
+            if tracing::dispatcher::has_been_set() {
+                Ok(())
+            } else {
+                Err(Fatal::runtime(format!("cannot initialise logging: {e}")))
+            }
+        })
 }
 
 /// Forwards SIGTERM/SIGINT to a channel from a dedicated thread, so the main thread can
@@ -130,8 +137,48 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// Where a started gateway listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub admin: SocketAddr,
+    pub proxy: SocketAddr,
+    pub tls: Option<SocketAddr>,
+}
+
+/// Runs the gateway inside the calling process, as `shardgate` would with `args`
+/// (`args[0]` is the program name): for tests that must look inside the process, such as
+/// the heap-allocation count of `proxy/tests/allocations.rs`. `ready` is called once,
+/// when the ready line is printed. Returns the exit code of the shutdown (signals are the
+/// process's, as for the binary).
+pub fn run_embedded(args: &[&str], ready: impl FnOnce(Ready)) -> u8 {
+    let config = match cli::parse_from(args) {
+        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::Doctor(_)) => return 2,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "shardgate: error: {e}");
+            return 2;
+        }
+    };
+    let mut ready = Some(ready);
+    match run_with(config, &mut |addrs| {
+        if let Some(ready) = ready.take() {
+            ready(addrs);
+        }
+    }) {
+        Ok(code) => code,
+        Err(fatal) => {
+            let _ = writeln!(std::io::stderr(), "shardgate: error: {}", fatal.message);
+            fatal.code
+        }
+    }
+}
+
 /// `shardgate run`: returns the exit code of a shutdown, or a start-up failure.
 fn run(config: Config) -> Result<u8, Fatal> {
+    run_with(config, &mut |_| {})
+}
+
+fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal> {
     init_tracing(&config.log)?;
     let signals = watch_signals()?;
     tracing::info!(
@@ -214,6 +261,11 @@ fn run(config: Config) -> Result<u8, Fatal> {
     };
 
     announce_ready(&admin_thread, proxy_addr, tls_addr);
+    on_ready(Ready {
+        admin: admin_thread.local_addr,
+        proxy: proxy_addr,
+        tls: tls_addr,
+    });
     let code = match workers.wait_for_stop(&signals, &admin_thread) {
         Stop::Signal(signal) => {
             tracing::info!(
