@@ -139,6 +139,9 @@ pub struct Tuning {
     pub max_local_subjects: usize,
 }
 
+/// How long a worker keeps an empty table of a limiter it no longer uses.
+const TABLE_KEEP_MS: u64 = 60_000;
+
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
@@ -1110,7 +1113,8 @@ impl WorkerBuckets {
     }
 
     /// The worker's timer (every 10–50 ms): gives back leases idle for `idle_ms` or charged
-    /// to a past slot, drops idle buckets and unused tables, and sweeps one shard of every
+    /// to a past slot, drops idle buckets, drops tables that are empty and whose limiter is
+    /// gone from the configuration or unused for a minute, and sweeps one shard of every
     /// limiter in use.
     pub fn flush_idle(&mut self, now_ms: u64) -> Flushed {
         let idle_ms = self.tuning.idle_ms;
@@ -1139,7 +1143,12 @@ impl WorkerBuckets {
             }
             report.swept_subjects += limiter.sweep_shard(table.sweep_cursor, now_ms);
             table.sweep_cursor = table.sweep_cursor.wrapping_add(1);
-            len > 0 || now_ms.saturating_sub(table.last_used_ms) < idle_ms
+            // An empty table is kept (with its capacity) while its limiter is in the
+            // configuration and has been used lately, so a lull longer than `idle_ms` does not
+            // make the next request allocate the table again.
+            len > 0
+                || (Arc::strong_count(limiter) > 1
+                    && now_ms.saturating_sub(table.last_used_ms) < TABLE_KEEP_MS)
         });
         report
     }

@@ -22,6 +22,7 @@ use monoio::io::AsyncReadRent;
 use reusable_box_future::ReusableLocalBoxFuture;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request_into};
 
+use crate::deadline::Timer;
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, Tunnel};
 use crate::plane::WorkerContext;
@@ -66,8 +67,9 @@ pub async fn serve_connection(
     ctx: Rc<WorkerContext>,
 ) -> io::Result<()> {
     let Some(slot) = Slot::acquire(&ctx) else {
-        let timeout = ctx.plane().settings.client_io_timeout;
-        let mut client = Client::new(stream, peer, timeout);
+        let plane = ctx.plane();
+        let timer = Timer::new(&plane.wheel);
+        let mut client = Client::new(stream, peer, plane.settings.client_io_timeout, timer);
         let e = Refusal::TooManyConnections.response();
         // Boxed: the rare refusal must not size the task every idle connection keeps.
         let _ = Box::pin(client.send_error(&e, true, false)).await;
@@ -85,7 +87,8 @@ pub async fn serve_in_slot(
 ) -> io::Result<()> {
     let _slot = slot;
     let plane = ctx.plane();
-    let client = Client::new(stream, peer, plane.settings.client_io_timeout);
+    let timer = Timer::new(&plane.wheel);
+    let client = Client::new(stream, peer, plane.settings.client_io_timeout, timer);
     let (mut client, served) = serve(client, &ctx).await;
     match served {
         // The buffer goes with the client: it may hold bytes of the new protocol.
@@ -156,7 +159,8 @@ async fn serve(
             if !first {
                 match &client.stream {
                     Downstream::Plain(tcp) => {
-                        if !wait_for_readable(tcp, ctx, settings.keepalive_timeout).await {
+                        let idle = settings.keepalive_timeout;
+                        if !wait_for_readable(tcp, &client.timer, ctx, idle).await {
                             return (client, Ok(None));
                         }
                         client.buf = plane.heads.take();
@@ -211,11 +215,14 @@ async fn serve_request(client: &mut Client, ctx: &WorkerContext) -> io::Result<S
     let settings = &ctx.plane().settings;
     // Parsed in place: the 2 KiB field table lives in the request slot, never moved.
     let mut head = RequestHead::default();
-    match monoio::time::timeout(
-        settings.header_timeout,
-        read_head(client, &settings.head_limits, &mut head),
-    )
-    .await
+    let timer = client.timer.clone();
+    let limits = &settings.head_limits;
+    match timer
+        .within(
+            settings.header_timeout,
+            read_head(client, limits, &mut head),
+        )
+        .await
     {
         Err(_elapsed) => {
             tracing::debug!(peer = %client.peer, "request head timed out");
@@ -245,6 +252,7 @@ async fn serve_request(client: &mut Client, ctx: &WorkerContext) -> io::Result<S
 /// or shutdown.
 async fn wait_for_readable(
     tcp: &monoio::net::TcpStream,
+    timer: &Timer,
     ctx: &WorkerContext,
     idle: Duration,
 ) -> bool {
@@ -252,8 +260,7 @@ async fn wait_for_readable(
         return false;
     }
     monoio::select! {
-        ready = tcp.readable(false) => ready.is_ok(),
-        _ = monoio::time::sleep(idle) => false,
+        ready = timer.within(idle, tcp.readable(false)) => matches!(ready, Ok(Ok(_))),
         _ = ctx.shutdown().triggered() => false,
     }
 }
@@ -274,12 +281,12 @@ async fn wait_for_bytes(
     let mut buf = buf;
     buf.clear();
     let cap = buf.capacity();
+    let timer = client.timer.clone();
     monoio::select! {
-        (res, slice) = client.stream.read(buf.slice_mut(0..cap)) => match res {
-            Ok(n) if n > 0 => Some(slice.into_inner()),
+        read = timer.within(idle, client.stream.read(buf.slice_mut(0..cap))) => match read {
+            Ok((Ok(n), slice)) if n > 0 => Some(slice.into_inner()),
             _ => None,
         },
-        _ = monoio::time::sleep(idle) => None,
         _ = ctx.shutdown().triggered() => None,
     }
 }

@@ -11,6 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::time::Instant;
 use shardgate_core::http1::BodyKind;
 
+use crate::deadline::Timer;
 use crate::downstream::Downstream;
 use crate::refusal::ErrorResponse;
 use crate::timed;
@@ -29,6 +30,9 @@ pub struct Client {
     /// Received bytes not yet consumed: the current head, body bytes, pipelined requests.
     pub buf: Vec<u8>,
     io_timeout: Duration,
+    /// The connection's deadline, for every wait on this connection (the client's reads
+    /// and writes, and the upstream's while this client's request is served).
+    pub timer: Timer,
 }
 
 impl Client {
@@ -38,12 +42,13 @@ impl Client {
         self.buf.drain(..n);
     }
 
-    pub fn new(stream: Downstream, peer: SocketAddr, io_timeout: Duration) -> Client {
+    pub fn new(stream: Downstream, peer: SocketAddr, io_timeout: Duration, timer: Timer) -> Client {
         Client {
             stream,
             peer,
             buf: Vec::new(),
             io_timeout,
+            timer,
         }
     }
 
@@ -54,12 +59,12 @@ impl Client {
 
     /// Like [`Client::write`], giving the buffer back for reuse.
     pub async fn write_returning(&mut self, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        timed::write_all(&mut self.stream, bytes, self.io_timeout).await
+        timed::write_all(&mut self.stream, bytes, self.io_timeout, &self.timer).await
     }
 
     /// Reads into `buf` (appending) within the client I/O timeout.
     pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        timed::read(&mut self.stream, buf, self.io_timeout).await
+        timed::read(&mut self.stream, buf, self.io_timeout, &self.timer).await
     }
 
     /// Like [`Client::read_into`], but never waiting past `deadline` (a service's
@@ -75,7 +80,7 @@ impl Client {
                 .min(deadline.saturating_duration_since(Instant::now())),
             None => self.io_timeout,
         };
-        timed::read(&mut self.stream, buf, timeout).await
+        timed::read(&mut self.stream, buf, timeout, &self.timer).await
     }
 
     /// Writes an error answer of the gateway's own.

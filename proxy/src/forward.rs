@@ -326,7 +326,8 @@ async fn attempt(
         Some(stream) => stream,
         None => connect(target, connect_timeout(), dial.client()).await?,
     };
-    let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
+    let timer = client.timer.clone();
+    let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout), &timer).await;
     out = returned;
     if res.is_err() {
         if !reused {
@@ -335,7 +336,8 @@ async fn attempt(
         }
         reused = false;
         up = connect(target, connect_timeout(), dial.client()).await?;
-        let (res, returned) = timed::write_all(&mut up, out, req.bounded(write_timeout)).await;
+        let (res, returned) =
+            timed::write_all(&mut up, out, req.bounded(write_timeout), &timer).await;
         out = returned;
         if res.is_err() {
             plane.heads.give(out);
@@ -386,7 +388,7 @@ async fn attempt(
             }
         }
         let read_timeout = req.bounded(spec.read_timeout.as_duration());
-        let (res, returned) = timed::read(&mut up, rbuf, read_timeout).await;
+        let (res, returned) = timed::read(&mut up, rbuf, read_timeout, &timer).await;
         rbuf = returned;
         let res = match res {
             Err(e)
@@ -414,7 +416,7 @@ async fn attempt(
                 let body = &client.buf[body_start..body_start + plan.in_buffer];
                 request_bytes(&mut again, req, target, body);
                 let (res, returned) =
-                    timed::write_all(&mut up, again, req.bounded(write_timeout)).await;
+                    timed::write_all(&mut up, again, req.bounded(write_timeout), &timer).await;
                 plane.heads.give(returned);
                 if res.is_err() {
                     return Err(Failure::Connect);
@@ -568,7 +570,8 @@ async fn stream_request_body(
         // Bytes after the body are the next pipelined request.
         leftover.extend_from_slice(&chunk[take..]);
         chunk.truncate(take);
-        let (res, returned) = timed::write_all(up, chunk, req.bounded(write_timeout)).await;
+        let (res, returned) =
+            timed::write_all(up, chunk, req.bounded(write_timeout), &client.timer).await;
         chunk = returned;
         if res.is_err() {
             plane.bodies.give(chunk);

@@ -52,7 +52,8 @@ pub mod exchange;
 pub mod refusal;
 // (bytes on the wire)
 pub mod wire;
-// (socket I/O bounded in time)
+// (socket I/O bounded in time, by per-connection deadlines on a per-worker wheel)
+pub mod deadline;
 pub mod timed;
 // (TLS to upstreams: the client configuration and the upstream connection type)
 pub mod tls;

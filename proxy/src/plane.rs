@@ -15,6 +15,7 @@ use shardgate_core::ratelimit::WorkerBuckets;
 use shardgate_core::snapshot::Snapshot;
 
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER, LINE_BUFFER};
+use crate::deadline::Wheel;
 use crate::downstream::ListenerTls;
 use crate::pick::Picker;
 use crate::pool::ConnPool;
@@ -42,6 +43,8 @@ pub struct Plane {
     pub upstream_tls: Option<UpstreamTls>,
     /// This worker's TLS server for the HTTPS listener.
     pub listener_tls: ListenerTls,
+    /// The deadline wheel every connection's timer is on (its ticker is a worker task).
+    pub wheel: Rc<Wheel>,
 }
 
 impl Plane {
@@ -57,6 +60,7 @@ impl Plane {
             connections: Cell::new(0),
             upstream_tls: UpstreamTls::for_worker(),
             listener_tls: ListenerTls::default(),
+            wheel: Rc::new(Wheel::default()),
         }
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Most recently used first (LIFO): the warmest connection is the least likely to have been
 //! closed by the upstream. Each idle connection carries its own expiry (the upstream's
-//! `pool.idle_timeout`); expired ones are dropped when met and by a periodic sweep.
+//! `pool.idle_timeout`); expired ones are dropped when met and by a periodic sweep, which
+//! also forgets targets whose list stayed empty and unused since the sweep before.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,10 +21,19 @@ struct Idle {
     expires: Instant,
 }
 
+/// The idle connections to one target.
+#[derive(Default)]
+struct Parked {
+    conns: Vec<Idle>,
+    /// Taken from or parked in since the last sweep: an empty list in use is kept, so
+    /// parking a connection never allocates the list again.
+    used: bool,
+}
+
 /// Idle upstream connections of one worker.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: RefCell<HashMap<u64, Vec<Idle>>>,
+    idle: RefCell<HashMap<u64, Parked>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -39,8 +49,9 @@ impl ConnPool {
     pub fn take(&self, key: u64) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
+        list.used = true;
         let now = Instant::now();
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = list.conns.pop() {
             if conn.expires > now {
                 return Some(conn.stream);
             }
@@ -55,6 +66,8 @@ impl ConnPool {
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(key).or_default();
+        list.used = true;
+        let list = &mut list.conns;
         if list.len() >= max_idle {
             // Drop the oldest: it is the most likely to be closed by the upstream soon.
             list.remove(0);
@@ -69,12 +82,18 @@ impl ConnPool {
     pub fn sweep(&self) {
         let now = Instant::now();
         self.idle.borrow_mut().retain(|_, list| {
-            list.retain(|c| c.expires > now);
-            !list.is_empty()
+            list.conns.retain(|c| c.expires > now);
+            let keep = !list.conns.is_empty() || list.used;
+            list.used = false;
+            keep
         });
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
+        self.idle
+            .borrow()
+            .values()
+            .map(|list| list.conns.len())
+            .sum()
     }
 }

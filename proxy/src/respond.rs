@@ -280,7 +280,8 @@ pub async fn relay_response(
     while !body_done {
         chunk.clear();
         // The service deadline bounds every read: past it, the client connection is closed.
-        let (res, returned) = timed::read(&mut up, chunk, req.bounded(read_timeout)).await;
+        let (res, returned) =
+            timed::read(&mut up, chunk, req.bounded(read_timeout), &client.timer).await;
         chunk = returned;
         let n = match res {
             Ok(n) => n,

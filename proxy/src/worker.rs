@@ -387,6 +387,7 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
     monoio::spawn(follow_snapshots(link, wakeup, ctx.clone()));
     monoio::spawn(watch_stop(stop, ctx.clone(), canceller));
     monoio::spawn(sweep_pools(ctx.clone()));
+    monoio::spawn(crate::deadline::tick(ctx.plane().wheel.clone()));
 
     let _ = events.send(WorkerEvent::Ready { id, driver });
     tracing::info!(worker = id, %driver, cpu = ?cpu, snapshot = version, "worker started");

@@ -46,26 +46,30 @@ fn on_worker_thread() -> bool {
     .unwrap_or(false)
 }
 
-fn count() {
+/// The size of the latest counted allocation, for the failure message.
+static LAST_SIZE: AtomicU64 = AtomicU64::new(0);
+
+fn count(size: usize) {
     if on_worker_thread() {
         WORKER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LAST_SIZE.store(size as u64, Ordering::Relaxed);
     }
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size());
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
+        count(new_size);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
@@ -320,9 +324,12 @@ fn a_steady_state_keep_alive_request_allocates_nothing() {
                 "{driver}, {route}: {allocations} allocations in {MEASURED} requests"
             ));
             assert_eq!(
-                allocations, 0,
+                allocations,
+                0,
                 "a proxied keep-alive request allocates on the worker ({driver}, {route}): \
-                 {allocations} allocations in {MEASURED} requests; so far: {report:?}"
+                 {allocations} allocations in {MEASURED} requests (the last of {} bytes); so far: \
+                 {report:?}",
+                LAST_SIZE.load(Ordering::Relaxed)
             );
         }
         std::mem::forget(dir);
