@@ -68,7 +68,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --threads N           wrk threads (default: # load CPUs)
   --sizes LIST          response body sizes in bytes (default 1024,16384)
   --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full,https,
-                        https-handshake; the last two over TLS 1.3 at the first size)
+                        https-handshake,bare-epoll,full-epoll; https* over TLS 1.3 at the
+                        first size; *-epoll on the epoll driver, the others on io_uring)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -590,8 +591,23 @@ fn run(config: &Config) -> Result<(), String> {
         }
         shardgates.push(sg);
     }
-    let drivers = targets::worker_drivers(&shardgates[0].log);
-    progress.say(&format!("shardgate workers: {drivers:?}"));
+    // The drivers the workers reported, per distinct set (`*-epoll` scenarios differ).
+    let mut by_driver: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for sg in &shardgates {
+        let reported = targets::worker_drivers(&sg.log);
+        progress.say(&format!("shardgate {} workers: {reported:?}", sg.scenario.name));
+        if sg.scenario.epoll != reported.iter().all(|d| d == "epoll") {
+            return Err(format!("shardgate {}: workers run on {reported:?}", sg.scenario.name));
+        }
+        by_driver
+            .entry(reported.join(", "))
+            .or_default()
+            .push(sg.scenario.name);
+    }
+    let drivers: Vec<String> = by_driver
+        .iter()
+        .map(|(driver, names)| format!("{driver} for {}", names.join(", ")))
+        .collect();
 
     // Every scenario is measured right after its own baseline: plain nginx for the plain
     // scenarios, nginx's HTTPS server (same mode) for the HTTPS ones.

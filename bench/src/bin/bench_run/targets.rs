@@ -182,6 +182,8 @@ pub struct Scenario {
     /// HTTPS scenarios: `bare`'s configuration behind the TLS listener, with the run's
     /// certificate uploaded; measured against nginx's TLS server with the same certificate.
     pub tls: Option<TlsMode>,
+    /// Workers on monoio's epoll driver (`--io-driver epoll`) instead of io_uring.
+    pub epoll: bool,
 }
 
 pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
@@ -193,6 +195,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 0,
             tls: None,
+            epoll: false,
         },
         Scenario {
             name: "auth",
@@ -201,6 +204,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 1,
             tls: None,
+            epoll: false,
         },
         Scenario {
             name: "auth+ratelimit",
@@ -209,6 +213,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 1,
             tls: None,
+            epoll: false,
         },
         Scenario {
             name: "full",
@@ -217,6 +222,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: rules.max(1),
             keys: keys.max(1),
             tls: None,
+            epoll: false,
         },
         Scenario {
             name: TlsMode::KeepAlive.scenario(),
@@ -225,6 +231,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 0,
             tls: Some(TlsMode::KeepAlive),
+            epoll: false,
         },
         Scenario {
             name: TlsMode::Handshake.scenario(),
@@ -233,6 +240,26 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 0,
             tls: Some(TlsMode::Handshake),
+            epoll: false,
+        },
+        // The same as `bare` and `full`, on the epoll driver (opt-in: --scenarios).
+        Scenario {
+            name: "bare-epoll",
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+            tls: None,
+            epoll: true,
+        },
+        Scenario {
+            name: "full-epoll",
+            auth: true,
+            rate_limit: true,
+            rules,
+            keys: keys.max(1),
+            tls: None,
+            epoll: true,
         },
     ]
 }
@@ -310,6 +337,9 @@ pub fn start_shardgate(
         // Never the default 0.0.0.0:8443: that port is not ours to take.
         cmd.arg("--tls-listen")
             .arg(if pki.is_some() { "127.0.0.1:0" } else { "off" });
+    }
+    if scenario.epoll {
+        cmd.args(["--io-driver", "epoll"]);
     }
     let mut child = cmd
         .arg("--workers")
