@@ -7,8 +7,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::io::CancelHandle;
@@ -110,7 +111,8 @@ pub(crate) async fn accept_loop(
                             let tls =
                                 Box::pin(downstream::handshake(&acceptor, stream, limit)).await?;
                             drop(acceptor);
-                            serve_in_slot(Downstream::Tls(Box::new(tls)), peer, ctx, slot).await
+                            serve_in_slot(Downstream::Tls(Box::new(tls)), peer, ctx, Some(slot))
+                                .await
                         });
                         report(worker, peer, served.await);
                     }),
@@ -154,17 +156,31 @@ fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Resul
 
 /// Runs `fut`, turning a panic inside any of its polls into `Err`, so that one broken
 /// request cannot take down the worker and every other connection on it (the release
-/// profile keeps `panic = "unwind"` for this).
-async fn catch_unwind<F: Future>(fut: F) -> std::thread::Result<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+/// profile keeps `panic = "unwind"` for this). A future struct, not an `async fn`: an
+/// `async fn` would keep its argument and the pinned copy of it side by side, doubling what
+/// every idle connection's task costs.
+fn catch_unwind<F: Future>(fut: F) -> CatchUnwind<F> {
+    CatchUnwind { fut }
+}
+
+pin_project_lite::pin_project! {
+    struct CatchUnwind<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic)),
         }
-    })
-    .await
+    }
 }
 
 /// The message of a panic payload (`panic!("...")` gives `&str` or `String`).

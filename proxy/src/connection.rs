@@ -61,44 +61,100 @@ impl Drop for Slot {
 /// Serves one plain client connection until it is done (or broken), or answers 503 when
 /// the worker is full. Errors are the connection's own I/O errors; the caller logs them
 /// at debug level.
-pub async fn serve_connection(
+pub fn serve_connection(
     stream: Downstream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
-) -> io::Result<()> {
-    let Some(slot) = Slot::acquire(&ctx) else {
-        let plane = ctx.plane();
-        let timer = Timer::new(&plane.wheel);
-        let mut client = Client::new(stream, peer, plane.settings.client_io_timeout, timer);
-        let e = Refusal::TooManyConnections.response();
-        // Boxed: the rare refusal must not size the task every idle connection keeps.
-        let _ = Box::pin(client.send_error(&e, true, false)).await;
-        return Ok(());
-    };
-    serve_in_slot(stream, peer, ctx, slot).await
+) -> impl Future<Output = io::Result<()>> {
+    let slot = Slot::acquire(&ctx);
+    serve_in_slot(stream, peer, ctx, slot)
 }
 
-/// Serves a connection that already holds its [`Slot`].
-pub async fn serve_in_slot(
+/// Serves a connection that holds its [`Slot`] (`None`: the worker is full, answer 503).
+///
+/// A function returning the connection's future rather than an `async fn`: an `async fn`
+/// keeps its arguments beside the locals it moves them into, and this future is what an
+/// idle keep-alive connection costs. The request loop is inlined here for the same reason.
+pub fn serve_in_slot(
     stream: Downstream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
-    slot: Slot,
-) -> io::Result<()> {
-    let _slot = slot;
-    let plane = ctx.plane();
-    let timer = Timer::new(&plane.wheel);
-    let client = Client::new(stream, peer, plane.settings.client_io_timeout, timer);
-    let (mut client, served) = serve(client, &ctx).await;
-    match served {
-        // The buffer goes with the client: it may hold bytes of the new protocol.
-        // Boxed: only upgraded connections pay for the tunnel's state.
-        Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
-        other => {
-            if client.buf.capacity() > 0 {
-                plane.heads.give(std::mem::take(&mut client.buf));
+    slot: Option<Slot>,
+) -> impl Future<Output = io::Result<()>> {
+    let timer = Timer::new(&ctx.plane().wheel);
+    let mut client = Client::new(stream, peer, ctx.plane().settings.client_io_timeout, timer);
+    async move {
+        let plane = ctx.plane();
+        let Some(_slot) = slot else {
+            let e = Refusal::TooManyConnections.response();
+            // Boxed: the rare refusal must not size the task every idle connection keeps.
+            let _ = Box::pin(client.send_error(&e, true, false)).await;
+            return Ok(());
+        };
+        let mut first = true;
+        let served: io::Result<Option<Tunnel>> = loop {
+            if client.buf.is_empty() {
+                if client.buf.capacity() > 0 {
+                    plane.heads.give(std::mem::take(&mut client.buf));
+                }
+                if first {
+                    client.buf = plane.heads.take();
+                } else {
+                    // Waits holding no buffer until the client sends more; closes on idle
+                    // timeout, close or shutdown.
+                    if ctx.shutdown().is_triggered() {
+                        break Ok(None);
+                    }
+                    let idle = plane.settings.keepalive_timeout;
+                    match &client.stream {
+                        Downstream::Plain(tcp) => {
+                            let readable = monoio::select! {
+                                ready = client.timer.within(idle, tcp.readable(false)) => {
+                                    matches!(ready, Ok(Ok(_)))
+                                }
+                                _ = ctx.shutdown().triggered() => false,
+                            };
+                            if !readable {
+                                break Ok(None);
+                            }
+                            client.buf = plane.heads.take();
+                        }
+                        Downstream::Tls(_) => {
+                            let buf = plane.heads.take();
+                            // Boxed: a plain connection's task must not carry the TLS
+                            // read's state while it idles.
+                            match Box::pin(wait_for_bytes(&mut client, buf, &ctx, idle)).await {
+                                Some(buf) => client.buf = buf,
+                                None => break Ok(None),
+                            }
+                        }
+                    }
+                }
             }
-            other.map(drop)
+            first = false;
+            // In its own slot: the connection's task stays small while it waits for the
+            // next request (see module docs).
+            let mut slot = request_slot(one_request(client, ctx.clone()));
+            let (back, step) = (&mut slot).await;
+            free_slot(slot);
+            client = back;
+            match step {
+                Ok(Step::Next) => {}
+                Ok(Step::Close) => break Ok(None),
+                Ok(Step::Tunnel(tunnel)) => break Ok(Some(tunnel)),
+                Err(e) => break Err(e),
+            }
+        };
+        match served {
+            // The buffer goes with the client: it may hold bytes of the new protocol.
+            // Boxed: only upgraded connections pay for the tunnel's state.
+            Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
+            other => {
+                if client.buf.capacity() > 0 {
+                    plane.heads.give(std::mem::take(&mut client.buf));
+                }
+                other.map(drop)
+            }
         }
     }
 }
@@ -140,60 +196,6 @@ fn free_slot(slot: RequestSlot) {
             free.push(slot);
         }
     });
-}
-
-/// The request loop; gives the client back, with a tunnel when the connection switched
-/// protocols.
-async fn serve(
-    mut client: Client,
-    ctx: &Rc<WorkerContext>,
-) -> (Client, io::Result<Option<Tunnel>>) {
-    let plane = ctx.plane();
-    let settings = plane.settings.clone();
-    let mut first = true;
-    loop {
-        if client.buf.is_empty() {
-            if client.buf.capacity() > 0 {
-                plane.heads.give(std::mem::take(&mut client.buf));
-            }
-            if !first {
-                match &client.stream {
-                    Downstream::Plain(tcp) => {
-                        let idle = settings.keepalive_timeout;
-                        if !wait_for_readable(tcp, &client.timer, ctx, idle).await {
-                            return (client, Ok(None));
-                        }
-                        client.buf = plane.heads.take();
-                    }
-                    Downstream::Tls(_) => {
-                        let buf = plane.heads.take();
-                        // Boxed: a plain connection's task must not carry the TLS read's
-                        // state while it idles.
-                        let idle = settings.keepalive_timeout;
-                        match Box::pin(wait_for_bytes(&mut client, buf, ctx, idle)).await {
-                            Some(buf) => client.buf = buf,
-                            None => return (client, Ok(None)),
-                        }
-                    }
-                }
-            } else {
-                client.buf = plane.heads.take();
-            }
-        }
-        first = false;
-        // In its own slot: the connection's task stays small while it waits for the next
-        // request (see module docs).
-        let mut slot = request_slot(one_request(client, ctx.clone()));
-        let (back, step) = (&mut slot).await;
-        free_slot(slot);
-        client = back;
-        match step {
-            Ok(Step::Next) => {}
-            Ok(Step::Close) => return (client, Ok(None)),
-            Ok(Step::Tunnel(tunnel)) => return (client, Ok(Some(tunnel))),
-            Err(e) => return (client, Err(e)),
-        }
-    }
 }
 
 /// What the request loop does after one request.
@@ -248,24 +250,7 @@ async fn serve_request(client: &mut Client, ctx: &WorkerContext) -> io::Result<S
     })
 }
 
-/// Waits, holding no buffer, until the client sends more; false on idle timeout, close
-/// or shutdown.
-async fn wait_for_readable(
-    tcp: &monoio::net::TcpStream,
-    timer: &Timer,
-    ctx: &WorkerContext,
-    idle: Duration,
-) -> bool {
-    if ctx.shutdown().is_triggered() {
-        return false;
-    }
-    monoio::select! {
-        ready = timer.within(idle, tcp.readable(false)) => matches!(ready, Ok(Ok(_))),
-        _ = ctx.shutdown().triggered() => false,
-    }
-}
-
-/// Like [`wait_for_readable`] for a TLS client, whose next request may already be
+/// The idle wait of a TLS client, whose next request may already be
 /// decrypted and buffered inside the TLS session (a readable socket is no sign of it):
 /// reads into `buf`. `None` on idle timeout, close, error or shutdown (the connection then
 /// closes: an interrupted TLS read leaves the session unusable).

@@ -217,42 +217,49 @@ impl Timer {
         self.0.fired.set(false);
     }
 
-    /// Runs `operation`, giving up on it (dropping it) after `timeout`.
-    pub async fn within<F: Future>(
-        &self,
-        timeout: Duration,
-        operation: F,
-    ) -> Result<F::Output, Elapsed> {
-        self.arm(timeout);
-        let result = Within {
-            timer: &self.0,
-            operation: std::pin::pin!(operation),
+    /// Runs `operation`, giving up on it (dropping it) after `timeout`, counted from the
+    /// first poll. A future struct, not an `async fn`, so the operation is stored once.
+    pub fn within<F: Future>(&self, timeout: Duration, operation: F) -> Within<'_, F> {
+        Within {
+            timer: self,
+            timeout: Some(timeout),
+            operation,
         }
-        .await;
-        self.disarm();
-        result
     }
 }
 
-struct Within<'a, F: Future> {
-    timer: &'a TimerState,
-    operation: Pin<&'a mut F>,
+pin_project_lite::pin_project! {
+    /// [`Timer::within`]'s future.
+    pub struct Within<'a, F> {
+        timer: &'a Timer,
+        // `None` once armed.
+        timeout: Option<Duration>,
+        #[pin]
+        operation: F,
+    }
 }
 
 impl<F: Future> Future for Within<'_, F> {
     type Output = Result<F::Output, Elapsed>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(out) = self.operation.as_mut().poll(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let timer = *this.timer;
+        if let Some(timeout) = this.timeout.take() {
+            timer.arm(timeout);
+        }
+        if let Poll::Ready(out) = this.operation.poll(cx) {
+            timer.disarm();
             return Poll::Ready(Ok(out));
         }
-        let timer = self.timer;
-        if timer.fired.get() {
+        let state = &timer.0;
+        if state.fired.get() {
+            timer.disarm();
             return Poll::Ready(Err(Elapsed));
         }
-        match timer.waker.take() {
-            Some(waker) if waker.will_wake(cx.waker()) => timer.waker.set(Some(waker)),
-            _ => timer.waker.set(Some(cx.waker().clone())),
+        match state.waker.take() {
+            Some(waker) if waker.will_wake(cx.waker()) => state.waker.set(Some(waker)),
+            _ => state.waker.set(Some(cx.waker().clone())),
         }
         Poll::Pending
     }

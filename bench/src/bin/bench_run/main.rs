@@ -595,9 +595,15 @@ fn run(config: &Config) -> Result<(), String> {
     let mut by_driver: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
     for sg in &shardgates {
         let reported = targets::worker_drivers(&sg.log);
-        progress.say(&format!("shardgate {} workers: {reported:?}", sg.scenario.name));
+        progress.say(&format!(
+            "shardgate {} workers: {reported:?}",
+            sg.scenario.name
+        ));
         if sg.scenario.epoll != reported.iter().all(|d| d == "epoll") {
-            return Err(format!("shardgate {}: workers run on {reported:?}", sg.scenario.name));
+            return Err(format!(
+                "shardgate {}: workers run on {reported:?}",
+                sg.scenario.name
+            ));
         }
         by_driver
             .entry(reported.join(", "))
