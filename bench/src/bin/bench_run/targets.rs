@@ -763,6 +763,21 @@ mod tests {
                 (bare.auth, bare.rate_limit, bare.rules, bare.keys)
             );
         }
-        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 4);
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 6);
+    }
+
+    #[test]
+    fn epoll_scenarios_are_bare_and_full_on_the_other_driver() {
+        let all = scenarios(100, 10_000);
+        for (name, twin) in [("bare-epoll", "bare"), ("full-epoll", "full")] {
+            let find = |n: &str| all.iter().find(|s| s.name == n).expect("a scenario");
+            let (s, t) = (find(name), find(twin));
+            assert!(s.epoll && !t.epoll);
+            assert_eq!(
+                (s.auth, s.rate_limit, s.rules, s.keys, s.tls),
+                (t.auth, t.rate_limit, t.rules, t.keys, t.tls)
+            );
+        }
+        assert_eq!(all.iter().filter(|s| s.epoll).count(), 2);
     }
 }
