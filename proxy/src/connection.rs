@@ -2,24 +2,28 @@
 //! [`crate::request::handle`], repeat while keep-alive allows.
 //!
 //! Memory while idle is the point of the shape of this loop: between requests the
-//! connection holds no buffer (it waits for readability, then borrows one from the
-//! worker's pool), and the per-request state (the parsed head, the request future) is
-//! boxed only while a request is in flight, so an idle keep-alive connection costs its
-//! task and socket, not kilobytes of buffers.
+//! connection holds no buffer (it waits for readability under its deadline, then borrows a
+//! buffer from the worker's pool), and the per-request state (the parsed head, the
+//! exchange) lives in a [`RequestSlot`] borrowed from the worker only while a request is
+//! in flight, so an idle keep-alive connection costs its small task, its timer and its
+//! socket (under 1 KiB), not kilobytes of buffers. Slots are reused, never moved: a
+//! keep-alive request in steady state allocates nothing (`proxy/tests/allocations.rs`).
 //!
 //! Slowloris: the whole head must arrive within `header_timeout` of its first byte (408 and
 //! close otherwise); idle keep-alive connections close after `keepalive_timeout`; on
 //! shutdown idle connections close at once and busy ones after their response.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use reusable_box_future::ReusableLocalBoxFuture;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request_into};
 
 use crate::deadline::Timer;
@@ -134,9 +138,9 @@ pub fn serve_in_slot(
             first = false;
             // In its own slot: the connection's task stays small while it waits for the
             // next request (see module docs).
-            let mut slot = request_slot(one_request(client, ctx.clone()));
-            let (back, step) = (&mut slot).await;
-            free_slot(slot);
+            let mut slot = RequestSlot::take();
+            let (back, step) = slot.serve(client, ctx.clone()).await;
+            slot.free();
             client = back;
             match step {
                 Ok(Step::Next) => {}
@@ -159,45 +163,6 @@ pub fn serve_in_slot(
     }
 }
 
-/// What a request gives back to the connection loop: the client, and what comes next.
-type Served = (Client, io::Result<Step>);
-
-/// The heap slot a request's future runs in (everything a request needs: the head read,
-/// the parsed head, the exchange). A connection takes one from its worker's free list for
-/// each request and gives it back after, so an idle connection holds none and a request
-/// in steady state allocates none: [`RequestSlot::set`] reuses the allocation, since every
-/// request's future has the same layout.
-type RequestSlot = ReusableLocalBoxFuture<Served>;
-
-/// Free request slots a worker keeps (beyond that, a burst's extra slots are freed). A
-/// slot is the size of the request future, about 19 KiB.
-const MAX_FREE_SLOTS: usize = 256;
-
-thread_local! {
-    /// This worker thread's free request slots (one runtime per thread: per worker).
-    static FREE_SLOTS: RefCell<Vec<RequestSlot>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A slot running `future`: a free one reused, or a new one.
-fn request_slot(future: impl Future<Output = Served> + 'static) -> RequestSlot {
-    match FREE_SLOTS.with(|free| free.borrow_mut().pop()) {
-        Some(mut slot) => {
-            slot.set(future);
-            slot
-        }
-        None => RequestSlot::new(future),
-    }
-}
-
-fn free_slot(slot: RequestSlot) {
-    FREE_SLOTS.with(|free| {
-        let mut free = free.borrow_mut();
-        if free.len() < MAX_FREE_SLOTS {
-            free.push(slot);
-        }
-    });
-}
-
 /// What the request loop does after one request.
 enum Step {
     Next,
@@ -205,11 +170,91 @@ enum Step {
     Tunnel(Tunnel),
 }
 
-/// One request, owning the client while it runs (a request slot holds only what lives as
-/// long as the worker).
-async fn one_request(mut client: Client, ctx: Rc<WorkerContext>) -> Served {
-    let step = serve_request(&mut client, &ctx).await;
-    (client, step)
+/// What a request gives back to the connection loop: the client, and what comes next.
+type Served = (Client, io::Result<Step>);
+
+/// Where a request runs: a long-lived future, allocated once and reused by one request
+/// after another, that serves whatever client is handed to it (everything a request
+/// needs — the head read, the parsed head, the exchange — lives in it). A connection takes
+/// one from its worker's free list for each request and gives it back after, so an idle
+/// connection holds none, a request in steady state allocates none, and the request's
+/// state (about 16 KiB) is never moved: the connection polls the slot's future in place
+/// and hands the client over through [`Handoff`].
+struct RequestSlot {
+    future: Pin<Box<dyn Future<Output = ()>>>,
+    handoff: Rc<Handoff>,
+}
+
+/// The slot's mailbox: the job in, the result out.
+#[derive(Default)]
+struct Handoff {
+    job: Cell<Option<(Client, Rc<WorkerContext>)>>,
+    done: Cell<Option<Served>>,
+}
+
+/// Free request slots a worker keeps (beyond that, a burst's extra slots are freed).
+const MAX_FREE_SLOTS: usize = 256;
+
+thread_local! {
+    /// This worker thread's free request slots (one runtime per thread: per worker).
+    static FREE_SLOTS: RefCell<Vec<RequestSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RequestSlot {
+    /// A free slot, or a new one.
+    fn take() -> RequestSlot {
+        FREE_SLOTS
+            .with(|free| free.borrow_mut().pop())
+            .unwrap_or_else(|| {
+                let handoff = Rc::new(Handoff::default());
+                RequestSlot {
+                    future: Box::pin(run_slot(handoff.clone())),
+                    handoff,
+                }
+            })
+    }
+
+    /// Serves one request of `client` in this slot. The slot's future is polled by (and
+    /// so wakes) the connection's task.
+    fn serve(
+        &mut self,
+        client: Client,
+        ctx: Rc<WorkerContext>,
+    ) -> impl Future<Output = Served> + '_ {
+        self.handoff.job.set(Some((client, ctx)));
+        let RequestSlot { future, handoff } = self;
+        std::future::poll_fn(move |cx| {
+            let _ = future.as_mut().poll(cx);
+            match handoff.done.take() {
+                Some(served) => Poll::Ready(served),
+                None => Poll::Pending,
+            }
+        })
+    }
+
+    fn free(self) {
+        FREE_SLOTS.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < MAX_FREE_SLOTS {
+                free.push(self);
+            }
+        });
+    }
+}
+
+/// A slot's future: serves the requests handed to it, one after another, for as long as
+/// the slot lives.
+async fn run_slot(handoff: Rc<Handoff>) {
+    loop {
+        let (mut client, ctx) = std::future::poll_fn(|_| match handoff.job.take() {
+            Some(job) => Poll::Ready(job),
+            // No waker: the next job's `serve` polls this future itself.
+            None => Poll::Pending,
+        })
+        .await;
+        let step = serve_request(&mut client, &ctx).await;
+        handoff.done.set(Some((client, step)));
+    }
 }
 
 /// Reads one request head (under the header timeout) and serves the request.
