@@ -193,6 +193,15 @@ fn client_head(
 }
 
 /// Streams the response to the client and parks the upstream connection when it is clean.
+/// Appends to `out` what fits of `prefix[..take]` (the body bytes that came with the head,
+/// which starts at `head_len` of the read buffer); returns the range of the read buffer
+/// that did not fit.
+fn fill(out: &mut Vec<u8>, prefix: &[u8], take: usize, head_len: usize) -> std::ops::Range<usize> {
+    let fit = take.min(out.capacity() - out.len());
+    out.extend_from_slice(&prefix[..fit]);
+    head_len + fit..head_len + take
+}
+
 pub async fn relay_response(
     client: &mut Client,
     answer: Answer,
@@ -226,7 +235,10 @@ pub async fn relay_response(
         }));
     }
 
-    // What of the prefix belongs to this body, and how the rest is read.
+    // What of the prefix belongs to this body, and how the rest is read. The head buffer
+    // takes what fits of it; the rest (`spill`, a range of `rbuf`) follows in a second
+    // write, so a big first read never grows the buffer out of its pool.
+    let mut spill = 0..0;
     let mut clean;
     let mut scanner = ChunkedScanner::default();
     let mut remaining: u64 = 0;
@@ -240,13 +252,13 @@ pub async fn relay_response(
             let take = (prefix.len() as u64).min(n) as usize;
             clean = take == prefix.len();
             remaining = n - take as u64;
-            out.extend_from_slice(&prefix[..take]);
+            spill = fill(&mut out, prefix, take, head.head_len);
             body_done = remaining == 0;
         }
         BodyKind::Chunked => match scanner.scan(prefix) {
             Ok(scanned) => {
                 clean = scanned.consumed == prefix.len();
-                out.extend_from_slice(&prefix[..scanned.consumed]);
+                spill = fill(&mut out, prefix, scanned.consumed, head.head_len);
                 body_done = scanned.done;
             }
             Err(_) => {
@@ -263,15 +275,20 @@ pub async fn relay_response(
                     out.extend_from_slice(prefix);
                     out.extend_from_slice(b"\r\n");
                 } else {
-                    out.extend_from_slice(prefix);
+                    spill = fill(&mut out, prefix, prefix.len(), head.head_len);
                 }
             }
             body_done = false;
         }
     }
-    plane.heads.give(rbuf);
     // The head buffer goes back to the pool: one buffer per response, not one allocation.
-    let (written, out) = client.write_returning(out).await;
+    let (mut written, mut out) = client.write_returning(out).await;
+    if written.is_ok() && !spill.is_empty() {
+        out.clear();
+        out.extend_from_slice(&rbuf[spill]);
+        (written, out) = client.write_returning(out).await;
+    }
+    plane.heads.give(rbuf);
     plane.heads.give(out);
     written.map_err(|_| Relay::ClientGone)?;
 

@@ -82,21 +82,26 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 const BODY: usize = 1024;
+/// The body of `/…/big` requests: more than one head buffer's worth comes with the head.
+const BIG_BODY: usize = 16 * 1024;
 const WARM_UP: usize = 2_000;
 const MEASURED: usize = 2_000;
 
-/// A keep-alive upstream answering every request with a fixed 1 KiB body; one thread per
-/// connection, reading into a fixed buffer (it allocates nothing per request either, not
-/// that it would be counted).
+/// A keep-alive upstream answering every request with a fixed 1 KiB body (16 KiB for a
+/// path ending in `big`); one thread per connection, reading into a fixed buffer.
 fn start_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
     let addr = listener.local_addr().expect("upstream address");
-    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
-    response.resize(response.len() + BODY, b'x');
+    let response = |len: usize| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        r.resize(r.len() + len, b'x');
+        r
+    };
+    let (small, big) = (response(BODY), response(BIG_BODY));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let response = response.clone();
+            let (small, big) = (small.clone(), big.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16 * 1024];
                 let mut have = 0;
@@ -106,7 +111,13 @@ fn start_upstream() -> SocketAddr {
                         Ok(n) => have += n,
                     }
                     while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-                        if stream.write_all(&response).is_err() {
+                        let line_end = find(&buf[..end], b" HTTP/").unwrap_or(0);
+                        let response = if buf[..line_end].ends_with(b"big") {
+                            &big
+                        } else {
+                            &small
+                        };
+                        if stream.write_all(response).is_err() {
                             return;
                         }
                         buf.copy_within(end + 4..have, 0);
@@ -220,7 +231,7 @@ fn configure(admin: SocketAddr, upstream: SocketAddr) -> String {
 
 /// Sends `n` requests over `stream` one after another, reading each whole response into a
 /// fixed buffer; panics on anything but a 200 with the 1 KiB body.
-fn exchange(stream: &mut TcpStream, request: &[u8], n: usize) {
+fn exchange(stream: &mut TcpStream, request: &[u8], body: usize, n: usize) {
     let mut buf = vec![0u8; 64 * 1024];
     for i in 0..n {
         stream.write_all(request).expect("send a request");
@@ -238,12 +249,12 @@ fn exchange(stream: &mut TcpStream, request: &[u8], n: usize) {
             "request {i}: {}",
             String::from_utf8_lossy(&buf[..end])
         );
-        while have < end + BODY {
+        while have < end + body {
             let got = read_some(stream, &mut buf[have..]).expect("read the body");
             assert!(got > 0, "the proxy closed mid-body at request {i}");
             have += got;
         }
-        assert_eq!(have, end + BODY, "request {i}: one response, nothing more");
+        assert_eq!(have, end + body, "request {i}: one response, nothing more");
     }
 }
 
@@ -279,15 +290,15 @@ fn start_gateway(driver: &str, data_dir: &std::path::Path) -> Ready {
 }
 
 /// Requests in steady state and the worker's allocations while they ran.
-fn measure(proxy: SocketAddr, request: &[u8]) -> u64 {
+fn measure(proxy: SocketAddr, request: &[u8], body: usize) -> u64 {
     let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
     stream.set_nodelay(true).expect("nodelay");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    exchange(&mut stream, request, WARM_UP);
+    exchange(&mut stream, request, body, WARM_UP);
     let before = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
-    exchange(&mut stream, request, MEASURED);
+    exchange(&mut stream, request, body, MEASURED);
     WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before
 }
 
@@ -311,15 +322,21 @@ fn a_steady_state_keep_alive_request_allocates_nothing() {
         // The configuration reaches the worker asynchronously; wait until it serves.
         let open = b"GET /open/item?x=1 HTTP/1.1\r\nHost: alloc.localhost\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
         wait_until_served(ready.proxy, open);
-        let keyed = format!(
-            "GET /keyed/item HTTP/1.1\r\nHost: alloc.localhost\r\nX-API-Key: {key}\r\n\
-             X-Forwarded-For: 203.0.113.9\r\nAccept: */*\r\n\r\n"
-        );
-        for (route, request) in [
-            ("public", &open[..]),
-            ("key + rate limiter", keyed.as_bytes()),
+        let keyed = |path: &str| {
+            format!(
+                "GET /keyed/{path} HTTP/1.1\r\nHost: alloc.localhost\r\nX-API-Key: {key}\r\n\
+                 X-Forwarded-For: 203.0.113.9\r\nAccept: */*\r\n\r\n"
+            )
+        };
+        let (keyed_small, keyed_big) = (keyed("item"), keyed("big"));
+        for (route, request, body) in [
+            ("public", &open[..], BODY),
+            ("key + rate limiter", keyed_small.as_bytes(), BODY),
+            // The rate limiter's response headers and a 16 KiB body: more than the head
+            // buffer holds comes with the head.
+            ("key + rate limiter, 16 KiB", keyed_big.as_bytes(), BIG_BODY),
         ] {
-            let allocations = measure(ready.proxy, request);
+            let allocations = measure(ready.proxy, request, body);
             report.push(format!(
                 "{driver}, {route}: {allocations} allocations in {MEASURED} requests"
             ));

@@ -612,7 +612,7 @@ fn run(config: &Config) -> Result<(), String> {
     }
     let drivers: Vec<String> = by_driver
         .iter()
-        .map(|(driver, names)| format!("{driver} for {}", names.join(", ")))
+        .map(|(driver, names)| format!("{driver} for {}", names.join(" ")))
         .collect();
 
     // Every scenario is measured right after its own baseline: plain nginx for the plain

@@ -244,7 +244,7 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         md,
         "**Software**: shardgate `{}`, release build (fat LTO) (workers: {}); nginx {}; {}; {}.\n",
         m["git"].as_str().unwrap_or("?"),
-        list(&results["shardgate_workers"]),
+        list(&results["shardgate_workers"]).replace(',', "; "),
         match m["nginx_tls_library"].as_str() {
             Some(tls) if !tls.is_empty() =>
                 format!("{} ({tls})", m["nginx"].as_str().unwrap_or("?")),
