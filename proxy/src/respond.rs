@@ -192,7 +192,6 @@ fn client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Streams the response to the client and parks the upstream connection when it is clean.
 /// Appends to `out` what fits of `prefix[..take]` (the body bytes that came with the head,
 /// which starts at `head_len` of the read buffer); returns the range of the read buffer
 /// that did not fit.
@@ -202,6 +201,7 @@ fn fill(out: &mut Vec<u8>, prefix: &[u8], take: usize, head_len: usize) -> std::
     head_len + fit..head_len + take
 }
 
+/// Streams the response to the client and parks the upstream connection when it is clean.
 pub async fn relay_response(
     client: &mut Client,
     answer: Answer,

@@ -315,6 +315,8 @@ fn a_steady_state_keep_alive_request_allocates_nothing() {
         &["epoll"]
     };
     let mut report = Vec::new();
+    // Kept to the end: the gateways keep running (on their own threads) until the process exits.
+    let mut dirs = Vec::new();
     for driver in drivers {
         let dir = tempfile::tempdir().expect("a data directory");
         let ready = start_gateway(driver, dir.path());
@@ -349,7 +351,7 @@ fn a_steady_state_keep_alive_request_allocates_nothing() {
                 LAST_SIZE.load(Ordering::Relaxed)
             );
         }
-        std::mem::forget(dir);
+        dirs.push(dir);
     }
     eprintln!("{report:#?}");
 }
