@@ -13,6 +13,7 @@
 
 mod load;
 mod report;
+mod scaling;
 mod sys;
 mod targets;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub proxy_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     pub workers: usize,
+    /// `--workers 1,2,4`: more than one count is a scaling run (`scaling.rs`).
+    pub worker_counts: Vec<usize>,
     pub duration: u64,
     pub warmup: u64,
     pub rounds: usize,
@@ -60,7 +63,9 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --smoke               tiny durations, one round, results to target/bench-smoke/ (CI)
   --proxy-cpus LIST     CPUs for the proxy under test (default: first half; CPU 0 on 2 cores)
   --load-cpus LIST      CPUs for wrk and the upstream (default: the rest; CPU 1 on 2 cores)
-  --workers N           shardgate workers = nginx worker_processes (default: # proxy CPUs)
+  --workers N[,N...]    shardgate workers = nginx worker_processes (default: # proxy CPUs);
+                        a list (e.g. 1,2,4,8,14) runs `bare` once per count on the first N
+                        proxy CPUs and writes a scaling table (<date>-<host>-scaling.md)
   --duration SECS       measured seconds per run (default 8; smoke 1)
   --warmup SECS         warm-up seconds per target and body size (default 2; smoke 1)
   --rounds N            rounds of (nginx, scenario) pairs (default 3; smoke 1)
@@ -84,7 +89,10 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
 ";
 
 fn parse_args() -> Result<Config, String> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    parse_args_from(std::env::args().skip(1).collect())
+}
+
+fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
     let smoke = argv.iter().any(|a| a == "--smoke");
     let allowed = sys::allowed_cpus();
     let (default_proxy, default_load) = if allowed.len() >= 2 {
@@ -102,6 +110,7 @@ fn parse_args() -> Result<Config, String> {
         proxy_cpus: default_proxy,
         load_cpus: default_load,
         workers: 0,
+        worker_counts: Vec::new(),
         duration: if smoke { 1 } else { 8 },
         warmup: if smoke { 1 } else { 2 },
         rounds: if smoke { 1 } else { 3 },
@@ -140,7 +149,13 @@ fn parse_args() -> Result<Config, String> {
             "--smoke" => {}
             "--proxy-cpus" => c.proxy_cpus = sys::parse_cpu_list(&value()?)?,
             "--load-cpus" => c.load_cpus = sys::parse_cpu_list(&value()?)?,
-            "--workers" => c.workers = num(&flag, value()?)?,
+            "--workers" => {
+                c.worker_counts = value()?
+                    .split(',')
+                    .map(|s| num(&flag, s.trim().to_string()))
+                    .collect::<Result<_, _>>()?;
+                c.workers = c.worker_counts.first().copied().unwrap_or(0);
+            }
             "--duration" => c.duration = num(&flag, value()?)?,
             "--warmup" => c.warmup = num(&flag, value()?)?,
             "--rounds" => c.rounds = num(&flag, value()?)?,
@@ -203,6 +218,7 @@ fn main() {
     };
     let result = match &config.from_json {
         Some(path) => rerender(path),
+        None if config.worker_counts.len() > 1 => scaling::run(&config, &config.worker_counts),
         None => run(&config),
     };
     if let Err(e) = result {
@@ -895,7 +911,12 @@ fn run(config: &Config) -> Result<(), String> {
     drop(nginx_https);
     drop(upstream);
 
-    let admin = admin_write(config, &progress);
+    // `--admin-writes 0` (scaling runs) skips the phase.
+    let admin = if config.admin_writes == 0 {
+        json!({"skipped": true})
+    } else {
+        admin_write(config, &progress)
+    };
     if let Some(e) = admin.get("error").and_then(Value::as_str) {
         notes.push(format!("admin write-to-live failed: {e}"));
     }

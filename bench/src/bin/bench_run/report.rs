@@ -453,6 +453,8 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let a = &results["admin_write"];
     if let Some(e) = a["error"].as_str() {
         let _ = writeln!(md, "Failed: `{}`\n", e.lines().next().unwrap_or(e));
+    } else if a["skipped"].as_bool() == Some(true) {
+        let _ = writeln!(md, "Not run (`--admin-writes 0`).\n");
     } else {
         let e = &a["end_to_end"];
         let n = &a["naive_full_rebuild"];
