@@ -9,6 +9,9 @@ use std::cell::RefCell;
 
 /// Buffers for request and response heads (and what arrives with them).
 pub const HEAD_BUFFER: usize = 16 * 1024 + 512;
+/// Buffers for the response head sent to the client with the body bytes that came with
+/// the upstream's head: a head buffer plus room for the headers the gateway adds.
+pub const REPLY_BUFFER: usize = HEAD_BUFFER + 4096;
 /// Buffers for the upstream request's line and header block (prepared per request).
 pub const LINE_BUFFER: usize = 4096;
 /// Buffers for streaming bodies.

@@ -14,7 +14,7 @@ use std::time::Instant;
 use shardgate_core::ratelimit::WorkerBuckets;
 use shardgate_core::snapshot::Snapshot;
 
-use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER, LINE_BUFFER};
+use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER, LINE_BUFFER, REPLY_BUFFER};
 use crate::deadline::Wheel;
 use crate::downstream::ListenerTls;
 use crate::pick::Picker;
@@ -29,6 +29,8 @@ pub struct Plane {
     pub settings: Arc<ProxySettings>,
     /// Buffers for request and response heads.
     pub heads: BufferPool,
+    /// Buffers for the client's response head and the first body bytes.
+    pub replies: BufferPool,
     /// Buffers for the upstream request line and header block.
     pub lines: BufferPool,
     /// Buffers for streaming bodies.
@@ -53,6 +55,7 @@ impl Plane {
             rate_limits: RefCell::new(settings.rate_limits.worker()),
             settings,
             heads: BufferPool::new(HEAD_BUFFER, 1024),
+            replies: BufferPool::new(REPLY_BUFFER, 1024),
             lines: BufferPool::new(LINE_BUFFER, 2048),
             bodies: BufferPool::new(BODY_BUFFER, 256),
             upstreams: ConnPool::default(),

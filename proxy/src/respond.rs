@@ -219,7 +219,9 @@ pub async fn relay_response(
     let framed = !matches!(head.body, BodyKind::CloseDelimited) || rechunk;
     let keep_alive = !upgraded && framed && req.client_keep_alive && !ctx.shutdown().is_triggered();
 
-    let mut out = plane.heads.take();
+    // A reply buffer: a head buffer's worth of read plus room for the head to grow (the
+    // gateway's own headers), so a full first read goes out in one write.
+    let mut out = plane.replies.take();
     client_head(&mut out, &head, &rbuf, req, effects, keep_alive, rechunk);
     let prefix = &rbuf[head.head_len..];
 
@@ -262,7 +264,7 @@ pub async fn relay_response(
                 body_done = scanned.done;
             }
             Err(_) => {
-                plane.heads.give(out);
+                plane.replies.give(out);
                 plane.heads.give(rbuf);
                 return Err(Relay::InvalidResponse);
             }
@@ -281,7 +283,7 @@ pub async fn relay_response(
             body_done = false;
         }
     }
-    // The head buffer goes back to the pool: one buffer per response, not one allocation.
+    // The reply buffer goes back to the pool: one buffer per response, not one allocation.
     let (mut written, mut out) = client.write_returning(out).await;
     if written.is_ok() && !spill.is_empty() {
         out.clear();
@@ -289,7 +291,7 @@ pub async fn relay_response(
         (written, out) = client.write_returning(out).await;
     }
     plane.heads.give(rbuf);
-    plane.heads.give(out);
+    plane.replies.give(out);
     written.map_err(|_| Relay::ClientGone)?;
 
     let mut chunk = plane.bodies.take();
