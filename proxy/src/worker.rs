@@ -250,24 +250,31 @@ fn build_runtime(kind: DriverKind) -> io::Result<WorkerRuntime> {
             // Cooperative task running: completions are posted when this thread next enters
             // the kernel (every loop turn does) instead of by an interrupt that preempts it;
             // single issuer: only this thread submits. 10–20 % less CPU per proxied request
-            // on the bench VM (docs/RUNTIME.md). Kernels before 5.19 / 6.0 refuse the flags:
-            // then the ring is made without them.
-            let mut tuned = io_uring::IoUring::builder();
-            tuned.setup_coop_taskrun().setup_single_issuer();
-            let built = RuntimeBuilder::<IoUringDriver>::new()
-                .enable_timer()
-                .uring_builder(tuned)
-                .build();
-            match built {
-                Ok(runtime) => Ok(runtime.into()),
-                Err(e) => {
-                    tracing::debug!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
-                    RuntimeBuilder::<IoUringDriver>::new()
-                        .enable_timer()
-                        .build()
-                        .map(Into::into)
+            // on the bench VM (docs/RUNTIME.md). Tried in order: both flags (kernel 6.0+),
+            // COOP_TASKRUN alone (5.19+), then a ring without them.
+            for single_issuer in [true, false] {
+                let mut tuned = io_uring::IoUring::builder();
+                tuned.setup_coop_taskrun();
+                if single_issuer {
+                    tuned.setup_single_issuer();
+                }
+                match RuntimeBuilder::<IoUringDriver>::new()
+                    .enable_timer()
+                    .uring_builder(tuned)
+                    .build()
+                {
+                    Ok(runtime) => return Ok(runtime.into()),
+                    Err(e) => tracing::debug!(
+                        error = %e,
+                        single_issuer,
+                        "the kernel refused COOP_TASKRUN (with SINGLE_ISSUER when true)"
+                    ),
                 }
             }
+            RuntimeBuilder::<IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .map(Into::into)
         }
         DriverKind::Epoll => RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
