@@ -12,6 +12,7 @@
 //! through the API, so benchmarks start in milliseconds.
 
 pub mod client;
+pub mod cpu;
 pub mod fixture;
 pub mod summary;
 pub mod tls;

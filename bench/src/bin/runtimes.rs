@@ -24,7 +24,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use shardgate_bench::cpu::process_cpu;
 
 /// Bytes per ping and per pong.
 const MSG: usize = 64;
@@ -443,26 +445,6 @@ struct Sample {
     /// io_uring workers included). Unlike the rate, other load on the machine barely
     /// moves it: it is what the runtime costs, not what it got.
     cpu_us: f64,
-}
-
-/// User + system CPU time of this process so far, from `/proc/self/stat` (utime and stime,
-/// fields 14 and 15, in USER_HZ ticks, which are 1/100 s on every Linux ABI).
-fn process_cpu() -> io::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))?;
-    // Fields after the command name start at field 3 (state).
-    let mut fields = after_name.split_whitespace().skip(11);
-    let mut tick = || -> io::Result<u64> {
-        fields
-            .next()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))
-    };
-    let ticks = tick()? + tick()?;
-    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// Runs `total` exchanges over `connections` connections spread over `cpus`.

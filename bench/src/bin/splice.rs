@@ -14,6 +14,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use shardgate_bench::cpu::process_cpu;
+
 use monoio::buf::IoBufMut;
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRentExt};
@@ -197,23 +199,4 @@ fn measure(mode: Mode, size: usize, bytes: u64) -> io::Result<(Duration, Duratio
         }
         sink.await
     })
-}
-
-/// User + system CPU time of this process so far, from `/proc/self/stat` (utime and stime,
-/// in 1/100 s ticks).
-fn process_cpu() -> io::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))?;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let mut tick = || -> io::Result<u64> {
-        fields
-            .next()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))
-    };
-    let ticks = tick()? + tick()?;
-    Ok(Duration::from_millis(ticks * 10))
 }
