@@ -520,6 +520,11 @@ pub struct UpstreamSpec {
     /// (Boxed: most upstreams have none, and every stored upstream would carry its size.)
     #[serde(default)]
     pub tls: Option<Box<TlsSettings>>,
+    /// Speak HTTP/2 to the targets: h2c (prior knowledge) to `http` targets, ALPN `h2` to
+    /// `https` ones, over per-worker connections that multiplex streams. Default `false`
+    /// (HTTP/1.1); services of type `grpc` speak HTTP/2 whatever it says.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_connect_timeout() -> Span {

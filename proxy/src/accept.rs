@@ -111,6 +111,16 @@ pub(crate) async fn accept_loop(
                             let tls =
                                 Box::pin(downstream::handshake(&acceptor, stream, limit)).await?;
                             drop(acceptor);
+                            if tls.is_h2() {
+                                let Some(stream) = tls.into_inner() else {
+                                    return Ok(());
+                                };
+                                let io = crate::http2::io::H2Io::tls(stream);
+                                let served = crate::http2::serve(io, peer, ctx, true);
+                                let served = Box::pin(served).await;
+                                drop(slot);
+                                return served;
+                            }
                             serve_in_slot(Downstream::Tls(Box::new(tls)), peer, ctx, Some(slot))
                                 .await
                         });
@@ -159,6 +169,17 @@ fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Resul
 /// profile keeps `panic = "unwind"` for this). A future struct, not an `async fn`: an
 /// `async fn` would keep its argument and the pinned copy of it side by side, doubling what
 /// every idle connection's task costs.
+/// A spawned task whose panic is logged and contained (HTTP/2 stream tasks): the stream is
+/// dropped, its connection and the worker go on.
+pub(crate) async fn contained<F: Future<Output = ()>>(fut: F) {
+    if let Err(panic) = catch_unwind(fut).await {
+        tracing::error!(
+            panic = panic_message(&*panic),
+            "HTTP/2 stream handler panicked; stream dropped, worker continues"
+        );
+    }
+}
+
 fn catch_unwind<F: Future>(fut: F) -> CatchUnwind<F> {
     CatchUnwind { fut }
 }

@@ -96,7 +96,7 @@ pub fn serve_in_slot(
             return Ok(());
         };
         let mut first = true;
-        let served: io::Result<Option<Tunnel>> = loop {
+        let served: io::Result<Option<Then>> = loop {
             if client.buf.is_empty() {
                 if client.buf.capacity() > 0 {
                     plane.heads.give(std::mem::take(&mut client.buf));
@@ -123,6 +123,8 @@ pub fn serve_in_slot(
                             }
                             client.buf = plane.heads.take();
                         }
+                        // One request per HTTP/2 stream: never idle here.
+                        Downstream::H2(_) => break Ok(None),
                         Downstream::Tls(_) => {
                             let buf = plane.heads.take();
                             // Boxed: a plain connection's task must not carry the TLS
@@ -142,17 +144,31 @@ pub fn serve_in_slot(
             let (back, step) = slot.serve(client, ctx.clone()).await;
             slot.free();
             client = back;
+            client.fresh = false;
             match step {
                 Ok(Step::Next) => {}
                 Ok(Step::Close) => break Ok(None),
-                Ok(Step::Tunnel(tunnel)) => break Ok(Some(tunnel)),
+                Ok(Step::Tunnel(tunnel)) => break Ok(Some(Then::Tunnel(tunnel))),
+                Ok(Step::H2) => break Ok(Some(Then::H2)),
                 Err(e) => break Err(e),
             }
         };
         match served {
             // The buffer goes with the client: it may hold bytes of the new protocol.
             // Boxed: only upgraded connections pay for the tunnel's state.
-            Ok(Some(tunnel)) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
+            Ok(Some(Then::Tunnel(tunnel))) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
+            // h2c with prior knowledge: the preface (and whatever followed it) is in the
+            // buffer. Boxed, like the tunnel.
+            Ok(Some(Then::H2)) => {
+                let Client {
+                    stream, peer, buf, ..
+                } = client;
+                let Downstream::Plain(tcp) = stream else {
+                    return Err(io::Error::other("HTTP/2 preface on a non-TCP stream"));
+                };
+                let io = crate::http2::io::H2Io::plain(tcp, buf)?;
+                Box::pin(crate::http2::serve(io, peer, ctx.clone(), false)).await
+            }
             other => {
                 if client.buf.capacity() > 0 {
                     plane.heads.give(std::mem::take(&mut client.buf));
@@ -164,10 +180,18 @@ pub fn serve_in_slot(
 }
 
 /// What the request loop does after one request.
-enum Step {
+pub(crate) enum Step {
     Next,
     Close,
     Tunnel(Tunnel),
+    /// The connection opened with the HTTP/2 preface.
+    H2,
+}
+
+/// What the connection becomes after its HTTP/1.1 requests.
+enum Then {
+    Tunnel(Tunnel),
+    H2,
 }
 
 /// What a request gives back to the connection loop: the client, and what comes next.
@@ -261,7 +285,7 @@ async fn run_slot(handoff: Rc<Handoff>) {
 }
 
 /// Reads one request head (under the header timeout) and serves the request.
-async fn serve_request(
+pub(crate) async fn serve_request(
     client: &mut Client,
     head: &mut RequestHead,
     ctx: &WorkerContext,
@@ -289,6 +313,7 @@ async fn serve_request(
             return Ok(Step::Close);
         }
         Ok(Err(ReadHead::Io(e))) => return Err(e),
+        Ok(Err(ReadHead::H2)) => return Ok(Step::H2),
     };
     Ok(match request::handle(client, head, ctx).await? {
         Outcome::Upgrade(tunnel) => Step::Tunnel(tunnel),
@@ -326,6 +351,8 @@ async fn wait_for_bytes(
 enum ReadHead {
     Invalid(HeadError),
     Io(io::Error),
+    /// The HTTP/2 connection preface, on a fresh connection.
+    H2,
 }
 
 /// Reads until a whole request head is buffered, parsing it into `head`. `false`: the
@@ -336,12 +363,20 @@ async fn read_head(
     head: &mut RequestHead,
 ) -> Result<bool, ReadHead> {
     loop {
-        if !client.buf.is_empty() {
-            match parse_request_into(&client.buf, limits, head) {
+        let preface = match client.fresh {
+            true => crate::http2::preface(&client.buf),
+            false => None,
+        };
+        match preface {
+            Some(true) => return Err(ReadHead::H2),
+            // Not yet a whole preface, and not an HTTP/1.1 head either: read on.
+            Some(false) if !client.buf.is_empty() => {}
+            _ if client.buf.is_empty() => {}
+            _ => match parse_request_into(&client.buf, limits, head) {
                 Ok(Parse::Complete(())) => return Ok(true),
                 Ok(Parse::Partial) => {}
                 Err(e) => return Err(ReadHead::Invalid(e)),
-            }
+            },
         }
         let mut buf = std::mem::take(&mut client.buf);
         if buf.len() == buf.capacity() {

@@ -29,6 +29,8 @@ use rustls::ServerConfig;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
 use shardgate_core::certs::ServerCertificates;
 
+use crate::http2::stream::H2Stream;
+
 /// TLS 1.2 session ids kept per worker.
 const SESSIONS_PER_WORKER: usize = 4096;
 
@@ -90,7 +92,8 @@ impl ListenerTls {
         let mut config = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(certificates);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 first: a client offering both gets HTTP/2 (RFC 7301: the server chooses).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = self.sessions.clone();
         if let Some(Some(ticketer)) = TICKETER.get() {
             config.ticketer = ticketer.clone();
@@ -189,6 +192,11 @@ impl TlsClient {
     pub fn into_inner(self) -> Option<ServerTlsStream<TcpStream>> {
         (!self.busy).then_some(self.stream)
     }
+
+    /// Whether the client and the gateway agreed on HTTP/2 (ALPN `h2`).
+    pub fn is_h2(&self) -> bool {
+        self.stream.alpn_protocol().as_deref() == Some(b"h2")
+    }
 }
 
 /// The client's stream.
@@ -201,6 +209,8 @@ pub enum Downstream {
     Plain(TcpStream),
     /// Boxed: the TLS session and its buffers are tens of kilobytes.
     Tls(Box<TlsClient>),
+    /// One stream of an HTTP/2 connection, as a one-request connection.
+    H2(Box<H2Stream>),
 }
 
 impl std::fmt::Debug for Downstream {
@@ -208,6 +218,7 @@ impl std::fmt::Debug for Downstream {
         f.write_str(match self {
             Downstream::Plain(_) => "Downstream::Plain",
             Downstream::Tls(_) => "Downstream::Tls",
+            Downstream::H2(_) => "Downstream::H2",
         })
     }
 }
@@ -215,7 +226,11 @@ impl std::fmt::Debug for Downstream {
 impl Downstream {
     /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
     pub fn is_tls(&self) -> bool {
-        matches!(self, Downstream::Tls(_))
+        match self {
+            Downstream::Plain(_) => false,
+            Downstream::Tls(_) => true,
+            Downstream::H2(stream) => stream.tls,
+        }
     }
 }
 
@@ -224,6 +239,7 @@ impl AsyncReadRent for Downstream {
         match self {
             Downstream::Plain(s) => s.read(buf).await,
             Downstream::Tls(s) => Box::pin(s.read(buf)).await,
+            Downstream::H2(s) => Box::pin(s.read(buf)).await,
         }
     }
 
@@ -239,6 +255,7 @@ impl AsyncReadRent for Downstream {
                 s.busy = false;
                 out
             }
+            Downstream::H2(s) => Box::pin(s.readv(buf)).await,
         }
     }
 }
@@ -248,6 +265,7 @@ impl AsyncWriteRent for Downstream {
         match self {
             Downstream::Plain(s) => s.write(buf).await,
             Downstream::Tls(s) => Box::pin(s.write(buf)).await,
+            Downstream::H2(s) => Box::pin(s.write(buf)).await,
         }
     }
 
@@ -263,6 +281,7 @@ impl AsyncWriteRent for Downstream {
                 s.busy = false;
                 out
             }
+            Downstream::H2(s) => Box::pin(s.writev(buf)).await,
         }
     }
 
@@ -270,6 +289,7 @@ impl AsyncWriteRent for Downstream {
         match self {
             Downstream::Plain(s) => s.flush().await,
             Downstream::Tls(s) => Box::pin(s.flush()).await,
+            Downstream::H2(s) => s.flush().await,
         }
     }
 
@@ -277,6 +297,7 @@ impl AsyncWriteRent for Downstream {
         match self {
             Downstream::Plain(s) => s.shutdown().await,
             Downstream::Tls(s) => Box::pin(s.shutdown()).await,
+            Downstream::H2(s) => s.shutdown().await,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Client {
     /// The connection's deadline, for every wait on this connection (the client's reads
     /// and writes, and the upstream's while this client's request is served).
     pub timer: Timer,
+    /// No request has been read on this connection yet (an HTTP/2 preface may come).
+    pub fresh: bool,
 }
 
 impl Client {
@@ -49,6 +51,7 @@ impl Client {
             buf: Vec::new(),
             io_timeout,
             timer,
+            fresh: true,
         }
     }
 

@@ -59,6 +59,8 @@ pub mod timed;
 pub mod tls;
 // (the client's stream, plain or TLS, and the listener's TLS configuration)
 pub mod downstream;
+// (HTTP/2 clients: the connection, its streams through the flow above, h2 upstreams)
+pub mod http2;
 // (one worker's state, its snapshot and clock)
 pub mod buffer;
 pub mod plane;

@@ -8,6 +8,8 @@ use shardgate_core::net::CidrSet;
 use shardgate_core::path::EncodedSlashes;
 use shardgate_core::ratelimit::Registry;
 
+use crate::http2::H2Limits;
+
 /// Limits and timeouts of the proxy listener. Every field documents its default and why.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -41,6 +43,8 @@ pub struct ProxySettings {
     /// The rate limiters' shared counters (the admin thread compiles limiters from the
     /// same registry).
     pub rate_limits: Arc<Registry>,
+    /// HTTP/2 limits per client connection (see [`H2Limits`]' fields for each default).
+    pub h2: H2Limits,
 }
 
 impl ProxySettings {
@@ -66,6 +70,7 @@ impl ProxySettings {
             trusted_proxies: CidrSet::default(),
             encoded_slashes: EncodedSlashes::default(),
             rate_limits: Arc::new(Registry::default()),
+            h2: H2Limits::default(),
         }
     }
 }

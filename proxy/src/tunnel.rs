@@ -61,6 +61,10 @@ pub async fn run(client: Client, tunnel: Tunnel, ctx: &WorkerContext) -> io::Res
                 Conn::Tls(up) => splice(down, buf, *up, to_client, ctx).await,
             }
         }
+        // Unreachable: HTTP/2 requests carry no Upgrade, and an unasked-for 101 is refused.
+        Downstream::H2(_) => {
+            return Err(io::Error::other("no protocol switch on an HTTP/2 stream"));
+        }
     }
     Ok(())
 }

@@ -1,0 +1,126 @@
+//! The bytes under an HTTP/2 connection, as the `h2` crate reads and writes them (tokio's
+//! poll-based I/O traits, served by monoio without a tokio runtime).
+//!
+//! - Plain (h2c, prior knowledge): the socket in monoio's poll mode ([`TcpStreamPoll`]: a
+//!   readiness wait then a non-blocking `recv`/`send`, no copy), after the bytes the
+//!   HTTP/1.1 reader had already taken (the connection preface, perhaps more).
+//! - TLS (ALPN `h2`): the rustls stream split into its read and write halves, each behind
+//!   monoio's completion-to-poll adapter ([`StreamWrapper`]), so a read waits while frames
+//!   are written (h2 always keeps a read pending). The adapter copies once each way; the
+//!   decision and its cost are in docs/RUNTIME.md.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
+use monoio::io::{IntoPollIo, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use monoio_compat::StreamWrapper;
+use monoio_rustls::ServerTlsStream;
+
+/// Bytes per adapter buffer on the TLS path: one TLS record's worth of plaintext, the most
+/// `h2` writes at once with its default frame size.
+const TLS_ADAPTER_BUFFER: usize = 16 * 1024;
+
+type TlsRead = StreamWrapper<OwnedReadHalf<ServerTlsStream<TcpStream>>>;
+type TlsWrite = StreamWrapper<OwnedWriteHalf<ServerTlsStream<TcpStream>>>;
+
+/// A client connection that speaks HTTP/2.
+pub enum H2Io {
+    Plain {
+        /// Read before the switch: served before the socket.
+        prefix: Bytes,
+        tcp: TcpStreamPoll,
+    },
+    Tls {
+        read: Box<TlsRead>,
+        write: Box<TlsWrite>,
+    },
+}
+
+impl std::fmt::Debug for H2Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            H2Io::Plain { .. } => "H2Io::Plain",
+            H2Io::Tls { .. } => "H2Io::Tls",
+        })
+    }
+}
+
+impl H2Io {
+    /// A plain connection whose first bytes (`prefix`) were already read.
+    pub fn plain(tcp: TcpStream, prefix: Vec<u8>) -> io::Result<H2Io> {
+        Ok(H2Io::Plain {
+            prefix: Bytes::from(prefix),
+            tcp: tcp.into_poll_io()?,
+        })
+    }
+
+    /// A TLS connection that negotiated `h2`.
+    pub fn tls(stream: ServerTlsStream<TcpStream>) -> H2Io {
+        let (read, write) = stream.into_split();
+        H2Io::Tls {
+            read: Box::new(StreamWrapper::new_with_buffer_size(
+                read,
+                TLS_ADAPTER_BUFFER,
+                0,
+            )),
+            write: Box::new(StreamWrapper::new_with_buffer_size(
+                write,
+                0,
+                TLS_ADAPTER_BUFFER,
+            )),
+        }
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            H2Io::Plain { prefix, tcp } => {
+                if prefix.has_remaining() {
+                    let n = prefix.len().min(buf.remaining());
+                    buf.put_slice(&prefix[..n]);
+                    prefix.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(tcp).poll_read(cx, buf)
+            }
+            H2Io::Tls { read, .. } => Pin::new(read.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! HTTP/2 from clients: ALPN `h2` on the TLS listener and h2c with prior knowledge on the
+//! plain one (the connection preface is recognised where an HTTP/1.1 head would start).
+//!
+//! The protocol is hyperium's `h2` over the connection's bytes ([`io`]); each stream runs
+//! as its own task through the HTTP/1.1 request flow ([`stream`]), or, for services whose
+//! upstream speaks HTTP/2 (gRPC), is relayed frame for frame ([`upstream`]).
+//!
+//! The attack surface, each bound with its default in [`H2Limits`] (docs/SECURITY.md has
+//! the table): concurrent streams, header list size, flow-control windows that bound the
+//! memory a connection can make the gateway hold, a send buffer per stream, rapid reset
+//! (CVE-2023-44487: streams the client resets before their answer count against it, and a
+//! client that resets more than it lets finish is sent GOAWAY `ENHANCE_YOUR_CALM` and
+//! closed), CONTINUATION floods (CVE-2024-27316: `h2` caps a header block at the header
+//! list size however many frames carry it), SETTINGS and PING floods (`h2` acknowledges
+//! one at a time and stops reading while an acknowledgement is unsent), and the idle and
+//! header timeouts of HTTP/1.1 (the preface must arrive within the header timeout; a
+//! connection with no stream open closes after the keep-alive timeout).
+
+pub mod io;
+#[allow(unsafe_code)]
+mod rent;
+pub mod stream;
+pub mod upstream;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::Request;
+use shardgate_core::http1::RequestHead;
+
+use crate::connection;
+use crate::deadline::Timer;
+use crate::downstream::Downstream;
+use crate::exchange::Client;
+use crate::plane::WorkerContext;
+use io::H2Io;
+use stream::H2Stream;
+
+/// The connection preface a client with prior knowledge opens with (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/2 limits per client connection. Every field documents its default and why.
+#[derive(Debug, Clone)]
+pub struct H2Limits {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Default
+    /// 128, nginx's: h2load's 100 fit, and 128 requests in flight per connection is
+    /// already more than any browser uses.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE), CONTINUATION frames
+    /// included. Default: the HTTP/1.1 head limit (16 KiB), so both protocols accept the
+    /// same requests.
+    pub max_header_list_size: u32,
+    /// Request body bytes a client may send on one stream ahead of the flow
+    /// (SETTINGS_INITIAL_WINDOW_SIZE). Default 128 KiB: a 16 KiB frame in flight and room
+    /// for a bandwidth-delay product of ~1 Mbit at 1 s, without letting one stream hold
+    /// much.
+    pub stream_window: u32,
+    /// Request body bytes a client may send ahead on the whole connection: what one
+    /// connection can make the gateway buffer. Default 512 KiB.
+    pub connection_window: u32,
+    /// Response bytes buffered per stream ahead of the client's window. Default 64 KiB.
+    pub send_buffer: usize,
+    /// Rapid reset: streams a client may reset before they are answered beyond the number
+    /// it lets finish, before GOAWAY. Default 100: a browser cancelling a page's requests
+    /// stays far below, an attack crosses it within milliseconds.
+    pub reset_allowance: u64,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            stream_window: 128 * 1024,
+            connection_window: 512 * 1024,
+            send_buffer: 64 * 1024,
+            reset_allowance: 100,
+        }
+    }
+}
+
+/// What a connection's streams tell its accept loop.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Stream tasks running.
+    open: Cell<usize>,
+    /// Streams answered in full.
+    done: Cell<u64>,
+    /// Streams the client reset before their answer was complete.
+    reset: Cell<u64>,
+}
+
+/// Whether `buf` (the first bytes of a plain connection) is, or may still become, the
+/// HTTP/2 preface: `Some(true)` complete, `Some(false)` a prefix of it so far, `None` not.
+pub fn preface(buf: &[u8]) -> Option<bool> {
+    let n = buf.len().min(PREFACE.len());
+    (buf[..n] == PREFACE[..n]).then_some(n == PREFACE.len())
+}
+
+/// Serves an HTTP/2 connection until the client closes it, it idles out, or the worker
+/// shuts down (GOAWAY, then the streams in flight finish).
+pub async fn serve(
+    io: H2Io,
+    peer: SocketAddr,
+    ctx: Rc<WorkerContext>,
+    tls: bool,
+) -> std::io::Result<()> {
+    let plane = ctx.plane();
+    let settings = &plane.settings;
+    let limits = &settings.h2;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .initial_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        .max_send_buffer_size(limits.send_buffer)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024));
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let mut conn = match monoio::time::timeout(settings.header_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(stream::h2_error(e)),
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP/2 preface timed out");
+            return Ok(());
+        }
+    };
+    let timer = Timer::new(&plane.wheel);
+    let tally = Rc::new(Tally::default());
+    let mut closing = false;
+    loop {
+        let next = monoio::select! {
+            next = timer.within(settings.keepalive_timeout, conn.accept()) => next,
+            _ = ctx.shutdown().triggered(), if !closing => {
+                closing = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            Ok(Some(Ok((request, respond)))) => {
+                if tally.reset.get() > tally.done.get() + limits.reset_allowance {
+                    tracing::warn!(%peer, resets = tally.reset.get(), answered = tally.done.get(),
+                        "HTTP/2 client resets streams faster than it lets them finish: GOAWAY");
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = true;
+                    drop((request, respond));
+                    continue;
+                }
+                tally.open.set(tally.open.get() + 1);
+                let task = run_stream(request, respond, peer, ctx.clone(), tls, tally.clone());
+                monoio::spawn(crate::accept::contained(task));
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
+                return Err(stream::h2_error(e));
+            }
+            Ok(None) => return Ok(()),
+            Err(_elapsed) => {
+                if tally.open.get() == 0 && !closing {
+                    closing = true;
+                    conn.graceful_shutdown();
+                }
+            }
+        }
+        if ctx.shutdown().is_triggered() && !closing {
+            closing = true;
+            conn.graceful_shutdown();
+        }
+    }
+}
+
+/// One stream through the request flow, abandoned as soon as the client resets it.
+async fn run_stream(
+    request: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    ctx: Rc<WorkerContext>,
+    tls: bool,
+    tally: Rc<Tally>,
+) {
+    let plane = ctx.plane();
+    let settings = &plane.settings;
+    let respond = Rc::new(RefCell::new(Some(respond)));
+    let stream = H2Stream::new(request, respond.clone(), tls, settings.head_limits);
+    let timer = Timer::new(&plane.wheel);
+    let mut client = Client::new(
+        Downstream::H2(Box::new(stream)),
+        peer,
+        settings.client_io_timeout,
+        timer,
+    );
+    client.buf = plane.heads.take();
+    let mut head = Box::<RequestHead>::default();
+    // The client's RST_STREAM while the answer is still being prepared ends the work at
+    // once (rapid reset costs the gateway a decision, not an upstream exchange).
+    let reset = poll_fn(|cx| match respond.borrow_mut().as_mut() {
+        Some(respond) => respond.poll_reset(cx).map(|_| ()),
+        None => Poll::Pending,
+    });
+    let abandoned = monoio::select! {
+        _ = connection::serve_request(&mut client, &mut head, &ctx) => false,
+        _ = reset => true,
+    };
+    let answered = match &mut client.stream {
+        Downstream::H2(stream) => {
+            stream.finish();
+            stream.answered()
+        }
+        _ => false,
+    };
+    plane.heads.give(std::mem::take(&mut client.buf));
+    tally.open.set(tally.open.get().saturating_sub(1));
+    if abandoned || !answered {
+        tally.reset.set(tally.reset.get() + 1);
+    } else {
+        tally.done.set(tally.done.get() + 1);
+    }
+}

@@ -1,0 +1,27 @@
+//! The two places the HTTP/2 bridge touches monoio's rent buffers by pointer: copying into
+//! a read buffer and viewing a write buffer. monoio's own sockets do the same through the
+//! kernel; [`super::stream::H2Stream`] is a stream in memory, so it copies itself.
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+/// Copies as much of `src` as fits into the start of `buf` and marks it initialised;
+/// returns how much was copied.
+pub fn fill<T: IoBufMut>(buf: &mut T, src: &[u8]) -> usize {
+    let n = src.len().min(buf.bytes_total());
+    // SAFETY: `IoBufMut` promises `write_ptr` is valid for writes of `bytes_total()` bytes
+    // for as long as the buffer is borrowed; `n` is at most that, `src` is a distinct
+    // borrow (it cannot overlap a buffer held by value), and `set_init(n)` is called only
+    // after those `n` bytes are written.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), buf.write_ptr(), n);
+        buf.set_init(n);
+    }
+    n
+}
+
+/// The initialised bytes of `buf`.
+pub fn bytes<T: IoBuf>(buf: &T) -> &[u8] {
+    // SAFETY: `IoBuf` promises `read_ptr` points at `bytes_init()` initialised bytes that
+    // stay valid and unchanged while the buffer is borrowed (the returned slice borrows it).
+    unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+}

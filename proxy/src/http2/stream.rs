@@ -1,0 +1,950 @@
+//! One HTTP/2 stream as the request flow sees it: a client connection that carries exactly
+//! one HTTP/1.1 exchange.
+//!
+//! Every stream goes through the same flow as an HTTP/1.1 request — gateway by
+//! `:authority`, key, plugins, routing, balancing, retries, every error status — because
+//! the flow is handed an [`H2Stream`] as its client: reading it yields the request as
+//! HTTP/1.1 (a head built from the pseudo-headers and fields, then the body as the client's
+//! DATA frames arrive, chunked unless the client sent `content-length`), and what the flow
+//! writes back (an HTTP/1.1 response: relayed or the gateway's own) is parsed and sent as
+//! HEADERS, DATA and trailers. Nothing is buffered whole: a read takes one DATA frame and
+//! releases its flow-control credit only once the flow has taken it; a write waits for the
+//! client's window before it returns, so a slow client slows the upstream read, as on
+//! HTTP/1.1.
+//!
+//! gRPC: an error the gateway (or an upstream) answers for a request with
+//! `content-type: application/grpc*` with a non-200 status and no `grpc-status` becomes a
+//! trailers-only response ([`grpc_code`]). Services whose upstream speaks HTTP/2 are not
+//! bridged at all: [`crate::http2::upstream`] relays their streams frame for frame.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use shardgate_core::http1::{BodyKind, Limits, Parse, parse_response};
+
+use super::rent;
+
+/// Headers that belong to one HTTP/1.1 connection and never cross into HTTP/2.
+const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// The largest gateway error body read to find its message for `grpc-message`.
+const GRPC_ERROR_BODY: usize = 4096;
+
+/// An HTTP/2 stream as a one-request client connection (see the module docs).
+pub struct H2Stream {
+    /// Came over TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+    /// `content-type: application/grpc*`.
+    pub grpc: bool,
+    /// The request was HEAD: the response has no body.
+    is_head: bool,
+    /// The request's body, until its end; `None` after it (or when the stream is taken
+    /// over by the HTTP/2 upstream relay).
+    body: Option<RecvStream>,
+    /// The body is chunked on the HTTP/1.1 side (no `content-length` from the client).
+    chunked: bool,
+    /// Request bytes encoded but not yet read by the flow.
+    pending: VecDeque<Bytes>,
+    /// The response handle until the response head is written (shared with the stream's
+    /// task, which watches it for the client's reset).
+    respond: Rc<RefCell<Option<SendResponse<Bytes>>>>,
+    /// The response body's stream, once the head is sent.
+    send: Option<SendStream<Bytes>>,
+    out: Out,
+    limits: Limits,
+    /// The response ended (end of stream sent).
+    complete: bool,
+    /// The client reset the stream.
+    pub peer_reset: bool,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("tls", &self.tls)
+            .field("grpc", &self.grpc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the response the flow writes stands.
+enum Out {
+    /// Collecting the head.
+    Head(Vec<u8>),
+    /// Body bytes still to come, framed as the head said.
+    Length(u64),
+    Chunked(ChunkDecoder),
+    /// Until the flow shuts the stream down.
+    Close,
+    /// A gRPC request's error answer: its body is collected for `grpc-message`.
+    GrpcError {
+        status: u16,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        framing: Box<Out>,
+    },
+    /// The response is complete (or was abandoned).
+    Done,
+}
+
+impl H2Stream {
+    /// The stream for `request`, whose head is queued for the flow's first read.
+    pub fn new(
+        request: Request<RecvStream>,
+        respond: Rc<RefCell<Option<SendResponse<Bytes>>>>,
+        tls: bool,
+        limits: Limits,
+    ) -> H2Stream {
+        let (parts, body) = request.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let is_head = parts.method == http::Method::HEAD;
+        let mut head = Vec::with_capacity(512);
+        let chunked = encode_request_head(&parts, body.is_end_stream(), &mut head);
+        let mut pending = VecDeque::with_capacity(4);
+        pending.push_back(Bytes::from(head));
+        H2Stream {
+            tls,
+            grpc,
+            is_head,
+            body: (!body.is_end_stream()).then_some(body),
+            chunked,
+            pending,
+            respond,
+            send: None,
+            out: Out::Head(Vec::new()),
+            limits,
+            complete: false,
+            peer_reset: false,
+        }
+    }
+
+    /// Hands the stream's request body and response handle to a relay that speaks HTTP/2
+    /// upstream; `None` once the response has begun (the flow already answered).
+    pub fn take_over(&mut self) -> Option<(Option<RecvStream>, SendResponse<Bytes>)> {
+        if !matches!(&self.out, Out::Head(buf) if buf.is_empty()) {
+            return None;
+        }
+        let respond = self.respond.borrow_mut().take()?;
+        self.out = Out::Done;
+        self.complete = true;
+        self.pending.clear();
+        Some((self.body.take(), respond))
+    }
+
+    /// Ends the stream after the flow is done with it: a close-delimited body ends here;
+    /// a response left incomplete (or never begun) resets the stream.
+    pub fn finish(&mut self) {
+        match std::mem::replace(&mut self.out, Out::Done) {
+            Out::Done => {}
+            Out::Close => {
+                if let Some(send) = &mut self.send {
+                    self.complete = send.send_data(Bytes::new(), true).is_ok();
+                }
+            }
+            _ => {
+                if let Some(send) = &mut self.send {
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                } else if let Some(respond) = self.respond.borrow_mut().as_mut() {
+                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            }
+        }
+    }
+
+    /// Whether the response was sent in full.
+    pub fn answered(&self) -> bool {
+        self.complete
+    }
+
+    /// `e` as an I/O error, noting a reset by the client.
+    fn failed(&mut self, e: h2::Error) -> io::Error {
+        if e.is_reset() && e.is_remote() {
+            self.peer_reset = true;
+        }
+        h2_error(e)
+    }
+
+    /// The next request bytes for the flow (the head, then the body), at most `max` of
+    /// them; `None` after the end.
+    async fn next_piece(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        loop {
+            if let Some(front) = self.pending.front_mut() {
+                let piece = front.split_to(front.len().min(max));
+                if front.is_empty() {
+                    self.pending.pop_front();
+                }
+                return Ok(Some(piece));
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match poll_fn(|cx| body.poll_data(cx)).await {
+                Some(Ok(data)) => {
+                    // The credit goes back as the flow takes the frame: the client may send
+                    // the next while this one travels upstream, and no more.
+                    let _ = body.flow_control().release_capacity(data.len());
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        self.pending
+                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                        self.pending.push_back(data);
+                        self.pending.push_back(Bytes::from_static(b"\r\n"));
+                    } else {
+                        self.pending.push_back(data);
+                    }
+                }
+                Some(Err(e)) => return Err(self.failed(e)),
+                None => {
+                    let trailers = poll_fn(|cx| body.poll_trailers(cx)).await;
+                    self.body = None;
+                    if self.chunked {
+                        let mut end = b"0\r\n".to_vec();
+                        if let Ok(Some(trailers)) = trailers {
+                            for (name, value) in &trailers {
+                                end.extend_from_slice(name.as_str().as_bytes());
+                                end.extend_from_slice(b": ");
+                                end.extend_from_slice(value.as_bytes());
+                                end.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        end.extend_from_slice(b"\r\n");
+                        self.pending.push_back(Bytes::from(end));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes response bytes the flow wrote (all of them, or an error).
+    async fn write_all_of(&mut self, mut src: &[u8]) -> io::Result<()> {
+        while !src.is_empty() {
+            match &mut self.out {
+                Out::Head(buf) => {
+                    buf.extend_from_slice(src);
+                    src = &[];
+                    let mut buf = std::mem::take(buf);
+                    loop {
+                        match parse_response(&buf, self.is_head, &self.limits) {
+                            Ok(Parse::Partial) => {
+                                self.out = Out::Head(buf);
+                                break;
+                            }
+                            Ok(Parse::Complete(head)) if head.is_interim() => {
+                                buf.drain(..head.head_len);
+                                if buf.is_empty() {
+                                    self.out = Out::Head(buf);
+                                    break;
+                                }
+                            }
+                            Ok(Parse::Complete(head)) => {
+                                let rest = buf.split_off(head.head_len.min(buf.len()));
+                                self.begin(&head, &buf)?;
+                                // What followed the head is body: taken below.
+                                if !rest.is_empty() {
+                                    Box::pin(self.write_all_of(&rest)).await?;
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    format!("response head for an HTTP/2 client: {e}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Out::Length(left) => {
+                    let n = (*left).min(src.len() as u64) as usize;
+                    *left -= n as u64;
+                    let end = *left == 0;
+                    if end {
+                        self.out = Out::Done;
+                    }
+                    self.send_data(Bytes::copy_from_slice(&src[..n]), end)
+                        .await?;
+                    src = &src[n..];
+                    if end {
+                        src = &[];
+                    }
+                }
+                Out::Chunked(decoder) => {
+                    let step = decoder.step(src)?;
+                    let data = step.data.map(|range| Bytes::copy_from_slice(&src[range]));
+                    src = &src[step.consumed..];
+                    if let Some(data) = data {
+                        self.send_data(data, false).await?;
+                    }
+                    if let Some(trailers) = step.finished {
+                        self.out = Out::Done;
+                        self.end_with(trailers)?;
+                        src = &[];
+                    }
+                }
+                Out::Close => {
+                    let data = Bytes::copy_from_slice(src);
+                    src = &[];
+                    self.send_data(data, false).await?;
+                }
+                Out::GrpcError { body, framing, .. } => {
+                    // Only the framing matters here; the bytes are kept for the message.
+                    let (consumed, done) = match framing.as_mut() {
+                        Out::Length(left) => {
+                            let n = (*left).min(src.len() as u64) as usize;
+                            *left -= n as u64;
+                            (n, *left == 0)
+                        }
+                        _ => (src.len(), false),
+                    };
+                    let room = GRPC_ERROR_BODY.saturating_sub(body.len());
+                    body.extend_from_slice(&src[..consumed.min(room)]);
+                    src = &src[consumed..];
+                    if done {
+                        self.send_grpc_error()?;
+                        src = &[];
+                    }
+                }
+                Out::Done => src = &[],
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the response head for `head` (in `buf`), or starts collecting a gRPC error.
+    fn begin(&mut self, head: &shardgate_core::http1::ResponseHead, buf: &[u8]) -> io::Result<()> {
+        let mut headers = HeaderMap::with_capacity(head.headers.len());
+        let connection: Vec<Vec<u8>> = head
+            .connection_tokens(buf)
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        for (name, value) in head.headers(buf) {
+            let lower = name.to_ascii_lowercase();
+            if CONNECTION_SPECIFIC
+                .iter()
+                .any(|c| c.as_bytes() == lower.as_slice())
+                || lower == b"te"
+                || connection.contains(&lower)
+            {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&lower),
+                HeaderValue::from_bytes(value),
+            ) else {
+                continue;
+            };
+            headers.append(name, value);
+        }
+        let framing = match head.body {
+            BodyKind::None | BodyKind::Length(0) => Out::Done,
+            BodyKind::Length(n) => Out::Length(n),
+            BodyKind::Chunked => Out::Chunked(ChunkDecoder::default()),
+            BodyKind::CloseDelimited => Out::Close,
+        };
+        if self.grpc && head.status != 200 && !headers.contains_key("grpc-status") {
+            self.out = Out::GrpcError {
+                status: head.status,
+                headers,
+                body: Vec::new(),
+                framing: Box::new(framing),
+            };
+            if matches!(&self.out, Out::GrpcError { framing, .. } if matches!(**framing, Out::Done))
+            {
+                self.send_grpc_error()?;
+            }
+            return Ok(());
+        }
+        let mut response = Response::new(());
+        *response.status_mut() =
+            http::StatusCode::from_u16(head.status).map_err(io::Error::other)?;
+        *response.headers_mut() = headers;
+        let end = matches!(framing, Out::Done);
+        let Some(mut respond) = self.respond.borrow_mut().take() else {
+            return Err(io::Error::other("HTTP/2 response already sent"));
+        };
+        let send = respond
+            .send_response(response, end)
+            .map_err(|e| self.failed(e))?;
+        self.send = Some(send);
+        self.out = framing;
+        self.complete = end;
+        Ok(())
+    }
+
+    /// The trailers-only answer for a gRPC request the gateway refused.
+    fn send_grpc_error(&mut self) -> io::Result<()> {
+        let Out::GrpcError {
+            status,
+            mut headers,
+            body,
+            ..
+        } = std::mem::replace(&mut self.out, Out::Done)
+        else {
+            return Ok(());
+        };
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str().map(str::to_owned)))
+            .unwrap_or_else(|| crate::wire::reason(status).to_owned());
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_code(status)));
+        if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+            headers.insert("grpc-message", value);
+        }
+        let mut response = Response::new(());
+        *response.headers_mut() = headers;
+        let Some(mut respond) = self.respond.borrow_mut().take() else {
+            return Err(io::Error::other("HTTP/2 response already sent"));
+        };
+        respond
+            .send_response(response, true)
+            .map_err(|e| self.failed(e))?;
+        self.complete = true;
+        Ok(())
+    }
+
+    /// Sends `data` as the client's window allows, waiting for credit.
+    async fn send_data(&mut self, data: Bytes, end: bool) -> io::Result<()> {
+        let send = self
+            .send
+            .as_mut()
+            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
+        match send_flow_controlled(send, data, end).await {
+            Ok(()) => {
+                self.complete |= end;
+                Ok(())
+            }
+            Err(e) => {
+                if send_was_reset(send) {
+                    self.peer_reset = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the body: with trailers when the chunked body carried some.
+    fn end_with(&mut self, trailers: Vec<u8>) -> io::Result<()> {
+        let send = self
+            .send
+            .as_mut()
+            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
+        let mut map = HeaderMap::new();
+        for line in trailers.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let name = line[..colon].trim_ascii().to_ascii_lowercase();
+            if CONNECTION_SPECIFIC.iter().any(|c| c.as_bytes() == name) {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&name),
+                HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+            ) {
+                map.append(name, value);
+            }
+        }
+        let sent = if map.is_empty() {
+            send.send_data(Bytes::new(), true)
+        } else {
+            send.send_trailers(map)
+        };
+        sent.map_err(|e| self.failed(e))?;
+        self.complete = true;
+        Ok(())
+    }
+}
+
+/// Whether the peer has reset `send` (polled once, without waiting).
+fn send_was_reset(send: &mut SendStream<Bytes>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    matches!(send.poll_reset(&mut cx), std::task::Poll::Ready(Ok(_)))
+}
+
+/// Sends `data` on `send` in pieces the peer's window allows; `end` ends the stream with
+/// the last piece (or alone, for empty `data`).
+pub async fn send_flow_controlled(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> io::Result<()> {
+    if data.is_empty() {
+        if end {
+            send.send_data(data, true).map_err(h2_error)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_error(e)),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "HTTP/2 stream closed by the peer",
+                ));
+            }
+        };
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, end && data.is_empty())
+            .map_err(h2_error)?;
+    }
+    Ok(())
+}
+
+/// The most trailer bytes a chunked response may end with (the flow validated the body
+/// already; this bounds the copy).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Undoes chunked framing of a response body the flow writes, byte-exact input (already
+/// validated by the flow's own scanner) in, body data and trailers out.
+#[derive(Debug, Default)]
+struct ChunkDecoder {
+    state: Chunk,
+    size: u64,
+    digits: u8,
+    trailers: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailers,
+}
+
+/// What one step of the decoder found in its input.
+struct ChunkStep {
+    /// Input bytes used.
+    consumed: usize,
+    /// Body data: a range of the input.
+    data: Option<std::ops::Range<usize>>,
+    /// The body ended; its trailer lines (may be empty).
+    finished: Option<Vec<u8>>,
+}
+
+fn bad_chunk(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("chunked response for an HTTP/2 client: {what}"),
+    )
+}
+
+impl ChunkDecoder {
+    /// Decodes from the start of `src` up to the end of the first piece of data, or the end
+    /// of the body, or the end of `src`.
+    fn step(&mut self, src: &[u8]) -> io::Result<ChunkStep> {
+        let mut i = 0;
+        while i < src.len() {
+            let byte = src[i];
+            match self.state {
+                Chunk::Size => {
+                    i += 1;
+                    match byte {
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                            self.digits += 1;
+                            if self.digits > 15 {
+                                return Err(bad_chunk("chunk size too long"));
+                            }
+                            let digit = (byte as char).to_digit(16).unwrap_or(0);
+                            self.size = self.size * 16 + u64::from(digit);
+                        }
+                        b';' | b' ' | b'\t' => self.state = Chunk::Extension,
+                        b'\r' => self.state = Chunk::SizeLf,
+                        b'\n' => self.end_size_line()?,
+                        _ => return Err(bad_chunk("invalid chunk size")),
+                    }
+                }
+                Chunk::Extension => {
+                    i += 1;
+                    match byte {
+                        b'\r' => self.state = Chunk::SizeLf,
+                        b'\n' => self.end_size_line()?,
+                        _ => {}
+                    }
+                }
+                Chunk::SizeLf => {
+                    i += 1;
+                    if byte != b'\n' {
+                        return Err(bad_chunk("bare CR after a chunk size"));
+                    }
+                    self.end_size_line()?;
+                }
+                Chunk::Data => {
+                    let n = (self.size.min((src.len() - i) as u64)) as usize;
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    return Ok(ChunkStep {
+                        consumed: i + n,
+                        data: Some(i..i + n),
+                        finished: None,
+                    });
+                }
+                Chunk::DataCr => {
+                    i += 1;
+                    match byte {
+                        b'\r' => self.state = Chunk::DataLf,
+                        b'\n' => self.next_chunk(),
+                        _ => return Err(bad_chunk("chunk data longer than its size")),
+                    }
+                }
+                Chunk::DataLf => {
+                    i += 1;
+                    if byte != b'\n' {
+                        return Err(bad_chunk("bare CR after chunk data"));
+                    }
+                    self.next_chunk();
+                }
+                Chunk::Trailers => {
+                    i += 1;
+                    self.trailers.push(byte);
+                    if self.trailers.len() > MAX_TRAILERS {
+                        return Err(bad_chunk("trailers too large"));
+                    }
+                    let t = &self.trailers;
+                    let ended = t == b"\n"
+                        || t == b"\r\n"
+                        || t.ends_with(b"\r\n\r\n")
+                        || t.ends_with(b"\n\n");
+                    if ended {
+                        let mut trailers = std::mem::take(&mut self.trailers);
+                        let keep = trailers.trim_ascii_end().len();
+                        trailers.truncate(keep);
+                        return Ok(ChunkStep {
+                            consumed: i,
+                            data: None,
+                            finished: Some(trailers),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(ChunkStep {
+            consumed: i,
+            data: None,
+            finished: None,
+        })
+    }
+
+    fn end_size_line(&mut self) -> io::Result<()> {
+        if self.digits == 0 {
+            return Err(bad_chunk("missing chunk size"));
+        }
+        self.state = if self.size == 0 {
+            Chunk::Trailers
+        } else {
+            Chunk::Data
+        };
+        Ok(())
+    }
+
+    fn next_chunk(&mut self) {
+        self.state = Chunk::Size;
+        self.size = 0;
+        self.digits = 0;
+    }
+}
+
+impl monoio::io::AsyncReadRent for H2Stream {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let max = buf.bytes_total();
+        match self.next_piece(max).await {
+            Ok(Some(piece)) => {
+                let n = rent::fill(&mut buf, &piece);
+                (Ok(n), buf)
+            }
+            Ok(None) => (Ok(0), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        (
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "vectored reads from an HTTP/2 stream",
+            )),
+            buf,
+        )
+    }
+}
+
+impl monoio::io::AsyncWriteRent for H2Stream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let len = buf.bytes_init();
+        let res = self.write_all_of(rent::bytes(&buf)).await;
+        (res.map(|()| len), buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        (
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "vectored writes to an HTTP/2 stream",
+            )),
+            buf,
+        )
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.finish();
+        Ok(())
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto`, ...).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Writes the HTTP/1.1 head of an HTTP/2 request into `out`; returns whether its body is
+/// sent chunked (it has one, and no `content-length`).
+fn encode_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    if parts.method == http::Method::CONNECT {
+        if let Some(authority) = parts.uri.authority() {
+            out.extend_from_slice(authority.as_str().as_bytes());
+        }
+    } else {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(if target.is_empty() {
+            b"/"
+        } else {
+            target.as_bytes()
+        });
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // `:authority` is the Host (RFC 9113 §8.3.1); a `host` field is used only without it.
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    if let Some(host) =
+        authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()))
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if CONNECTION_SPECIFIC.contains(&name) {
+            continue;
+        }
+        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (§8.2.3).
+        if name == "cookie" {
+            cookies.push(value.as_bytes());
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(&cookies.join(&b"; "[..]));
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !end_stream && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// An `h2` error as an I/O error (a client's reset reads as a reset connection).
+pub fn h2_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
+    }
+    let kind = if e.is_reset() || e.is_go_away() {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}
+
+/// The gRPC status for an HTTP status the gateway (or an upstream) answered a gRPC request
+/// with (issue 12's table; the rest as gRPC's own HTTP mapping).
+pub fn grpc_code(status: u16) -> u16 {
+    match status {
+        200 => 0,
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 | 405 | 501 => 12, // UNIMPLEMENTED
+        408 | 504 => 4,        // DEADLINE_EXCEEDED
+        413 | 429 => 8,        // RESOURCE_EXHAUSTED
+        502 | 503 => 14,       // UNAVAILABLE
+        500 => 13,             // INTERNAL
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// `grpc-message`'s encoding: percent-encoded outside printable ASCII, and `%` itself.
+pub fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], split: usize) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut decoder = ChunkDecoder::default();
+        let mut data = Vec::new();
+        let mut finished = None;
+        for piece in input.chunks(split.max(1)) {
+            let mut src = piece;
+            while !src.is_empty() && finished.is_none() {
+                let step = decoder.step(src)?;
+                if let Some(range) = step.data {
+                    data.extend_from_slice(&src[range]);
+                }
+                finished = step.finished;
+                src = &src[step.consumed..];
+            }
+        }
+        Ok((data, finished))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_write_boundaries() -> io::Result<()> {
+        let body =
+            b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n";
+        for split in [1, 2, 3, 7, body.len()] {
+            let (data, trailers) = decode_all(body, split)?;
+            assert_eq!(data, b"hello, world", "split {split}");
+            assert_eq!(
+                trailers.as_deref(),
+                Some(&b"grpc-status: 0\r\ngrpc-message: ok"[..]),
+                "split {split}"
+            );
+        }
+        let (data, trailers) = decode_all(b"3\r\nabc\r\n0\r\n\r\n", 2)?;
+        assert_eq!(data, b"abc");
+        assert_eq!(trailers.as_deref(), Some(&b""[..]));
+        Ok(())
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcd\r\n",
+            b"1234567890abcdef0\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn gateway_statuses_map_to_the_grpc_codes_issue_12_names() {
+        let table = [
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (405, 12),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+            (413, 8),
+        ];
+        for (status, code) in table {
+            assert_eq!(grpc_code(status), code, "{status}");
+        }
+        assert_eq!(percent_encode("no key: 100%\n"), "no key: 100%25%0A");
+    }
+
+    #[test]
+    fn request_heads_join_cookies_and_frame_bodies() {
+        let request = Request::builder()
+            .method("POST")
+            .uri("https://api.localhost/v1/x?q=1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("x-api-key", "k")
+            .body(())
+            .map_err(|e| e.to_string());
+        let Ok(request) = request else {
+            panic!("request: {request:?}");
+        };
+        let (parts, ()) = request.into_parts();
+        let mut out = Vec::new();
+        assert!(encode_request_head(&parts, false, &mut out));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("POST /v1/x?q=1 HTTP/1.1\r\nhost: api.localhost\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("cookie: a=1; b=2\r\n"), "{text}");
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        assert!(!encode_request_head(&parts, true, &mut out));
+    }
+}
