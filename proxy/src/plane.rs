@@ -47,6 +47,8 @@ pub struct Plane {
     pub listener_tls: ListenerTls,
     /// The deadline wheel every connection's timer is on (its ticker is a worker task).
     pub wheel: Rc<Wheel>,
+    /// This worker's HTTP/2 connections to upstream targets.
+    pub h2_upstreams: crate::http2::upstream::H2Pool,
 }
 
 impl Plane {
@@ -64,6 +66,7 @@ impl Plane {
             upstream_tls: UpstreamTls::for_worker(),
             listener_tls: ListenerTls::default(),
             wheel: Rc::new(Wheel::default()),
+            h2_upstreams: Default::default(),
         }
     }
 }

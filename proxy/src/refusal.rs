@@ -57,6 +57,9 @@ pub enum Refusal {
     NoService,
     /// The upstream could not give an answer to relay.
     Upstream(UpstreamFailure),
+    /// An HTTP/1.1 request for a service whose upstream speaks HTTP/2 only (gRPC, or
+    /// `http2: true`): not bridged yet.
+    NeedsHttp2,
     /// A `pre_request` plugin refused the request; `headers` are what the plugin stage
     /// promised with it (the rate limiter's `X-RateLimit-*`).
     Plugin {
@@ -92,6 +95,8 @@ pub enum UpstreamFailure {
     AnsweredWithError(u16),
     /// A `101` the client did not ask for, or to another protocol.
     UnsolicitedSwitch,
+    /// The upstream speaks HTTP/2 and its target is `https`: not supported yet.
+    Http2OverTls,
 }
 
 impl UpstreamFailure {
@@ -118,6 +123,10 @@ impl UpstreamFailure {
             UpstreamFailure::UnsolicitedSwitch => {
                 (502, "upstream switched protocols without being asked to")
             }
+            UpstreamFailure::Http2OverTls => (
+                502,
+                "HTTP/2 to https upstream targets is not supported yet (use h2c: an http target)",
+            ),
         }
     }
 }
@@ -177,6 +186,11 @@ impl Refusal {
                 ErrorResponse::new(e.status(), format!("invalid chunked body: {e}"))
             }
             Refusal::NoService => ErrorResponse::new(503, "no service available for this route"),
+            Refusal::NeedsHttp2 => ErrorResponse::new(
+                502,
+                "this service's upstream speaks HTTP/2 only: send the request over HTTP/2 \
+                 (TLS with ALPN h2, or h2c with prior knowledge)",
+            ),
             Refusal::Upstream(failure) => {
                 let (status, message) = failure.status_and_message();
                 ErrorResponse::new(status, message)

@@ -66,9 +66,12 @@ pub async fn handle(
     let snapshot = ctx.snapshot();
     match decide(client, head, &snapshot, ctx) {
         Ok(d) => {
-            let outcome =
-                forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit)
-                    .await;
+            let outcome = if crate::http2::upstream::speaks_h2(&d.service) {
+                crate::http2::upstream::forward(client, &d.request, &d.service, ctx, &d.effects)
+                    .await
+            } else {
+                forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit).await
+            };
             let lines = &ctx.plane().lines;
             lines.give(d.request.request_line);
             lines.give(d.request.headers);

@@ -289,7 +289,7 @@ fn a_restart_serves_every_name_the_certificate_it_was_served_before() {
 }
 
 #[test]
-fn tls_12_and_13_are_spoken_with_alpn_http_11_and_older_versions_get_no_server_hello() {
+fn tls_12_and_13_are_spoken_with_alpn_h2_or_http_11_and_older_versions_get_no_server_hello() {
     for driver in io_drivers() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
         let tls = sg.expect_tls_addr();
@@ -297,16 +297,22 @@ fn tls_12_and_13_are_spoken_with_alpn_http_11_and_older_versions_get_no_server_h
             (&rustls::version::TLS12, "TLSv1_2"),
             (&rustls::version::TLS13, "TLSv1_3"),
         ] {
-            let client = TlsClient::with(Trust::Any, &[version], &["h2", "http/1.1"]);
-            let served = client
-                .handshake(tls, "api.localhost")
-                .unwrap_or_else(|e| panic!("[{driver}] {expected}: {e}"));
-            assert_eq!(served.version, expected, "[{driver}]");
-            assert_eq!(
-                served.alpn.as_deref(),
-                Some("http/1.1"),
-                "[{driver}] {expected}: ALPN picks http/1.1 over h2"
-            );
+            // A client offering both gets h2 (issue 12); one offering HTTP/1.1 only keeps it.
+            for (offered, picked) in [
+                (&["h2", "http/1.1"][..], "h2"),
+                (&["http/1.1"][..], "http/1.1"),
+            ] {
+                let client = TlsClient::with(Trust::Any, &[version], offered);
+                let served = client
+                    .handshake(tls, "api.localhost")
+                    .unwrap_or_else(|e| panic!("[{driver}] {expected}: {e}"));
+                assert_eq!(served.version, expected, "[{driver}]");
+                assert_eq!(
+                    served.alpn.as_deref(),
+                    Some(picked),
+                    "[{driver}] {expected}: ALPN for {offered:?}"
+                );
+            }
         }
 
         // A TLS 1.1 ClientHello (no supported_versions extension) is refused: an alert at

@@ -73,6 +73,8 @@ pub struct H2Stream {
     complete: bool,
     /// The client reset the stream.
     pub peer_reset: bool,
+    /// The gRPC call's `grpc-timeout`.
+    pub grpc_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -114,6 +116,10 @@ impl H2Stream {
     ) -> H2Stream {
         let (parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
+        let grpc_timeout = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.as_bytes()));
         let is_head = parts.method == http::Method::HEAD;
         let mut head = Vec::with_capacity(512);
         let chunked = encode_request_head(&parts, body.is_end_stream(), &mut head);
@@ -132,27 +138,90 @@ impl H2Stream {
             limits,
             complete: false,
             peer_reset: false,
+            grpc_timeout,
         }
     }
 
-    /// Hands the stream's request body and response handle to a relay that speaks HTTP/2
-    /// upstream; `None` once the response has begun (the flow already answered).
-    pub fn take_over(&mut self) -> Option<(Option<RecvStream>, SendResponse<Bytes>)> {
-        if !matches!(&self.out, Out::Head(buf) if buf.is_empty()) {
-            return None;
-        }
-        let respond = self.respond.borrow_mut().take()?;
-        self.out = Out::Done;
-        self.complete = true;
+    /// Hands the request body (unread: the flow read only the head) to a relay that
+    /// speaks HTTP/2 upstream, which answers through [`H2Stream::send_head`] and the
+    /// methods after it.
+    pub fn take_body(&mut self) -> Option<RecvStream> {
         self.pending.clear();
-        Some((self.body.take(), respond))
+        self.body.take()
+    }
+
+    /// Whether the response head has gone to the client.
+    pub fn responding(&self) -> bool {
+        self.respond.borrow().is_none()
+    }
+
+    /// Sends a relayed response head as it is (no HTTP/1.1 decoding); `end`: no body.
+    pub fn send_head(&mut self, head: Response<()>, end: bool) -> io::Result<()> {
+        let Some(mut respond) = self.respond.borrow_mut().take() else {
+            return Err(io::Error::other("HTTP/2 response already sent"));
+        };
+        let send = respond
+            .send_response(head, end)
+            .map_err(|e| self.failed(e))?;
+        self.send = Some(send);
+        self.out = Out::Done;
+        self.complete = end;
+        Ok(())
+    }
+
+    /// Relayed response data, as the client's window allows.
+    pub async fn send_body(&mut self, data: Bytes) -> io::Result<()> {
+        self.send_data(data, false).await
+    }
+
+    /// Ends a relayed response: with the upstream's trailers, or without.
+    pub fn end_body(&mut self, trailers: Option<HeaderMap>) -> io::Result<()> {
+        let send = self
+            .send
+            .as_mut()
+            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
+        let ended = match trailers {
+            Some(trailers) => send.send_trailers(trailers),
+            None => send.send_data(Bytes::new(), true),
+        };
+        ended.map_err(|e| self.failed(e))?;
+        self.complete = true;
+        Ok(())
+    }
+
+    /// Ends a relayed response that failed after its head: a gRPC call past its deadline
+    /// gets `grpc-status: 4` trailers, anything else a reset stream.
+    pub fn abort(&mut self, deadline: bool) {
+        if self.complete {
+            return;
+        }
+        let Some(send) = self.send.as_mut() else {
+            return;
+        };
+        if self.grpc && deadline {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("4"));
+            trailers.insert(
+                "grpc-message",
+                HeaderValue::from_static("service deadline exceeded"),
+            );
+            self.complete = send.send_trailers(trailers).is_ok();
+        } else {
+            send.send_reset(h2::Reason::CANCEL);
+            self.complete = true;
+        }
     }
 
     /// Ends the stream after the flow is done with it: a close-delimited body ends here;
     /// a response left incomplete (or never begun) resets the stream.
     pub fn finish(&mut self) {
         match std::mem::replace(&mut self.out, Out::Done) {
-            Out::Done => {}
+            Out::Done if self.complete => {}
+            Out::Done => {
+                if let Some(send) = &mut self.send {
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            }
             Out::Close => {
                 if let Some(send) = &mut self.send {
                     self.complete = send.send_data(Bytes::new(), true).is_ok();
@@ -734,6 +803,25 @@ impl monoio::io::AsyncWriteRent for H2Stream {
     }
 }
 
+/// A `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto`, ...).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -916,6 +1004,13 @@ mod tests {
             assert_eq!(grpc_code(status), code, "{status}");
         }
         assert_eq!(percent_encode("no key: 100%\n"), "no key: 100%25%0A");
+        assert_eq!(
+            grpc_timeout(b"250m"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(grpc_timeout(b"2S"), Some(std::time::Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"123456789S"), None);
+        assert_eq!(grpc_timeout(b"5x"), None);
     }
 
     #[test]

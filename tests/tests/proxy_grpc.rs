@@ -1,0 +1,205 @@
+//! gRPC through the gateway (issue 12, items 2 and 3) with a real gRPC implementation on
+//! both ends: Python's grpcio as server and client (tests/python/grpc_echo.py, generic
+//! handlers, no protoc), the client speaking h2c with prior knowledge to the proxy and the
+//! gateway speaking h2c to the server. Unary, server-streaming and ping-pong bidirectional
+//! calls with their trailers; and the gateway's own errors as gRPC statuses: no key
+//! (UNAUTHENTICATED), a rate limit (RESOURCE_EXHAUSTED), a dead upstream (UNAVAILABLE),
+//! `grpc-timeout` (DEADLINE_EXCEEDED).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use shardgate_tests::tenant::Tenant;
+use shardgate_tests::upstream::DeadPort;
+use shardgate_tests::{Options, Shardgate, Value, io_drivers, json};
+
+/// The Python with grpcio and h2: tests/run's virtual environment, else `python3`.
+fn python() -> String {
+    std::env::var("SHARDGATE_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/test-venv/bin/python"
+        );
+        if std::path::Path::new(venv).exists() {
+            venv.to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    })
+}
+
+fn script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_echo.py")
+}
+
+/// The grpcio server, stopped on drop.
+struct GrpcServer {
+    child: Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let mut child = Command::new(python())
+            .args([script(), "server"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the grpcio server (tests/run installs grpcio)");
+        let stdout = child.stdout.take().expect("server stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's port line");
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "grpcio server did not start: {line:?} (is grpcio installed? tests/run installs it)"
+            )
+        });
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One call through the gateway at `sg` as `authority` with `key` ("-" for none).
+fn call(sg: &Shardgate, authority: &str, key: &str, what: &str) -> Value {
+    let addr = format!("127.0.0.1:{}", sg.proxy_addr().port());
+    let output = Command::new(python())
+        .args([script(), "client", &addr, key, authority, what])
+        .output()
+        .expect("run the grpcio client");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{what}: no JSON from the client ({e}): {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A gateway `subdomain` whose `/test.Echo/*` goes to a `grpc` service at `port`.
+fn grpc_route(sg: &Shardgate, subdomain: &str, port: u16, plugins: Value) -> Tenant {
+    let tenant = Tenant::create(sg, subdomain);
+    if plugins != json!([]) {
+        tenant.update_gateway(&json!({
+            "name": format!("gw-{subdomain}"),
+            "subdomain": subdomain,
+            "required_plugins": plugins
+        }));
+    }
+    let upstream = tenant.upstream(
+        "grpc",
+        vec![json!({"host": "127.0.0.1", "port": port})],
+        json!({}),
+    );
+    let service = tenant.service("echo", &upstream, json!({"type": "grpc"}));
+    tenant.rule(json!({"path": "/test.Echo/*", "methods": ["POST"], "service_id": service}));
+    tenant
+}
+
+#[test]
+fn grpc_calls_pass_with_trailers_and_gateway_errors_are_grpc_statuses() {
+    let server = GrpcServer::start();
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let echo = grpc_route(&sg, "grpc", server.port, json!([]));
+        let host = "grpc.localhost";
+
+        let unary = call(&sg, host, &echo.key, "unary");
+        assert_eq!(unary["code"], "OK", "[{driver}] {unary}");
+        assert_eq!(unary["messages"], json!(["echo:hi"]), "[{driver}]");
+        assert_eq!(
+            unary["trailers"]["x-trailer"], "unary-done",
+            "[{driver}] {unary}"
+        );
+
+        let stream = call(&sg, host, &echo.key, "server_stream");
+        assert_eq!(stream["code"], "OK", "[{driver}] {stream}");
+        assert_eq!(
+            stream["messages"],
+            json!(["item0", "item1", "item2", "item3", "item4"]),
+            "[{driver}]"
+        );
+        assert_eq!(
+            stream["trailers"]["x-trailer"], "stream-done",
+            "[{driver}] {stream}"
+        );
+
+        let bidi = call(&sg, host, &echo.key, "bidi");
+        assert_eq!(bidi["code"], "OK", "[{driver}] {bidi}");
+        assert_eq!(
+            bidi["messages"],
+            json!(["re:m0", "re:m1", "re:m2", "re:m3"]),
+            "[{driver}]"
+        );
+
+        let anonymous = call(&sg, host, "-", "unary");
+        assert_eq!(
+            anonymous["code"], "UNAUTHENTICATED",
+            "[{driver}] {anonymous}"
+        );
+        assert!(
+            anonymous["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("API key")),
+            "[{driver}] {anonymous}"
+        );
+
+        let deadline = call(&sg, host, &echo.key, "deadline");
+        assert_eq!(
+            deadline["code"], "DEADLINE_EXCEEDED",
+            "[{driver}] {deadline}"
+        );
+
+        // Two calls a minute: the third is refused by the gateway.
+        let limited = grpc_route(
+            &sg,
+            "limited",
+            server.port,
+            json!([{
+                "name": "rate_limiter", "enabled": true, "stage": "pre_request", "priority": 1,
+                "settings": {"limits": {"global": {"limit": 2, "window": "1m"}},
+                             "actions": {"type": "reject"}}
+            }]),
+        );
+        let codes: Vec<Value> = (0..3)
+            .map(|_| call(&sg, "limited.localhost", &limited.key, "unary")["code"].clone())
+            .collect();
+        assert_eq!(
+            codes,
+            [json!("OK"), json!("OK"), json!("RESOURCE_EXHAUSTED")],
+            "[{driver}]"
+        );
+
+        // Nothing listens on the upstream's port.
+        let dead_port = DeadPort::reserve();
+        let dead = grpc_route(&sg, "dead", dead_port.port(), json!([]));
+        let unavailable = call(&sg, "dead.localhost", &dead.key, "unary");
+        assert_eq!(
+            unavailable["code"], "UNAVAILABLE",
+            "[{driver}] {unavailable}"
+        );
+    }
+}
+
+#[test]
+fn an_http11_request_to_a_grpc_service_is_told_to_use_http2() {
+    let server = GrpcServer::start();
+    let sg = Shardgate::start(Options::new());
+    let tenant = grpc_route(&sg, "grpc1", server.port, json!([]));
+    let resp = tenant.client().request(
+        "POST",
+        "/test.Echo/Unary",
+        &[("content-type", "application/grpc")],
+        b"",
+    );
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert!(resp.error().contains("HTTP/2"), "{}", resp.text());
+}
