@@ -33,7 +33,8 @@ pub enum H2Io {
     Plain {
         /// Read before the switch: served before the socket.
         prefix: Bytes,
-        tcp: TcpStreamPoll,
+        /// Always `Some` until drop, which hands it to [`linger`].
+        tcp: Option<TcpStreamPoll>,
     },
     Tls {
         read: Box<TlsRead>,
@@ -55,7 +56,7 @@ impl H2Io {
     pub fn plain(tcp: TcpStream, prefix: Vec<u8>) -> io::Result<H2Io> {
         Ok(H2Io::Plain {
             prefix: Bytes::from(prefix),
-            tcp: tcp.into_poll_io()?,
+            tcp: Some(tcp.into_poll_io()?),
         })
     }
 
@@ -91,7 +92,10 @@ impl AsyncRead for H2Io {
                     prefix.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Pin::new(tcp).poll_read(cx, buf)
+                match tcp {
+                    Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
+                    None => Poll::Ready(Ok(())),
+                }
             }
             H2Io::Tls { read, .. } => Pin::new(read.as_mut()).poll_read(cx, buf),
         }
@@ -105,22 +109,58 @@ impl AsyncWrite for H2Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write(cx, buf),
+            H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
             H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_flush(cx),
+            H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
             H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            H2Io::Plain { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_shutdown(cx),
+            H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
             H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// How long, and how much, a closing plain connection drains before the close.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+impl Drop for H2Io {
+    /// A connection closed with unread bytes from the client ends in an RST, which can
+    /// destroy the GOAWAY just sent (a rapid-reset client would never learn why): the
+    /// socket half-closes and drains briefly in a task of its own, as HTTP/1.1 lingers.
+    fn drop(&mut self) {
+        if let H2Io::Plain { tcp, .. } = self
+            && let Some(tcp) = tcp.take()
+        {
+            monoio::spawn(linger(tcp));
+        }
+    }
+}
+
+async fn linger(mut tcp: TcpStreamPoll) {
+    let _ = std::future::poll_fn(|cx| Pin::new(&mut tcp).poll_shutdown(cx)).await;
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match std::future::poll_fn(|cx| Pin::new(&mut tcp).poll_read(cx, &mut buf)).await {
+                Ok(()) if !buf.filled().is_empty() => drained += buf.filled().len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(LINGER_TIME, drain).await;
 }

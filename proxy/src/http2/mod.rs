@@ -45,6 +45,9 @@ use stream::H2Stream;
 /// The connection preface a client with prior knowledge opens with (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a connection that failed is given to send its GOAWAY.
+const GOAWAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// HTTP/2 limits per client connection. Every field documents its default and why.
 #[derive(Debug, Clone)]
 pub struct H2Limits {
@@ -160,6 +163,10 @@ pub async fn serve(
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
+                // h2 queued a GOAWAY saying why (ENHANCE_YOUR_CALM after too many resets
+                // before accept, PROTOCOL_ERROR, ...): let it go out before the close.
+                let flush = poll_fn(|cx| conn.poll_closed(cx));
+                let _ = monoio::time::timeout(GOAWAY_FLUSH, flush).await;
                 return Err(stream::h2_error(e));
             }
             Ok(None) => return Ok(()),
