@@ -3,23 +3,21 @@
 //! worker runs) and runs each worker's accept loop, which hands every connection to
 //! [`crate::connection::serve_connection`] on its own task.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::io::CancelHandle;
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::connection::{Slot, serve_connection, serve_in_slot};
+use crate::connection::{H2Start, Slot, serve_connection, serve_in_slot};
 use crate::downstream::{self, Downstream};
+use crate::h2io::H2Io;
 use crate::plane::WorkerContext;
 use crate::shutdown::InFlight;
+use crate::unwind::{catch_unwind, panic_message};
 
 /// Listen backlog per worker; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -89,8 +87,15 @@ pub(crate) async fn accept_loop(
                 match kind {
                     Listener::Plain => monoio::spawn(async move {
                         let _counted = guard;
-                        let served =
-                            catch_unwind(serve_connection(Downstream::Plain(stream), peer, ctx));
+                        let served = catch_unwind(async move {
+                            let h2 = serve_connection(Downstream::Plain(stream), peer, ctx.clone())
+                                .await?;
+                            match h2 {
+                                // Boxed: only HTTP/2 connections pay for its state.
+                                Some(start) => Box::pin(serve_h2c(start, ctx)).await,
+                                None => Ok(()),
+                            }
+                        });
                         report(worker, peer, served.await);
                     }),
                     Listener::Tls => monoio::spawn(async move {
@@ -115,14 +120,17 @@ pub(crate) async fn accept_loop(
                                 let Some(stream) = tls.into_inner() else {
                                     return Ok(());
                                 };
-                                let io = crate::http2::io::H2Io::tls(stream);
-                                let served = crate::http2::serve(io, peer, ctx, true);
+                                let served =
+                                    crate::h2server::serve(H2Io::tls(stream), peer, ctx, true);
                                 let served = Box::pin(served).await;
                                 drop(slot);
                                 return served;
                             }
-                            serve_in_slot(Downstream::Tls(Box::new(tls)), peer, ctx, Some(slot))
+                            let downstream = Downstream::Tls(Box::new(tls));
+                            // A TLS connection never becomes h2c: ALPN decided.
+                            serve_in_slot(downstream, peer, ctx, Some(slot))
                                 .await
+                                .map(drop)
                         });
                         report(worker, peer, served.await);
                     }),
@@ -149,6 +157,19 @@ pub(crate) async fn accept_loop(
 
 /// Logs how a connection ended: an I/O error at debug, a panic (caught, the worker goes
 /// on) at error.
+/// A plain connection that opened with the HTTP/2 preface, served as HTTP/2 in its place.
+async fn serve_h2c(start: H2Start, ctx: Rc<WorkerContext>) -> io::Result<()> {
+    let H2Start {
+        tcp,
+        prefix,
+        peer,
+        slot,
+    } = start;
+    let served = crate::h2server::serve(H2Io::plain(tcp, prefix)?, peer, ctx, false).await;
+    drop(slot);
+    served
+}
+
 fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Result<()>>) {
     match served {
         Ok(Ok(())) => {}
@@ -169,52 +190,6 @@ fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Resul
 /// profile keeps `panic = "unwind"` for this). A future struct, not an `async fn`: an
 /// `async fn` would keep its argument and the pinned copy of it side by side, doubling what
 /// every idle connection's task costs.
-/// A spawned task whose panic is logged and contained (HTTP/2 stream tasks): the stream is
-/// dropped, its connection and the worker go on.
-pub(crate) async fn contained<F: Future<Output = ()>>(fut: F) {
-    if let Err(panic) = catch_unwind(fut).await {
-        tracing::error!(
-            panic = panic_message(&*panic),
-            "HTTP/2 stream handler panicked; stream dropped, worker continues"
-        );
-    }
-}
-
-fn catch_unwind<F: Future>(fut: F) -> CatchUnwind<F> {
-    CatchUnwind { fut }
-}
-
-pin_project_lite::pin_project! {
-    struct CatchUnwind<F> {
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.project().fut;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-/// The message of a panic payload (`panic!("...")` gives `&str` or `String`).
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "(non-string panic payload)"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

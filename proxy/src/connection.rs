@@ -62,14 +62,26 @@ impl Drop for Slot {
     }
 }
 
+/// A plain connection that opened with the HTTP/2 preface: what the caller serves as
+/// HTTP/2 (the connection module knows HTTP/1.1 only).
+#[derive(Debug)]
+pub struct H2Start {
+    pub tcp: monoio::net::TcpStream,
+    /// What was read: the preface, perhaps more.
+    pub prefix: Vec<u8>,
+    pub peer: SocketAddr,
+    /// The connection's place among `--max-connections`, kept while it is served.
+    pub slot: Slot,
+}
+
 /// Serves one plain client connection until it is done (or broken), or answers 503 when
 /// the worker is full. Errors are the connection's own I/O errors; the caller logs them
-/// at debug level.
+/// at debug level. `Some` when the connection turned out to speak HTTP/2.
 pub fn serve_connection(
     stream: Downstream,
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
-) -> impl Future<Output = io::Result<()>> {
+) -> impl Future<Output = io::Result<Option<H2Start>>> {
     let slot = Slot::acquire(&ctx);
     serve_in_slot(stream, peer, ctx, slot)
 }
@@ -84,16 +96,16 @@ pub fn serve_in_slot(
     peer: SocketAddr,
     ctx: Rc<WorkerContext>,
     slot: Option<Slot>,
-) -> impl Future<Output = io::Result<()>> {
+) -> impl Future<Output = io::Result<Option<H2Start>>> {
     let timer = Timer::new(&ctx.plane().wheel);
     let mut client = Client::new(stream, peer, ctx.plane().settings.client_io_timeout, timer);
     async move {
         let plane = ctx.plane();
-        let Some(_slot) = slot else {
+        let Some(slot) = slot else {
             let e = Refusal::TooManyConnections.response();
             // Boxed: the rare refusal must not size the task every idle connection keeps.
             let _ = Box::pin(client.send_error(&e, true, false)).await;
-            return Ok(());
+            return Ok(None);
         };
         let mut first = true;
         let served: io::Result<Option<Then>> = loop {
@@ -156,9 +168,11 @@ pub fn serve_in_slot(
         match served {
             // The buffer goes with the client: it may hold bytes of the new protocol.
             // Boxed: only upgraded connections pay for the tunnel's state.
-            Ok(Some(Then::Tunnel(tunnel))) => Box::pin(tunnel::run(client, tunnel, &ctx)).await,
+            Ok(Some(Then::Tunnel(tunnel))) => Box::pin(tunnel::run(client, tunnel, &ctx))
+                .await
+                .map(|()| None),
             // h2c with prior knowledge: the preface (and whatever followed it) is in the
-            // buffer. Boxed, like the tunnel.
+            // buffer, and goes with the socket and its place to the caller.
             Ok(Some(Then::H2)) => {
                 let Client {
                     stream, peer, buf, ..
@@ -166,14 +180,18 @@ pub fn serve_in_slot(
                 let Downstream::Plain(tcp) = stream else {
                     return Err(io::Error::other("HTTP/2 preface on a non-TCP stream"));
                 };
-                let io = crate::http2::io::H2Io::plain(tcp, buf)?;
-                Box::pin(crate::http2::serve(io, peer, ctx.clone(), false)).await
+                Ok(Some(H2Start {
+                    tcp,
+                    prefix: buf,
+                    peer,
+                    slot,
+                }))
             }
             other => {
                 if client.buf.capacity() > 0 {
                     plane.heads.give(std::mem::take(&mut client.buf));
                 }
-                other.map(drop)
+                other.map(|_| None)
             }
         }
     }
@@ -364,7 +382,7 @@ async fn read_head(
 ) -> Result<bool, ReadHead> {
     loop {
         let preface = match client.fresh {
-            true => crate::http2::preface(&client.buf),
+            true => crate::wire::h2_preface(&client.buf),
             false => None,
         };
         match preface {

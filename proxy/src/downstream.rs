@@ -29,7 +29,7 @@ use rustls::ServerConfig;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
 use shardgate_core::certs::ServerCertificates;
 
-use crate::http2::stream::H2Stream;
+use crate::h2stream::H2Stream;
 
 /// TLS 1.2 session ids kept per worker.
 const SESSIONS_PER_WORKER: usize = 4096;

@@ -59,8 +59,16 @@ pub mod timed;
 pub mod tls;
 // (the client's stream, plain or TLS, and the listener's TLS configuration)
 pub mod downstream;
-// (HTTP/2 clients: the connection, its streams through the flow above, h2 upstreams)
-pub mod http2;
+// (HTTP/2: a client connection, its streams as one-request clients of the flow above, their
+// bytes, and HTTP/2 upstreams)
+pub mod h2io;
+#[allow(unsafe_code)]
+mod h2rent;
+pub mod h2server;
+pub mod h2stream;
+pub mod h2upstream;
+// (a spawned task's panic, contained)
+pub mod unwind;
 // (one worker's state, its snapshot and clock)
 pub mod buffer;
 pub mod plane;

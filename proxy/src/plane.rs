@@ -48,7 +48,7 @@ pub struct Plane {
     /// The deadline wheel every connection's timer is on (its ticker is a worker task).
     pub wheel: Rc<Wheel>,
     /// This worker's HTTP/2 connections to upstream targets.
-    pub h2_upstreams: crate::http2::upstream::H2Pool,
+    pub h2_upstreams: crate::pool::H2Pool,
 }
 
 impl Plane {

@@ -14,6 +14,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+
 use crate::tls::Conn;
 
 struct Idle {
@@ -95,5 +98,35 @@ impl ConnPool {
             .values()
             .map(|list| list.conns.len())
             .sum()
+    }
+}
+
+/// One worker's HTTP/2 connections to upstream targets, by target key.
+#[derive(Default)]
+pub struct H2Pool {
+    conns: RefCell<HashMap<u64, SendRequest<Bytes>>>,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("targets", &self.conns.borrow().len())
+            .finish()
+    }
+}
+
+impl H2Pool {
+    /// A sender on the connection to the target keyed `key` (clones share the connection).
+    pub fn get(&self, key: u64) -> Option<SendRequest<Bytes>> {
+        self.conns.borrow().get(&key).cloned()
+    }
+
+    pub fn insert(&self, key: u64, sender: SendRequest<Bytes>) {
+        self.conns.borrow_mut().insert(key, sender);
+    }
+
+    /// Forgets a connection that failed (its task ends on its own).
+    pub fn remove(&self, key: u64) {
+        self.conns.borrow_mut().remove(&key);
     }
 }

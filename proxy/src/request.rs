@@ -66,9 +66,8 @@ pub async fn handle(
     let snapshot = ctx.snapshot();
     match decide(client, head, &snapshot, ctx) {
         Ok(d) => {
-            let outcome = if crate::http2::upstream::speaks_h2(&d.service) {
-                crate::http2::upstream::forward(client, &d.request, &d.service, ctx, &d.effects)
-                    .await
+            let outcome = if crate::h2upstream::speaks_h2(&d.service) {
+                crate::h2upstream::forward(client, &d.request, &d.service, ctx, &d.effects).await
             } else {
                 forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit).await
             };

@@ -8,8 +8,6 @@ use shardgate_core::net::CidrSet;
 use shardgate_core::path::EncodedSlashes;
 use shardgate_core::ratelimit::Registry;
 
-use crate::http2::H2Limits;
-
 /// Limits and timeouts of the proxy listener. Every field documents its default and why.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -71,6 +69,46 @@ impl ProxySettings {
             encoded_slashes: EncodedSlashes::default(),
             rate_limits: Arc::new(Registry::default()),
             h2: H2Limits::default(),
+        }
+    }
+}
+
+/// HTTP/2 limits per client connection. Every field documents its default and why.
+#[derive(Debug, Clone)]
+pub struct H2Limits {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Default
+    /// 128, nginx's: h2load's 100 fit, and 128 requests in flight per connection is
+    /// already more than any browser uses.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE), CONTINUATION frames
+    /// included. Default: the HTTP/1.1 head limit (16 KiB), so both protocols accept the
+    /// same requests.
+    pub max_header_list_size: u32,
+    /// Request body bytes a client may send on one stream ahead of the flow
+    /// (SETTINGS_INITIAL_WINDOW_SIZE). Default 128 KiB: a 16 KiB frame in flight and room
+    /// for a bandwidth-delay product of ~1 Mbit at 1 s, without letting one stream hold
+    /// much.
+    pub stream_window: u32,
+    /// Request body bytes a client may send ahead on the whole connection: what one
+    /// connection can make the gateway buffer. Default 512 KiB.
+    pub connection_window: u32,
+    /// Response bytes buffered per stream ahead of the client's window. Default 64 KiB.
+    pub send_buffer: usize,
+    /// Rapid reset: streams a client may reset before they are answered beyond the number
+    /// it lets finish, before GOAWAY. Default 100: a browser cancelling a page's requests
+    /// stays far below, an attack crosses it within milliseconds.
+    pub reset_allowance: u64,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            stream_window: 128 * 1024,
+            connection_window: 512 * 1024,
+            send_buffer: 64 * 1024,
+            reset_allowance: 100,
         }
     }
 }

@@ -52,6 +52,16 @@ impl std::fmt::Write for ByteWriter<'_> {
     }
 }
 
+/// The connection preface a client with prior knowledge opens with (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `buf` (the first bytes of a plain connection) is, or may still become, the
+/// HTTP/2 preface: `Some(true)` complete, `Some(false)` a prefix of it so far, `None` not.
+pub fn h2_preface(buf: &[u8]) -> Option<bool> {
+    let n = buf.len().min(H2_PREFACE.len());
+    (buf[..n] == H2_PREFACE[..n]).then_some(n == H2_PREFACE.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +76,18 @@ mod tests {
         let mut out = Vec::new();
         push_chunk_size(&mut out, 255);
         assert_eq!(out, b"ff\r\n");
+    }
+
+    #[test]
+    fn the_h2_preface_is_told_apart_from_an_http11_head_byte_by_byte() {
+        assert_eq!(h2_preface(b""), Some(false));
+        assert_eq!(h2_preface(b"PRI * HT"), Some(false));
+        assert_eq!(h2_preface(H2_PREFACE), Some(true));
+        assert_eq!(
+            h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(true)
+        );
+        assert_eq!(h2_preface(b"POST / HTTP/1.1\r\n"), None);
+        assert_eq!(h2_preface(b"PRI * HTTP/1.1\r\n"), None);
     }
 }

@@ -1,11 +1,12 @@
 //! HTTP/2 from clients: ALPN `h2` on the TLS listener and h2c with prior knowledge on the
 //! plain one (the connection preface is recognised where an HTTP/1.1 head would start).
 //!
-//! The protocol is hyperium's `h2` over the connection's bytes ([`io`]); each stream runs
-//! as its own task through the HTTP/1.1 request flow ([`stream`]), or, for services whose
-//! upstream speaks HTTP/2 (gRPC), is relayed frame for frame ([`upstream`]).
+//! The protocol is hyperium's `h2` over the connection's bytes ([`crate::h2io`]); each
+//! stream runs as its own task through the HTTP/1.1 request flow ([`crate::h2stream`]),
+//! or, for services whose upstream speaks HTTP/2 (gRPC), is relayed frame for frame
+//! ([`crate::h2upstream`]).
 //!
-//! The attack surface, each bound with its default in [`H2Limits`] (docs/SECURITY.md has
+//! The attack surface, each bound with its default in [`H2Limits`](crate::settings::H2Limits) (docs/SECURITY.md has
 //! the table): concurrent streams, header list size, flow-control windows that bound the
 //! memory a connection can make the gateway hold, a send buffer per stream, rapid reset
 //! (CVE-2023-44487: streams the client resets before their answer count against it, and a
@@ -15,12 +16,6 @@
 //! one at a time and stops reading while an acknowledgement is unsent), and the idle and
 //! header timeouts of HTTP/1.1 (the preface must arrive within the header timeout; a
 //! connection with no stream open closes after the keep-alive timeout).
-
-pub mod io;
-#[allow(unsafe_code)]
-mod rent;
-pub mod stream;
-pub mod upstream;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -38,55 +33,12 @@ use crate::connection;
 use crate::deadline::Timer;
 use crate::downstream::Downstream;
 use crate::exchange::Client;
+use crate::h2io::H2Io;
+use crate::h2stream::{self as stream, H2Stream};
 use crate::plane::WorkerContext;
-use io::H2Io;
-use stream::H2Stream;
-
-/// The connection preface a client with prior knowledge opens with (RFC 9113 §3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a connection that failed is given to send its GOAWAY.
 const GOAWAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// HTTP/2 limits per client connection. Every field documents its default and why.
-#[derive(Debug, Clone)]
-pub struct H2Limits {
-    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Default
-    /// 128, nginx's: h2load's 100 fit, and 128 requests in flight per connection is
-    /// already more than any browser uses.
-    pub max_concurrent_streams: u32,
-    /// Largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE), CONTINUATION frames
-    /// included. Default: the HTTP/1.1 head limit (16 KiB), so both protocols accept the
-    /// same requests.
-    pub max_header_list_size: u32,
-    /// Request body bytes a client may send on one stream ahead of the flow
-    /// (SETTINGS_INITIAL_WINDOW_SIZE). Default 128 KiB: a 16 KiB frame in flight and room
-    /// for a bandwidth-delay product of ~1 Mbit at 1 s, without letting one stream hold
-    /// much.
-    pub stream_window: u32,
-    /// Request body bytes a client may send ahead on the whole connection: what one
-    /// connection can make the gateway buffer. Default 512 KiB.
-    pub connection_window: u32,
-    /// Response bytes buffered per stream ahead of the client's window. Default 64 KiB.
-    pub send_buffer: usize,
-    /// Rapid reset: streams a client may reset before they are answered beyond the number
-    /// it lets finish, before GOAWAY. Default 100: a browser cancelling a page's requests
-    /// stays far below, an attack crosses it within milliseconds.
-    pub reset_allowance: u64,
-}
-
-impl Default for H2Limits {
-    fn default() -> Self {
-        H2Limits {
-            max_concurrent_streams: 128,
-            max_header_list_size: 16 * 1024,
-            stream_window: 128 * 1024,
-            connection_window: 512 * 1024,
-            send_buffer: 64 * 1024,
-            reset_allowance: 100,
-        }
-    }
-}
 
 /// What a connection's streams tell its accept loop.
 #[derive(Debug, Default)]
@@ -97,13 +49,6 @@ struct Tally {
     done: Cell<u64>,
     /// Streams the client reset before their answer was complete.
     reset: Cell<u64>,
-}
-
-/// Whether `buf` (the first bytes of a plain connection) is, or may still become, the
-/// HTTP/2 preface: `Some(true)` complete, `Some(false)` a prefix of it so far, `None` not.
-pub fn preface(buf: &[u8]) -> Option<bool> {
-    let n = buf.len().min(PREFACE.len());
-    (buf[..n] == PREFACE[..n]).then_some(n == PREFACE.len())
 }
 
 /// Serves an HTTP/2 connection until the client closes it, it idles out, or the worker
@@ -159,7 +104,7 @@ pub async fn serve(
                 }
                 tally.open.set(tally.open.get() + 1);
                 let task = run_stream(request, respond, peer, ctx.clone(), tls, tally.clone());
-                monoio::spawn(crate::accept::contained(task));
+                monoio::spawn(crate::unwind::contained(task));
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "HTTP/2 connection error");

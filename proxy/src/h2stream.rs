@@ -15,7 +15,7 @@
 //! gRPC: an error the gateway (or an upstream) answers for a request with
 //! `content-type: application/grpc*` with a non-200 status and no `grpc-status` becomes a
 //! trailers-only response ([`grpc_code`]). Services whose upstream speaks HTTP/2 are not
-//! bridged at all: [`crate::http2::upstream`] relays their streams frame for frame.
+//! bridged at all: [`crate::h2upstream`] relays their streams frame for frame.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -32,7 +32,7 @@ use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use shardgate_core::http1::{BodyKind, Limits, Parse, parse_response};
 
-use super::rent;
+use crate::h2rent as rent;
 
 /// Headers that belong to one HTTP/1.1 connection and never cross into HTTP/2.
 const CONNECTION_SPECIFIC: [&str; 6] = [

@@ -16,8 +16,6 @@
 //! Not done: HTTP/1.1 clients to such services (answered 502 with a message saying to use
 //! HTTP/2), and `https` targets (h2 over TLS to upstreams); both refuse clearly.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::pin::pin;
@@ -35,9 +33,9 @@ use monoio::time::Instant;
 use shardgate_core::model::ServiceType;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget};
 
-use super::stream::{H2Stream, h2_error, send_flow_controlled};
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
+use crate::h2stream::{H2Stream, h2_error, send_flow_controlled};
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
@@ -58,20 +56,6 @@ const HOP_BY_HOP: [&str; 7] = [
 pub fn speaks_h2(service: &CompiledService) -> bool {
     service.spec.spec.kind == ServiceType::Grpc
         || service.upstreams.first().is_some_and(|u| u.spec.spec.http2)
-}
-
-/// One worker's HTTP/2 connections to upstream targets, by target key.
-#[derive(Default)]
-pub struct H2Pool {
-    conns: RefCell<HashMap<u64, SendRequest<Bytes>>>,
-}
-
-impl std::fmt::Debug for H2Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Pool")
-            .field("targets", &self.conns.borrow().len())
-            .finish()
-    }
 }
 
 /// Relays one request to `service` over HTTP/2 and its answer back.
@@ -209,13 +193,13 @@ async fn sender(
     connect_timeout: Duration,
 ) -> Result<SendRequest<Bytes>, UpstreamFailure> {
     let pool = &ctx.plane().h2_upstreams;
-    let pooled = pool.conns.borrow().get(&target.key).cloned();
+    let pooled = pool.get(target.key);
     if let Some(sender) = pooled
         && let Ok(ready) = sender.ready().await
     {
         return Ok(ready);
     }
-    pool.conns.borrow_mut().remove(&target.key);
+    pool.remove(target.key);
     if target.https {
         tracing::debug!(target = %target.host_header, "HTTP/2 over TLS to upstreams is not supported yet");
         return Err(UpstreamFailure::Http2OverTls);
@@ -247,7 +231,7 @@ async fn sender(
             tracing::debug!(%addr, error = %e, "HTTP/2 upstream connection ended");
         }
     });
-    pool.conns.borrow_mut().insert(target.key, sender.clone());
+    pool.insert(target.key, sender.clone());
     sender.ready().await.map_err(|e| {
         tracing::debug!(%addr, error = %e, "HTTP/2 upstream refused a stream");
         UpstreamFailure::ConnectFailed

@@ -1,6 +1,6 @@
 //! The two places the HTTP/2 bridge touches monoio's rent buffers by pointer: copying into
 //! a read buffer and viewing a write buffer. monoio's own sockets do the same through the
-//! kernel; [`super::stream::H2Stream`] is a stream in memory, so it copies itself.
+//! kernel; [`crate::h2stream::H2Stream`] is a stream in memory, so it copies itself.
 
 use monoio::buf::{IoBuf, IoBufMut};
 
