@@ -15,18 +15,15 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
-use monoio::io::{IntoPollIo, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio_compat::StreamWrapper;
-use monoio_rustls::ServerTlsStream;
+use monoio_rustls::{ClientTlsStream, ServerTlsStream};
 
 /// Bytes per adapter buffer on the TLS path: one TLS record's worth of plaintext, the most
 /// `h2` writes at once with its default frame size.
 const TLS_ADAPTER_BUFFER: usize = 16 * 1024;
-
-type TlsRead = StreamWrapper<OwnedReadHalf<ServerTlsStream<TcpStream>>>;
-type TlsWrite = StreamWrapper<OwnedWriteHalf<ServerTlsStream<TcpStream>>>;
 
 /// A client connection that speaks HTTP/2.
 pub enum H2Io {
@@ -36,9 +33,10 @@ pub enum H2Io {
         /// Always `Some` until drop, which hands it to [`linger`].
         tcp: Option<TcpStreamPoll>,
     },
+    /// A client's (server side) or an upstream's (client side) TLS stream, split.
     Tls {
-        read: Box<TlsRead>,
-        write: Box<TlsWrite>,
+        read: Pin<Box<dyn AsyncRead>>,
+        write: Pin<Box<dyn AsyncWrite>>,
     },
 }
 
@@ -60,16 +58,32 @@ impl H2Io {
         })
     }
 
-    /// A TLS connection that negotiated `h2`.
+    /// A client's TLS connection that negotiated `h2`.
     pub fn tls(stream: ServerTlsStream<TcpStream>) -> H2Io {
+        H2Io::split(stream)
+    }
+
+    /// A TLS connection to an upstream that agreed to `h2`.
+    pub fn tls_upstream(stream: ClientTlsStream<TcpStream>) -> H2Io {
+        H2Io::split(stream)
+    }
+
+    fn split<S>(stream: S) -> H2Io
+    where
+        S: monoio::io::Split
+            + monoio::io::AsyncReadRent
+            + monoio::io::AsyncWriteRent
+            + Unpin
+            + 'static,
+    {
         let (read, write) = stream.into_split();
         H2Io::Tls {
-            read: Box::new(StreamWrapper::new_with_buffer_size(
+            read: Box::pin(StreamWrapper::new_with_buffer_size(
                 read,
                 TLS_ADAPTER_BUFFER,
                 0,
             )),
-            write: Box::new(StreamWrapper::new_with_buffer_size(
+            write: Box::pin(StreamWrapper::new_with_buffer_size(
                 write,
                 0,
                 TLS_ADAPTER_BUFFER,
@@ -97,7 +111,7 @@ impl AsyncRead for H2Io {
                     None => Poll::Ready(Ok(())),
                 }
             }
-            H2Io::Tls { read, .. } => Pin::new(read.as_mut()).poll_read(cx, buf),
+            H2Io::Tls { read, .. } => read.as_mut().poll_read(cx, buf),
         }
     }
 }
@@ -111,7 +125,7 @@ impl AsyncWrite for H2Io {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write(cx, buf),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_write(cx, buf),
+            H2Io::Tls { write, .. } => write.as_mut().poll_write(cx, buf),
         }
     }
 
@@ -119,7 +133,7 @@ impl AsyncWrite for H2Io {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_flush(cx),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
-            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_flush(cx),
+            H2Io::Tls { write, .. } => write.as_mut().poll_flush(cx),
         }
     }
 
@@ -127,7 +141,7 @@ impl AsyncWrite for H2Io {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_shutdown(cx),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
-            H2Io::Tls { write, .. } => Pin::new(write.as_mut()).poll_shutdown(cx),
+            H2Io::Tls { write, .. } => write.as_mut().poll_shutdown(cx),
         }
     }
 }

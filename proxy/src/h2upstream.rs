@@ -13,8 +13,12 @@
 //! the response head it is a 504 (DEADLINE_EXCEEDED to a gRPC client), after it the
 //! stream ends with `grpc-status: 4`.
 //!
+//! Targets: h2c with prior knowledge to `http` ones, TLS with ALPN `h2` (and the upstream's
+//! `tls` settings: roots, server name, client certificate) to `https` ones; a target that
+//! does not choose `h2` is a TLS failure, and the next target is tried.
+//!
 //! Not done: HTTP/1.1 clients to such services (answered 502 with a message saying to use
-//! HTTP/2), and `https` targets (h2 over TLS to upstreams); both refuse clearly.
+//! HTTP/2).
 
 use std::future::poll_fn;
 use std::io;
@@ -27,7 +31,6 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
-use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_core::model::ServiceType;
@@ -35,11 +38,13 @@ use shardgate_core::snapshot::{CompiledService, CompiledTarget};
 
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
+use crate::h2io::H2Io;
 use crate::h2stream::{H2Stream, h2_error, send_flow_controlled};
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
 use crate::respond;
+use crate::tls;
 
 /// Header fields never copied between HTTP/2 hops (the flow's HTTP/1.1 framing included).
 const HOP_BY_HOP: [&str; 7] = [
@@ -94,7 +99,8 @@ pub async fn forward(
             };
             let connect_timeout =
                 bounded(upstream.spec.spec.connect_timeout.as_duration(), deadline);
-            match sender(ctx, target, connect_timeout).await {
+            let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
+            match sender(ctx, &dial, connect_timeout).await {
                 Ok(sender) => {
                     opened = Some((upstream.clone(), i, sender));
                     break 'upstreams;
@@ -186,12 +192,14 @@ fn bounded(timeout: Duration, deadline: Option<Instant>) -> Duration {
     }
 }
 
-/// A ready sender on a (pooled or new) connection to `target`.
+/// A ready sender on a (pooled or new) connection to the target of `dial`: h2c to an
+/// `http` target, TLS with ALPN `h2` to an `https` one (with the upstream's `tls` settings).
 async fn sender(
     ctx: &WorkerContext,
-    target: &CompiledTarget,
+    dial: &tls::Dial<'_>,
     connect_timeout: Duration,
 ) -> Result<SendRequest<Bytes>, UpstreamFailure> {
+    let target = dial.target();
     let pool = &ctx.plane().h2_upstreams;
     let pooled = pool.get(target.key);
     if let Some(sender) = pooled
@@ -200,30 +208,35 @@ async fn sender(
         return Ok(ready);
     }
     pool.remove(target.key);
-    if target.https {
-        tracing::debug!(target = %target.host_header, "HTTP/2 over TLS to upstreams is not supported yet");
-        return Err(UpstreamFailure::Http2OverTls);
-    }
     let addr = target.addr.ok_or(UpstreamFailure::ConnectFailed)?;
     let connected = monoio::time::timeout(connect_timeout, async {
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|_| UpstreamFailure::ConnectFailed)?;
         let _ = tcp.set_nodelay(true);
-        let io = tcp.into_poll_io()?;
+        let io = if target.https {
+            let stream = tls::connect_h2(dial.client(), &target.host, tcp)
+                .await
+                .map_err(UpstreamFailure::Tls)?;
+            H2Io::tls_upstream(stream)
+        } else {
+            H2Io::plain(tcp, Vec::new()).map_err(|_| UpstreamFailure::ConnectFailed)?
+        };
         h2::client::Builder::new()
             .initial_window_size(256 * 1024)
             .initial_connection_window_size(1024 * 1024)
             .max_send_buffer_size(64 * 1024)
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(h2_error)
+            .map_err(|e| {
+                tracing::debug!(%addr, error = %h2_error(e), "HTTP/2 upstream handshake failed");
+                UpstreamFailure::ConnectFailed
+            })
     })
     .await;
     let (sender, connection) = match connected {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            tracing::debug!(%addr, error = %e, "HTTP/2 upstream connect failed");
-            return Err(UpstreamFailure::ConnectFailed);
-        }
+        Ok(Err(failure)) => return Err(failure),
         Err(_) => return Err(UpstreamFailure::ConnectFailed),
     };
     monoio::spawn(async move {
@@ -292,7 +305,7 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
         // The :authority the target is asked for (its Host, or the client's when preserved).
         let authority = String::from_utf8_lossy(&host).into_owned();
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(if target.https { "https" } else { "http" })
             .authority(authority)
             .path_and_query(path)
             .build()

@@ -95,8 +95,6 @@ pub enum UpstreamFailure {
     AnsweredWithError(u16),
     /// A `101` the client did not ask for, or to another protocol.
     UnsolicitedSwitch,
-    /// The upstream speaks HTTP/2 and its target is `https`: not supported yet.
-    Http2OverTls,
 }
 
 impl UpstreamFailure {
@@ -123,10 +121,6 @@ impl UpstreamFailure {
             UpstreamFailure::UnsolicitedSwitch => {
                 (502, "upstream switched protocols without being asked to")
             }
-            UpstreamFailure::Http2OverTls => (
-                502,
-                "HTTP/2 to https upstream targets is not supported yet (use h2c: an http target)",
-            ),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum TlsFailure {
     BadServerName,
     /// Anything else (protocol alert, no common version or cipher, connection reset).
     Handshake,
+    /// An upstream that speaks HTTP/2 did not agree to it (ALPN `h2`).
+    NoHttp2,
 }
 
 impl TlsFailure {
@@ -75,6 +77,7 @@ impl TlsFailure {
             TlsFailure::InvalidCertificate => "upstream TLS certificate: invalid",
             TlsFailure::BadServerName => "upstream TLS: the target host is not a valid server name",
             TlsFailure::Handshake => "upstream TLS handshake failed",
+            TlsFailure::NoHttp2 => "upstream TLS: the target did not agree to HTTP/2 (ALPN h2)",
         }
     }
 
@@ -115,6 +118,8 @@ pub struct Client {
     /// `None` when the settings did not build (logged when that happened): every handshake
     /// with them is refused.
     connector: Option<TlsConnector>,
+    /// The same configuration offering ALPN `h2` only, for upstreams that speak HTTP/2.
+    connector_h2: Option<TlsConnector>,
     /// `tls.server_name`: sent and verified instead of the target's host.
     server_name: Option<ServerName<'static>>,
 }
@@ -216,6 +221,7 @@ impl UpstreamTls {
         Some(UpstreamTls {
             base: Client {
                 id: 0,
+                connector_h2: Some(h2_connector(&config)),
                 connector: Some(TlsConnector::from(Arc::new(config))),
                 server_name: None,
             },
@@ -305,6 +311,7 @@ fn build_client(id: u64, settings: &TlsSettings, upstream: &CompiledUpstream) ->
     match built {
         Ok((config, server_name)) => Client {
             id,
+            connector_h2: Some(h2_connector(&config)),
             connector: Some(TlsConnector::from(Arc::new(config))),
             server_name,
         },
@@ -316,6 +323,7 @@ fn build_client(id: u64, settings: &TlsSettings, upstream: &CompiledUpstream) ->
             Client {
                 id,
                 connector: None,
+                connector_h2: None,
                 server_name: None,
             }
         }
@@ -488,6 +496,13 @@ fn build() -> (Process, usize) {
     (process, added)
 }
 
+/// `config` offering ALPN `h2` alone (its session cache is shared with `config`'s).
+fn h2_connector(config: &ClientConfig) -> TlsConnector {
+    let mut h2 = config.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    TlsConnector::from(Arc::new(h2))
+}
+
 /// Runs the TLS handshake with `host` over `tcp` with `client` (`None` when the process
 /// never called [`init`]: refused rather than reading the root store on a worker). The name
 /// sent and verified is the client's `tls.server_name`, or else `host`.
@@ -496,11 +511,42 @@ pub async fn connect(
     host: &str,
     tcp: TcpStream,
 ) -> Result<Conn, TlsFailure> {
+    handshake(client, host, tcp, false)
+        .await
+        .map(|stream| Conn::Tls(Box::new(stream)))
+}
+
+/// Like [`connect`] for an upstream that speaks HTTP/2: ALPN `h2`, which the target must
+/// choose.
+pub async fn connect_h2(
+    client: Option<&Client>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<ClientTlsStream<TcpStream>, TlsFailure> {
+    let stream = handshake(client, host, tcp, true).await?;
+    if stream.alpn_protocol().as_deref() != Some(b"h2") {
+        tracing::warn!(%host, "upstream TLS: the target did not agree to HTTP/2 (ALPN h2)");
+        return Err(TlsFailure::NoHttp2);
+    }
+    Ok(stream)
+}
+
+async fn handshake(
+    client: Option<&Client>,
+    host: &str,
+    tcp: TcpStream,
+    h2: bool,
+) -> Result<ClientTlsStream<TcpStream>, TlsFailure> {
     let Some(client) = client else {
         tracing::error!("upstream TLS used before tls::init(); refusing the handshake");
         return Err(TlsFailure::Handshake);
     };
-    let Some(connector) = &client.connector else {
+    let connector = if h2 {
+        &client.connector_h2
+    } else {
+        &client.connector
+    };
+    let Some(connector) = connector else {
         tracing::debug!(%host, "the upstream's tls settings did not build; refusing the handshake");
         return Err(TlsFailure::Handshake);
     };
@@ -512,7 +558,7 @@ pub async fn connect(
         }
     };
     match connector.connect(name, tcp).await {
-        Ok(stream) => Ok(Conn::Tls(Box::new(stream))),
+        Ok(stream) => Ok(stream),
         Err(error) => {
             let failure = match &error {
                 TlsError::Rustls(e) => TlsFailure::of(e),

@@ -1,7 +1,8 @@
 """A gRPC server and client for tests/tests/proxy_grpc.rs: generic handlers (no protoc),
 bytes in and bytes out.
 
-    grpc_echo.py server          prints its port, serves until stdin closes
+    grpc_echo.py server [CERT KEY]   prints its port, serves until stdin closes (over TLS
+                                     with CERT and KEY, PEM files, when given)
     grpc_echo.py client ADDR KEY AUTHORITY CALL   runs one call, prints a JSON result
 """
 import json
@@ -36,7 +37,7 @@ def slow(request, context):
     return b"late"
 
 
-def serve():
+def serve(cert=None, key=None):
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
@@ -45,7 +46,12 @@ def serve():
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if cert:
+        credentials = grpc.ssl_server_credentials(
+            [(open(key, "rb").read(), open(cert, "rb").read())])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     sys.stdin.read()
@@ -98,6 +104,6 @@ def call(addr, key, authority, what):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        serve()
+        serve(*sys.argv[2:4])
     else:
         call(*sys.argv[2:6])

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use shardgate_tests::tenant::Tenant;
+use shardgate_tests::tls::TestCa;
 use shardgate_tests::upstream::DeadPort;
 use shardgate_tests::{Options, Shardgate, Value, io_drivers, json};
 
@@ -40,8 +41,18 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start() -> GrpcServer {
+        GrpcServer::start_with(&[])
+    }
+
+    /// Over TLS with the certificate and key in these PEM files.
+    fn start_tls(cert: &str, key: &str) -> GrpcServer {
+        GrpcServer::start_with(&[cert, key])
+    }
+
+    fn start_with(args: &[&str]) -> GrpcServer {
         let mut child = Command::new(python())
             .args([script(), "server"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -86,6 +97,23 @@ fn call(sg: &Shardgate, authority: &str, key: &str, what: &str) -> Value {
 
 /// A gateway `subdomain` whose `/test.Echo/*` goes to a `grpc` service at `port`.
 fn grpc_route(sg: &Shardgate, subdomain: &str, port: u16, plugins: Value) -> Tenant {
+    grpc_route_to(
+        sg,
+        subdomain,
+        json!({"host": "127.0.0.1", "port": port}),
+        json!({}),
+        plugins,
+    )
+}
+
+/// Like [`grpc_route`], to `target` with `upstream_extra` on the upstream.
+fn grpc_route_to(
+    sg: &Shardgate,
+    subdomain: &str,
+    target: Value,
+    upstream_extra: Value,
+    plugins: Value,
+) -> Tenant {
     let tenant = Tenant::create(sg, subdomain);
     if plugins != json!([]) {
         tenant.update_gateway(&json!({
@@ -94,11 +122,7 @@ fn grpc_route(sg: &Shardgate, subdomain: &str, port: u16, plugins: Value) -> Ten
             "required_plugins": plugins
         }));
     }
-    let upstream = tenant.upstream(
-        "grpc",
-        vec![json!({"host": "127.0.0.1", "port": port})],
-        json!({}),
-    );
+    let upstream = tenant.upstream("grpc", vec![target], upstream_extra);
     let service = tenant.service("echo", &upstream, json!({"type": "grpc"}));
     tenant.rule(json!({"path": "/test.Echo/*", "methods": ["POST"], "service_id": service}));
     tenant
@@ -202,4 +226,55 @@ fn an_http11_request_to_a_grpc_service_is_told_to_use_http2() {
     );
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert!(resp.error().contains("HTTP/2"), "{}", resp.text());
+}
+
+#[test]
+fn grpc_reaches_a_tls_upstream_over_h2_with_alpn() {
+    let ca = TestCa::new("grpc-upstream-ca");
+    let cert = ca.server_cert(&["grpc.upstream.test"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, cert.cert_pem()).expect("write the certificate");
+    std::fs::write(&key_file, cert.key_pem()).expect("write the key");
+    let server = GrpcServer::start_tls(
+        cert_file.to_str().expect("UTF-8 path"),
+        key_file.to_str().expect("UTF-8 path"),
+    );
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let tenant = grpc_route_to(
+            &sg,
+            "secure",
+            json!({"host": "127.0.0.1", "port": server.port, "protocol": "https"}),
+            json!({"tls": {"ca_pem": ca.cert_pem(), "server_name": "grpc.upstream.test"}}),
+            json!([]),
+        );
+        let unary = call(&sg, "secure.localhost", &tenant.key, "unary");
+        assert_eq!(unary["code"], "OK", "[{driver}] {unary}");
+        assert_eq!(unary["messages"], json!(["echo:hi"]), "[{driver}]");
+        assert_eq!(
+            unary["trailers"]["x-trailer"], "unary-done",
+            "[{driver}] {unary}"
+        );
+        let stream = call(&sg, "secure.localhost", &tenant.key, "server_stream");
+        assert_eq!(stream["code"], "OK", "[{driver}] {stream}");
+
+        // Without the CA the certificate is refused: UNAVAILABLE, the cause in the message.
+        let untrusted = grpc_route_to(
+            &sg,
+            "untrusted",
+            json!({"host": "127.0.0.1", "port": server.port, "protocol": "https"}),
+            json!({"tls": {"server_name": "grpc.upstream.test"}}),
+            json!([]),
+        );
+        let refused = call(&sg, "untrusted.localhost", &untrusted.key, "unary");
+        assert_eq!(refused["code"], "UNAVAILABLE", "[{driver}] {refused}");
+        assert!(
+            refused["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("unknown CA")),
+            "[{driver}] {refused}"
+        );
+    }
 }

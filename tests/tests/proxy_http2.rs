@@ -256,7 +256,9 @@ fn request_and_response_bodies_stream_through_h2_both_ways() {
 #[test]
 fn weighted_balancing_and_rate_limits_count_streams() {
     for driver in io_drivers() {
-        let sg = Shardgate::start(Options::new().io_driver(driver));
+        // One worker: each worker keeps its own weighted cursor, and h2c's connections (one
+        // per curl) may land on either.
+        let sg = Shardgate::start(Options::new().io_driver(driver).workers(1));
         let heavy = CountingServer::start("heavy");
         let light = CountingServer::start("light");
         let tenant = Tenant::create(&sg, "lb");

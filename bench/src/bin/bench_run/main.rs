@@ -73,8 +73,9 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --threads N           wrk threads (default: # load CPUs)
   --sizes LIST          response body sizes in bytes (default 1024,16384)
   --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full,https,
-                        https-handshake,bare-epoll,full-epoll; https* over TLS 1.3 at the
-                        first size; *-epoll on the epoll driver, the others on io_uring)
+                        https-handshake,h2,bare-epoll,full-epoll; https* and h2 over TLS 1.3
+                        at the first size, h2 with h2load -c 10 -m 100; *-epoll on the
+                        epoll driver, the others on io_uring)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -487,6 +488,17 @@ fn run(config: &Config) -> Result<(), String> {
             }
         }
     }
+    // HTTP/2 needs h2load (Debian: nghttp2-client).
+    if wanted.iter().any(|s| s.tls == Some(TlsMode::H2))
+        && Command::new("h2load").arg("--version").output().is_err()
+    {
+        let msg =
+            "scenario h2 skipped: h2load is not installed (Debian: nghttp2-client)".to_string();
+        progress.say(&msg);
+        notes.push(msg.clone());
+        wanted.retain(|s| s.tls != Some(TlsMode::H2));
+        tls_skipped.get_or_insert(msg);
+    }
     if wanted.is_empty() {
         return Err(match &tls_skipped {
             Some(why) => format!("no scenario left to run: {why}"),
@@ -744,6 +756,18 @@ fn run(config: &Config) -> Result<(), String> {
                 cpus: &config.load_cpus,
                 threads: config.threads,
                 connections: config.connections,
+                seconds,
+                addr: t.addr(),
+                path: &path,
+                headers: &headers,
+            }
+            .spawn()?,
+            // HTTP/2: h2load's 10 connections × 100 streams (issue 12's load).
+            (Some(TlsMode::H2), Some(_)) => load::H2loadJob {
+                cpus: &config.load_cpus,
+                threads: config.threads,
+                connections: 10,
+                streams: 100,
                 seconds,
                 addr: t.addr(),
                 path: &path,

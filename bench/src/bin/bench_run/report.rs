@@ -614,9 +614,17 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let handshake = tls_sizes("https-handshake");
     let _ = writeln!(
         md,
-        "| CPU per TLS 1.3 handshake ≤ 1.0 × nginx (issue 10) | {} | {} |\n",
+        "| CPU per TLS 1.3 handshake ≤ 1.0 × nginx (issue 10) | {} | {} |",
         show(&handshake, &|x| format!("{x:.2}×")),
         verdict(&handshake, &|x| x <= 1.0)
+    );
+    let h2 = tls_sizes("h2");
+    let _ = writeln!(
+        md,
+        "| CPU per HTTP/2 request (TLS, h2load 10 connections × 100 streams) ≤ 0.8 × nginx \
+         (issue 12) | {} | {} |\n",
+        show(&h2, &|x| format!("{x:.2}×")),
+        verdict(&h2, &|x| x <= 0.8)
     );
 
     let notes = results["notes"].as_array().cloned().unwrap_or_default();

@@ -151,6 +151,9 @@ pub enum TlsMode {
     KeepAlive,
     /// One request per connection, each a full TLS 1.3 handshake: the handshake's cost.
     Handshake,
+    /// HTTP/2 over TLS (ALPN h2), h2load with 10 connections × 100 concurrent streams:
+    /// the cost of an HTTP/2 request (issue 12).
+    H2,
 }
 
 impl TlsMode {
@@ -159,6 +162,7 @@ impl TlsMode {
         match self {
             TlsMode::KeepAlive => "https",
             TlsMode::Handshake => "https-handshake",
+            TlsMode::H2 => "h2",
         }
     }
 
@@ -167,6 +171,7 @@ impl TlsMode {
         match self {
             TlsMode::KeepAlive => "keep-alive",
             TlsMode::Handshake => "handshake",
+            TlsMode::H2 => "h2",
         }
     }
 }
@@ -240,6 +245,15 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             rules: 1,
             keys: 0,
             tls: Some(TlsMode::Handshake),
+            epoll: false,
+        },
+        Scenario {
+            name: TlsMode::H2.scenario(),
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+            tls: Some(TlsMode::H2),
             epoll: false,
         },
         // The same as `bare` and `full`, on the epoll driver (opt-in: --scenarios).
@@ -588,7 +602,9 @@ pub fn nginx_conf(opt: &NginxOptions<'_>, port: u16) -> String {
         None => ("plain", format!("127.0.0.1:{port}"), String::new()),
         Some(files) => (
             "HTTPS (TLS 1.3)",
-            format!("127.0.0.1:{port} ssl"),
+            // `http2` serves ALPN h2 to h2load (the h2 scenario); tls_load offers no ALPN
+            // and keeps HTTP/1.1 (nginx 1.22's syntax; 1.25+ accepts it with a warning).
+            format!("127.0.0.1:{port} ssl http2"),
             format!(
                 "        ssl_certificate {};\n        ssl_certificate_key {};\n        \
                  ssl_protocols TLSv1.3;\n",
@@ -725,7 +741,7 @@ mod tests {
         };
         let https = nginx_conf(&options(dir, Some(&files)), 8443);
         let plain = nginx_conf(&options(dir, None), 8081);
-        assert!(https.contains("listen 127.0.0.1:8443 ssl reuseport backlog=4096;"));
+        assert!(https.contains("listen 127.0.0.1:8443 ssl http2 reuseport backlog=4096;"));
         assert!(https.contains("ssl_certificate /tmp/bench/server.pem;"));
         assert!(https.contains("ssl_certificate_key /tmp/bench/server.key;"));
         assert!(https.contains("ssl_protocols TLSv1.3;"));
@@ -752,7 +768,7 @@ mod tests {
     fn https_scenarios_are_bare_behind_the_tls_listener() {
         let all = scenarios(100, 10_000);
         let bare = all.iter().find(|s| s.name == "bare").expect("bare");
-        for mode in [TlsMode::KeepAlive, TlsMode::Handshake] {
+        for mode in [TlsMode::KeepAlive, TlsMode::Handshake, TlsMode::H2] {
             let s = all
                 .iter()
                 .find(|s| s.name == mode.scenario())
