@@ -155,46 +155,13 @@ impl H2Stream {
         self.respond.borrow().is_none()
     }
 
-    /// Sends a relayed response head as it is (no HTTP/1.1 decoding); `end`: no body.
-    pub fn send_head(&mut self, head: Response<()>, end: bool) -> io::Result<()> {
-        let Some(mut respond) = self.respond.borrow_mut().take() else {
-            return Err(io::Error::other("HTTP/2 response already sent"));
-        };
-        let send = respond
-            .send_response(head, end)
-            .map_err(|e| self.failed(e))?;
-        self.send = Some(send);
-        self.out = Out::Done;
-        self.complete = end;
-        Ok(())
-    }
-
-    /// Relayed response data, as the client's window allows.
-    pub async fn send_body(&mut self, data: Bytes) -> io::Result<()> {
-        self.send_data(data, false).await
-    }
-
-    /// Ends a relayed response: with the upstream's trailers, or without.
-    pub fn end_body(&mut self, trailers: Option<HeaderMap>) -> io::Result<()> {
-        let send = self
-            .send
-            .as_mut()
-            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
-        let ended = match trailers {
-            Some(trailers) => send.send_trailers(trailers),
-            None => send.send_data(Bytes::new(), true),
-        };
-        ended.map_err(|e| self.failed(e))?;
-        self.complete = true;
-        Ok(())
-    }
-
     /// Ends a relayed response that failed after its head: a gRPC call past its deadline
     /// gets `grpc-status: 4` trailers, anything else a reset stream.
     pub fn abort(&mut self, deadline: bool) {
         if self.complete {
             return;
         }
+        self.out = Out::Done;
         let Some(send) = self.send.as_mut() else {
             return;
         };
@@ -215,6 +182,10 @@ impl H2Stream {
     /// Ends the stream after the flow is done with it: a close-delimited body ends here;
     /// a response left incomplete (or never begun) resets the stream.
     pub fn finish(&mut self) {
+        if self.complete {
+            self.out = Out::Done;
+            return;
+        }
         match std::mem::replace(&mut self.out, Out::Done) {
             Out::Done if self.complete => {}
             Out::Done => {
@@ -596,10 +567,11 @@ pub async fn send_flow_controlled(
 /// already; this bounds the copy).
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// Undoes chunked framing of a response body the flow writes, byte-exact input (already
-/// validated by the flow's own scanner) in, body data and trailers out.
+/// Undoes chunked framing: a response body the flow writes (already validated by the flow's
+/// own scanner), or an HTTP/1.1 request body bound for an HTTP/2 upstream; body data and
+/// trailers out.
 #[derive(Debug, Default)]
-struct ChunkDecoder {
+pub struct ChunkDecoder {
     state: Chunk,
     size: u64,
     digits: u8,
@@ -619,13 +591,14 @@ enum Chunk {
 }
 
 /// What one step of the decoder found in its input.
-struct ChunkStep {
+#[derive(Debug)]
+pub struct ChunkStep {
     /// Input bytes used.
-    consumed: usize,
+    pub consumed: usize,
     /// Body data: a range of the input.
-    data: Option<std::ops::Range<usize>>,
+    pub data: Option<std::ops::Range<usize>>,
     /// The body ended; its trailer lines (may be empty).
-    finished: Option<Vec<u8>>,
+    pub finished: Option<Vec<u8>>,
 }
 
 fn bad_chunk(what: &str) -> io::Error {
@@ -638,7 +611,7 @@ fn bad_chunk(what: &str) -> io::Error {
 impl ChunkDecoder {
     /// Decodes from the start of `src` up to the end of the first piece of data, or the end
     /// of the body, or the end of `src`.
-    fn step(&mut self, src: &[u8]) -> io::Result<ChunkStep> {
+    pub fn step(&mut self, src: &[u8]) -> io::Result<ChunkStep> {
         let mut i = 0;
         while i < src.len() {
             let byte = src[i];

@@ -17,8 +17,11 @@
 //! `tls` settings: roots, server name, client certificate) to `https` ones; a target that
 //! does not choose `h2` is a TLS failure, and the next target is tried.
 //!
-//! Not done: HTTP/1.1 clients to such services (answered 502 with a message saying to use
-//! HTTP/2).
+//! HTTP/1.1 clients reach such services too: their body (Content-Length or chunked, with
+//! its trailers) goes up as DATA before the answer comes down, the answer is chunked unless
+//! the upstream gave a length (HTTP/1.0 clients: until close), and trailers travel as
+//! chunked trailers. gRPC needs HTTP/2 end to end in practice; REST upstreams that prefer
+//! HTTP/2 (`http2: true`) serve both kinds of client.
 
 use std::future::poll_fn;
 use std::io;
@@ -33,13 +36,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use shardgate_core::http1::{BodyKind, Parse, parse_response};
 use shardgate_core::model::ServiceType;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget};
 
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
 use crate::h2io::H2Io;
-use crate::h2stream::{H2Stream, h2_error, send_flow_controlled};
+use crate::h2stream::{ChunkDecoder, h2_error, send_flow_controlled};
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
@@ -63,24 +67,26 @@ pub fn speaks_h2(service: &CompiledService) -> bool {
         || service.upstreams.first().is_some_and(|u| u.spec.spec.http2)
 }
 
-/// Relays one request to `service` over HTTP/2 and its answer back.
+/// Relays one request to `service` over HTTP/2 and its answer back, to an HTTP/2 client
+/// (frames both ways at once) or an HTTP/1.1 one (its body first, then the answer).
 pub async fn forward(
     client: &mut Client,
     req: &UpstreamRequest,
     service: &CompiledService,
     ctx: &WorkerContext,
     effects: &Effects,
+    body_limit: u64,
 ) -> io::Result<Outcome> {
-    let Downstream::H2(stream) = &mut client.stream else {
-        client.consume(client.buf.len());
-        respond::refuse(client, Refusal::NeedsHttp2, effects, true, req.is_head).await?;
-        return Ok(Outcome::Done { keep_alive: false });
+    // Where the request body comes from: the HTTP/2 client's stream (taken whole: the flow
+    // read only the head), or the HTTP/1.1 connection after the head.
+    let (body, grpc_timeout) = match &mut client.stream {
+        Downstream::H2(stream) => (Source::H2(stream.take_body()), stream.grpc_timeout),
+        _ => (Source::H1, None),
     };
-    let deadline = match (req.deadline, stream.grpc_timeout) {
+    let deadline = match (req.deadline, grpc_timeout) {
         (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
         (d, t) => d.or(t.map(|t| Instant::now() + t)),
     };
-    let body = stream.take_body();
     let plane = ctx.plane();
     let max_attempts = 1 + service.spec.spec.retries as usize;
     let mut attempts = 0;
@@ -113,19 +119,30 @@ pub async fn forward(
         }
     }
     let Some((upstream, i, sender)) = opened else {
-        return refuse(client, last, effects, req).await;
+        return refuse(client, Refusal::Upstream(last), effects, req).await;
     };
     let request = match upstream.targets.get(i).map(|t| upstream_request(req, t)) {
         Some(Ok(request)) => request,
         other => {
             tracing::debug!(error = ?other.map(|r| r.err()), "request not expressible in HTTP/2");
-            return refuse(client, UpstreamFailure::InvalidResponse, effects, req).await;
+            let failure = Refusal::Upstream(UpstreamFailure::InvalidResponse);
+            return refuse(client, failure, effects, req).await;
         }
     };
     plane.picker.started(&upstream, i);
     let spec = &upstream.spec.spec;
-    let read_timeout = spec.read_timeout.as_duration();
-    let exchange = relay(client, sender, request, body, effects, read_timeout);
+    let timeouts = (spec.read_timeout.as_duration(), body_limit);
+    let mut sent_head = false;
+    let exchange = relay(
+        client,
+        sender,
+        request,
+        body,
+        req,
+        effects,
+        timeouts,
+        &mut sent_head,
+    );
     let result = match deadline {
         Some(deadline) => match monoio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
@@ -134,54 +151,64 @@ pub async fn forward(
         None => exchange.await,
     };
     plane.picker.finished(&upstream, i);
-    match result {
-        Ok(()) => {
+    let failure = match result {
+        Ok(keep_alive) => {
             plane.picker.report(&upstream, i, true);
-            Ok(Outcome::Done { keep_alive: false })
+            return Ok(Outcome::Done { keep_alive });
         }
-        Err(Relayed::ClientGone) => Ok(Outcome::Done { keep_alive: false }),
+        Err(Relayed::ClientGone) => return Ok(Outcome::Done { keep_alive: false }),
+        Err(Relayed::BodyTooLarge) => Refusal::BodyTooLarge { limit: body_limit },
         Err(Relayed::Failed(failure)) => {
             if failure != UpstreamFailure::DeadlineExceeded {
                 plane.picker.report(&upstream, i, false);
             }
-            // Before the response head: the gateway answers (trailers-only for gRPC);
-            // after it, the stream ends with the matching grpc-status or a reset.
-            let started = match &client.stream {
-                Downstream::H2(stream) => stream.responding(),
-                _ => true,
-            };
-            if !started {
-                return refuse(client, failure, effects, req).await;
-            }
-            if let Downstream::H2(stream) = &mut client.stream {
-                stream.abort(failure == UpstreamFailure::DeadlineExceeded);
-            }
-            Ok(Outcome::Done { keep_alive: false })
+            Refusal::Upstream(failure)
         }
+    };
+    let deadline_passed = matches!(
+        failure,
+        Refusal::Upstream(UpstreamFailure::DeadlineExceeded)
+    );
+    // Before the response head, the gateway answers (trailers-only for gRPC); after it,
+    // an HTTP/2 stream ends with grpc-status 4 (deadline) or a reset, an HTTP/1.1
+    // connection closes.
+    let responding = match &client.stream {
+        Downstream::H2(stream) => stream.responding(),
+        _ => sent_head,
+    };
+    if !responding {
+        return refuse(client, failure, effects, req).await;
     }
+    if let Downstream::H2(stream) = &mut client.stream {
+        stream.abort(deadline_passed);
+    }
+    Ok(Outcome::Done { keep_alive: false })
+}
+
+/// Where the request body comes from.
+enum Source {
+    /// The HTTP/2 client's stream (`None`: no body).
+    H2(Option<RecvStream>),
+    /// The HTTP/1.1 client's connection, framed as its head says.
+    H1,
 }
 
 /// How a relay ended short of success.
 enum Relayed {
     ClientGone,
+    /// An HTTP/1.1 chunked body grew past the body limit.
+    BodyTooLarge,
     Failed(UpstreamFailure),
 }
 
 async fn refuse(
     client: &mut Client,
-    failure: UpstreamFailure,
+    refusal: Refusal,
     effects: &Effects,
     req: &UpstreamRequest,
 ) -> io::Result<Outcome> {
     client.consume(client.buf.len());
-    respond::refuse(
-        client,
-        Refusal::Upstream(failure),
-        effects,
-        true,
-        req.is_head,
-    )
-    .await?;
+    respond::refuse(client, refusal, effects, true, req.is_head).await?;
     Ok(Outcome::Done { keep_alive: false })
 }
 
@@ -315,54 +342,78 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
     Ok(request)
 }
 
-/// Sends the request, pumps its body up while the answer comes down, and relays the answer
-/// (head, data, trailers) to the client.
+/// Sends the request and its body, and writes the answer to the client. `Ok`: whether an
+/// HTTP/1.1 client's connection may be kept. `sent_head`: the answer's head went out.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Client,
-    sender: SendRequest<Bytes>,
-    mut request: Request<()>,
-    body: Option<RecvStream>,
+    mut sender: SendRequest<Bytes>,
+    request: Request<()>,
+    body: Source,
+    req: &UpstreamRequest,
     effects: &Effects,
-    read_timeout: Duration,
-) -> Result<(), Relayed> {
-    let Downstream::H2(stream) = &mut client.stream else {
-        return Err(Relayed::ClientGone);
+    (read_timeout, body_limit): (Duration, u64),
+    sent_head: &mut bool,
+) -> Result<bool, Relayed> {
+    let no_body = match &body {
+        Source::H2(body) => body.is_none(),
+        Source::H1 => matches!(req.body, BodyKind::None | BodyKind::Length(0)),
     };
-    if request.uri().authority().is_none() {
-        return Err(Relayed::Failed(UpstreamFailure::InvalidResponse));
-    }
-    let _ = &mut request;
-    let mut sender = sender;
-    let end = body.is_none();
     let (response, up_body) = sender
-        .send_request(request, end)
+        .send_request(request, no_body)
         .map_err(|e| failed(e, UpstreamFailure::ConnectFailed))?;
-    let up = pump_up(body, up_body);
-    let down = async {
-        let response = monoio::time::timeout(read_timeout, response)
+    let response = async {
+        monoio::time::timeout(read_timeout, response)
             .await
             .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?
-            .map_err(|e| failed(e, UpstreamFailure::ClosedWithoutAnswer))?;
-        relay_response(stream, response, effects).await
+            .map_err(|e| failed(e, UpstreamFailure::ClosedWithoutAnswer))
     };
-    let mut up = pin!(up);
-    let mut down = pin!(down);
-    let mut up_done = end;
-    poll_fn(|cx| {
-        if !up_done {
-            match up.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => up_done = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
+    match body {
+        // HTTP/2: both directions at once (bidirectional streams).
+        Source::H2(body) => {
+            let up = pump_up(body, up_body);
+            let down = async {
+                let response = response.await?;
+                answer(client, response, req, effects, sent_head).await
+            };
+            let mut up = pin!(up);
+            let mut down = pin!(down);
+            let mut up_done = no_body;
+            poll_fn(|cx| {
+                if !up_done {
+                    match up.as_mut().poll(cx) {
+                        Poll::Ready(Ok(())) => up_done = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                // The answer decides: once it is complete, what the client still sends is
+                // moot.
+                down.as_mut().poll(cx)
+            })
+            .await
         }
-        // The answer decides: once it is complete, what the client still sends is moot.
-        down.as_mut().poll(cx)
-    })
-    .await
+        // HTTP/1.1: the body first (its bytes share the client's one buffer), then the
+        // answer; the head leaves the buffer either way, and what follows the body stays
+        // there for the next request.
+        Source::H1 => {
+            client.consume(req.head_len);
+            if !no_body {
+                if req.expect_continue {
+                    client
+                        .write(crate::wire::CONTINUE.to_vec())
+                        .await
+                        .map_err(|_| Relayed::ClientGone)?;
+                }
+                pump_h1(client, up_body, req, body_limit).await?;
+            }
+            let response = response.await?;
+            answer(client, response, req, effects, sent_head).await
+        }
+    }
 }
 
-/// The client's request body (and trailers) to the upstream stream.
+/// The HTTP/2 client's request body (and trailers) to the upstream stream.
 async fn pump_up(body: Option<RecvStream>, mut up: SendStream<Bytes>) -> Result<(), Relayed> {
     let Some(mut body) = body else {
         return Ok(());
@@ -395,46 +446,172 @@ async fn pump_up(body: Option<RecvStream>, mut up: SendStream<Bytes>) -> Result<
     .map_err(|_| Relayed::Failed(UpstreamFailure::FailedReceivingBody))
 }
 
-/// The upstream's answer to the client: head (with the plugins' headers), data, trailers.
-async fn relay_response(
-    stream: &mut H2Stream,
-    response: Response<RecvStream>,
-    effects: &Effects,
+/// The HTTP/1.1 client's request body, framed by Content-Length or chunked, to the upstream
+/// stream as DATA (and trailers); the client buffer keeps what follows it.
+async fn pump_h1(
+    client: &mut Client,
+    mut up: SendStream<Bytes>,
+    req: &UpstreamRequest,
+    body_limit: u64,
 ) -> Result<(), Relayed> {
+    let upstream_failed = || Relayed::Failed(UpstreamFailure::FailedReceivingBody);
+    let mut left = match req.body {
+        BodyKind::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut chunks = ChunkDecoder::default();
+    let mut sent = 0u64;
+    loop {
+        if client.buf.is_empty() {
+            let buf = std::mem::take(&mut client.buf);
+            let (read, buf) = client.read_into_before(buf, req.deadline).await;
+            client.buf = buf;
+            match read {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    up.send_reset(h2::Reason::CANCEL);
+                    return Err(Relayed::ClientGone);
+                }
+            }
+        }
+        match &mut left {
+            Some(left) => {
+                let n = (*left).min(client.buf.len() as u64) as usize;
+                *left -= n as u64;
+                let data = Bytes::copy_from_slice(&client.buf[..n]);
+                client.consume(n);
+                let end = *left == 0;
+                send_flow_controlled(&mut up, data, end)
+                    .await
+                    .map_err(|_| upstream_failed())?;
+                if end {
+                    return Ok(());
+                }
+            }
+            None => {
+                let step = chunks.step(&client.buf).map_err(|e| {
+                    tracing::debug!(error = %e, "invalid chunked request body");
+                    up.send_reset(h2::Reason::CANCEL);
+                    Relayed::ClientGone
+                })?;
+                let data = step
+                    .data
+                    .map(|range| Bytes::copy_from_slice(&client.buf[range]));
+                client.consume(step.consumed);
+                if let Some(data) = data {
+                    sent += data.len() as u64;
+                    if sent > body_limit {
+                        up.send_reset(h2::Reason::CANCEL);
+                        return Err(Relayed::BodyTooLarge);
+                    }
+                    send_flow_controlled(&mut up, data, false)
+                        .await
+                        .map_err(|_| upstream_failed())?;
+                }
+                if let Some(trailers) = step.finished {
+                    let trailers = trailer_map(&trailers);
+                    let ended = if trailers.is_empty() {
+                        up.send_data(Bytes::new(), true)
+                    } else {
+                        up.send_trailers(trailers)
+                    };
+                    return ended.map_err(|_| upstream_failed());
+                }
+            }
+        }
+    }
+}
+
+/// The upstream's answer to the client. Its head is written as HTTP/1.1 and handed to the
+/// flow's own head writer (`respond::client_head`: the plugins' headers, CORS ownership,
+/// response transforms, `Via`), so both client protocols and both upstream protocols get
+/// the same headers; to an HTTP/2 client that head becomes HEADERS in [`H2Stream`], and the
+/// chunked body and its trailers become DATA and trailers. `Ok`: whether an HTTP/1.1
+/// client's connection may be kept.
+async fn answer(
+    client: &mut Client,
+    response: Response<RecvStream>,
+    req: &UpstreamRequest,
+    effects: &Effects,
+    sent_head: &mut bool,
+) -> Result<bool, Relayed> {
     let (parts, mut body) = response.into_parts();
-    let mut head = Response::new(());
-    *head.status_mut() = parts.status;
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    let h2_client = matches!(client.stream, Downstream::H2(_));
+    let keep_alive = !h2_client && req.client_keep_alive && !req.http10;
+    // The upstream's head as HTTP/1.1: its length when it gave one, else chunked (the way
+    // trailers travel), or close-delimited for an HTTP/1.0 client.
+    let mut upstream_head = Vec::with_capacity(512);
+    upstream_head.extend_from_slice(b"HTTP/1.1 ");
+    upstream_head.extend_from_slice(parts.status.as_str().as_bytes());
+    upstream_head.extend_from_slice(b" \r\n");
     for (name, value) in &parts.headers {
-        if HOP_BY_HOP[..6].contains(&name.as_str()) {
+        if HOP_BY_HOP.contains(&name.as_str()) {
             continue;
         }
-        headers.append(name.clone(), value.clone());
+        crate::wire::push_header(
+            &mut upstream_head,
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+        );
     }
-    for (name, value) in effects.header_pairs() {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
+    let length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = match (body.is_end_stream(), length) {
+        (true, _) => {
+            upstream_head.extend_from_slice(b"content-length: 0\r\n");
+            false
         }
-    }
-    *head.headers_mut() = headers;
-    let end = body.is_end_stream();
-    stream
-        .send_head(head, end)
-        .map_err(|_| Relayed::ClientGone)?;
-    if end {
-        return Ok(());
+        (false, Some(n)) => {
+            upstream_head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            false
+        }
+        (false, None) if req.http10 => false,
+        (false, None) => {
+            upstream_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    upstream_head.extend_from_slice(b"\r\n");
+    let limits = shardgate_core::http1::Limits::default();
+    let head = match parse_response(&upstream_head, req.is_head, &limits) {
+        Ok(Parse::Complete(head)) => head,
+        _ => return Err(Relayed::Failed(UpstreamFailure::InvalidResponse)),
+    };
+    let keep_alive = keep_alive && head.body != BodyKind::CloseDelimited;
+    let mut out = Vec::with_capacity(upstream_head.len() + 256);
+    respond::client_head(
+        &mut out,
+        &head,
+        &upstream_head,
+        req,
+        effects,
+        keep_alive,
+        false,
+    );
+    client.write(out).await.map_err(|_| Relayed::ClientGone)?;
+    *sent_head = true;
+    if head.body == BodyKind::None || body.is_end_stream() {
+        return Ok(keep_alive);
     }
     loop {
         match poll_fn(|cx| body.poll_data(cx)).await {
             Some(Ok(data)) => {
                 let len = data.len();
-                stream
-                    .send_body(data)
-                    .await
-                    .map_err(|_| Relayed::ClientGone)?;
+                if len == 0 {
+                    continue;
+                }
+                let mut piece = Vec::with_capacity(len + 16);
+                if chunked {
+                    piece.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+                    piece.extend_from_slice(&data);
+                    piece.extend_from_slice(b"\r\n");
+                } else {
+                    piece.extend_from_slice(&data);
+                }
+                client.write(piece).await.map_err(|_| Relayed::ClientGone)?;
                 // Credit back to the upstream only once the client took the bytes.
                 let _ = body.flow_control().release_capacity(len);
             }
@@ -445,7 +622,37 @@ async fn relay_response(
     let trailers = poll_fn(|cx| body.poll_trailers(cx))
         .await
         .map_err(|e| failed(e, UpstreamFailure::FailedWhileAnswering))?;
-    stream.end_body(trailers).map_err(|_| Relayed::ClientGone)
+    if chunked {
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flatten() {
+            crate::wire::push_header(&mut end, name.as_str().as_bytes(), value.as_bytes());
+        }
+        end.extend_from_slice(b"\r\n");
+        client.write(end).await.map_err(|_| Relayed::ClientGone)?;
+    }
+    Ok(keep_alive)
+}
+
+/// Chunked trailer lines as a header map (names lowercased; malformed lines skipped).
+fn trailer_map(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii().to_ascii_lowercase();
+        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 fn failed(e: h2::Error, failure: UpstreamFailure) -> Relayed {

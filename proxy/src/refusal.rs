@@ -57,9 +57,6 @@ pub enum Refusal {
     NoService,
     /// The upstream could not give an answer to relay.
     Upstream(UpstreamFailure),
-    /// An HTTP/1.1 request for a service whose upstream speaks HTTP/2 only (gRPC, or
-    /// `http2: true`): not bridged yet.
-    NeedsHttp2,
     /// A `pre_request` plugin refused the request; `headers` are what the plugin stage
     /// promised with it (the rate limiter's `X-RateLimit-*`).
     Plugin {
@@ -180,11 +177,6 @@ impl Refusal {
                 ErrorResponse::new(e.status(), format!("invalid chunked body: {e}"))
             }
             Refusal::NoService => ErrorResponse::new(503, "no service available for this route"),
-            Refusal::NeedsHttp2 => ErrorResponse::new(
-                502,
-                "this service's upstream speaks HTTP/2 only: send the request over HTTP/2 \
-                 (TLS with ALPN h2, or h2c with prior knowledge)",
-            ),
             Refusal::Upstream(failure) => {
                 let (status, message) = failure.status_and_message();
                 ErrorResponse::new(status, message)

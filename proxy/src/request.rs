@@ -67,7 +67,9 @@ pub async fn handle(
     match decide(client, head, &snapshot, ctx) {
         Ok(d) => {
             let outcome = if crate::h2upstream::speaks_h2(&d.service) {
-                crate::h2upstream::forward(client, &d.request, &d.service, ctx, &d.effects).await
+                let (req, service) = (&d.request, &d.service);
+                crate::h2upstream::forward(client, req, service, ctx, &d.effects, d.body_limit)
+                    .await
             } else {
                 forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit).await
             };

@@ -71,8 +71,9 @@ pub async fn refuse(
     client.send_error(&error, close, head_only).await
 }
 
-/// Writes the client's response head for `head` into `out`.
-fn client_head(
+/// Writes the client's response head for `head` into `out` (also for answers of HTTP/2
+/// upstreams, whose head `crate::h2upstream` writes as HTTP/1.1 first).
+pub(crate) fn client_head(
     out: &mut Vec<u8>,
     head: &ResponseHead,
     rbuf: &[u8],

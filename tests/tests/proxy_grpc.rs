@@ -213,19 +213,75 @@ fn grpc_calls_pass_with_trailers_and_gateway_errors_are_grpc_statuses() {
     }
 }
 
+/// A gRPC message as it travels: uncompressed flag, 4-byte length, payload.
+fn grpc_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 #[test]
-fn an_http11_request_to_a_grpc_service_is_told_to_use_http2() {
+fn an_http11_client_reaches_an_http2_upstream_with_trailers_as_chunked_trailers() {
     let server = GrpcServer::start();
-    let sg = Shardgate::start(Options::new());
-    let tenant = grpc_route(&sg, "grpc1", server.port, json!([]));
-    let resp = tenant.client().request(
-        "POST",
-        "/test.Echo/Unary",
-        &[("content-type", "application/grpc")],
-        b"",
-    );
-    assert_eq!(resp.status, 502, "{}", resp.text());
-    assert!(resp.error().contains("HTTP/2"), "{}", resp.text());
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let tenant = grpc_route(&sg, "grpc1", server.port, json!([]));
+        let message = grpc_frame(b"hi");
+        // Content-Length framed, then chunked (the body arrives in two chunks).
+        let mut chunked = Vec::new();
+        for part in [&message[..3], &message[3..]] {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        for (framing, body) in [
+            (
+                format!("Content-Length: {}", message.len()),
+                message.clone(),
+            ),
+            ("Transfer-Encoding: chunked".to_owned(), chunked),
+        ] {
+            let mut request = format!(
+                "POST /test.Echo/Unary HTTP/1.1\r\nHost: grpc1.localhost\r\n\
+                 X-API-Key: {}\r\nContent-Type: application/grpc\r\nTE: trailers\r\n\
+                 {framing}\r\nConnection: close\r\n\r\n",
+                tenant.key
+            )
+            .into_bytes();
+            request.extend_from_slice(&body);
+            let raw = tenant.client().raw(&request);
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                text.starts_with("HTTP/1.1 200 "),
+                "[{driver} {framing}] {text}"
+            );
+            let lower = text.to_ascii_lowercase();
+            assert!(
+                lower.contains("transfer-encoding: chunked"),
+                "[{driver} {framing}] {text}"
+            );
+            let answer = grpc_frame(b"echo:hi");
+            assert!(
+                raw.windows(answer.len()).any(|w| w == answer.as_slice()),
+                "[{driver} {framing}] the echoed message: {text}"
+            );
+            // The trailers come after the last chunk.
+            let last_chunk = lower
+                .find("\r\n0\r\n")
+                .unwrap_or_else(|| panic!("[{driver}] {text}"));
+            let trailers = &lower[last_chunk..];
+            assert!(
+                trailers.contains("grpc-status: 0"),
+                "[{driver} {framing}] {text}"
+            );
+            assert!(
+                trailers.contains("x-trailer: unary-done"),
+                "[{driver} {framing}] {text}"
+            );
+        }
+    }
 }
 
 #[test]
