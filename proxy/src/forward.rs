@@ -154,6 +154,10 @@ pub async fn forward(
     let mut last: Option<UpstreamFailure> = None;
 
     'upstreams: for upstream in &service.upstreams {
+        // A fallback that speaks HTTP/2 serves only services whose primary does.
+        if crate::h2upstream::upstream_speaks_h2(service, upstream) {
+            continue;
+        }
         let mut tried = [usize::MAX; 12];
         let mut tried_len = 0;
         while attempts < max_attempts && tried_len < tried.len() {
@@ -176,9 +180,9 @@ pub async fn forward(
                 index: i,
                 last: attempts >= max_attempts,
             };
-            plane.picker.started(upstream, i);
+            let in_flight = plane.picker.started(upstream, i);
             let result = attempt(client, req, &mut plan, leg, ctx, (&effects, body_limit)).await;
-            plane.picker.finished(upstream, i);
+            drop(in_flight);
             match result {
                 Ok(outcome) => {
                     plane.picker.report(upstream, i, true);

@@ -116,6 +116,15 @@ pub async fn serve(
             }
             Ok(None) => return Ok(()),
             Err(_elapsed) => {
+                if closing && tally.open.get() == 0 {
+                    // GOAWAY was sent a keep-alive timeout ago and the client neither
+                    // closed nor acknowledged the PING that ends a graceful close: its place
+                    // is given back now.
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                    let flush = poll_fn(|cx| conn.poll_closed(cx));
+                    let _ = monoio::time::timeout(GOAWAY_FLUSH, flush).await;
+                    return Ok(());
+                }
                 if tally.open.get() == 0 && !closing {
                     closing = true;
                     conn.graceful_shutdown();
@@ -141,7 +150,14 @@ async fn run_stream(
     let plane = ctx.plane();
     let settings = &plane.settings;
     let respond = Rc::new(RefCell::new(Some(respond)));
-    let stream = H2Stream::new(request, respond.clone(), tls, settings.head_limits);
+    let send = Rc::new(RefCell::new(None));
+    let stream = H2Stream::new(
+        request,
+        respond.clone(),
+        send.clone(),
+        tls,
+        settings.head_limits,
+    );
     let timer = Timer::new(&plane.wheel);
     let mut client = Client::new(
         Downstream::H2(Box::new(stream)),
@@ -151,26 +167,35 @@ async fn run_stream(
     );
     client.buf = plane.heads.take();
     let mut head = Box::<RequestHead>::default();
-    // The client's RST_STREAM while the answer is still being prepared ends the work at
-    // once (rapid reset costs the gateway a decision, not an upstream exchange).
-    let reset = poll_fn(|cx| match respond.borrow_mut().as_mut() {
-        Some(respond) => respond.poll_reset(cx).map(|_| ()),
-        None => Poll::Pending,
+    // The client's RST_STREAM ends the work at once: while the answer is prepared (rapid
+    // reset costs the gateway a decision, not an upstream exchange) and while its body is
+    // awaited (a long poll the client gave up on frees its upstream). Only the client's
+    // resets wake this: a stream that ends normally never does.
+    let reset = poll_fn(|cx| {
+        if let Some(respond) = respond.borrow_mut().as_mut() {
+            return respond.poll_reset(cx).map(|_| ());
+        }
+        match send.borrow_mut().as_mut() {
+            Some(send) => send.poll_reset(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
     });
     let abandoned = monoio::select! {
         _ = connection::serve_request(&mut client, &mut head, &ctx) => false,
         _ = reset => true,
     };
-    let answered = match &mut client.stream {
+    // Only the client's own resets count against it (rapid reset); a stream the gateway
+    // ended for an upstream's failure is not the client's doing.
+    let reset_by_client = match &mut client.stream {
         Downstream::H2(stream) => {
             stream.finish();
-            stream.answered()
+            abandoned || stream.peer_reset
         }
-        _ => false,
+        _ => abandoned,
     };
     plane.heads.give(std::mem::take(&mut client.buf));
     tally.open.set(tally.open.get().saturating_sub(1));
-    if abandoned || !answered {
+    if reset_by_client {
         tally.reset.set(tally.reset.get() + 1);
     } else {
         tally.done.set(tally.done.get() + 1);

@@ -65,8 +65,9 @@ pub struct H2Stream {
     /// The response handle until the response head is written (shared with the stream's
     /// task, which watches it for the client's reset).
     respond: Rc<RefCell<Option<SendResponse<Bytes>>>>,
-    /// The response body's stream, once the head is sent.
-    send: Option<SendStream<Bytes>>,
+    /// The response body's stream, once the head is sent (shared with the task too, which
+    /// watches it for the client's reset while the body is awaited).
+    send: SharedSend,
     out: Out,
     limits: Limits,
     /// The response ended (end of stream sent).
@@ -110,7 +111,8 @@ impl H2Stream {
     /// The stream for `request`, whose head is queued for the flow's first read.
     pub fn new(
         request: Request<RecvStream>,
-        respond: Rc<RefCell<Option<SendResponse<Bytes>>>>,
+        respond: SharedRespond,
+        send: SharedSend,
         tls: bool,
         limits: Limits,
     ) -> H2Stream {
@@ -133,7 +135,7 @@ impl H2Stream {
             chunked,
             pending,
             respond,
-            send: None,
+            send,
             out: Out::Head(Vec::new()),
             limits,
             complete: false,
@@ -162,7 +164,8 @@ impl H2Stream {
             return;
         }
         self.out = Out::Done;
-        let Some(send) = self.send.as_mut() else {
+        let mut cell = self.send.borrow_mut();
+        let Some(send) = cell.as_mut() else {
             return;
         };
         if self.grpc && deadline {
@@ -186,31 +189,31 @@ impl H2Stream {
             self.out = Out::Done;
             return;
         }
+        // A gRPC error answer whose body ran until close: complete now.
+        if matches!(&self.out, Out::GrpcError { framing, .. } if matches!(**framing, Out::Close)) {
+            let _ = self.send_grpc_error();
+            return;
+        }
         match std::mem::replace(&mut self.out, Out::Done) {
             Out::Done if self.complete => {}
             Out::Done => {
-                if let Some(send) = &mut self.send {
+                if let Some(send) = self.send.borrow_mut().as_mut() {
                     send.send_reset(h2::Reason::INTERNAL_ERROR);
                 }
             }
             Out::Close => {
-                if let Some(send) = &mut self.send {
+                if let Some(send) = self.send.borrow_mut().as_mut() {
                     self.complete = send.send_data(Bytes::new(), true).is_ok();
                 }
             }
             _ => {
-                if let Some(send) = &mut self.send {
+                if let Some(send) = self.send.borrow_mut().as_mut() {
                     send.send_reset(h2::Reason::INTERNAL_ERROR);
                 } else if let Some(respond) = self.respond.borrow_mut().as_mut() {
                     respond.send_reset(h2::Reason::INTERNAL_ERROR);
                 }
             }
         }
-    }
-
-    /// Whether the response was sent in full.
-    pub fn answered(&self) -> bool {
-        self.complete
     }
 
     /// `e` as an I/O error, noting a reset by the client.
@@ -346,17 +349,29 @@ impl H2Stream {
                     self.send_data(data, false).await?;
                 }
                 Out::GrpcError { body, framing, .. } => {
-                    // Only the framing matters here; the bytes are kept for the message.
+                    // The body is kept (up to a bound) for grpc-message; the framing says
+                    // where it ends. A close-delimited one ends in `finish`.
+                    let room = GRPC_ERROR_BODY.saturating_sub(body.len());
                     let (consumed, done) = match framing.as_mut() {
                         Out::Length(left) => {
                             let n = (*left).min(src.len() as u64) as usize;
                             *left -= n as u64;
+                            body.extend_from_slice(&src[..n.min(room)]);
                             (n, *left == 0)
                         }
-                        _ => (src.len(), false),
+                        Out::Chunked(decoder) => {
+                            let step = decoder.step(src)?;
+                            if let Some(range) = step.data {
+                                let data = &src[range];
+                                body.extend_from_slice(&data[..data.len().min(room)]);
+                            }
+                            (step.consumed, step.finished.is_some())
+                        }
+                        _ => {
+                            body.extend_from_slice(&src[..src.len().min(room)]);
+                            (src.len(), false)
+                        }
                     };
-                    let room = GRPC_ERROR_BODY.saturating_sub(body.len());
-                    body.extend_from_slice(&src[..consumed.min(room)]);
                     src = &src[consumed..];
                     if done {
                         self.send_grpc_error()?;
@@ -425,7 +440,7 @@ impl H2Stream {
         let send = respond
             .send_response(response, end)
             .map_err(|e| self.failed(e))?;
-        self.send = Some(send);
+        *self.send.borrow_mut() = Some(send);
         self.out = framing;
         self.complete = end;
         Ok(())
@@ -469,17 +484,14 @@ impl H2Stream {
 
     /// Sends `data` as the client's window allows, waiting for credit.
     async fn send_data(&mut self, data: Bytes, end: bool) -> io::Result<()> {
-        let send = self
-            .send
-            .as_mut()
-            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
-        match send_flow_controlled(send, data, end).await {
+        let cell = self.send.clone();
+        match send_shared(&cell, data, end).await {
             Ok(()) => {
                 self.complete |= end;
                 Ok(())
             }
             Err(e) => {
-                if send_was_reset(send) {
+                if cell.borrow_mut().as_mut().is_some_and(send_was_reset) {
                     self.peer_reset = true;
                 }
                 Err(e)
@@ -489,10 +501,6 @@ impl H2Stream {
 
     /// Ends the body: with trailers when the chunked body carried some.
     fn end_with(&mut self, trailers: Vec<u8>) -> io::Result<()> {
-        let send = self
-            .send
-            .as_mut()
-            .ok_or_else(|| io::Error::other("HTTP/2 response body before its head"))?;
         let mut map = HeaderMap::new();
         for line in trailers.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -510,15 +518,68 @@ impl H2Stream {
                 map.append(name, value);
             }
         }
-        let sent = if map.is_empty() {
-            send.send_data(Bytes::new(), true)
-        } else {
-            send.send_trailers(map)
+        let sent = match self.send.borrow_mut().as_mut() {
+            None => return Err(io::Error::other("HTTP/2 response body before its head")),
+            Some(send) if map.is_empty() => send.send_data(Bytes::new(), true),
+            Some(send) => send.send_trailers(map),
         };
         sent.map_err(|e| self.failed(e))?;
         self.complete = true;
         Ok(())
     }
+}
+
+/// A stream's response handle, shared by the stream and its task.
+pub type SharedRespond = Rc<RefCell<Option<SendResponse<Bytes>>>>;
+
+/// A stream's response body, shared by the stream and its task.
+pub type SharedSend = Rc<RefCell<Option<SendStream<Bytes>>>>;
+
+/// [`send_flow_controlled`] on a shared stream, borrowing it only inside each poll (the
+/// task watching it for a reset borrows it between polls).
+async fn send_shared(
+    cell: &RefCell<Option<SendStream<Bytes>>>,
+    mut data: Bytes,
+    end: bool,
+) -> io::Result<()> {
+    let closed = || {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "HTTP/2 stream closed by the peer",
+        )
+    };
+    if data.is_empty() {
+        if end {
+            let mut cell = cell.borrow_mut();
+            let send = cell.as_mut().ok_or_else(closed)?;
+            send.send_data(data, true).map_err(h2_error)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        if let Some(send) = cell.borrow_mut().as_mut() {
+            send.reserve_capacity(data.len());
+        }
+        let granted = poll_fn(|cx| match cell.borrow_mut().as_mut() {
+            Some(send) => send.poll_capacity(cx),
+            None => std::task::Poll::Ready(None),
+        })
+        .await;
+        let granted = match granted {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_error(e)),
+            None => return Err(closed()),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        let mut cell = cell.borrow_mut();
+        let send = cell.as_mut().ok_or_else(closed)?;
+        send.send_data(piece, end && data.is_empty())
+            .map_err(h2_error)?;
+    }
+    Ok(())
 }
 
 /// Whether the peer has reset `send` (polled once, without waiting).

@@ -36,9 +36,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use shardgate_core::http1::{BodyKind, Parse, parse_response};
+use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, parse_response};
 use shardgate_core::model::ServiceType;
-use shardgate_core::snapshot::{CompiledService, CompiledTarget};
+use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
@@ -61,10 +61,19 @@ const HOP_BY_HOP: [&str; 7] = [
     "content-length",
 ];
 
-/// Whether `service`'s requests go upstream over HTTP/2.
+/// Whether `service`'s requests go upstream over HTTP/2: a `grpc` service, or a primary
+/// upstream with `http2: true`. Fallback upstreams are used only when they speak the same
+/// protocol as the primary ([`upstream_speaks_h2`]); the others are skipped.
 pub fn speaks_h2(service: &CompiledService) -> bool {
-    service.spec.spec.kind == ServiceType::Grpc
-        || service.upstreams.first().is_some_and(|u| u.spec.spec.http2)
+    service
+        .upstreams
+        .first()
+        .is_some_and(|u| upstream_speaks_h2(service, u))
+}
+
+/// Whether `upstream` is spoken to over HTTP/2 for `service`.
+pub fn upstream_speaks_h2(service: &CompiledService, upstream: &CompiledUpstream) -> bool {
+    service.spec.spec.kind == ServiceType::Grpc || upstream.spec.spec.http2
 }
 
 /// Relays one request to `service` over HTTP/2 and its answer back, to an HTTP/2 client
@@ -92,9 +101,17 @@ pub async fn forward(
     let mut attempts = 0;
     let mut last = UpstreamFailure::NoHealthyTarget;
     let mut opened = None;
+    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
     'upstreams: for upstream in &service.upstreams {
+        if !upstream_speaks_h2(service, upstream) {
+            continue;
+        }
         let mut tried = Vec::new();
         while attempts < max_attempts {
+            if past_deadline() {
+                last = UpstreamFailure::DeadlineExceeded;
+                break 'upstreams;
+            }
             let Some(i) = plane.picker.target(upstream, req.hash, &tried) else {
                 continue 'upstreams;
             };
@@ -109,6 +126,12 @@ pub async fn forward(
             match sender(ctx, &dial, connect_timeout).await {
                 Ok(sender) => {
                     opened = Some((upstream.clone(), i, sender));
+                    break 'upstreams;
+                }
+                // A failure the deadline caused (a client's grpc-timeout included) says
+                // nothing about the target: not reported.
+                Err(_) if past_deadline() => {
+                    last = UpstreamFailure::DeadlineExceeded;
                     break 'upstreams;
                 }
                 Err(failure) => {
@@ -129,9 +152,13 @@ pub async fn forward(
             return refuse(client, failure, effects, req).await;
         }
     };
-    plane.picker.started(&upstream, i);
+    let in_flight = plane.picker.started(&upstream, i);
     let spec = &upstream.spec.spec;
-    let timeouts = (spec.read_timeout.as_duration(), body_limit);
+    let timeouts = Timeouts {
+        read: spec.read_timeout.as_duration(),
+        write: spec.write_timeout.as_duration(),
+        body_limit,
+    };
     let mut sent_head = false;
     let exchange = relay(
         client,
@@ -150,7 +177,7 @@ pub async fn forward(
         },
         None => exchange.await,
     };
-    plane.picker.finished(&upstream, i);
+    drop(in_flight);
     let failure = match result {
         Ok(keep_alive) => {
             plane.picker.report(&upstream, i, true);
@@ -161,6 +188,18 @@ pub async fn forward(
         Err(Relayed::Failed(failure)) => {
             if failure != UpstreamFailure::DeadlineExceeded {
                 plane.picker.report(&upstream, i, false);
+            }
+            // A connection that failed to answer in time, or closed under the stream, is
+            // not offered to the next request.
+            if matches!(
+                failure,
+                UpstreamFailure::TimedOut
+                    | UpstreamFailure::ClosedWithoutAnswer
+                    | UpstreamFailure::FailedWhileAnswering
+            ) && let Some(target) = upstream.targets.get(i)
+            {
+                let dial = tls::dial(plane.upstream_tls.as_ref(), &upstream, target, i);
+                plane.h2_upstreams.remove(dial.target().key);
             }
             Refusal::Upstream(failure)
         }
@@ -183,6 +222,16 @@ pub async fn forward(
         stream.abort(deadline_passed);
     }
     Ok(Outcome::Done { keep_alive: false })
+}
+
+/// The upstream's time limits for one exchange, and the request body limit.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// For the answer's head and between its DATA frames.
+    read: Duration,
+    /// For the upstream's window to take more of the request body.
+    write: Duration,
+    body_limit: u64,
 }
 
 /// Where the request body comes from.
@@ -352,7 +401,7 @@ async fn relay(
     body: Source,
     req: &UpstreamRequest,
     effects: &Effects,
-    (read_timeout, body_limit): (Duration, u64),
+    timeouts: Timeouts,
     sent_head: &mut bool,
 ) -> Result<bool, Relayed> {
     let no_body = match &body {
@@ -363,7 +412,7 @@ async fn relay(
         .send_request(request, no_body)
         .map_err(|e| failed(e, UpstreamFailure::ConnectFailed))?;
     let response = async {
-        monoio::time::timeout(read_timeout, response)
+        monoio::time::timeout(timeouts.read, response)
             .await
             .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?
             .map_err(|e| failed(e, UpstreamFailure::ClosedWithoutAnswer))
@@ -371,10 +420,10 @@ async fn relay(
     match body {
         // HTTP/2: both directions at once (bidirectional streams).
         Source::H2(body) => {
-            let up = pump_up(body, up_body);
+            let up = pump_up(body, up_body, timeouts);
             let down = async {
                 let response = response.await?;
-                answer(client, response, req, effects, sent_head).await
+                answer(client, response, req, effects, timeouts, sent_head).await
             };
             let mut up = pin!(up);
             let mut down = pin!(down);
@@ -383,6 +432,9 @@ async fn relay(
                 if !up_done {
                     match up.as_mut().poll(cx) {
                         Poll::Ready(Ok(())) => up_done = true,
+                        // The upstream stopped taking the body (it may have answered early
+                        // and reset the stream with NO_ERROR): its answer decides.
+                        Poll::Ready(Err(Relayed::Failed(_))) => up_done = true,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {}
                     }
@@ -398,6 +450,7 @@ async fn relay(
         // there for the next request.
         Source::H1 => {
             client.consume(req.head_len);
+            let mut whole_body = true;
             if !no_body {
                 if req.expect_continue {
                     client
@@ -405,26 +458,49 @@ async fn relay(
                         .await
                         .map_err(|_| Relayed::ClientGone)?;
                 }
-                pump_h1(client, up_body, req, body_limit).await?;
+                whole_body = pump_h1(client, up_body, req, timeouts).await?;
             }
             let response = response.await?;
-            answer(client, response, req, effects, sent_head).await
+            let keep_alive = answer(client, response, req, effects, timeouts, sent_head).await?;
+            // A body the upstream stopped reading is still (partly) in the connection.
+            Ok(keep_alive && whole_body)
         }
     }
 }
 
+/// Sends `data` on the upstream stream as its window allows, within `timeouts.write`.
+async fn send_up(
+    up: &mut SendStream<Bytes>,
+    data: Bytes,
+    end: bool,
+    timeouts: Timeouts,
+) -> Result<(), Relayed> {
+    match monoio::time::timeout(timeouts.write, send_flow_controlled(up, data, end)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Relayed::Failed(UpstreamFailure::FailedReceivingBody)),
+    }
+}
+
 /// The HTTP/2 client's request body (and trailers) to the upstream stream.
-async fn pump_up(body: Option<RecvStream>, mut up: SendStream<Bytes>) -> Result<(), Relayed> {
+async fn pump_up(
+    body: Option<RecvStream>,
+    mut up: SendStream<Bytes>,
+    timeouts: Timeouts,
+) -> Result<(), Relayed> {
     let Some(mut body) = body else {
         return Ok(());
     };
+    let mut sent = 0u64;
     loop {
         match poll_fn(|cx| body.poll_data(cx)).await {
             Some(Ok(data)) => {
                 let len = data.len();
-                send_flow_controlled(&mut up, data, false)
-                    .await
-                    .map_err(|_| Relayed::Failed(UpstreamFailure::FailedReceivingBody))?;
+                sent += len as u64;
+                if sent > timeouts.body_limit {
+                    up.send_reset(h2::Reason::CANCEL);
+                    return Err(Relayed::BodyTooLarge);
+                }
+                send_up(&mut up, data, false, timeouts).await?;
                 // Credit back to the client only once the upstream took the bytes.
                 let _ = body.flow_control().release_capacity(len);
             }
@@ -446,21 +522,22 @@ async fn pump_up(body: Option<RecvStream>, mut up: SendStream<Bytes>) -> Result<
     .map_err(|_| Relayed::Failed(UpstreamFailure::FailedReceivingBody))
 }
 
-/// The HTTP/1.1 client's request body, framed by Content-Length or chunked, to the upstream
-/// stream as DATA (and trailers); the client buffer keeps what follows it.
+/// The HTTP/1.1 client's request body, framed by Content-Length or chunked (validated by
+/// the same strict scanner as every HTTP/1.1 body), to the upstream stream as DATA and
+/// trailers; the client buffer keeps what follows it. `Ok(false)`: the upstream stopped
+/// taking the body before its end (its answer is still relayed, the connection not kept).
 async fn pump_h1(
     client: &mut Client,
     mut up: SendStream<Bytes>,
     req: &UpstreamRequest,
-    body_limit: u64,
-) -> Result<(), Relayed> {
-    let upstream_failed = || Relayed::Failed(UpstreamFailure::FailedReceivingBody);
+    timeouts: Timeouts,
+) -> Result<bool, Relayed> {
     let mut left = match req.body {
         BodyKind::Length(n) => Some(n),
         _ => None,
     };
+    let mut scanner = ChunkedScanner::default();
     let mut chunks = ChunkDecoder::default();
-    let mut sent = 0u64;
     loop {
         if client.buf.is_empty() {
             let buf = std::mem::take(&mut client.buf);
@@ -474,50 +551,58 @@ async fn pump_h1(
                 }
             }
         }
-        match &mut left {
+        let sent = match &mut left {
             Some(left) => {
                 let n = (*left).min(client.buf.len() as u64) as usize;
                 *left -= n as u64;
                 let data = Bytes::copy_from_slice(&client.buf[..n]);
                 client.consume(n);
                 let end = *left == 0;
-                send_flow_controlled(&mut up, data, end)
-                    .await
-                    .map_err(|_| upstream_failed())?;
-                if end {
-                    return Ok(());
+                match send_up(&mut up, data, end, timeouts).await {
+                    Ok(()) if end => return Ok(true),
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e),
                 }
             }
             None => {
-                let step = chunks.step(&client.buf).map_err(|e| {
+                let scanned = scanner.scan(&client.buf).map_err(|e| {
                     tracing::debug!(error = %e, "invalid chunked request body");
                     up.send_reset(h2::Reason::CANCEL);
                     Relayed::ClientGone
                 })?;
-                let data = step
-                    .data
-                    .map(|range| Bytes::copy_from_slice(&client.buf[range]));
-                client.consume(step.consumed);
-                if let Some(data) = data {
-                    sent += data.len() as u64;
-                    if sent > body_limit {
-                        up.send_reset(h2::Reason::CANCEL);
-                        return Err(Relayed::BodyTooLarge);
+                if scanner.data_len() > timeouts.body_limit {
+                    up.send_reset(h2::Reason::CANCEL);
+                    return Err(Relayed::BodyTooLarge);
+                }
+                // The scanner vouched for these bytes; the decoder only takes them apart.
+                let valid = client.buf[..scanned.consumed].to_vec();
+                client.consume(scanned.consumed);
+                let mut rest = &valid[..];
+                let mut outcome = Ok(());
+                while !rest.is_empty() && outcome.is_ok() {
+                    let step = chunks.step(rest).map_err(|_| Relayed::ClientGone)?;
+                    if let Some(range) = step.data {
+                        let data = Bytes::copy_from_slice(&rest[range]);
+                        outcome = send_up(&mut up, data, false, timeouts).await;
                     }
-                    send_flow_controlled(&mut up, data, false)
-                        .await
-                        .map_err(|_| upstream_failed())?;
+                    if let Some(trailers) = step.finished {
+                        let trailers = trailer_map(&trailers);
+                        let ended = if trailers.is_empty() {
+                            up.send_data(Bytes::new(), true)
+                        } else {
+                            up.send_trailers(trailers)
+                        };
+                        return Ok(ended.is_ok());
+                    }
+                    rest = &rest[step.consumed..];
                 }
-                if let Some(trailers) = step.finished {
-                    let trailers = trailer_map(&trailers);
-                    let ended = if trailers.is_empty() {
-                        up.send_data(Bytes::new(), true)
-                    } else {
-                        up.send_trailers(trailers)
-                    };
-                    return ended.map_err(|_| upstream_failed());
-                }
+                outcome
             }
+        };
+        if sent.is_err() {
+            // The upstream stopped taking the body (an early answer, a reset): its answer,
+            // if any, is what the client gets.
+            return Ok(false);
         }
     }
 }
@@ -533,6 +618,7 @@ async fn answer(
     response: Response<RecvStream>,
     req: &UpstreamRequest,
     effects: &Effects,
+    timeouts: Timeouts,
     sent_head: &mut bool,
 ) -> Result<bool, Relayed> {
     let (parts, mut body) = response.into_parts();
@@ -559,19 +645,32 @@ async fn answer(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let chunked = match (body.is_end_stream(), length) {
-        (true, _) => {
-            upstream_head.extend_from_slice(b"content-length: 0\r\n");
-            false
+    let status = parts.status.as_u16();
+    let mut push_length = |n: u64| {
+        upstream_head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    };
+    let chunked = if body.is_end_stream() {
+        // No body: 1xx and 204 say no length at all (RFC 9110 §8.6), HEAD and 304 the
+        // upstream's own (the length the GET would have), anything else 0.
+        let never = status == 204 || status < 200;
+        match length {
+            _ if never => {}
+            Some(n) => push_length(n),
+            None if req.is_head || status == 304 => {}
+            None => push_length(0),
         }
-        (false, Some(n)) => {
-            upstream_head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-            false
-        }
-        (false, None) if req.http10 => false,
-        (false, None) => {
-            upstream_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            true
+        false
+    } else {
+        match length {
+            Some(n) => {
+                push_length(n);
+                false
+            }
+            None if req.http10 => false,
+            None => {
+                upstream_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                true
+            }
         }
     };
     upstream_head.extend_from_slice(b"\r\n");
@@ -597,7 +696,10 @@ async fn answer(
         return Ok(keep_alive);
     }
     loop {
-        match poll_fn(|cx| body.poll_data(cx)).await {
+        let next = monoio::time::timeout(timeouts.read, poll_fn(|cx| body.poll_data(cx)))
+            .await
+            .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?;
+        match next {
             Some(Ok(data)) => {
                 let len = data.len();
                 if len == 0 {
@@ -619,8 +721,9 @@ async fn answer(
             None => break,
         }
     }
-    let trailers = poll_fn(|cx| body.poll_trailers(cx))
+    let trailers = monoio::time::timeout(timeouts.read, poll_fn(|cx| body.poll_trailers(cx)))
         .await
+        .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?
         .map_err(|e| failed(e, UpstreamFailure::FailedWhileAnswering))?;
     if chunked {
         let mut end = b"0\r\n".to_vec();

@@ -92,12 +92,19 @@ impl Picker {
         })
     }
 
-    /// Least-connections accounting: a request to target `i` started / finished.
-    pub fn started(&self, upstream: &CompiledUpstream, i: usize) {
+    /// Least-connections accounting: a request to target `i` started; it finishes when the
+    /// guard drops (also when the request's future is dropped midway: an HTTP/2 stream the
+    /// client reset, a timeout).
+    pub fn started<'a>(&'a self, upstream: &'a CompiledUpstream, i: usize) -> Started<'a> {
         self.with_cursor(upstream.id, &upstream.balancer, |c| c.started(i));
+        Started {
+            picker: self,
+            upstream,
+            i,
+        }
     }
 
-    pub fn finished(&self, upstream: &CompiledUpstream, i: usize) {
+    fn finished(&self, upstream: &CompiledUpstream, i: usize) {
         self.with_cursor(upstream.id, &upstream.balancer, |c| c.finished(i));
     }
 
@@ -127,5 +134,20 @@ impl Picker {
                 "target marked down after consecutive failures"
             );
         }
+    }
+}
+
+/// A request in flight to one target (see [`Picker::started`]).
+#[derive(Debug)]
+#[must_use = "the request counts as in flight until this guard drops"]
+pub struct Started<'a> {
+    picker: &'a Picker,
+    upstream: &'a CompiledUpstream,
+    i: usize,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.picker.finished(self.upstream, self.i);
     }
 }

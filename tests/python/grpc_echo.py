@@ -93,6 +93,10 @@ def call(addr, key, authority, what):
                 got.append(message.decode())
                 outbox.put(f"m{i + 1}".encode() if i < 3 else None)
             result["messages"] = got
+        elif what == "big":
+            response = channel.unary_unary(f"/{SERVICE}/Unary")(
+                b"x" * 5000, metadata=metadata, timeout=10)
+            result["messages"] = [response[:8].decode()]
         elif what == "deadline":
             channel.unary_unary(f"/{SERVICE}/Slow")(b"3", metadata=metadata, timeout=0.5)
         result["code"] = "OK"

@@ -334,3 +334,23 @@ fn grpc_reaches_a_tls_upstream_over_h2_with_alpn() {
         );
     }
 }
+
+#[test]
+fn a_grpc_request_body_over_the_body_limit_is_resource_exhausted() {
+    let server = GrpcServer::start();
+    for driver in io_drivers() {
+        // 1000 bytes at most; gRPC clients send no content-length, so the limit is counted
+        // as the body streams.
+        let sg = Shardgate::start(
+            Options::new()
+                .io_driver(driver)
+                .arg("--max-body")
+                .arg("1000"),
+        );
+        let tenant = grpc_route(&sg, "small", server.port, json!([]));
+        let fits = call(&sg, "small.localhost", &tenant.key, "unary");
+        assert_eq!(fits["code"], "OK", "[{driver}] {fits}");
+        let big = call(&sg, "small.localhost", &tenant.key, "big");
+        assert_eq!(big["code"], "RESOURCE_EXHAUSTED", "[{driver}] {big}");
+    }
+}
