@@ -213,7 +213,7 @@ enum Then {
 }
 
 /// What a request gives back to the connection loop: the client, and what comes next.
-type Served = (Client, io::Result<Step>);
+pub(crate) type Served = (Client, io::Result<Step>);
 
 /// Where a request runs: a long-lived future, allocated once and reused by one request
 /// after another, that serves whatever client is handed to it (everything a request
@@ -222,7 +222,7 @@ type Served = (Client, io::Result<Step>);
 /// connection holds none, a request in steady state allocates none, and the request's
 /// state (about 16 KiB) is never moved: the connection polls the slot's future in place
 /// and hands the client over through [`Handoff`].
-struct RequestSlot {
+pub(crate) struct RequestSlot {
     future: Pin<Box<dyn Future<Output = ()>>>,
     handoff: Rc<Handoff>,
 }
@@ -244,7 +244,7 @@ thread_local! {
 
 impl RequestSlot {
     /// A free slot, or a new one.
-    fn take() -> RequestSlot {
+    pub(crate) fn take() -> RequestSlot {
         FREE_SLOTS
             .with(|free| free.borrow_mut().pop())
             .unwrap_or_else(|| {
@@ -258,7 +258,7 @@ impl RequestSlot {
 
     /// Serves one request of `client` in this slot. The slot's future is polled by (and
     /// so wakes) the connection's task.
-    fn serve(
+    pub(crate) fn serve(
         &mut self,
         client: Client,
         ctx: Rc<WorkerContext>,
@@ -274,7 +274,7 @@ impl RequestSlot {
         })
     }
 
-    fn free(self) {
+    pub(crate) fn free(self) {
         FREE_SLOTS.with(|free| {
             let mut free = free.borrow_mut();
             if free.len() < MAX_FREE_SLOTS {

@@ -27,9 +27,8 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::Request;
-use shardgate_core::http1::RequestHead;
 
-use crate::connection;
+use crate::connection::RequestSlot;
 use crate::deadline::Timer;
 use crate::downstream::Downstream;
 use crate::exchange::Client;
@@ -166,7 +165,7 @@ async fn run_stream(
         timer,
     );
     client.buf = plane.heads.take();
-    let mut head = Box::<RequestHead>::default();
+    client.fresh = false;
     // The client's RST_STREAM ends the work at once: while the answer is prepared (rapid
     // reset costs the gateway a decision, not an upstream exchange) and while its body is
     // awaited (a long poll the client gave up on frees its upstream). Only the client's
@@ -180,20 +179,35 @@ async fn run_stream(
             None => Poll::Pending,
         }
     });
-    let abandoned = monoio::select! {
-        _ = connection::serve_request(&mut client, &mut head, &ctx) => false,
-        _ = reset => true,
+    // The request runs in one of the worker's request slots, as an HTTP/1.1 request does:
+    // its state (tens of kilobytes) is reused, not allocated and moved per stream.
+    let mut slot = RequestSlot::take();
+    let served = monoio::select! {
+        served = slot.serve(client, ctx.clone()) => Some(served),
+        _ = reset => None,
     };
     // Only the client's own resets count against it (rapid reset); a stream the gateway
     // ended for an upstream's failure is not the client's doing.
-    let reset_by_client = match &mut client.stream {
-        Downstream::H2(stream) => {
-            stream.finish();
-            abandoned || stream.peer_reset
+    let reset_by_client = match served {
+        Some((mut client, _step)) => {
+            slot.free();
+            let reset = match &mut client.stream {
+                Downstream::H2(stream) => {
+                    stream.finish();
+                    stream.peer_reset
+                }
+                _ => false,
+            };
+            plane.heads.give(std::mem::take(&mut client.buf));
+            reset
         }
-        _ => abandoned,
+        // Abandoned mid-request: the slot's future holds the request half done, so the slot
+        // is dropped with it, never reused.
+        None => {
+            drop(slot);
+            true
+        }
     };
-    plane.heads.give(std::mem::take(&mut client.buf));
     tally.open.set(tally.open.get().saturating_sub(1));
     if reset_by_client {
         tally.reset.set(tally.reset.get() + 1);

@@ -280,6 +280,17 @@ impl H2Stream {
     /// Takes response bytes the flow wrote (all of them, or an error).
     async fn write_all_of(&mut self, mut src: &[u8]) -> io::Result<()> {
         while !src.is_empty() {
+            // The common case: the whole head in one write, parsed where it lies.
+            if matches!(&self.out, Out::Head(buf) if buf.is_empty())
+                && let Ok(Parse::Complete(head)) = parse_response(src, self.is_head, &self.limits)
+            {
+                let (this, rest) = src.split_at(head.head_len.min(src.len()));
+                if !head.is_interim() {
+                    self.begin(&head, this)?;
+                }
+                src = rest;
+                continue;
+            }
             match &mut self.out {
                 Out::Head(buf) => {
                     buf.extend_from_slice(src);
@@ -387,25 +398,20 @@ impl H2Stream {
     /// Sends the response head for `head` (in `buf`), or starts collecting a gRPC error.
     fn begin(&mut self, head: &shardgate_core::http1::ResponseHead, buf: &[u8]) -> io::Result<()> {
         let mut headers = HeaderMap::with_capacity(head.headers.len());
-        let connection: Vec<Vec<u8>> = head
-            .connection_tokens(buf)
-            .iter()
-            .map(|t| t.to_ascii_lowercase())
-            .collect();
+        let connection = head.connection_tokens(buf);
         for (name, value) in head.headers(buf) {
-            let lower = name.to_ascii_lowercase();
             if CONNECTION_SPECIFIC
                 .iter()
-                .any(|c| c.as_bytes() == lower.as_slice())
-                || lower == b"te"
-                || connection.contains(&lower)
+                .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+                || name.eq_ignore_ascii_case(b"te")
+                || connection.iter().any(|t| t.eq_ignore_ascii_case(name))
             {
                 continue;
             }
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&lower),
-                HeaderValue::from_bytes(value),
-            ) else {
+            // `from_bytes` lowercases (HTTP/2 field names are lowercase).
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
                 continue;
             };
             headers.append(name, value);

@@ -473,7 +473,10 @@ impl Api {
         let base = format!("/api/v1/gateways/{gw}");
         let up = Self::id(&self.post(
             &format!("{base}/upstreams"),
-            &json!({"name": "origin", "targets": [{"host": upstream.ip().to_string(), "port": upstream.port()}]}),
+            // Idle upstream connections kept: 256, nginx's `keepalive 256` (the h2 scenario's
+            // 1000 concurrent streams need more than the default 64 on both sides).
+            &json!({"name": "origin", "targets": [{"host": upstream.ip().to_string(), "port": upstream.port()}],
+                    "pool": {"max_idle": 256}}),
         )?)?;
         let svc = Self::id(&self.post(
             &format!("{base}/services"),
