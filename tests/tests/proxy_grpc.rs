@@ -12,22 +12,7 @@ use std::process::{Child, Command, Stdio};
 use shardgate_tests::tenant::Tenant;
 use shardgate_tests::tls::TestCa;
 use shardgate_tests::upstream::DeadPort;
-use shardgate_tests::{Options, Shardgate, Value, io_drivers, json};
-
-/// The Python with grpcio and h2: tests/run's virtual environment, else `python3`.
-fn python() -> String {
-    std::env::var("SHARDGATE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/test-venv/bin/python"
-        );
-        if std::path::Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
+use shardgate_tests::{Options, Shardgate, Value, io_drivers, json, python};
 
 fn script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_echo.py")

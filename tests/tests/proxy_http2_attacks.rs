@@ -9,21 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardgate_tests::tenant::Tenant;
 use shardgate_tests::upstream::CountingServer;
-use shardgate_tests::{Options, Shardgate, Value, io_drivers, json};
-
-fn python() -> String {
-    std::env::var("SHARDGATE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/test-venv/bin/python"
-        );
-        if std::path::Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
+use shardgate_tests::{Options, Shardgate, Value, io_drivers, json, python};
 
 /// ENHANCE_YOUR_CALM (RFC 9113 §7).
 const ENHANCE_YOUR_CALM: u64 = 0xb;

@@ -723,8 +723,10 @@ fn https_section(md: &mut String, results: &Value, rows: &[Row]) {
          the record layer's cost. **handshake**: a new TCP connection and a full handshake for \
          every request, then `close_notify` — CPU µs/req is the cost of one new connection \
          (handshake + one request), and \"per CPU-second\" (10⁶ ÷ that) is how many new \
-         connections one fully busy core of the proxy would complete per second. `(×)`: median \
-         ratio to the nginx run just before, as above.\n",
+         connections one fully busy core of the proxy would complete per second. **h2**: \
+         HTTP/2 over the same TLS (ALPN h2; nginx `listen ... ssl http2`), h2load with 10 \
+         connections × 100 concurrent streams on the load CPUs (h2load prints no latency \
+         percentiles). `(×)`: median ratio to the nginx run just before, as above.\n",
         tls["certificate"].as_str().unwrap_or("?"),
         tls["client"].as_str().unwrap_or("?"),
     );
