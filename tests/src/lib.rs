@@ -1580,6 +1580,23 @@ pub fn list_all(admin: &Client, path: &str, field: &str) -> Vec<Value> {
     panic!("{path}: more than 1000 pages")
 }
 
+/// The Python the HTTP/2 and gRPC tests run their clients and servers with (grpcio, h2):
+/// `$SHARDGATE_TEST_PYTHON` (tests/run's virtual environment), else that environment if it
+/// exists, else `python3`.
+pub fn python() -> String {
+    std::env::var("SHARDGATE_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/test-venv/bin/python"
+        );
+        if Path::new(venv).exists() {
+            venv.to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1687,21 +1704,4 @@ mod tests {
         assert_eq!("http://127.0.0.1:80/x".socket_addr().port(), 80);
         assert_eq!("127.0.0.1:81".socket_addr().port(), 81);
     }
-}
-
-/// The Python the HTTP/2 and gRPC tests run their clients and servers with (grpcio, h2):
-/// `$SHARDGATE_TEST_PYTHON` (tests/run's virtual environment), else that environment if it
-/// exists, else `python3`.
-pub fn python() -> String {
-    std::env::var("SHARDGATE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/test-venv/bin/python"
-        );
-        if Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
 }
