@@ -3,9 +3,12 @@
 //! worker runs) and runs each worker's accept loop, which hands every connection to
 //! [`crate::connection::serve_connection`] on its own task.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::io::CancelHandle;
@@ -16,8 +19,8 @@ use crate::connection::{H2Start, Slot, serve_connection, serve_in_slot};
 use crate::downstream::{self, Downstream};
 use crate::h2io::H2Io;
 use crate::plane::WorkerContext;
-use crate::shutdown::InFlight;
-use crate::unwind::{catch_unwind, panic_message};
+use crate::shutdown::{InFlight, InFlightGuard};
+use crate::unwind::{CatchUnwind, catch_unwind, panic_message};
 
 /// Listen backlog per worker; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -85,18 +88,15 @@ pub(crate) async fn accept_loop(
                 // size is what an idle keep-alive connection costs).
                 let worker = ctx.id();
                 match kind {
-                    Listener::Plain => monoio::spawn(async move {
-                        let _counted = guard;
-                        let served = catch_unwind(async move {
-                            let h2 = serve_connection(Downstream::Plain(stream), peer, ctx.clone())
-                                .await?;
-                            match h2 {
-                                // Boxed: only HTTP/2 connections pay for its state.
-                                Some(start) => Box::pin(serve_h2c(start, ctx)).await,
-                                None => Ok(()),
-                            }
-                        });
-                        report(worker, peer, served.await);
+                    // A future built here, not an `async` block: a block would keep the stream,
+                    // peer and context beside the futures they move into.
+                    Listener::Plain => monoio::spawn(Reported {
+                        served: catch_unwind(Plain::Http1 {
+                            first: serve_connection(Downstream::Plain(stream), peer, ctx),
+                        }),
+                        worker,
+                        peer,
+                        _counted: guard,
                     }),
                     Listener::Tls => monoio::spawn(async move {
                         let _counted = guard;
@@ -112,12 +112,14 @@ pub(crate) async fn accept_loop(
                                 .listener_tls
                                 .acceptor(&ctx.snapshot().certificates);
                             let limit = ctx.plane().settings.header_timeout;
-                            // Boxed: the handshake's state is gone once it is done.
-                            let tls =
-                                Box::pin(downstream::handshake(&acceptor, stream, limit)).await?;
+                            // Boxed: the handshake's state is gone once it is done, and the
+                            // session (over a kilobyte) is never part of this task.
+                            let tls = Box::new(
+                                Box::pin(downstream::handshake(&acceptor, stream, limit)).await?,
+                            );
                             drop(acceptor);
                             if tls.is_h2() {
-                                let Some(stream) = tls.into_inner() else {
+                                let Some(stream) = (*tls).into_inner() else {
                                     return Ok(());
                                 };
                                 let served =
@@ -126,7 +128,7 @@ pub(crate) async fn accept_loop(
                                 drop(slot);
                                 return served;
                             }
-                            let downstream = Downstream::Tls(Box::new(tls));
+                            let downstream = Downstream::Tls(tls);
                             // A TLS connection never becomes h2c: ALPN decided.
                             serve_in_slot(downstream, peer, ctx, Some(slot))
                                 .await
@@ -155,21 +157,76 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Logs how a connection ended: an I/O error at debug, a panic (caught, the worker goes
-/// on) at error.
+pin_project_lite::pin_project! {
+    /// A plain connection: HTTP/1.1, which may turn into h2c. A future of its own rather
+    /// than an `async` block: a block would keep the stream, peer and context it moves into
+    /// the HTTP/1.1 future beside it, and this is what every idle connection's task holds.
+    #[project = PlainProj]
+    enum Plain<F> {
+        Http1 { #[pin] first: F },
+        /// Boxed: only HTTP/2 connections pay for its state.
+        H2 { served: Pin<Box<dyn Future<Output = io::Result<()>>>> },
+    }
+}
+
+impl<F: Future<Output = io::Result<Option<H2Start>>>> Future for Plain<F> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.as_mut().project() {
+                PlainProj::Http1 { first } => match std::task::ready!(first.poll(cx)) {
+                    Ok(Some(start)) => self.set(Plain::H2 {
+                        served: Box::pin(serve_h2c(start)),
+                    }),
+                    Ok(None) => return Poll::Ready(Ok(())),
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+                PlainProj::H2 { served } => return served.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: serves it, then logs how it ended (see [`report`]).
+    struct Reported<F> {
+        #[pin]
+        served: CatchUnwind<F>,
+        worker: usize,
+        peer: SocketAddr,
+        // Counts the connection as in flight for graceful shutdown until the task ends.
+        _counted: InFlightGuard,
+    }
+}
+
+impl<F: Future<Output = io::Result<()>>> Future for Reported<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let served = std::task::ready!(this.served.poll(cx));
+        report(*this.worker, *this.peer, served);
+        Poll::Ready(())
+    }
+}
+
 /// A plain connection that opened with the HTTP/2 preface, served as HTTP/2 in its place.
-async fn serve_h2c(start: H2Start, ctx: Rc<WorkerContext>) -> io::Result<()> {
+async fn serve_h2c(start: H2Start) -> io::Result<()> {
     let H2Start {
         tcp,
         prefix,
         peer,
         slot,
+        ctx,
     } = start;
     let served = crate::h2server::serve(H2Io::plain(tcp, prefix)?, peer, ctx, false).await;
     drop(slot);
     served
 }
 
+/// Logs how a connection ended: an I/O error at debug, a panic (caught, the worker goes
+/// on) at error.
 fn report(worker: usize, peer: SocketAddr, served: std::thread::Result<io::Result<()>>) {
     match served {
         Ok(Ok(())) => {}

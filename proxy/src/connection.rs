@@ -72,6 +72,7 @@ pub struct H2Start {
     pub peer: SocketAddr,
     /// The connection's place among `--max-connections`, kept while it is served.
     pub slot: Slot,
+    pub ctx: Rc<WorkerContext>,
 }
 
 /// Serves one plain client connection until it is done (or broken), or answers 503 when
@@ -185,6 +186,7 @@ pub fn serve_in_slot(
                     prefix: buf,
                     peer,
                     slot,
+                    ctx: ctx.clone(),
                 }))
             }
             other => {
