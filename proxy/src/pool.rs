@@ -101,10 +101,15 @@ impl ConnPool {
     }
 }
 
+/// How long an HTTP/2 upstream connection may go unused before the sweep closes it (its
+/// last sender dropped, `h2` ends the connection with GOAWAY once its streams are done):
+/// a removed target's connection does not stay open for the worker's life.
+pub const H2_IDLE: Duration = Duration::from_secs(60);
+
 /// One worker's HTTP/2 connections to upstream targets, by target key.
 #[derive(Default)]
 pub struct H2Pool {
-    conns: RefCell<HashMap<u64, SendRequest<Bytes>>>,
+    conns: RefCell<HashMap<u64, (SendRequest<Bytes>, Instant)>>,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -116,17 +121,31 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
-    /// A sender on the connection to the target keyed `key` (clones share the connection).
+    /// A sender on the connection to the target keyed `key` (clones share the connection);
+    /// marks it used.
     pub fn get(&self, key: u64) -> Option<SendRequest<Bytes>> {
-        self.conns.borrow().get(&key).cloned()
+        let mut conns = self.conns.borrow_mut();
+        let (sender, used) = conns.get_mut(&key)?;
+        *used = Instant::now();
+        Some(sender.clone())
     }
 
     pub fn insert(&self, key: u64, sender: SendRequest<Bytes>) {
-        self.conns.borrow_mut().insert(key, sender);
+        self.conns
+            .borrow_mut()
+            .insert(key, (sender, Instant::now()));
     }
 
     /// Forgets a connection that failed (its task ends on its own).
     pub fn remove(&self, key: u64) {
         self.conns.borrow_mut().remove(&key);
+    }
+
+    /// Forgets connections unused for [`H2_IDLE`].
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.conns
+            .borrow_mut()
+            .retain(|_, (_, used)| now.duration_since(*used) < H2_IDLE);
     }
 }

@@ -488,6 +488,7 @@ async fn sweep_pools(ctx: Rc<WorkerContext>) {
         ticks += 1;
         if ticks.is_multiple_of(50) {
             ctx.plane().upstreams.sweep();
+            ctx.plane().h2_upstreams.sweep();
         }
     }
 }
