@@ -98,9 +98,13 @@ impl Client {
         self.write(out).await
     }
 
-    /// Half-closes and drains what the client still sends, briefly, before the close.
+    /// Half-closes and drains what the client still sends, briefly, before the close. An
+    /// HTTP/2 stream only ends: unread request data there never resets a connection.
     pub async fn linger(&mut self) {
         let _ = self.stream.shutdown().await;
+        if matches!(self.stream, Downstream::H2(_)) {
+            return;
+        }
         let deadline = monoio::time::Instant::now() + LINGER_TIME;
         let mut drained = 0;
         let mut scratch = Vec::with_capacity(4096);

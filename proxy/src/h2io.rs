@@ -30,7 +30,7 @@ pub enum H2Io {
     Plain {
         /// Read before the switch: served before the socket.
         prefix: Bytes,
-        /// Always `Some` until drop, which hands it to [`linger`].
+        /// Always `Some` until drop, which hands it to `linger`.
         tcp: Option<TcpStreamPoll>,
     },
     /// A client's (server side) or an upstream's (client side) TLS stream, split.

@@ -144,9 +144,9 @@ impl H2Stream {
         }
     }
 
-    /// Hands the request body (unread: the flow read only the head) to a relay that
-    /// speaks HTTP/2 upstream, which answers through [`H2Stream::send_head`] and the
-    /// methods after it.
+    /// Hands the request body (unread: the flow read only the head) to the relay that
+    /// speaks HTTP/2 upstream; its answer comes back through this stream's writes, like any
+    /// other.
     pub fn take_body(&mut self) -> Option<RecvStream> {
         self.pending.clear();
         self.body.take()
@@ -195,7 +195,6 @@ impl H2Stream {
             return;
         }
         match std::mem::replace(&mut self.out, Out::Done) {
-            Out::Done if self.complete => {}
             Out::Done => {
                 if let Some(send) = self.send.borrow_mut().as_mut() {
                     send.send_reset(h2::Reason::INTERNAL_ERROR);
