@@ -258,6 +258,9 @@ async fn refuse(
 ) -> io::Result<Outcome> {
     client.consume(client.buf.len());
     respond::refuse(client, refusal, effects, true, req.is_head).await?;
+    // An HTTP/1.1 client may still be sending a body: drained briefly, so the close does
+    // not become a reset that destroys the answer (an HTTP/2 stream just ends).
+    client.linger().await;
     Ok(Outcome::Done { keep_alive: false })
 }
 
@@ -334,15 +337,15 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return Err(format!("request line {line:?}"));
     };
-    let mut builder = Request::builder()
+    let builder = Request::builder()
         .method(method)
         .version(http::Version::HTTP_2);
     let mut headers = HeaderMap::new();
-    let mut host = Some(
-        req.preserved_host
-            .clone()
-            .unwrap_or_else(|| target.host_header.as_bytes().to_vec()),
-    );
+    // The :authority the target is asked for: its Host, or the client's when preserved.
+    let host = match &req.preserved_host {
+        Some(host) => String::from_utf8_lossy(host).into_owned(),
+        None => target.host_header.to_string(),
+    };
     for line in req.headers.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -350,9 +353,6 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
         };
         let name = line[..colon].trim_ascii().to_ascii_lowercase();
         let value = line[colon + 1..].trim_ascii();
-        if name == b"host" {
-            host.get_or_insert_with(|| value.to_vec());
-        }
         if HOP_BY_HOP.iter().any(|h| h.as_bytes() == name)
             || (name == b"te" && !value.eq_ignore_ascii_case(b"trailers"))
         {
@@ -374,20 +374,14 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
     {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
-    builder = builder.uri(path);
-    let mut request = builder.body(()).map_err(|e| e.to_string())?;
+    let uri = http::Uri::builder()
+        .scheme(if target.https { "https" } else { "http" })
+        .authority(host)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = builder.uri(uri).body(()).map_err(|e| e.to_string())?;
     *request.headers_mut() = headers;
-    if let Some(host) = host {
-        // The :authority the target is asked for (its Host, or the client's when preserved).
-        let authority = String::from_utf8_lossy(&host).into_owned();
-        let uri = http::Uri::builder()
-            .scheme(if target.https { "https" } else { "http" })
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|e| e.to_string())?;
-        *request.uri_mut() = uri;
-    }
     Ok(request)
 }
 
