@@ -14,8 +14,10 @@
 //!
 //! gRPC: an error the gateway (or an upstream) answers for a request with
 //! `content-type: application/grpc*` with a non-200 status and no `grpc-status` becomes a
-//! trailers-only response ([`grpc_code`]). Services whose upstream speaks HTTP/2 are not
-//! bridged at all: [`crate::h2upstream`] relays their streams frame for frame.
+//! trailers-only response ([`grpc_code`]). Services whose upstream speaks HTTP/2 take the
+//! request body from the stream directly ([`H2Stream::take_body`], [`crate::h2upstream`]);
+//! their answers come back through this stream's writes like any other (trailers as
+//! chunked trailers, sent on as HTTP/2 trailers).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
