@@ -1,4 +1,4 @@
-//! CPU time of the calling process, for benchmarks that report CPU per unit of work
+//! CPU time of a process (the calling one, or another), for benchmarks that report CPU per unit of work
 //! (`src/bin/runtimes.rs`, `src/bin/splice.rs`).
 
 use std::io;
@@ -7,7 +7,16 @@ use std::time::Duration;
 /// User + system CPU time of this process so far, from `/proc/self/stat` (utime and stime,
 /// fields 14 and 15, in USER_HZ ticks, which are 1/100 s on every Linux ABI).
 pub fn process_cpu() -> io::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    cpu_from_stat("/proc/self/stat")
+}
+
+/// The same for another process (`pid`), e.g. a server the benchmark started.
+pub fn process_cpu_of(pid: u32) -> io::Result<Duration> {
+    cpu_from_stat(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_from_stat(path: &str) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(path)?;
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)

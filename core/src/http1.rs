@@ -1383,7 +1383,7 @@ impl ChunkedScanner {
     /// (all of them unless the body ends inside `input`) and whether it has ended. After an
     /// error every later call returns the same error; after the end, `consumed` is 0.
     pub fn scan(&mut self, input: &[u8]) -> Result<Scanned, ChunkError> {
-        self.scan_with(input, |_| {})
+        self.scan_with(input, |_| {}, |_| {})
     }
 
     /// [`scan`](Self::scan), also appending the chunk data (framing, extensions and
@@ -1391,15 +1391,34 @@ impl ChunkedScanner {
     /// admin API, rather than forwarding the bytes as received. Same validation, same
     /// `Scanned`; on an error `data` may hold part of the rejected body.
     pub fn decode(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<Scanned, ChunkError> {
-        self.scan_with(input, |bytes| data.extend_from_slice(bytes))
+        self.scan_with(input, |bytes| data.extend_from_slice(bytes), |_| {})
     }
 
-    /// The scanning loop, handing each run of chunk data to `on_data` (a no-op for
-    /// [`scan`](Self::scan), which the compiler removes).
+    /// [`decode`](Self::decode), also appending the trailer section's bytes as received
+    /// (its field lines and the empty line that ends it) to `trailers`: for a consumer that
+    /// re-frames the body, such as HTTP/2 (DATA, then a trailers HEADERS frame). Same
+    /// validation, same `Scanned`.
+    pub fn decode_with_trailers(
+        &mut self,
+        input: &[u8],
+        data: &mut Vec<u8>,
+        trailers: &mut Vec<u8>,
+    ) -> Result<Scanned, ChunkError> {
+        self.scan_with(
+            input,
+            |bytes| data.extend_from_slice(bytes),
+            |byte| trailers.push(byte),
+        )
+    }
+
+    /// The scanning loop, handing each run of chunk data to `on_data` and each byte of the
+    /// trailer section to `on_trailer` (no-ops for [`scan`](Self::scan), which the compiler
+    /// removes).
     fn scan_with(
         &mut self,
         input: &[u8],
         mut on_data: impl FnMut(&[u8]),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<Scanned, ChunkError> {
         let mut pos = 0;
         while pos < input.len() {
@@ -1417,10 +1436,20 @@ impl ChunkedScanner {
                         self.state = ChunkState::DataCr;
                     }
                 }
-                _ => {
+                state => {
                     if let Err(e) = self.step(input[pos]) {
                         self.state = ChunkState::Failed(e);
                         return Err(e);
+                    }
+                    if matches!(
+                        state,
+                        ChunkState::TrailerStart
+                            | ChunkState::TrailerName
+                            | ChunkState::TrailerValue
+                            | ChunkState::TrailerLf
+                            | ChunkState::EndLf
+                    ) {
+                        on_trailer(input[pos]);
                     }
                     pos += 1;
                 }
@@ -2577,6 +2606,36 @@ mod tests {
             assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
             assert_eq!(scanner.data_len(), data.len() as u64, "step {step}");
         }
+    }
+
+    #[test]
+    fn trailers_come_out_as_received_whatever_the_read_boundaries() {
+        let body =
+            b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n";
+        for step in 1..=body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let (mut data, mut trailers) = (Vec::new(), Vec::new());
+            for piece in body.chunks(step) {
+                scanner
+                    .decode_with_trailers(piece, &mut data, &mut trailers)
+                    .expect("valid chunked body");
+            }
+            assert!(scanner.is_done(), "step {step}");
+            assert_eq!(data, b"hello, world", "step {step}");
+            assert_eq!(
+                trailers, b"grpc-status: 0\r\ngrpc-message: ok\r\n\r\n",
+                "step {step}"
+            );
+        }
+        let (mut data, mut trailers) = (Vec::new(), Vec::new());
+        let scanned = ChunkedScanner::default()
+            .decode_with_trailers(b"3\r\nabc\r\n0\r\n\r\nNEXT", &mut data, &mut trailers)
+            .expect("valid chunked body");
+        assert!(scanned.done);
+        assert_eq!(
+            (data.as_slice(), trailers.as_slice()),
+            (&b"abc"[..], &b"\r\n"[..])
+        );
     }
 
     #[test]

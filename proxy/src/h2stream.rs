@@ -32,9 +32,10 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use shardgate_core::http1::{BodyKind, Limits, Parse, parse_response};
+use shardgate_core::http1::{BodyKind, ChunkedScanner, Limits, Parse, Scanned, parse_response};
 
 use crate::h2rent as rent;
+use crate::wire::push_header;
 
 /// Headers that belong to one HTTP/1.1 connection and never cross into HTTP/2.
 const CONNECTION_SPECIFIC: [&str; 6] = [
@@ -95,7 +96,10 @@ enum Out {
     Head(Vec<u8>),
     /// Body bytes still to come, framed as the head said.
     Length(u64),
-    Chunked(ChunkDecoder),
+    Chunked {
+        scanner: ChunkedScanner,
+        trailers: Vec<u8>,
+    },
     /// Until the flow shuts the stream down.
     Close,
     /// A gRPC request's error answer: its body is collected for `grpc-message`.
@@ -264,10 +268,7 @@ impl H2Stream {
                         let mut end = b"0\r\n".to_vec();
                         if let Ok(Some(trailers)) = trailers {
                             for (name, value) in &trailers {
-                                end.extend_from_slice(name.as_str().as_bytes());
-                                end.extend_from_slice(b": ");
-                                end.extend_from_slice(value.as_bytes());
-                                end.extend_from_slice(b"\r\n");
+                                push_header(&mut end, name.as_str().as_bytes(), value.as_bytes());
                             }
                         }
                         end.extend_from_slice(b"\r\n");
@@ -342,17 +343,18 @@ impl H2Stream {
                         src = &[];
                     }
                 }
-                Out::Chunked(decoder) => {
-                    let step = decoder.step(src)?;
-                    let data = step.data.map(|range| Bytes::copy_from_slice(&src[range]));
-                    src = &src[step.consumed..];
-                    if let Some(data) = data {
-                        self.send_data(data, false).await?;
+                Out::Chunked { scanner, trailers } => {
+                    let mut data = Vec::new();
+                    let scanned = unchunk(scanner, src, &mut data, trailers)?;
+                    let ended = scanned.done.then(|| std::mem::take(trailers));
+                    // All of `src` unless the body ended in it (what follows is not ours).
+                    src = &[];
+                    if !data.is_empty() {
+                        self.send_data(Bytes::from(data), false).await?;
                     }
-                    if let Some(trailers) = step.finished {
+                    if let Some(trailers) = ended {
                         self.out = Out::Done;
-                        self.end_with(trailers)?;
-                        src = &[];
+                        self.end_with(&trailers)?;
                     }
                 }
                 Out::Close => {
@@ -371,13 +373,11 @@ impl H2Stream {
                             body.extend_from_slice(&src[..n.min(room)]);
                             (n, *left == 0)
                         }
-                        Out::Chunked(decoder) => {
-                            let step = decoder.step(src)?;
-                            if let Some(range) = step.data {
-                                let data = &src[range];
-                                body.extend_from_slice(&data[..data.len().min(room)]);
-                            }
-                            (step.consumed, step.finished.is_some())
+                        Out::Chunked { scanner, trailers } => {
+                            let mut data = Vec::new();
+                            let scanned = unchunk(scanner, src, &mut data, trailers)?;
+                            body.extend_from_slice(&data[..data.len().min(room)]);
+                            (scanned.consumed, scanned.done)
                         }
                         _ => {
                             body.extend_from_slice(&src[..src.len().min(room)]);
@@ -420,7 +420,10 @@ impl H2Stream {
         let framing = match head.body {
             BodyKind::None | BodyKind::Length(0) => Out::Done,
             BodyKind::Length(n) => Out::Length(n),
-            BodyKind::Chunked => Out::Chunked(ChunkDecoder::default()),
+            BodyKind::Chunked => Out::Chunked {
+                scanner: ChunkedScanner::default(),
+                trailers: Vec::new(),
+            },
             BodyKind::CloseDelimited => Out::Close,
         };
         if self.grpc && head.status != 200 && !headers.contains_key("grpc-status") {
@@ -507,24 +510,8 @@ impl H2Stream {
     }
 
     /// Ends the body: with trailers when the chunked body carried some.
-    fn end_with(&mut self, trailers: Vec<u8>) -> io::Result<()> {
-        let mut map = HeaderMap::new();
-        for line in trailers.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let name = line[..colon].trim_ascii().to_ascii_lowercase();
-            if CONNECTION_SPECIFIC.iter().any(|c| c.as_bytes() == name) {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&name),
-                HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-            ) {
-                map.append(name, value);
-            }
-        }
+    fn end_with(&mut self, trailers: &[u8]) -> io::Result<()> {
+        let map = trailer_map(trailers);
         let sent = match self.send.borrow_mut().as_mut() {
             None => return Err(io::Error::other("HTTP/2 response body before its head")),
             Some(send) if map.is_empty() => send.send_data(Bytes::new(), true),
@@ -631,166 +618,60 @@ pub async fn send_flow_controlled(
     Ok(())
 }
 
-/// The most trailer bytes a chunked response may end with (the flow validated the body
-/// already; this bounds the copy).
+/// The most trailer bytes a chunked body may end with (each line is bounded by the scanner;
+/// this bounds how many).
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// Undoes chunked framing: a response body the flow writes (already validated by the flow's
-/// own scanner), or an HTTP/1.1 request body bound for an HTTP/2 upstream; body data and
-/// trailers out.
-#[derive(Debug, Default)]
-pub struct ChunkDecoder {
-    state: Chunk,
-    size: u64,
-    digits: u8,
-    trailers: Vec<u8>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailers,
-}
-
-/// What one step of the decoder found in its input.
-#[derive(Debug)]
-pub struct ChunkStep {
-    /// Input bytes used.
-    pub consumed: usize,
-    /// Body data: a range of the input.
-    pub data: Option<std::ops::Range<usize>>,
-    /// The body ended; its trailer lines (may be empty).
-    pub finished: Option<Vec<u8>>,
-}
-
-fn bad_chunk(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("chunked response for an HTTP/2 client: {what}"),
-    )
-}
-
-impl ChunkDecoder {
-    /// Decodes from the start of `src` up to the end of the first piece of data, or the end
-    /// of the body, or the end of `src`.
-    pub fn step(&mut self, src: &[u8]) -> io::Result<ChunkStep> {
-        let mut i = 0;
-        while i < src.len() {
-            let byte = src[i];
-            match self.state {
-                Chunk::Size => {
-                    i += 1;
-                    match byte {
-                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                            self.digits += 1;
-                            if self.digits > 15 {
-                                return Err(bad_chunk("chunk size too long"));
-                            }
-                            let digit = (byte as char).to_digit(16).unwrap_or(0);
-                            self.size = self.size * 16 + u64::from(digit);
-                        }
-                        b';' | b' ' | b'\t' => self.state = Chunk::Extension,
-                        b'\r' => self.state = Chunk::SizeLf,
-                        b'\n' => self.end_size_line()?,
-                        _ => return Err(bad_chunk("invalid chunk size")),
-                    }
-                }
-                Chunk::Extension => {
-                    i += 1;
-                    match byte {
-                        b'\r' => self.state = Chunk::SizeLf,
-                        b'\n' => self.end_size_line()?,
-                        _ => {}
-                    }
-                }
-                Chunk::SizeLf => {
-                    i += 1;
-                    if byte != b'\n' {
-                        return Err(bad_chunk("bare CR after a chunk size"));
-                    }
-                    self.end_size_line()?;
-                }
-                Chunk::Data => {
-                    let n = (self.size.min((src.len() - i) as u64)) as usize;
-                    self.size -= n as u64;
-                    if self.size == 0 {
-                        self.state = Chunk::DataCr;
-                    }
-                    return Ok(ChunkStep {
-                        consumed: i + n,
-                        data: Some(i..i + n),
-                        finished: None,
-                    });
-                }
-                Chunk::DataCr => {
-                    i += 1;
-                    match byte {
-                        b'\r' => self.state = Chunk::DataLf,
-                        b'\n' => self.next_chunk(),
-                        _ => return Err(bad_chunk("chunk data longer than its size")),
-                    }
-                }
-                Chunk::DataLf => {
-                    i += 1;
-                    if byte != b'\n' {
-                        return Err(bad_chunk("bare CR after chunk data"));
-                    }
-                    self.next_chunk();
-                }
-                Chunk::Trailers => {
-                    i += 1;
-                    self.trailers.push(byte);
-                    if self.trailers.len() > MAX_TRAILERS {
-                        return Err(bad_chunk("trailers too large"));
-                    }
-                    let t = &self.trailers;
-                    let ended = t == b"\n"
-                        || t == b"\r\n"
-                        || t.ends_with(b"\r\n\r\n")
-                        || t.ends_with(b"\n\n");
-                    if ended {
-                        let mut trailers = std::mem::take(&mut self.trailers);
-                        let keep = trailers.trim_ascii_end().len();
-                        trailers.truncate(keep);
-                        return Ok(ChunkStep {
-                            consumed: i,
-                            data: None,
-                            finished: Some(trailers),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(ChunkStep {
-            consumed: i,
-            data: None,
-            finished: None,
-        })
+/// Takes the chunk data (appended to `data`) and trailer bytes out of `src`: how many bytes
+/// of `src` belong to the body, and whether it ended. The strict scanner every HTTP/1.1 body
+/// passes validates the framing.
+pub fn unchunk(
+    scanner: &mut ChunkedScanner,
+    src: &[u8],
+    data: &mut Vec<u8>,
+    trailers: &mut Vec<u8>,
+) -> io::Result<Scanned> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("chunked body to re-frame for HTTP/2: {what}"),
+        )
+    };
+    let scanned = scanner
+        .decode_with_trailers(src, data, trailers)
+        .map_err(|e| bad(e.to_string()))?;
+    if trailers.len() > MAX_TRAILERS {
+        return Err(bad("trailers too large".into()));
     }
+    Ok(scanned)
+}
 
-    fn end_size_line(&mut self) -> io::Result<()> {
-        if self.digits == 0 {
-            return Err(bad_chunk("missing chunk size"));
-        }
-        self.state = if self.size == 0 {
-            Chunk::Trailers
-        } else {
-            Chunk::Data
+/// Chunked trailer lines as HTTP/2 trailers (names lowercased; connection-specific fields
+/// and malformed lines dropped).
+pub fn trailer_map(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
         };
-        Ok(())
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length")
+            || CONNECTION_SPECIFIC
+                .iter()
+                .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        // `from_bytes` lowercases.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            map.append(name, value);
+        }
     }
-
-    fn next_chunk(&mut self) {
-        self.state = Chunk::Size;
-        self.size = 0;
-        self.digits = 0;
-    }
+    map
 }
 
 impl monoio::io::AsyncReadRent for H2Stream {
@@ -893,9 +774,7 @@ fn encode_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut
     if let Some(host) =
         authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()))
     {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, b"host", host);
     }
     let mut cookies: Vec<&[u8]> = Vec::new();
     for (name, value) in &parts.headers {
@@ -908,15 +787,10 @@ fn encode_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut
             cookies.push(value.as_bytes());
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_bytes(), value.as_bytes());
     }
     if !cookies.is_empty() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(&cookies.join(&b"; "[..]));
-        out.extend_from_slice(b"\r\n");
+        push_header(out, b"cookie", &cookies.join(&b"; "[..]));
     }
     let chunked = !end_stream && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
@@ -975,22 +849,15 @@ pub fn percent_encode(message: &str) -> String {
 mod tests {
     use super::*;
 
-    fn decode_all(input: &[u8], split: usize) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut decoder = ChunkDecoder::default();
-        let mut data = Vec::new();
-        let mut finished = None;
+    fn decode_all(input: &[u8], split: usize) -> io::Result<(Vec<u8>, Option<HeaderMap>)> {
+        let mut scanner = ChunkedScanner::default();
+        let (mut data, mut trailers) = (Vec::new(), Vec::new());
         for piece in input.chunks(split.max(1)) {
-            let mut src = piece;
-            while !src.is_empty() && finished.is_none() {
-                let step = decoder.step(src)?;
-                if let Some(range) = step.data {
-                    data.extend_from_slice(&src[range]);
-                }
-                finished = step.finished;
-                src = &src[step.consumed..];
+            if unchunk(&mut scanner, piece, &mut data, &mut trailers)?.done {
+                return Ok((data, Some(trailer_map(&trailers))));
             }
         }
-        Ok((data, finished))
+        Ok((data, None))
     }
 
     #[test]
@@ -1000,15 +867,21 @@ mod tests {
         for split in [1, 2, 3, 7, body.len()] {
             let (data, trailers) = decode_all(body, split)?;
             assert_eq!(data, b"hello, world", "split {split}");
-            assert_eq!(
-                trailers.as_deref(),
-                Some(&b"grpc-status: 0\r\ngrpc-message: ok"[..]),
-                "split {split}"
-            );
+            let trailers = trailers.unwrap_or_default();
+            assert_eq!(trailers.len(), 2, "split {split}");
+            assert_eq!(trailers["grpc-status"], "0", "split {split}");
+            assert_eq!(trailers["grpc-message"], "ok", "split {split}");
         }
         let (data, trailers) = decode_all(b"3\r\nabc\r\n0\r\n\r\n", 2)?;
         assert_eq!(data, b"abc");
-        assert_eq!(trailers.as_deref(), Some(&b""[..]));
+        assert_eq!(trailers.map(|t| t.len()), Some(0));
+        // Connection-specific fields never become HTTP/2 trailers.
+        let (_, trailers) = decode_all(b"0\r\nConnection: x\r\nX-Ok: 1\r\n\r\n", 64)?;
+        let trailers = trailers.unwrap_or_default();
+        assert_eq!(
+            (trailers.len(), trailers.get("x-ok").map(|v| v.as_bytes())),
+            (1, Some(&b"1"[..]))
+        );
         Ok(())
     }
 
@@ -1019,6 +892,7 @@ mod tests {
             b"\r\n",
             b"3\r\nabcd\r\n",
             b"1234567890abcdef0\r\n",
+            b"5\nhello\r\n",
         ] {
             assert!(
                 decode_all(bad, 64).is_err(),

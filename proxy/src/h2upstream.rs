@@ -43,7 +43,7 @@ use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
 use crate::h2io::H2Io;
-use crate::h2stream::{ChunkDecoder, h2_error, send_flow_controlled};
+use crate::h2stream::{h2_error, send_flow_controlled, trailer_map, unchunk};
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
@@ -531,7 +531,7 @@ async fn pump_h1(
         _ => None,
     };
     let mut scanner = ChunkedScanner::default();
-    let mut chunks = ChunkDecoder::default();
+    let mut trailers = Vec::new();
     loop {
         if client.buf.is_empty() {
             let buf = std::mem::take(&mut client.buf);
@@ -559,36 +559,30 @@ async fn pump_h1(
                 }
             }
             None => {
-                let scanned = scanner.scan(&client.buf).map_err(|e| {
-                    tracing::debug!(error = %e, "invalid chunked request body");
-                    up.send_reset(h2::Reason::CANCEL);
-                    Relayed::ClientGone
-                })?;
+                let mut data = Vec::new();
+                let scanned = unchunk(&mut scanner, &client.buf, &mut data, &mut trailers)
+                    .map_err(|e| {
+                        tracing::debug!(error = %e, "invalid chunked request body");
+                        up.send_reset(h2::Reason::CANCEL);
+                        Relayed::ClientGone
+                    })?;
                 if scanner.data_len() > timeouts.body_limit {
                     up.send_reset(h2::Reason::CANCEL);
                     return Err(Relayed::BodyTooLarge);
                 }
-                // The scanner vouched for these bytes; the decoder only takes them apart.
-                let valid = client.buf[..scanned.consumed].to_vec();
                 client.consume(scanned.consumed);
-                let mut rest = &valid[..];
                 let mut outcome = Ok(());
-                while !rest.is_empty() && outcome.is_ok() {
-                    let step = chunks.step(rest).map_err(|_| Relayed::ClientGone)?;
-                    if let Some(range) = step.data {
-                        let data = Bytes::copy_from_slice(&rest[range]);
-                        outcome = send_up(&mut up, data, false, timeouts).await;
-                    }
-                    if let Some(trailers) = step.finished {
-                        let trailers = trailer_map(&trailers);
-                        let ended = if trailers.is_empty() {
-                            up.send_data(Bytes::new(), true)
-                        } else {
-                            up.send_trailers(trailers)
-                        };
-                        return Ok(ended.is_ok());
-                    }
-                    rest = &rest[step.consumed..];
+                if !data.is_empty() {
+                    outcome = send_up(&mut up, Bytes::from(data), false, timeouts).await;
+                }
+                if outcome.is_ok() && scanned.done {
+                    let trailers = trailer_map(&trailers);
+                    let ended = if trailers.is_empty() {
+                        up.send_data(Bytes::new(), true)
+                    } else {
+                        up.send_trailers(trailers)
+                    };
+                    return Ok(ended.is_ok());
                 }
                 outcome
             }
@@ -728,28 +722,6 @@ async fn answer(
         client.write(end).await.map_err(|_| Relayed::ClientGone)?;
     }
     Ok(keep_alive)
-}
-
-/// Chunked trailer lines as a header map (names lowercased; malformed lines skipped).
-fn trailer_map(lines: &[u8]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii().to_ascii_lowercase();
-        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == name) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&name),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
 }
 
 fn failed(e: h2::Error, failure: UpstreamFailure) -> Relayed {

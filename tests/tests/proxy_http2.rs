@@ -80,6 +80,9 @@ fn curl(sg: &Shardgate, way: Way, host: &str, path: &str, args: &[&str]) -> Seen
     );
     let (body, tail) = stdout.rsplit_once('\n').expect("curl's -w line");
     let (version, code) = tail.split_once(' ').expect("version and status");
+    // Every exchange here must be HTTP/2: over TLS, curl would quietly fall back to
+    // HTTP/1.1 if the listener stopped choosing h2.
+    assert_eq!(version, "2", "curl {way:?} {url} spoke HTTP/{version}");
     Seen {
         version: version.to_owned(),
         status: code.trim().parse().expect("a status code"),

@@ -13,9 +13,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
+use shardgate_bench::cpu::process_cpu_of;
+use shardgate_bench::summary::h2load_summary;
 
 const IMPLS: [&str; 2] = ["h2", "monoio-http"];
 
@@ -157,19 +158,6 @@ fn start(which: &str, size: usize) -> Result<Server, String> {
     Ok(Server { child, addr })
 }
 
-/// CPU time of process `pid` (utime + stime ticks of 10 ms).
-fn cpu_of(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Ok(Duration::from_millis(ticks * 10))
-}
-
 /// One h2load run against `server`: (CPU µs per request, requests per second).
 fn run(server: &Server, requests: usize) -> Result<(f64, f64), String> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -178,6 +166,7 @@ fn run(server: &Server, requests: usize) -> Result<(f64, f64), String> {
     } else {
         "1".into()
     };
+    let cpu_of = |pid| process_cpu_of(pid).map_err(|e| e.to_string());
     let before = cpu_of(server.child.id())?;
     let out = Command::new("taskset")
         .args(["-c", &load])
@@ -197,15 +186,16 @@ fn run(server: &Server, requests: usize) -> Result<(f64, f64), String> {
         .map_err(|e| format!("h2load (Debian: nghttp2-client): {e}"))?;
     let after = cpu_of(server.child.id())?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !text.contains(&format!("{requests} succeeded, 0 failed")) {
+    let summary = h2load_summary(&text)?;
+    let errors: u64 = ["connect", "read", "status", "timeout"]
+        .iter()
+        .map(|k| summary["errors"][k].as_u64().unwrap_or(0))
+        .sum();
+    if summary["requests"].as_u64() != Some(requests as u64) || errors > 0 {
         return Err(format!("h2load did not succeed:\n{text}"));
     }
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|r| r.trim_end_matches(" req/s").parse::<f64>().ok())
-        .ok_or("no req/s in h2load's report")?;
+    let seconds = summary["duration_us"].as_f64().unwrap_or(f64::NAN) / 1e6;
+    let rps = requests as f64 / seconds;
     let cpu = (after - before).as_secs_f64() * 1e6 / requests as f64;
     Ok((cpu, rps))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::Value;
-use shardgate_bench::summary::{TLS_LOAD_PREFIX, WRK_PREFIX, quantiles};
+use shardgate_bench::summary::{TLS_LOAD_PREFIX, WRK_PREFIX, h2load_summary, quantiles};
 use shardgate_bench::tls::{self, Negotiated};
 
 use crate::sys;
@@ -63,7 +63,8 @@ pub struct WrkJob<'a> {
 
 pub struct Running {
     child: std::process::Child,
-    /// The summary line's prefix (empty: h2load's own text, parsed by [`h2load_summary`]).
+    /// The summary line's prefix (empty: h2load's own text, parsed by
+    /// [`h2load_summary`]).
     prefix: &'static str,
     what: &'static str,
 }
@@ -115,65 +116,6 @@ impl H2loadJob<'_> {
             what: "h2load",
         })
     }
-}
-
-/// h2load's report as the load generators' JSON summary: requests (2xx), duration, mean and
-/// max request time; no percentile curve (h2load prints none), errors for the rest.
-pub fn h2load_summary(text: &str) -> Result<Value, String> {
-    let field = |line: &str, after: &str| -> Option<f64> {
-        let rest = &line[line.find(after)? + after.len()..];
-        rest.split(|c: char| c == ',' || c.is_whitespace())
-            .find(|w| !w.is_empty())?
-            .parse()
-            .ok()
-    };
-    let secs = |token: &str| -> Option<f64> {
-        let (n, unit) = token.split_at(token.find(|c: char| c.is_ascii_alphabetic())?);
-        let n: f64 = n.parse().ok()?;
-        Some(match unit {
-            "s" => n,
-            "ms" => n / 1e3,
-            "us" => n / 1e6,
-            _ => return None,
-        })
-    };
-    let mut finished = None;
-    let (mut succeeded, mut failed, mut errored, mut timeout, mut ok2xx) =
-        (0.0, 0.0, 0.0, 0.0, 0.0);
-    let (mut mean_us, mut max_us) = (f64::NAN, f64::NAN);
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("finished in ") {
-            finished = rest.split(',').next().and_then(|t| secs(t.trim()));
-        } else if line.starts_with("requests:") {
-            succeeded = field(line, "done, ").unwrap_or(0.0);
-            failed = field(line, "succeeded, ").unwrap_or(0.0);
-            errored = field(line, "failed, ").unwrap_or(0.0);
-            timeout = field(line, "errored, ").unwrap_or(0.0);
-        } else if line.starts_with("status codes:") {
-            ok2xx = field(line, "status codes: ").unwrap_or(0.0);
-        } else if let Some(rest) = line.strip_prefix("time for request:") {
-            let t: Vec<f64> = rest.split_whitespace().filter_map(secs).collect();
-            if t.len() >= 3 {
-                max_us = t[1] * 1e6;
-                mean_us = t[2] * 1e6;
-            }
-        }
-    }
-    let duration = finished.ok_or_else(|| format!("h2load printed no summary:\n{text}"))?;
-    Ok(serde_json::json!({
-        "requests": ok2xx as u64,
-        "duration_us": (duration * 1e6) as u64,
-        "errors": {
-            "connect": errored as u64,
-            "read": failed as u64,
-            "status": (succeeded - ok2xx).max(0.0) as u64,
-            "timeout": timeout as u64,
-        },
-        "mean_us": mean_us,
-        "max_us": max_us,
-        "percentiles": [],
-    }))
 }
 
 impl WrkJob<'_> {
@@ -422,31 +364,4 @@ pub fn open_idle(
         conns.push(stream);
     }
     Ok(conns)
-}
-
-#[cfg(test)]
-mod h2load_tests {
-    use super::*;
-
-    #[test]
-    fn h2loads_report_reads_as_a_load_summary() -> Result<(), String> {
-        let text = "\
-starting benchmark...
-finished in 8.00s, 41234.50 req/s, 44.16MB/s
-requests: 329876 total, 329876 started, 329876 done, 329870 succeeded, 6 failed, 0 errored, 0 timeout
-status codes: 329870 2xx, 0 3xx, 0 4xx, 0 5xx
-traffic: 353.25MB (370408340) total, 1.59MB (1666285) headers (space savings 95.45%), 322.14MB (337787104) data
-                     min         max         mean         sd        +/- sd
-time for request:      227us     51.61ms     23.91ms      4.12ms    71.23%
-";
-        let v = h2load_summary(text)?;
-        assert_eq!(v["requests"], 329_870);
-        assert_eq!(v["duration_us"], 8_000_000);
-        assert_eq!(v["errors"]["read"], 6);
-        assert_eq!(v["errors"]["status"], 0);
-        assert!((v["mean_us"].as_f64().unwrap_or(0.0) - 23_910.0).abs() < 1.0);
-        assert!((v["max_us"].as_f64().unwrap_or(0.0) - 51_610.0).abs() < 1.0);
-        assert!(h2load_summary("connect failed").is_err());
-        Ok(())
-    }
 }
