@@ -20,10 +20,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use shardgate_core::certs::{CertificateInfo, CertificateSpec};
 use shardgate_core::keys::{self, hash_key};
+use shardgate_core::metrics::{self, Telemetry};
 use shardgate_core::model::{
     GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
 };
 use shardgate_core::plugins::CATALOGUE;
+use shardgate_core::ratelimit::Dimension;
 use shardgate_core::snapshot::Snapshot;
 use shardgate_core::state::{ApplyError, Child, Full, Kind, Mutation, State};
 use subtle::ConstantTimeEq;
@@ -55,6 +57,7 @@ pub struct Api {
     token_hash: Option<keys::KeyHash>,
     env: CompileEnv,
     started: Instant,
+    telemetry: Arc<Telemetry>,
 }
 
 /// An error answer on its way out; `?` turns core errors into it.
@@ -313,6 +316,7 @@ impl Api {
         broadcaster: Broadcaster,
         token: Option<&str>,
         env: CompileEnv,
+        telemetry: Arc<Telemetry>,
     ) -> Api {
         Api {
             state,
@@ -322,6 +326,7 @@ impl Api {
             token_hash: token.map(|t| hash_key(t.as_bytes())),
             env,
             started: Instant::now(),
+            telemetry,
         }
     }
 
@@ -911,6 +916,15 @@ impl Api {
         for (i, v) in self.broadcaster.applied_versions().iter().enumerate() {
             let _ = writeln!(out, "shardgate_worker_config_version{{worker=\"{i}\"}} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP shardgate_config_apply_seconds How long the newest configuration change took from publish to applied by every worker.\n# TYPE shardgate_config_apply_seconds gauge\nshardgate_config_apply_seconds {}",
+            self.broadcaster
+                .last_apply()
+                .map_or(0.0, |d| d.as_secs_f64())
+        );
+        let dimensions = Dimension::ALL.map(Dimension::as_str);
+        metrics::render(&mut out, &self.telemetry, &self.snapshot, &dimensions);
         Response::bytes(200, "text/plain; version=0.0.4", out.into_bytes())
     }
 }

@@ -77,6 +77,7 @@ pub fn channels(
         wakeups,
         applied,
         acks: ack_rx,
+        last_apply: None,
     };
     Ok((broadcaster, links))
 }
@@ -89,6 +90,7 @@ pub struct Broadcaster {
     wakeups: Vec<UnixStream>,
     applied: AppliedVersions,
     acks: Receiver<()>,
+    last_apply: Option<Duration>,
 }
 
 impl Broadcaster {
@@ -136,6 +138,7 @@ impl Broadcaster {
                 .filter(|id| !gone.contains(id) && self.applied_version(*id) < version)
                 .collect();
             if lagging.is_empty() {
+                self.last_apply = Some(started.elapsed());
                 return if gone.is_empty() {
                     Ok(())
                 } else {
@@ -178,6 +181,11 @@ impl Broadcaster {
 
     /// The version each worker last reported applying, indexed by worker id (0 until a
     /// worker has started).
+    /// How long the newest successful publish took until every worker had applied it.
+    pub fn last_apply(&self) -> Option<Duration> {
+        self.last_apply
+    }
+
     pub fn applied_versions(&self) -> Vec<u64> {
         (0..self.workers())
             .map(|id| self.applied_version(id))

@@ -51,6 +51,8 @@ pub struct AdminOptions {
     /// Serve a development certificate ([`crate::devcert`]) when no uploaded certificate
     /// covers `*.<base_domain>`: set when the HTTPS listener is on.
     pub dev_certificate: bool,
+    /// The workers' traffic counters, rendered on `/metrics`.
+    pub telemetry: Arc<shardgate_core::metrics::Telemetry>,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -170,6 +172,7 @@ impl Admin {
             broadcaster,
             self.opts.token.as_deref(),
             self.env,
+            self.opts.telemetry.clone(),
         );
         let join = std::thread::Builder::new()
             .name("shardgate-admin".into())

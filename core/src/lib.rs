@@ -21,6 +21,7 @@ pub mod certs;
 pub mod duration;
 pub mod http1;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod path;

@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request_into};
 use crate::deadline::Timer;
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, Tunnel};
+use crate::observe::{self, TraceHandle};
 use crate::plane::WorkerContext;
 use crate::refusal::Refusal;
 use crate::request;
@@ -51,14 +53,23 @@ impl Slot {
             return None;
         }
         plane.connections.set(open + 1);
+        plane
+            .metrics
+            .connections
+            .store(open as u64 + 1, Ordering::Relaxed);
         Some(Slot { ctx: ctx.clone() })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let open = &self.ctx.plane().connections;
-        open.set(open.get().saturating_sub(1));
+        let plane = self.ctx.plane();
+        let open = plane.connections.get().saturating_sub(1);
+        plane.connections.set(open);
+        plane
+            .metrics
+            .connections
+            .store(open as u64, Ordering::Relaxed);
     }
 }
 
@@ -292,6 +303,8 @@ async fn run_slot(handoff: Rc<Handoff>) {
     // Parsed in place, request after request: the 2 KiB field table lives in the slot and is
     // neither zeroed nor moved per request (`parse_request_into` overwrites what it uses).
     let mut head = RequestHead::default();
+    // The request's trace, reused like the head (see `observe`).
+    let trace: TraceHandle = Rc::default();
     loop {
         let (mut client, ctx) = std::future::poll_fn(|_| match handoff.job.take() {
             Some(job) => Poll::Ready(job),
@@ -299,7 +312,11 @@ async fn run_slot(handoff: Rc<Handoff>) {
             None => Poll::Pending,
         })
         .await;
+        trace.borrow_mut().reset();
+        client.trace = Some(trace.clone());
         let step = serve_request(&mut client, &mut head, &ctx).await;
+        client.trace = None;
+        observe::finish(&mut trace.borrow_mut(), &ctx, client.peer);
         handoff.done.set(Some((client, step)));
     }
 }
@@ -335,6 +352,14 @@ pub(crate) async fn serve_request(
         Ok(Err(ReadHead::Io(e))) => return Err(e),
         Ok(Err(ReadHead::H2)) => return Ok(Step::H2),
     };
+    let logged = ctx.plane().access_log.is_some();
+    client.note(|t| {
+        t.head_seen = true;
+        t.obs.method = head.method.map_or(9, |m| m as u8);
+        if logged {
+            t.path.extend_from_slice(head.path(&client.buf));
+        }
+    });
     Ok(match request::handle(client, head, ctx).await? {
         Outcome::Upgrade(tunnel) => Step::Tunnel(tunnel),
         Outcome::Done { keep_alive } if keep_alive && !ctx.shutdown().is_triggered() => Step::Next,

@@ -13,6 +13,7 @@ use shardgate_core::http1::BodyKind;
 
 use crate::deadline::Timer;
 use crate::downstream::Downstream;
+use crate::observe::{RequestId, Trace, TraceHandle};
 use crate::refusal::ErrorResponse;
 use crate::timed;
 use crate::tls::Conn;
@@ -35,6 +36,8 @@ pub struct Client {
     pub timer: Timer,
     /// No request has been read on this connection yet (an HTTP/2 preface may come).
     pub fresh: bool,
+    /// The running request's trace (set by its request slot; `None` between requests).
+    pub trace: Option<TraceHandle>,
 }
 
 impl Client {
@@ -42,6 +45,14 @@ impl Client {
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.buf.len());
         self.buf.drain(..n);
+        self.note(|t| t.obs.bytes_in += n as u64);
+    }
+
+    /// Notes something about the running request in its trace.
+    pub fn note(&self, f: impl FnOnce(&mut Trace)) {
+        if let Some(trace) = &self.trace {
+            f(&mut trace.borrow_mut());
+        }
     }
 
     pub fn new(stream: Downstream, peer: SocketAddr, io_timeout: Duration, timer: Timer) -> Client {
@@ -52,6 +63,7 @@ impl Client {
             io_timeout,
             timer,
             fresh: true,
+            trace: None,
         }
     }
 
@@ -62,7 +74,13 @@ impl Client {
 
     /// Like [`Client::write`], giving the buffer back for reuse.
     pub async fn write_returning(&mut self, bytes: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        timed::write_all(&mut self.stream, bytes, self.io_timeout, &self.timer).await
+        let n = bytes.len() as u64;
+        let (res, bytes) =
+            timed::write_all(&mut self.stream, bytes, self.io_timeout, &self.timer).await;
+        if res.is_ok() {
+            self.note(|t| t.obs.bytes_out += n);
+        }
+        (res, bytes)
     }
 
     /// Reads into `buf` (appending) within the client I/O timeout.
@@ -94,7 +112,14 @@ impl Client {
         head_only: bool,
     ) -> io::Result<()> {
         let mut out = Vec::with_capacity(256);
-        error.encode(close, head_only, &mut out);
+        let mut id = RequestId::generate();
+        self.note(|t| {
+            t.obs.status = error.status;
+            t.reason.clear();
+            t.reason.push_str(&error.message);
+            id = t.id().clone();
+        });
+        error.encode(close, head_only, id.as_bytes(), &mut out);
         self.write(out).await
     }
 
@@ -160,6 +185,8 @@ pub struct UpstreamRequest {
     pub hash: Option<u64>,
     /// The service's whole-request deadline (`timeout`: connect to last response byte).
     pub deadline: Option<Instant>,
+    /// `X-Request-Id`, upstream and back to the client.
+    pub request_id: RequestId,
 }
 
 impl UpstreamRequest {

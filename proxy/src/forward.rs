@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, ResponseHead, parse_response};
+use shardgate_core::metrics::Cause;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::exchange::{Client, Outcome, UpstreamRequest};
@@ -181,8 +182,19 @@ pub async fn forward(
                 last: attempts >= max_attempts,
             };
             let in_flight = plane.picker.started(upstream, i);
+            client.note(|t| t.attempt(upstream.id, i));
             let result = attempt(client, req, &mut plan, leg, ctx, (&effects, body_limit)).await;
             drop(in_flight);
+            client.note(|t| {
+                t.upstream_head();
+                match &result {
+                    Ok(_) if t.obs.status >= 500 => t.failed(Cause::Status5xx),
+                    Ok(_) | Err(Failure::ClientGone | Failure::BodyTooLarge) => {}
+                    Err(Failure::Connect) => t.failed(Cause::Connect),
+                    Err(Failure::Tls(_)) => t.failed(Cause::Tls),
+                    Err(Failure::Upstream { failure, .. }) => t.failed(cause_of(*failure)),
+                }
+            });
             match result {
                 Ok(outcome) => {
                     plane.picker.report(upstream, i, true);
@@ -240,6 +252,22 @@ pub async fn forward(
     let refusal = Refusal::Upstream(failure);
     respond::refuse(client, refusal, &effects, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
+}
+
+/// The metrics cause of an upstream failure.
+pub(crate) fn cause_of(failure: UpstreamFailure) -> Cause {
+    match failure {
+        UpstreamFailure::ConnectFailed | UpstreamFailure::NoHealthyTarget => Cause::Connect,
+        UpstreamFailure::Tls(_) => Cause::Tls,
+        UpstreamFailure::TimedOut | UpstreamFailure::DeadlineExceeded => Cause::Timeout,
+        UpstreamFailure::InvalidResponse | UpstreamFailure::UnsolicitedSwitch => {
+            Cause::InvalidResponse
+        }
+        UpstreamFailure::ClosedWithoutAnswer
+        | UpstreamFailure::FailedWhileAnswering
+        | UpstreamFailure::FailedReceivingBody => Cause::Reset,
+        UpstreamFailure::AnsweredWithError(_) => Cause::Status5xx,
+    }
 }
 
 /// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake with
@@ -457,6 +485,7 @@ async fn attempt(
         }
     };
 
+    client.note(|t| t.upstream_head());
     if head.status == 101 && !switch_was_asked_for(req, &mut head.headers.get_all(&rbuf, "upgrade"))
     {
         // Relaying it would desynchronise the client's connection: its next request would be

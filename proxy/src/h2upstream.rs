@@ -37,6 +37,7 @@ use http::{HeaderMap, Request, Response};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, parse_response};
+use shardgate_core::metrics::Cause;
 use shardgate_core::model::ServiceType;
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
@@ -123,6 +124,7 @@ pub async fn forward(
             let connect_timeout =
                 bounded(upstream.spec.spec.connect_timeout.as_duration(), deadline);
             let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
+            client.note(|t| t.attempt(upstream.id, i));
             match sender(ctx, &dial, connect_timeout).await {
                 Ok(sender) => {
                     opened = Some((upstream.clone(), i, sender));
@@ -136,6 +138,10 @@ pub async fn forward(
                 }
                 Err(failure) => {
                     plane.picker.report(upstream, i, false);
+                    client.note(|t| {
+                        t.upstream_head();
+                        t.failed(crate::forward::cause_of(failure));
+                    });
                     last = failure;
                 }
             }
@@ -178,6 +184,14 @@ pub async fn forward(
         None => exchange.await,
     };
     drop(in_flight);
+    client.note(|t| {
+        t.upstream_head();
+        match &result {
+            Ok(_) if t.obs.status >= 500 => t.failed(Cause::Status5xx),
+            Err(Relayed::Failed(failure)) => t.failed(crate::forward::cause_of(*failure)),
+            _ => {}
+        }
+    });
     let failure = match result {
         Ok(keep_alive) => {
             plane.picker.report(&upstream, i, true);
@@ -634,6 +648,10 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let status = parts.status.as_u16();
+    client.note(|t| {
+        t.obs.status = status;
+        t.upstream_head();
+    });
     let mut push_length = |n: u64| {
         upstream_head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     };

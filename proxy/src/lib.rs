@@ -42,6 +42,9 @@ pub mod rewrite;
 pub mod forward;
 // The response to the client: relayed, or the gateway's own.
 pub mod respond;
+// What each request leaves behind: metrics, request ids, the access log.
+pub mod access_log;
+pub mod observe;
 // After a 101: a byte pipe both ways.
 pub mod tunnel;
 

@@ -11,9 +11,11 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use shardgate_core::metrics::WorkerMetrics;
 use shardgate_core::ratelimit::WorkerBuckets;
 use shardgate_core::snapshot::Snapshot;
 
+use crate::access_log::WorkerLog;
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER, LINE_BUFFER, REPLY_BUFFER};
 use crate::deadline::Wheel;
 use crate::downstream::ListenerTls;
@@ -49,11 +51,22 @@ pub struct Plane {
     pub wheel: Rc<Wheel>,
     /// This worker's HTTP/2 connections to upstream targets.
     pub h2_upstreams: crate::pool::H2Pool,
+    /// This worker's traffic counters.
+    pub metrics: Arc<WorkerMetrics>,
+    /// This worker's access-log buffer, when the log is on.
+    pub access_log: Option<WorkerLog>,
 }
 
 impl Plane {
     pub fn new(worker: usize, settings: Arc<ProxySettings>) -> Plane {
         Plane {
+            metrics: settings
+                .telemetry
+                .workers
+                .get(worker)
+                .cloned()
+                .unwrap_or_default(),
+            access_log: settings.access_log.clone().map(WorkerLog::new),
             rate_limits: RefCell::new(settings.rate_limits.worker()),
             settings,
             heads: BufferPool::new(HEAD_BUFFER, 1024),

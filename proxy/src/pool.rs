@@ -141,6 +141,15 @@ impl H2Pool {
         self.conns.borrow_mut().remove(&key);
     }
 
+    /// HTTP/2 connections held.
+    pub fn len(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.borrow().is_empty()
+    }
+
     /// Forgets connections unused for [`H2_IDLE`].
     pub fn sweep(&self) {
         let now = Instant::now();

@@ -238,14 +238,21 @@ impl ErrorResponse {
     }
 
     /// Serializes the whole response. `close`: add `Connection: close`. `head`: HEAD
-    /// request, no body.
-    pub fn encode(&self, close: bool, head: bool, out: &mut Vec<u8>) {
+    /// request, no body. `request_id` (header-safe bytes, see `observe::RequestId`) goes
+    /// into `X-Request-Id` and the body's `request_id`.
+    pub fn encode(&self, close: bool, head: bool, request_id: &[u8], out: &mut Vec<u8>) {
+        let request_id = std::str::from_utf8(request_id).unwrap_or("");
         // 204 (a CORS preflight answer) has no body and no framing headers.
         let body = (self.status != 204).then(|| {
             let mut body = String::with_capacity(self.message.len() + 16);
             body.push_str("{\"error\":");
             body.push_str(&serde_json::Value::String(self.message.clone()).to_string());
             body.push_str(&self.extra_json);
+            if !request_id.is_empty() {
+                body.push_str(",\"request_id\":\"");
+                body.push_str(request_id);
+                body.push('"');
+            }
             body.push('}');
             body
         });
@@ -265,6 +272,9 @@ impl ErrorResponse {
         }
         for (name, value) in &self.headers {
             let _ = write!(head_text, "{name}: {value}\r\n");
+        }
+        if !request_id.is_empty() {
+            let _ = write!(head_text, "X-Request-Id: {request_id}\r\n");
         }
         if close {
             head_text.push_str("Connection: close\r\n");
@@ -288,7 +298,7 @@ mod tests {
             allow: "GET, HEAD".into(),
         }
         .response()
-        .encode(true, false, &mut out);
+        .encode(true, false, b"", &mut out);
         let text = String::from_utf8(out).expect("ascii");
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
         assert!(text.contains("Allow: GET, HEAD\r\n"));

@@ -23,12 +23,15 @@ use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, RequestHead};
 use shardgate_core::model::Stage;
 use shardgate_core::path::NormalPath;
+use shardgate_core::plugins::Rejection;
+use shardgate_core::ratelimit::Dimension;
 use shardgate_core::router::{Lookup, Method, RouteMatch};
 use shardgate_core::snapshot::{CompiledGateway, CompiledRule, CompiledService, Snapshot};
 
 use crate::auth::{self, KeyCheck, KeySource};
 use crate::exchange::{Client, Outcome, UpstreamRequest};
 use crate::forward;
+use crate::observe::RequestId;
 use crate::plane::WorkerContext;
 use crate::plugins::{self, Effects, Facts};
 use crate::refusal::Refusal;
@@ -64,6 +67,16 @@ pub async fn handle(
     ctx: &WorkerContext,
 ) -> io::Result<Outcome> {
     let snapshot = ctx.snapshot();
+    let logged = ctx.plane().access_log.is_some();
+    let given = head
+        .header(&client.buf, "x-request-id")
+        .and_then(RequestId::parse);
+    client.note(|t| {
+        t.id = given.unwrap_or_else(RequestId::generate);
+        if logged {
+            t.snapshot = Some(snapshot.clone());
+        }
+    });
     match decide(client, head, &snapshot, ctx) {
         Ok(d) => {
             let outcome = if crate::h2upstream::speaks_h2(&d.service) {
@@ -78,7 +91,17 @@ pub async fn handle(
             lines.give(d.request.headers);
             outcome
         }
-        Err(no) => respond::reject(client, head, no.refusal, &no.effects).await,
+        Err(no) => {
+            if let Refusal::Plugin {
+                rejection: Rejection::RateLimited { exceeded, .. },
+                ..
+            } = &no.refusal
+            {
+                let dimension = Dimension::ALL.iter().position(|d| *d == exceeded.dimension);
+                client.note(|t| t.obs.rate_limited = dimension.map(|d| d as u8));
+            }
+            respond::reject(client, head, no.refusal, &no.effects).await
+        }
     }
 }
 
@@ -95,6 +118,7 @@ fn decide(
     let alone = |refusal| refused(refusal, Effects::default());
 
     let gateway = gateway(snapshot, head, buf, &settings.base_domain).map_err(alone)?;
+    client.note(|t| t.obs.gateway = gateway.id);
     let normal = path(head, buf, settings.encoded_slashes).map_err(alone)?;
     let lookup = head
         .method
@@ -113,6 +137,7 @@ fn decide(
         key(gateway, head, buf).map_err(alone)?
     };
 
+    client.note(|t| t.key_id = key_id);
     // The gateway's plugins run before routing answers, the rule's after.
     let facts = Facts {
         head,
@@ -134,6 +159,10 @@ fn decide(
         Ok(found) => found,
         Err(refusal) => return Err(refused(refusal, effects)),
     };
+    client.note(|t| {
+        t.obs.rule = rule.id;
+        t.rule_index = Some(route.id);
+    });
     if let Err(refusal) = plugins::pre_request(
         plane,
         rule.plugins.stage(Stage::PreRequest),
@@ -163,6 +192,11 @@ fn decide(
     let Some(service) = plane.picker.service(rule).cloned() else {
         return Err(refused(Refusal::NoService, effects));
     };
+    let mut request_id = RequestId::default();
+    client.note(|t| {
+        t.obs.service = service.id;
+        request_id = t.id().clone();
+    });
 
     let request = rewrite::prepare(
         head,
@@ -182,6 +216,7 @@ fn decide(
                 .first()
                 .and_then(|u| u.spec.spec.hash_header.as_deref()),
             transforms: &effects.request_transforms,
+            request_id,
             deadline: service
                 .spec
                 .spec

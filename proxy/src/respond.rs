@@ -113,6 +113,10 @@ pub(crate) fn client_head(
             via = Some(value);
             continue;
         }
+        // The gateway's id replaces one the upstream sent back (the same one, usually).
+        if name.eq_ignore_ascii_case(b"x-request-id") {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_value = Some(value);
         }
@@ -159,6 +163,9 @@ pub(crate) fn client_head(
         for (name, value) in &list {
             wire::push_header(out, name.as_bytes(), value.as_bytes());
         }
+    }
+    if !req.request_id.is_empty() {
+        wire::push_header(out, b"X-Request-Id", req.request_id.as_bytes());
     }
     out.extend_from_slice(b"Via: ");
     if let Some(v) = via {
@@ -212,6 +219,7 @@ pub async fn relay_response(
     effects: &Effects,
 ) -> Result<Outcome, Relay> {
     let Answer { mut up, rbuf, head } = answer;
+    client.note(|t| t.obs.status = head.status);
     let plane = ctx.plane();
     let spec = &upstream.spec.spec;
     let read_timeout = spec.read_timeout.as_duration();

@@ -15,12 +15,14 @@ use shardgate_core::router::Method;
 
 use crate::auth::{self, KeySource};
 use crate::exchange::UpstreamRequest;
+use crate::observe::RequestId;
 use crate::wire;
 
 /// Headers the gateway sets or drops itself, besides hop-by-hop ones. Gateway keys never
 /// leave the gateway (see [`auth::is_gateway_credential`]).
 fn is_rewritten(name: &[u8], value: &[u8], key_source: Option<KeySource>) -> bool {
-    const OWN: [&[u8]; 7] = [
+    const OWN: [&[u8]; 8] = [
+        b"x-request-id",
         b"host",
         b"content-length",
         b"expect",
@@ -48,6 +50,8 @@ pub struct Forwarding<'a> {
     pub transforms: &'a [Arc<PluginSettings>],
     /// The service's whole-request deadline, when it has one.
     pub deadline: Option<Instant>,
+    /// The request's id (`X-Request-Id` upstream and back to the client).
+    pub request_id: RequestId,
 }
 
 /// Builds the upstream request from the client's head (RFC 9110 §7.6: hop-by-hop fields
@@ -69,6 +73,7 @@ pub fn prepare(
         hash_header,
         transforms,
         deadline,
+        request_id,
     } = fwd;
     let http10 = head.version_minor == 0;
     request_line.clear();
@@ -125,6 +130,9 @@ pub fn prepare(
     if let Some(host) = client_host {
         wire::push_header(&mut headers, b"X-Forwarded-Host", host);
     }
+    if !request_id.is_empty() {
+        wire::push_header(&mut headers, b"X-Request-Id", request_id.as_bytes());
+    }
     headers.extend_from_slice(b"Via: ");
     push_list(&mut headers, head, buf, "via");
     headers.extend_from_slice(if http10 {
@@ -160,6 +168,7 @@ pub fn prepare(
     let method = head.method;
     UpstreamRequest {
         deadline,
+        request_id,
         request_line,
         preserved_host: preserve_host
             .then(|| client_host.map(<[u8]>::to_vec))

@@ -4,9 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_core::http1::Limits;
+use shardgate_core::metrics::Telemetry;
 use shardgate_core::net::CidrSet;
 use shardgate_core::path::EncodedSlashes;
 use shardgate_core::ratelimit::Registry;
+
+use crate::access_log::AccessLog;
 
 /// Limits and timeouts of the proxy listener. Every field documents its default and why.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct ProxySettings {
     pub rate_limits: Arc<Registry>,
     /// HTTP/2 limits per client connection (see [`H2Limits`]' fields for each default).
     pub h2: H2Limits,
+    /// Every worker's traffic counters (the admin thread renders them on `/metrics`).
+    pub telemetry: Arc<Telemetry>,
+    /// The access log's writer, when `--access-log` is set.
+    pub access_log: Option<AccessLog>,
 }
 
 impl ProxySettings {
@@ -69,6 +76,8 @@ impl ProxySettings {
             encoded_slashes: EncodedSlashes::default(),
             rate_limits: Arc::new(Registry::default()),
             h2: H2Limits::default(),
+            telemetry: Arc::new(Telemetry::default()),
+            access_log: None,
         }
     }
 }

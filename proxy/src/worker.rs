@@ -18,6 +18,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -458,6 +459,10 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
             );
         }
     }
+    let plane = ctx.plane();
+    if let Some(log) = &plane.access_log {
+        log.flush(&plane.metrics);
+    }
     tracing::debug!(worker = id, "worker stopped");
 }
 
@@ -486,9 +491,20 @@ async fn sweep_pools(ctx: Rc<WorkerContext>) {
             .borrow_mut()
             .flush_idle(crate::plane::now_ms());
         ticks += 1;
+        let plane = ctx.plane();
+        if ticks.is_multiple_of(5)
+            && let Some(log) = &plane.access_log
+        {
+            log.flush(&plane.metrics);
+        }
         if ticks.is_multiple_of(50) {
-            ctx.plane().upstreams.sweep();
-            ctx.plane().h2_upstreams.sweep();
+            plane.upstreams.sweep();
+            plane.h2_upstreams.sweep();
+            let metrics = &plane.metrics;
+            let idle = plane.upstreams.idle_count() as u64;
+            metrics.pool_idle.store(idle, Ordering::Relaxed);
+            let h2 = plane.h2_upstreams.len() as u64;
+            metrics.h2_connections.store(h2, Ordering::Relaxed);
         }
     }
 }

@@ -266,6 +266,12 @@ pub struct RunArgs {
         value_parser = parse_encoded_slashes
     )]
     pub encoded_slashes: EncodedSlashes,
+
+    /// Write one JSON line per request to this file (`-`: stdout), through a writer
+    /// thread that never makes a request wait: lines the disk cannot take are dropped and
+    /// counted. SIGHUP reopens the file (for logrotate). Default: off.
+    #[arg(long, env = "SHARDGATE_ACCESS_LOG", value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
 }
 
 /// `--tls-listen`: an address, or off.
@@ -388,6 +394,8 @@ pub struct Config {
     pub max_body: u64,
     pub trusted_proxies: CidrSet,
     pub encoded_slashes: EncodedSlashes,
+    /// `--access-log`: a file, `-` for stdout; `None`: off.
+    pub access_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -568,6 +576,7 @@ fn resolve(
         max_body,
         trusted_proxies,
         encoded_slashes,
+        access_log,
     } = args;
 
     if max_connections == 0 {
@@ -631,6 +640,7 @@ fn resolve(
         max_body,
         trusted_proxies,
         encoded_slashes,
+        access_log,
     })
 }
 
@@ -1032,6 +1042,7 @@ mod tests {
         assert_eq!(config.max_body, defaults.max_body);
         assert_eq!(config.trusted_proxies, defaults.trusted_proxies);
         assert_eq!(config.encoded_slashes, defaults.encoded_slashes);
+        assert_eq!(config.access_log, defaults.access_log);
     }
 
     #[test]

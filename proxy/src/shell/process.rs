@@ -19,15 +19,19 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 use shardgate_admin::broadcast;
 use shardgate_admin::server::{Admin, AdminOptions, AdminThread};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use shardgate_core::metrics::Telemetry;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::accept::bind_listeners;
+use crate::access_log;
 use crate::shell::cli::{self, CliError, Config, Invocation};
 use crate::worker::{self, WorkerEvent, WorkerHandle, WorkerSpec};
 
@@ -112,14 +116,20 @@ fn init_tracing(filter: &str) -> Result<(), Fatal> {
 
 /// Forwards SIGTERM/SIGINT to a channel from a dedicated thread, so the main thread can
 /// wait on signals and worker events together.
-fn watch_signals() -> Result<Receiver<i32>, Fatal> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])
+/// SIGHUP sets `hangup` (the access log reopens its file) and is not forwarded.
+fn watch_signals(hangup: Arc<AtomicBool>) -> Result<Receiver<i32>, Fatal> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| Fatal::runtime(format!("cannot install signal handlers: {e}")))?;
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("shardgate-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    tracing::info!("SIGHUP: reopening the access log");
+                    hangup.store(true, Ordering::Release);
+                    continue;
+                }
                 if tx.send(signal).is_err() {
                     break;
                 }
@@ -180,7 +190,8 @@ fn run(config: Config) -> Result<u8, Fatal> {
 
 fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal> {
     init_tracing(&config.log)?;
-    let signals = watch_signals()?;
+    let hangup = Arc::new(AtomicBool::new(false));
+    let signals = watch_signals(hangup.clone())?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         workers = config.workers,
@@ -192,7 +203,23 @@ fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal
 
     // Cheap checks before the store is opened (and its lock taken).
     let driver = worker::choose_driver(config.io_driver).map_err(Fatal::runtime)?;
-    let settings = std::sync::Arc::new(config.proxy_settings());
+    let mut settings = config.proxy_settings();
+    let telemetry = Arc::new(Telemetry::new(config.workers));
+    settings.telemetry = telemetry.clone();
+    let mut log_writer = None;
+    if let Some(path) = &config.access_log {
+        let destination = access_log::Destination::parse(&path.to_string_lossy());
+        let (log, writer) =
+            access_log::start(destination, telemetry.clone(), hangup).map_err(|e| {
+                Fatal::usage(format!(
+                    "cannot open the access log {}: {e}",
+                    path.display()
+                ))
+            })?;
+        settings.access_log = Some(log);
+        log_writer = Some(writer);
+    }
+    let settings = Arc::new(settings);
     // The system's root store is read here, once, not by a worker on its first https request.
     let roots = crate::tls::init();
     tracing::info!(roots, "loaded root certificates for https upstreams");
@@ -207,6 +234,7 @@ fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal
         fsync: true,
         rate_limits: settings.rate_limits.clone(),
         dev_certificate: config.tls_listen.addr().is_some(),
+        telemetry,
     })
     // The admin's message names the directory and what is wrong with it (e.g. a
     // corrupt journal); it must reach the user as is.
@@ -294,6 +322,11 @@ fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal
         Drain::Stuck => 1,
     };
     admin_thread.shutdown();
+    if let Some(writer) = log_writer {
+        // The workers handed over what they held when they stopped.
+        drop((workers, settings));
+        writer.finish(EXIT_SLACK);
+    }
     tracing::info!("shutdown complete");
     Ok(code)
 }

@@ -1,0 +1,344 @@
+//! Observe: what the gateway records about each request — its id ([`RequestId`]), the
+//! facts the stages note on the way ([`Trace`]), and at the end one count in this worker's
+//! metrics and, when the access log is on, one JSON line ([`finish`]).
+//!
+//! A trace lives in the request slot (`connection::RequestSlot`) and is reused request
+//! after request; the client holds a handle to it while a request runs, so every stage
+//! that has the client can note what it learns (the status it sent, the bytes it moved)
+//! without another parameter.
+//!
+//! Request ids: a client's `X-Request-Id` is kept when it is 1 to
+//! [`MAX_REQUEST_ID`] bytes of `A-Z a-z 0-9 - _ . : + = / @`; otherwise (absent, too long,
+//! other bytes) the gateway makes one, 32 hex digits from a per-worker random generator.
+//! The id goes upstream as `X-Request-Id`, back to the client as `X-Request-Id` (replacing
+//! an upstream's own), into every error body the gateway writes (`"request_id"`), and into
+//! the access log.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write as _;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardgate_core::metrics::{Cause, Observation};
+use shardgate_core::snapshot::Snapshot;
+use uuid::Uuid;
+
+use crate::plane::WorkerContext;
+
+/// Longest client-chosen request id kept.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request id: up to [`MAX_REQUEST_ID`] bytes that need no escaping in a header, a JSON
+/// string or a log line.
+#[derive(Clone)]
+pub struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID],
+    len: u8,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId {
+            bytes: [0; MAX_REQUEST_ID],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'=' | b'/' | b'@')
+}
+
+impl RequestId {
+    /// A client's id, when it is acceptable.
+    pub fn parse(value: &[u8]) -> Option<RequestId> {
+        if value.is_empty() || value.len() > MAX_REQUEST_ID || !value.iter().all(|&b| allowed(b)) {
+            return None;
+        }
+        let mut id = RequestId::default();
+        id.bytes[..value.len()].copy_from_slice(value);
+        id.len = value.len() as u8;
+        Some(id)
+    }
+
+    /// A new id: 128 random bits as 32 hex digits.
+    pub fn generate() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let (a, b) = (next_random(), next_random());
+        let mut id = RequestId::default();
+        for (i, byte) in a
+            .to_be_bytes()
+            .iter()
+            .chain(b.to_be_bytes().iter())
+            .enumerate()
+        {
+            id.bytes[2 * i] = HEX[usize::from(byte >> 4)];
+            id.bytes[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        id.len = 32;
+        id
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only allowed (ASCII) bytes are ever stored.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+thread_local! {
+    /// wyrand state of this worker thread, seeded from the OS once.
+    static RANDOM: Cell<u64> = Cell::new({
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        u64::from_le_bytes(seed) | 1
+    });
+}
+
+/// wyrand: fast, and unpredictable enough for ids (they are not secrets).
+fn next_random() -> u64 {
+    RANDOM.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// What one request's stages noted.
+#[derive(Debug)]
+pub struct Trace {
+    pub start: Instant,
+    /// Empty until a stage needs it (then taken from the request or generated).
+    pub id: RequestId,
+    pub obs: Observation,
+    /// A request head was read (else nothing is recorded unless an error was sent).
+    pub head_seen: bool,
+    pub rule_index: Option<u32>,
+    /// When the current upstream attempt began (taken when its response head arrives or
+    /// it fails: see [`Trace::upstream_head`]).
+    pub attempt_began: Option<Instant>,
+    pub target_index: Option<u32>,
+    pub key_id: Option<[u8; 16]>,
+    /// The gateway's own answer: why (its error message).
+    pub reason: String,
+    /// For the access log: the path (no query) and the snapshot the request ran on.
+    pub path: Vec<u8>,
+    #[allow(
+        clippy::redundant_allocation,
+        reason = "the worker's per-core snapshot handle"
+    )]
+    pub snapshot: Option<Rc<Arc<Snapshot>>>,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            start: Instant::now(),
+            id: RequestId::default(),
+            obs: Observation::default(),
+            head_seen: false,
+            rule_index: None,
+            attempt_began: None,
+            target_index: None,
+            key_id: None,
+            reason: String::new(),
+            path: Vec::new(),
+            snapshot: None,
+        }
+    }
+}
+
+impl Trace {
+    /// Ready for the next request (buffers kept).
+    pub fn reset(&mut self) {
+        self.start = Instant::now();
+        self.id.len = 0;
+        self.obs = Observation::default();
+        self.head_seen = false;
+        self.rule_index = None;
+        self.attempt_began = None;
+        self.target_index = None;
+        self.key_id = None;
+        self.reason.clear();
+        self.path.clear();
+        self.snapshot = None;
+    }
+
+    /// The request id, generated now if no stage has set one.
+    pub fn id(&mut self) -> &RequestId {
+        if self.id.is_empty() {
+            self.id = RequestId::generate();
+        }
+        &self.id
+    }
+
+    /// An attempt at target `index` of `upstream` begins.
+    pub fn attempt(&mut self, upstream: Uuid, index: usize) {
+        self.obs.upstream = upstream;
+        self.target_index = Some(index as u32);
+        if self.obs.attempts > 0 {
+            self.obs.retries = self.obs.retries.saturating_add(1);
+        }
+        self.obs.attempts = self.obs.attempts.saturating_add(1);
+        self.attempt_began = Some(Instant::now());
+    }
+
+    /// The current attempt's response head arrived, or it ended without one: its time
+    /// counts toward the upstream time (once per attempt).
+    pub fn upstream_head(&mut self) {
+        if let Some(began) = self.attempt_began.take() {
+            let us = began.elapsed().as_micros() as u64;
+            self.obs.upstream_us = Some(self.obs.upstream_us.unwrap_or(0) + us);
+        }
+    }
+
+    /// An upstream attempt failed for `cause`.
+    pub fn failed(&mut self, cause: Cause) {
+        if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {
+            self.obs.failures[i] = self.obs.failures[i].saturating_add(1);
+        }
+    }
+}
+
+/// The client's handle on its request's trace (see the module docs).
+pub type TraceHandle = Rc<RefCell<Trace>>;
+
+/// Records the finished request: metrics, and the access-log line.
+pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr) {
+    if !trace.head_seen && trace.obs.status == 0 {
+        // The connection closed (or idled out) between requests: no request to count.
+        return;
+    }
+    if trace.obs.status == 0 {
+        // Like nginx: the client closed before it was answered.
+        trace.obs.status = 499;
+    }
+    trace.obs.total_us = trace.start.elapsed().as_micros() as u64;
+    let plane = ctx.plane();
+    plane.metrics.record(&trace.obs);
+    if let Some(log) = &plane.access_log {
+        log.push(|out| write_line(out, trace, ctx.id(), peer), &plane.metrics);
+    }
+}
+
+/// Appends `value` as a JSON string, or `null`.
+fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    let _ = write!(out, ",\"{name}\":");
+    match value {
+        Some(v) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends one JSON access-log line (ending in `\n`).
+fn write_line(out: &mut Vec<u8>, trace: &mut Trace, worker: usize, peer: std::net::SocketAddr) {
+    let now = time::OffsetDateTime::now_utc();
+    let _ = write!(
+        out,
+        "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\"",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
+    trace.id();
+    let _ = write!(
+        out,
+        ",\"request_id\":\"{}\",\"worker\":{worker},\"client\":\"{peer}\"",
+        trace.id.as_str()
+    );
+    let snapshot = trace.snapshot.take();
+    let gateway = snapshot
+        .as_ref()
+        .and_then(|snap| snap.gateway_by_id(trace.obs.gateway));
+    json(out, "gateway", gateway.map(|g| &*g.subdomain));
+    let rule = gateway.and_then(|g| g.rules.get(trace.rule_index? as usize));
+    json(out, "rule", rule.map(|r| r.spec.path.as_str()));
+    match rule {
+        Some(r) => {
+            let _ = write!(out, ",\"rule_id\":\"{}\"", r.id);
+        }
+        None => out.extend_from_slice(b",\"rule_id\":null"),
+    }
+    let service = gateway.and_then(|g| g.services.get(&trace.obs.service));
+    json(out, "service", service.map(|sv| sv.spec.spec.name.as_str()));
+    let target = gateway
+        .and_then(|g| g.upstreams.get(&trace.obs.upstream))
+        .and_then(|u| u.targets.get(trace.target_index? as usize));
+    json(out, "target", target.map(|t| &*t.host_header));
+    let method = (trace.head_seen)
+        .then(|| shardgate_core::metrics::METHODS.get(usize::from(trace.obs.method)))
+        .flatten()
+        .copied();
+    json(out, "method", method);
+    json(out, "path", Some(&String::from_utf8_lossy(&trace.path)));
+    let o = &trace.obs;
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{}",
+        o.status, o.bytes_in, o.bytes_out
+    );
+    match o.upstream_us {
+        Some(us) => {
+            let _ = write!(out, ",\"upstream_time\":{:.6}", us as f64 / 1e6);
+        }
+        None => out.extend_from_slice(b",\"upstream_time\":null"),
+    }
+    let _ = write!(out, ",\"total_time\":{:.6}", o.total_us as f64 / 1e6);
+    match trace.key_id {
+        Some(k) => {
+            let _ = write!(out, ",\"key_id\":\"{}\"", Uuid::from_bytes(k));
+        }
+        None => out.extend_from_slice(b",\"key_id\":null"),
+    }
+    let reason = (!trace.reason.is_empty()).then_some(trace.reason.as_str());
+    json(out, "reason", reason);
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_kept_only_when_safe_and_bounded() {
+        assert_eq!(
+            RequestId::parse(b"abc-123_x.y:z").map(|i| i.as_str().to_owned()),
+            Some("abc-123_x.y:z".to_owned())
+        );
+        assert!(RequestId::parse(b"").is_none());
+        assert!(RequestId::parse(b"has space").is_none());
+        assert!(RequestId::parse(b"quote\"").is_none());
+        assert!(RequestId::parse(&[b'a'; MAX_REQUEST_ID]).is_some());
+        assert!(RequestId::parse(&[b'a'; MAX_REQUEST_ID + 1]).is_none());
+    }
+
+    #[test]
+    fn generated_ids_are_32_hex_digits_and_differ() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.as_str(), b.as_str());
+    }
+}
