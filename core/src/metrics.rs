@@ -68,10 +68,12 @@ pub enum Cause {
     Status5xx,
     /// The target's circuit was open (the attempt never reached it).
     CircuitOpen,
+    /// Every target was at its `max_connections` for longer than the wait allowed.
+    Saturated,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 7] = [
+    pub const ALL: [Cause; 8] = [
         Cause::Connect,
         Cause::Tls,
         Cause::Timeout,
@@ -79,6 +81,7 @@ impl Cause {
         Cause::InvalidResponse,
         Cause::Status5xx,
         Cause::CircuitOpen,
+        Cause::Saturated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl Cause {
             Cause::InvalidResponse => "invalid_response",
             Cause::Status5xx => "status_5xx",
             Cause::CircuitOpen => "circuit_open",
+            Cause::Saturated => "max_connections",
         }
     }
 }
@@ -215,8 +219,8 @@ pub struct Registry {
     services: FxMap<(Uuid, Uuid), ServiceStats>,
     upstreams: FxMap<(Uuid, Uuid), UpstreamStats>,
     rate_limited: FxMap<(Uuid, u8), u64>,
-    /// (gateway, upstream, target index) → state, for targets whose breaker left `closed`.
-    circuits: FxMap<(Uuid, Uuid, u32), Circuit>,
+    /// (upstream, target index) → state, for targets whose breaker left `closed`.
+    circuits: FxMap<(Uuid, u32), Circuit>,
     overflow: u64,
 }
 
@@ -322,12 +326,12 @@ impl WorkerMetrics {
     }
 
     /// A target's circuit changed state (`Closed` forgets it).
-    pub fn circuit(&self, gateway: Uuid, upstream: Uuid, target: u32, state: Circuit) {
+    pub fn circuit(&self, upstream: Uuid, target: u32, state: Circuit) {
         let mut r = self.registry.lock();
         if state == Circuit::Closed {
-            r.circuits.remove(&(gateway, upstream, target));
+            r.circuits.remove(&(upstream, target));
         } else {
-            r.circuits.insert((gateway, upstream, target), state);
+            r.circuits.insert((upstream, target), state);
         }
     }
 }
@@ -359,8 +363,8 @@ struct Merged {
     services: FxMap<(Uuid, Uuid), ServiceStats>,
     upstreams: FxMap<(Uuid, Uuid), UpstreamStats>,
     rate_limited: FxMap<(Uuid, u8), u64>,
-    /// (gateway, upstream, target, worker) → state.
-    circuits: Vec<((Uuid, Uuid, u32), usize, Circuit)>,
+    /// ((upstream, target), worker, state).
+    circuits: Vec<((Uuid, u32), usize, Circuit)>,
     overflow: u64,
 }
 
@@ -661,16 +665,19 @@ pub fn render(out: &mut String, telemetry: &Telemetry, snapshot: &Snapshot, dime
         "1 for the state of each target's circuit breaker on each worker (closed unless listed otherwise here).",
     );
     let mut circuits: Vec<String> = Vec::new();
-    for ((g, u, target), worker, state) in &m.circuits {
+    for ((u, target), worker, state) in &m.circuits {
+        let found = snapshot
+            .gateways()
+            .find_map(|g| g.upstreams.get(u).map(|up| (g, up)));
         let mut line = String::from("shardgate_circuit_state{gateway=\"");
-        names.gateway(*g, &mut line);
+        if let Some((g, _)) = found {
+            escape_into(&g.subdomain, &mut line);
+        }
         line.push_str("\",upstream=\"");
         Names::label(&names.upstreams, *u, &mut line);
         line.push_str("\",target=\"");
-        let host = snapshot
-            .gateway_by_id(*g)
-            .and_then(|gw| gw.upstreams.get(u))
-            .and_then(|up| up.targets.get(*target as usize))
+        let host = found
+            .and_then(|(_, up)| up.targets.get(*target as usize))
             .map(|t| t.host_header.to_string())
             .unwrap_or_else(|| target.to_string());
         escape_into(&host, &mut line);

@@ -525,6 +525,102 @@ pub struct UpstreamSpec {
     /// (HTTP/1.1); services of type `grpc` speak HTTP/2 whatever it says.
     #[serde(default)]
     pub http2: bool,
+    /// Per-target circuit breaker; off when absent.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// A circuit breaker per target, kept by each worker: after `failure_threshold`
+/// consecutive failures (or, with `error_rate`, too many failures among recent attempts)
+/// the circuit opens and the target gets no traffic for `open_duration`; then it is
+/// half-open: `half_open_probes` requests go through, and as many successes close it while
+/// one failure opens it again. Failures are connect errors, TLS failures, timeouts,
+/// connections that fail before an answer, and 5xx answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the circuit. Default 5.
+    #[serde(default = "five")]
+    pub failure_threshold: u32,
+    /// How long an open circuit keeps the target out. Default `30s`.
+    #[serde(default = "default_cooldown")]
+    pub open_duration: Span,
+    /// Requests let through while half-open, and successes needed to close. Default 1.
+    #[serde(default = "one")]
+    pub half_open_probes: u32,
+    /// Also open when the failure rate over a window passes a percentage. Off when absent.
+    #[serde(default)]
+    pub error_rate: Option<ErrorRate>,
+}
+
+/// The error-rate trigger of a [`CircuitBreaker`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRate {
+    /// Failure percentage (1 to 100) that opens the circuit.
+    pub percent: u32,
+    /// The window attempts are counted over. Default `10s`.
+    #[serde(default = "ten_seconds")]
+    pub window: Span,
+    /// Attempts the window must hold before the rate counts. Default 20.
+    #[serde(default = "twenty")]
+    pub min_requests: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+fn ten_seconds() -> Span {
+    Span::from_secs(10)
+}
+
+impl CircuitBreaker {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.failure_threshold == 0 {
+            return Err(Invalid::new(
+                "circuit_breaker.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        if self.half_open_probes == 0 || self.half_open_probes > 1000 {
+            return Err(Invalid::new(
+                "circuit_breaker.half_open_probes",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.open_duration.as_duration().is_zero() {
+            return Err(Invalid::new(
+                "circuit_breaker.open_duration",
+                "must be longer than 0",
+            ));
+        }
+        if let Some(rate) = &self.error_rate {
+            if !(1..=100).contains(&rate.percent) {
+                return Err(Invalid::new(
+                    "circuit_breaker.error_rate.percent",
+                    "must be between 1 and 100",
+                ));
+            }
+            if rate.window.as_duration() < std::time::Duration::from_millis(100) {
+                return Err(Invalid::new(
+                    "circuit_breaker.error_rate.window",
+                    "must be at least 100ms",
+                ));
+            }
+            if rate.min_requests == 0 {
+                return Err(Invalid::new(
+                    "circuit_breaker.error_rate.min_requests",
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_connect_timeout() -> Span {
@@ -603,6 +699,11 @@ pub struct Target {
     /// Default 0.
     #[serde(default)]
     pub priority: u32,
+    /// Requests in flight to this target at once, per worker (like nginx's `max_conns`
+    /// without a shared zone); a request past it goes to another target, or waits up to
+    /// the upstream's `connect_timeout` for a free place, then gets 503. Default: no limit.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -744,6 +845,17 @@ impl UpstreamSpec {
                     format!("{} is too large: use 0 to 65535", t.weight),
                 ));
             }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.max_connections == Some(0) {
+                return Err(Invalid::new(
+                    format!("targets[{i}].max_connections"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        if let Some(breaker) = &self.circuit_breaker {
+            breaker.validate()?;
         }
         if let Some(h) = &self.hash_header {
             check_len("hash_header", h, MAX_HEADER_NAME_BYTES)?;
@@ -1107,10 +1219,14 @@ pub struct ServiceSpec {
     /// Whole-request deadline (connect to last response byte); none by default.
     #[serde(default)]
     pub timeout: Option<Span>,
-    /// Extra attempts on another target after a connect failure (any method) or a
-    /// 502/503/timeout (idempotent methods only). Default 2.
+    /// Extra attempts on another target after a failure its `retry_policy` retries.
+    /// Default 2.
     #[serde(default = "two")]
     pub retries: u32,
+    /// Which failures are retried, for which methods, within what budget, after what
+    /// backoff.
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
     #[serde(default)]
     pub tags: Vec<String>,
 }
@@ -1132,6 +1248,7 @@ impl ServiceSpec {
         if self.retries > 10 {
             return Err(Invalid::new("retries", "at most 10"));
         }
+        self.retry_policy.validate()?;
         if self.fallback_upstream_ids.contains(&self.upstream_id) {
             return Err(Invalid::new(
                 "fallback_upstream_ids",
@@ -1144,6 +1261,208 @@ impl ServiceSpec {
     /// Every upstream this service may send to.
     pub fn upstream_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
         std::iter::once(self.upstream_id).chain(self.fallback_upstream_ids.iter().copied())
+    }
+}
+
+/// A failure a [`RetryPolicy`] may retry.
+/// In JSON a string (`"timeout"`) or a number (`502`); in binary formats always the string
+/// (`"502"`), since bincode cannot deserialize untagged values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    Condition(RetryCondition),
+    /// A 5xx status the upstream answered with.
+    Status(u16),
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::Status(status) if s.is_human_readable() => s.serialize_u16(*status),
+            RetryOn::Status(status) => s.serialize_str(&status.to_string()),
+            RetryOn::Condition(RetryCondition::ConnectFailure) => {
+                s.serialize_str("connect-failure")
+            }
+            RetryOn::Condition(RetryCondition::Timeout) => s.serialize_str("timeout"),
+            RetryOn::Condition(RetryCondition::Reset) => s.serialize_str("reset"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"connect-failure\", \"timeout\", \"reset\" or a 5xx status")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                match v {
+                    "connect-failure" => Ok(RetryOn::Condition(RetryCondition::ConnectFailure)),
+                    "timeout" => Ok(RetryOn::Condition(RetryCondition::Timeout)),
+                    "reset" => Ok(RetryOn::Condition(RetryCondition::Reset)),
+                    digits if digits.bytes().all(|b| b.is_ascii_digit()) && !digits.is_empty() => {
+                        digits
+                            .parse()
+                            .map(RetryOn::Status)
+                            .map_err(|_| E::custom(format!("{digits} is not an HTTP status")))
+                    }
+                    other => Err(E::custom(format!(
+                        "{other:?} is not a retry condition: use \"connect-failure\", \"timeout\", \"reset\" or a 5xx status"
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                u16::try_from(v)
+                    .map(RetryOn::Status)
+                    .map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                Err(E::custom(format!("{v} is not an HTTP status")))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_any(Visitor)
+        } else {
+            d.deserialize_str(Visitor)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCondition {
+    /// The connection (or TLS handshake) failed: nothing was sent, so every method may
+    /// retry it.
+    ConnectFailure,
+    /// No response head within the upstream's `read_timeout`.
+    Timeout,
+    /// The connection closed or failed before a response head.
+    Reset,
+}
+
+/// When a service's request is tried again on another target.
+///
+/// A retry needs: the failure in `on`; an idempotent method (RFC 9110 §9.2.2), or
+/// `non_idempotent`, or a connect failure (nothing was sent); the request body still in
+/// hand; an attempt left (`retries`); and room in the budget: retries stay within
+/// `budget_percent` of the requests of the last `budget_window` (counted per worker), with
+/// `min_retries_per_second` allowed regardless, so retries cannot multiply an outage.
+/// Before a retry the worker waits a random time between 0 and
+/// `min(backoff_max, backoff_base × 2^(retry−1))` (full jitter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Default `["connect-failure", "timeout", "reset", 502, 503]`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Also retry non-idempotent methods (POST, PATCH) on failures after the request was
+    /// sent. Default `false`.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Retries as a percentage of requests over `budget_window`. Default 20.
+    #[serde(default = "twenty")]
+    pub budget_percent: u32,
+    /// Default `10s`.
+    #[serde(default = "ten_seconds")]
+    pub budget_window: Span,
+    /// Retries per second allowed even when the budget is spent (so a quiet service can
+    /// still retry). Default 10.
+    #[serde(default = "ten")]
+    pub min_retries_per_second: u32,
+    /// Default `25ms`.
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base: Span,
+    /// Default `250ms`.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Span,
+}
+
+fn ten() -> u32 {
+    10
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::Condition(RetryCondition::ConnectFailure),
+        RetryOn::Condition(RetryCondition::Timeout),
+        RetryOn::Condition(RetryCondition::Reset),
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+    ]
+}
+
+fn default_backoff_base() -> Span {
+    Span::from_millis(25)
+}
+
+fn default_backoff_max() -> Span {
+    Span::from_millis(250)
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            on: default_retry_on(),
+            non_idempotent: false,
+            budget_percent: 20,
+            budget_window: ten_seconds(),
+            min_retries_per_second: 10,
+            backoff_base: default_backoff_base(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_count("retry_policy.on", self.on.len(), 16)?;
+        for on in &self.on {
+            if let RetryOn::Status(status) = on
+                && !(500..=599).contains(status)
+            {
+                return Err(Invalid::new(
+                    "retry_policy.on",
+                    format!(
+                        "{status} is not a 5xx status (or use connect-failure, timeout, reset)"
+                    ),
+                ));
+            }
+        }
+        if self.budget_percent > 100 {
+            return Err(Invalid::new(
+                "retry_policy.budget_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        let window = self.budget_window.as_duration();
+        if window < std::time::Duration::from_secs(1)
+            || window > std::time::Duration::from_secs(300)
+        {
+            return Err(Invalid::new(
+                "retry_policy.budget_window",
+                "must be between 1s and 300s",
+            ));
+        }
+        if self.backoff_max.as_duration() < self.backoff_base.as_duration() {
+            return Err(Invalid::new(
+                "retry_policy.backoff_max",
+                "must not be shorter than backoff_base",
+            ));
+        }
+        if self.backoff_max.as_duration() > std::time::Duration::from_secs(60) {
+            return Err(Invalid::new("retry_policy.backoff_max", "at most 60s"));
+        }
+        Ok(())
+    }
+
+    /// Whether `on` lists the condition.
+    pub fn retries_on(&self, condition: RetryCondition) -> bool {
+        self.on.contains(&RetryOn::Condition(condition))
+    }
+
+    /// Whether `on` lists the status.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on.contains(&RetryOn::Status(status))
     }
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, ResponseHead, parse_response};
 use shardgate_core::metrics::Cause;
+use shardgate_core::model::{RetryCondition, RetryPolicy};
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::exchange::{Client, Outcome, UpstreamRequest};
@@ -128,6 +129,7 @@ struct Leg<'a> {
     target: &'a CompiledTarget,
     index: usize,
     last: bool,
+    policy: &'a RetryPolicy,
 }
 
 /// Forwards one prepared request to `service`, with retries and fallbacks.
@@ -151,6 +153,8 @@ pub async fn forward(
         }
     };
     let max_attempts = 1 + service.spec.spec.retries as usize;
+    let policy = &service.spec.spec.retry_policy;
+    plane.picker.budget(service.id, policy, false);
     let mut attempts = 0usize;
     let mut last: Option<UpstreamFailure> = None;
 
@@ -166,9 +170,27 @@ pub async fn forward(
                 last = Some(UpstreamFailure::DeadlineExceeded);
                 break 'upstreams;
             }
-            let Some(i) = plane.picker.target(upstream, req.hash, &tried[..tried_len]) else {
-                continue 'upstreams;
+            let i = match plane.picker.target(upstream, req.hash, &tried[..tried_len]) {
+                Some(i) => i,
+                None => {
+                    match wait_for_target(client, req, upstream, &tried[..tried_len], ctx).await {
+                        Ok(i) => i,
+                        Err(Some(blocked)) => {
+                            last = last.or(Some(blocked));
+                            continue 'upstreams;
+                        }
+                        Err(None) => continue 'upstreams,
+                    }
+                }
             };
+            // A retry: only within the service's budget, and after a jittered backoff.
+            if attempts > 0 {
+                if !plane.picker.budget(service.id, policy, true) {
+                    client.note(|t| t.obs.budget_exhausted = true);
+                    break 'upstreams;
+                }
+                backoff(policy, attempts, req).await;
+            }
             tried[tried_len] = i;
             tried_len += 1;
             attempts += 1;
@@ -180,6 +202,7 @@ pub async fn forward(
                 target,
                 index: i,
                 last: attempts >= max_attempts,
+                policy,
             };
             let in_flight = plane.picker.started(upstream, i);
             client.note(|t| t.attempt(upstream.id, i));
@@ -195,6 +218,27 @@ pub async fn forward(
                     Err(Failure::Upstream { failure, .. }) => t.failed(cause_of(*failure)),
                 }
             });
+            // The circuit breaker counts 5xx answers as failures; passive health does not.
+            let circuit_ok = match &result {
+                Ok(_) => Some(
+                    client
+                        .trace
+                        .as_ref()
+                        .is_none_or(|t| t.borrow().obs.status < 500),
+                ),
+                Err(Failure::ClientGone | Failure::BodyTooLarge) => None,
+                Err(Failure::Upstream {
+                    failure: UpstreamFailure::DeadlineExceeded,
+                    ..
+                }) => None,
+                Err(Failure::Connect) if req.past_deadline() => None,
+                Err(_) => Some(false),
+            };
+            if let Some(ok) = circuit_ok
+                && let Some(state) = plane.picker.circuit(upstream, i, ok)
+            {
+                plane.metrics.circuit(upstream.id, i as u32, state);
+            }
             match result {
                 Ok(outcome) => {
                     plane.picker.report(upstream, i, true);
@@ -207,19 +251,25 @@ pub async fn forward(
                         plane.picker.report(upstream, i, false);
                     }
                     last = Some(UpstreamFailure::ConnectFailed);
+                    if !policy.retries_on(RetryCondition::ConnectFailure) {
+                        break 'upstreams;
+                    }
                 }
                 // Another target may present a valid certificate: like a connect failure,
                 // nothing was sent, so any method moves on.
                 Err(Failure::Tls(failure)) => {
                     plane.picker.report(upstream, i, false);
                     last = Some(UpstreamFailure::Tls(failure));
+                    if !policy.retries_on(RetryCondition::ConnectFailure) {
+                        break 'upstreams;
+                    }
                 }
                 Err(Failure::Upstream { failure, retryable }) => {
                     if failure != UpstreamFailure::DeadlineExceeded {
                         plane.picker.report(upstream, i, false);
                     }
                     last = Some(failure);
-                    if !retryable {
+                    if !(retryable && policy_retries(policy, failure)) {
                         break 'upstreams;
                     }
                 }
@@ -254,6 +304,77 @@ pub async fn forward(
     Ok(Outcome::Done { keep_alive })
 }
 
+/// Whether the policy retries `failure` (the method and body were checked already).
+fn policy_retries(policy: &RetryPolicy, failure: UpstreamFailure) -> bool {
+    match failure {
+        UpstreamFailure::TimedOut => policy.retries_on(RetryCondition::Timeout),
+        UpstreamFailure::ClosedWithoutAnswer | UpstreamFailure::FailedWhileAnswering => {
+            policy.retries_on(RetryCondition::Reset)
+        }
+        UpstreamFailure::AnsweredWithError(status) => policy.retries_status(status),
+        UpstreamFailure::ConnectFailed | UpstreamFailure::Tls(_) => {
+            policy.retries_on(RetryCondition::ConnectFailure)
+        }
+        _ => false,
+    }
+}
+
+/// Sleeps before retry number `attempts` (1 = the first retry): a random time up to
+/// `min(backoff_max, backoff_base × 2^(attempts−1))`, never past the request's deadline.
+async fn backoff(policy: &RetryPolicy, attempts: usize, req: &UpstreamRequest) {
+    let base = policy.backoff_base.as_duration().as_micros() as u64;
+    let cap = policy.backoff_max.as_duration().as_micros() as u64;
+    let ceiling = base
+        .saturating_mul(1u64 << (attempts.saturating_sub(1)).min(20))
+        .min(cap);
+    if ceiling == 0 {
+        return;
+    }
+    let pause = Duration::from_micros(crate::observe::next_random() % (ceiling + 1));
+    monoio::time::sleep(req.bounded(pause)).await;
+}
+
+/// No target of `upstream` is usable now: when that is because each is at its
+/// `max_connections`, waits (up to the upstream's `connect_timeout`, within the request's
+/// deadline) for one to free a place. `Err(Some(why))` when the targets are blocked (open
+/// circuits, or full until the wait ran out), `Err(None)` when they are down or tried.
+async fn wait_for_target(
+    client: &Client,
+    req: &UpstreamRequest,
+    upstream: &CompiledUpstream,
+    tried: &[usize],
+    ctx: &WorkerContext,
+) -> Result<usize, Option<UpstreamFailure>> {
+    let picker = &ctx.plane().picker;
+    match picker.blocked(upstream, tried) {
+        None => return Err(None),
+        Some(true) => {
+            client.note(|t| t.failed(Cause::CircuitOpen));
+            return Err(Some(UpstreamFailure::CircuitOpen));
+        }
+        Some(false) => {}
+    }
+    let wait = req.bounded(upstream.spec.spec.connect_timeout.as_duration());
+    let until = monoio::time::Instant::now() + wait;
+    loop {
+        if monoio::time::timeout_at(until, picker.freed())
+            .await
+            .is_err()
+        {
+            client.note(|t| t.failed(Cause::Saturated));
+            return Err(Some(UpstreamFailure::Saturated));
+        }
+        if let Some(i) = picker.target(upstream, req.hash, tried) {
+            return Ok(i);
+        }
+        match picker.blocked(upstream, tried) {
+            Some(false) => {}
+            Some(true) => return Err(Some(UpstreamFailure::CircuitOpen)),
+            None => return Err(None),
+        }
+    }
+}
+
 /// The metrics cause of an upstream failure.
 pub(crate) fn cause_of(failure: UpstreamFailure) -> Cause {
     match failure {
@@ -267,6 +388,8 @@ pub(crate) fn cause_of(failure: UpstreamFailure) -> Cause {
         | UpstreamFailure::FailedWhileAnswering
         | UpstreamFailure::FailedReceivingBody => Cause::Reset,
         UpstreamFailure::AnsweredWithError(_) => Cause::Status5xx,
+        UpstreamFailure::CircuitOpen => Cause::CircuitOpen,
+        UpstreamFailure::Saturated => Cause::Saturated,
     }
 }
 
@@ -390,7 +513,7 @@ async fn attempt(
     }
 
     // The response head; interim 1xx answers are relayed (100 is ours to send, not theirs).
-    let retryable = plan.replayable && req.idempotent && !leg.last;
+    let retryable = plan.replayable && (req.idempotent || leg.policy.non_idempotent) && !leg.last;
     let mut rbuf = plane.heads.take();
     let limits = &plane.settings.head_limits;
     let head: ResponseHead = loop {
@@ -496,7 +619,7 @@ async fn attempt(
             retryable: false,
         });
     }
-    if retryable && (head.status == 502 || head.status == 503) {
+    if retryable && head.status >= 500 && leg.policy.retries_status(head.status) {
         plane.heads.give(rbuf);
         return Err(Failure::Upstream {
             failure: UpstreamFailure::AnsweredWithError(head.status),

@@ -138,6 +138,9 @@ pub async fn forward(
                 }
                 Err(failure) => {
                     plane.picker.report(upstream, i, false);
+                    if let Some(state) = plane.picker.circuit(upstream, i, false) {
+                        plane.metrics.circuit(upstream.id, i as u32, state);
+                    }
                     client.note(|t| {
                         t.upstream_head();
                         t.failed(crate::forward::cause_of(failure));
@@ -184,6 +187,22 @@ pub async fn forward(
         None => exchange.await,
     };
     drop(in_flight);
+    let circuit_ok = match &result {
+        Ok(_) => Some(
+            client
+                .trace
+                .as_ref()
+                .is_none_or(|t| t.borrow().obs.status < 500),
+        ),
+        Err(Relayed::Failed(UpstreamFailure::DeadlineExceeded)) => None,
+        Err(Relayed::Failed(_)) => Some(false),
+        Err(_) => None,
+    };
+    if let Some(ok) = circuit_ok
+        && let Some(state) = plane.picker.circuit(&upstream, i, ok)
+    {
+        plane.metrics.circuit(upstream.id, i as u32, state);
+    }
     client.note(|t| {
         t.upstream_head();
         match &result {

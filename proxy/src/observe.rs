@@ -110,7 +110,7 @@ thread_local! {
 }
 
 /// wyrand: fast, and unpredictable enough for ids (they are not secrets).
-fn next_random() -> u64 {
+pub(crate) fn next_random() -> u64 {
     RANDOM.with(|state| {
         let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
         state.set(s);

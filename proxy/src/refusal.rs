@@ -92,6 +92,10 @@ pub enum UpstreamFailure {
     AnsweredWithError(u16),
     /// A `101` the client did not ask for, or to another protocol.
     UnsolicitedSwitch,
+    /// Every target's circuit breaker is open.
+    CircuitOpen,
+    /// Every target is at its `max_connections`, and none freed a place in time.
+    Saturated,
 }
 
 impl UpstreamFailure {
@@ -118,6 +122,14 @@ impl UpstreamFailure {
             UpstreamFailure::UnsolicitedSwitch => {
                 (502, "upstream switched protocols without being asked to")
             }
+            UpstreamFailure::CircuitOpen => (
+                503,
+                "every upstream target's circuit breaker is open; try again later",
+            ),
+            UpstreamFailure::Saturated => (
+                503,
+                "every upstream target is at its connection limit; try again later",
+            ),
         }
     }
 }
