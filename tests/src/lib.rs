@@ -1580,7 +1580,8 @@ pub fn list_all(admin: &Client, path: &str, field: &str) -> Vec<Value> {
     panic!("{path}: more than 1000 pages")
 }
 
-/// The Python the HTTP/2 and gRPC tests run their clients and servers with (grpcio, h2):
+/// The Python the HTTP/2, gRPC and observability tests run their clients, servers and the
+/// Prometheus text parser with (grpcio, h2, prometheus_client):
 /// `$SHARDGATE_TEST_PYTHON` (tests/run's virtual environment), else that environment if it
 /// exists, else `python3`.
 pub fn python() -> String {
