@@ -63,6 +63,7 @@ pub fn gateway_with(rules: usize, keys: usize) -> (State, Uuid, Vec<Mutation>) {
                     metadata: Json(serde_json::json!({})),
                     timeout: None,
                     retries: 2,
+                    retry_policy: Default::default(),
                     tags: Vec::new(),
                 },
             )),

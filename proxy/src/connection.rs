@@ -314,10 +314,40 @@ async fn run_slot(handoff: Rc<Handoff>) {
         .await;
         trace.borrow_mut().reset();
         client.trace = Some(trace.clone());
+        // Records the request even when its future is dropped midway (an HTTP/2 stream the
+        // client reset): then as 499 unless an answer already went out.
+        let mut unfinished = Unfinished {
+            trace: trace.clone(),
+            ctx: ctx.clone(),
+            peer: client.peer,
+            armed: true,
+        };
         let step = serve_request(&mut client, &mut head, &ctx).await;
         client.trace = None;
+        unfinished.armed = false;
+        drop(unfinished);
         observe::finish(&mut trace.borrow_mut(), &ctx, client.peer);
         handoff.done.set(Some((client, step)));
+    }
+}
+
+/// A request in progress in a slot whose future may be dropped (see `run_slot`).
+struct Unfinished {
+    trace: TraceHandle,
+    ctx: Rc<WorkerContext>,
+    peer: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(mut trace) = self.trace.try_borrow_mut() {
+            trace.client_left();
+            observe::finish(&mut trace, &self.ctx, self.peer);
+        }
     }
 }
 

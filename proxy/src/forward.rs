@@ -28,6 +28,7 @@ use shardgate_core::model::{RetryCondition, RetryPolicy};
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::exchange::{Client, Outcome, UpstreamRequest};
+use crate::observe::Trace;
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
@@ -273,7 +274,10 @@ pub async fn forward(
                         break 'upstreams;
                     }
                 }
-                Err(Failure::ClientGone) => return Ok(Outcome::Done { keep_alive: false }),
+                Err(Failure::ClientGone) => {
+                    client.note(Trace::client_left);
+                    return Ok(Outcome::Done { keep_alive: false });
+                }
                 Err(Failure::BodyTooLarge) => {
                     client.buf.clear();
                     let refusal = Refusal::BodyTooLarge { limit: body_limit };
@@ -717,6 +721,7 @@ async fn stream_request_body(
             }
         };
         sent += take as u64;
+        client.note(|t| t.obs.bytes_in += take as u64);
         // The limit is on body data: chunk framing does not count.
         let data = plan.scanner.as_ref().map_or(sent, ChunkedScanner::data_len);
         if data > max_body {

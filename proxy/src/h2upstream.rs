@@ -45,6 +45,7 @@ use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, UpstreamRequest};
 use crate::h2io::H2Io;
 use crate::h2stream::{h2_error, send_flow_controlled, trailer_map, unchunk};
+use crate::observe::Trace;
 use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
@@ -216,7 +217,10 @@ pub async fn forward(
             plane.picker.report(&upstream, i, true);
             return Ok(Outcome::Done { keep_alive });
         }
-        Err(Relayed::ClientGone) => return Ok(Outcome::Done { keep_alive: false }),
+        Err(Relayed::ClientGone) => {
+            client.note(Trace::client_left);
+            return Ok(Outcome::Done { keep_alive: false });
+        }
         Err(Relayed::BodyTooLarge) => Refusal::BodyTooLarge { limit: body_limit },
         Err(Relayed::Failed(failure)) => {
             if failure != UpstreamFailure::DeadlineExceeded {
@@ -447,7 +451,9 @@ async fn relay(
     match body {
         // HTTP/2: both directions at once (bidirectional streams).
         Source::H2(body) => {
-            let up = pump_up(body, up_body, timeouts);
+            let received = std::cell::Cell::new(0u64);
+            let trace = client.trace.clone();
+            let up = pump_up(body, up_body, timeouts, &received);
             let down = async {
                 let response = response.await?;
                 answer(client, response, req, effects, timeouts, sent_head).await
@@ -455,7 +461,7 @@ async fn relay(
             let mut up = pin!(up);
             let mut down = pin!(down);
             let mut up_done = no_body;
-            poll_fn(|cx| {
+            let result = poll_fn(|cx| {
                 if !up_done {
                     match up.as_mut().poll(cx) {
                         Poll::Ready(Ok(())) => up_done = true,
@@ -470,7 +476,11 @@ async fn relay(
                 // moot.
                 down.as_mut().poll(cx)
             })
-            .await
+            .await;
+            if let Some(trace) = trace {
+                trace.borrow_mut().obs.bytes_in += received.get();
+            }
+            result
         }
         // HTTP/1.1: the body first (its bytes share the client's one buffer), then the
         // answer; the head leaves the buffer either way, and what follows the body stays
@@ -513,6 +523,7 @@ async fn pump_up(
     body: Option<RecvStream>,
     mut up: SendStream<Bytes>,
     timeouts: Timeouts,
+    received: &std::cell::Cell<u64>,
 ) -> Result<(), Relayed> {
     let Some(mut body) = body else {
         return Ok(());
@@ -523,6 +534,7 @@ async fn pump_up(
             Some(Ok(data)) => {
                 let len = data.len();
                 sent += len as u64;
+                received.set(sent);
                 if sent > timeouts.body_limit {
                     up.send_reset(h2::Reason::CANCEL);
                     return Err(Relayed::BodyTooLarge);

@@ -207,6 +207,14 @@ impl Trace {
         }
     }
 
+    /// The client went away before its answer reached it: 499, like nginx (an answer
+    /// already partly sent keeps its status).
+    pub fn client_left(&mut self) {
+        if self.obs.bytes_out == 0 {
+            self.obs.status = 499;
+        }
+    }
+
     /// An upstream attempt failed for `cause`.
     pub fn failed(&mut self, cause: Cause) {
         if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {

@@ -41,7 +41,7 @@ const BUCKETS: [&str; 17] = [
 ];
 
 /// Every failure cause of an upstream attempt.
-const CAUSES: [&str; 7] = [
+const CAUSES: [&str; 8] = [
     "connect",
     "tls",
     "timeout",
@@ -49,6 +49,7 @@ const CAUSES: [&str; 7] = [
     "invalid_response",
     "status_5xx",
     "circuit_open",
+    "max_connections",
 ];
 
 /// `127.0.0.<last>`: a distinct client IP on loopback.
