@@ -155,7 +155,9 @@ pub async fn forward(
     };
     let max_attempts = 1 + service.spec.spec.retries as usize;
     let policy = &service.spec.spec.retry_policy;
-    plane.picker.budget(service.id, policy, false);
+    plane
+        .picker
+        .budget(service.id, policy, false, crate::plane::now_ms());
     let mut attempts = 0usize;
     let mut last: Option<UpstreamFailure> = None;
 
@@ -186,7 +188,10 @@ pub async fn forward(
             };
             // A retry: only within the service's budget, and after a jittered backoff.
             if attempts > 0 {
-                if !plane.picker.budget(service.id, policy, true) {
+                if !plane
+                    .picker
+                    .budget(service.id, policy, true, crate::plane::now_ms())
+                {
                     client.note(|t| t.obs.budget_exhausted = true);
                     break 'upstreams;
                 }
@@ -216,7 +221,7 @@ pub async fn forward(
                     Ok(_) | Err(Failure::ClientGone | Failure::BodyTooLarge) => {}
                     Err(Failure::Connect) => t.failed(Cause::Connect),
                     Err(Failure::Tls(_)) => t.failed(Cause::Tls),
-                    Err(Failure::Upstream { failure, .. }) => t.failed(cause_of(*failure)),
+                    Err(Failure::Upstream { failure, .. }) => t.failed(failure.cause()),
                 }
             });
             // The circuit breaker counts 5xx answers as failures; passive health does not.
@@ -376,24 +381,6 @@ async fn wait_for_target(
             Some(true) => return Err(Some(UpstreamFailure::CircuitOpen)),
             None => return Err(None),
         }
-    }
-}
-
-/// The metrics cause of an upstream failure.
-pub(crate) fn cause_of(failure: UpstreamFailure) -> Cause {
-    match failure {
-        UpstreamFailure::ConnectFailed | UpstreamFailure::NoHealthyTarget => Cause::Connect,
-        UpstreamFailure::Tls(_) => Cause::Tls,
-        UpstreamFailure::TimedOut | UpstreamFailure::DeadlineExceeded => Cause::Timeout,
-        UpstreamFailure::InvalidResponse | UpstreamFailure::UnsolicitedSwitch => {
-            Cause::InvalidResponse
-        }
-        UpstreamFailure::ClosedWithoutAnswer
-        | UpstreamFailure::FailedWhileAnswering
-        | UpstreamFailure::FailedReceivingBody => Cause::Reset,
-        UpstreamFailure::AnsweredWithError(_) => Cause::Status5xx,
-        UpstreamFailure::CircuitOpen => Cause::CircuitOpen,
-        UpstreamFailure::Saturated => Cause::Saturated,
     }
 }
 

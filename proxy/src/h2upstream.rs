@@ -144,7 +144,7 @@ pub async fn forward(
                     }
                     client.note(|t| {
                         t.upstream_head();
-                        t.failed(crate::forward::cause_of(failure));
+                        t.failed(failure.cause());
                     });
                     last = failure;
                 }
@@ -208,7 +208,7 @@ pub async fn forward(
         t.upstream_head();
         match &result {
             Ok(_) if t.obs.status >= 500 => t.failed(Cause::Status5xx),
-            Err(Relayed::Failed(failure)) => t.failed(crate::forward::cause_of(*failure)),
+            Err(Relayed::Failed(failure)) => t.failed(failure.cause()),
             _ => {}
         }
     });

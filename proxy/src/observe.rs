@@ -238,7 +238,9 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
     }
     trace.obs.total_us = trace.start.elapsed().as_micros() as u64;
     let plane = ctx.plane();
-    plane.metrics.record(&trace.obs);
+    if plane.settings.request_metrics {
+        plane.metrics.record(&trace.obs);
+    }
     if let Some(log) = &plane.access_log {
         log.push(|out| write_line(out, trace, ctx.id(), peer), &plane.metrics);
     }

@@ -346,9 +346,10 @@ impl Picker {
 
     /// The service's retry budget: counts a request (`retry` false) or asks for a retry
     /// (`retry` true: `true` when the budget allows one, which is then counted).
-    pub fn budget(&self, service: Uuid, policy: &RetryPolicy, retry: bool) -> bool {
+    /// `now_ms`: the worker's clock (`plane::now_ms`).
+    pub fn budget(&self, service: Uuid, policy: &RetryPolicy, retry: bool, now_ms: u64) -> bool {
         let window_ms = policy.budget_window.as_duration().as_millis() as u64;
-        let now = crate::plane::now_ms();
+        let now = now_ms;
         let mut budgets = self.budgets.borrow_mut();
         let budget = budgets.entry(service).or_default();
         budget.advance(now, window_ms / 10);

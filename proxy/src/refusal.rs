@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use shardgate_core::http1::{ChunkError, HeadError};
+use shardgate_core::metrics::Cause;
 use shardgate_core::path::PathError;
 use shardgate_core::plugins::Rejection;
 
@@ -99,6 +100,24 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// The metrics cause (`shardgate_upstream_failures_total{cause}`).
+    pub fn cause(self) -> Cause {
+        match self {
+            UpstreamFailure::ConnectFailed | UpstreamFailure::NoHealthyTarget => Cause::Connect,
+            UpstreamFailure::Tls(_) => Cause::Tls,
+            UpstreamFailure::TimedOut | UpstreamFailure::DeadlineExceeded => Cause::Timeout,
+            UpstreamFailure::InvalidResponse | UpstreamFailure::UnsolicitedSwitch => {
+                Cause::InvalidResponse
+            }
+            UpstreamFailure::ClosedWithoutAnswer
+            | UpstreamFailure::FailedWhileAnswering
+            | UpstreamFailure::FailedReceivingBody => Cause::Reset,
+            UpstreamFailure::AnsweredWithError(_) => Cause::Status5xx,
+            UpstreamFailure::CircuitOpen => Cause::CircuitOpen,
+            UpstreamFailure::Saturated => Cause::Saturated,
+        }
+    }
+
     fn status_and_message(self) -> (u16, &'static str) {
         match self {
             UpstreamFailure::ConnectFailed => (502, "upstream connection failed"),

@@ -50,6 +50,8 @@ pub struct ProxySettings {
     pub telemetry: Arc<Telemetry>,
     /// The access log's writer, when `--access-log` is set.
     pub access_log: Option<AccessLog>,
+    /// Count requests in the workers' metrics (`--request-metrics`). Default on.
+    pub request_metrics: bool,
 }
 
 impl ProxySettings {
@@ -78,6 +80,7 @@ impl ProxySettings {
             h2: H2Limits::default(),
             telemetry: Arc::new(Telemetry::default()),
             access_log: None,
+            request_metrics: true,
         }
     }
 }

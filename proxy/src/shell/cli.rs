@@ -272,6 +272,25 @@ pub struct RunArgs {
     /// counted. SIGHUP reopens the file (for logrotate). Default: off.
     #[arg(long, env = "SHARDGATE_ACCESS_LOG", value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
+
+    /// Count every request in `/metrics` (`on`), or keep only the configuration gauges
+    /// there (`off`).
+    #[arg(
+        long,
+        env = "SHARDGATE_REQUEST_METRICS",
+        value_name = "on|off",
+        default_value = "on",
+        value_parser = parse_switch
+    )]
+    pub request_metrics: bool,
+}
+
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither `on` nor `off`")),
+    }
 }
 
 /// `--tls-listen`: an address, or off.
@@ -396,6 +415,7 @@ pub struct Config {
     pub encoded_slashes: EncodedSlashes,
     /// `--access-log`: a file, `-` for stdout; `None`: off.
     pub access_log: Option<PathBuf>,
+    pub request_metrics: bool,
 }
 
 impl Config {
@@ -407,6 +427,7 @@ impl Config {
             max_connections: self.max_connections,
             trusted_proxies: self.trusted_proxies.clone(),
             encoded_slashes: self.encoded_slashes,
+            request_metrics: self.request_metrics,
             max_body: if self.max_body == 0 {
                 u64::MAX
             } else {
@@ -577,6 +598,7 @@ fn resolve(
         trusted_proxies,
         encoded_slashes,
         access_log,
+        request_metrics,
     } = args;
 
     if max_connections == 0 {
@@ -641,6 +663,7 @@ fn resolve(
         trusted_proxies,
         encoded_slashes,
         access_log,
+        request_metrics,
     })
 }
 
@@ -1043,6 +1066,7 @@ mod tests {
         assert_eq!(config.trusted_proxies, defaults.trusted_proxies);
         assert_eq!(config.encoded_slashes, defaults.encoded_slashes);
         assert_eq!(config.access_log, defaults.access_log);
+        assert_eq!(config.request_metrics, defaults.request_metrics);
     }
 
     #[test]

@@ -556,6 +556,24 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         show(&chain, &|x| format!("{:.1} % loss", x * 100.0)),
         verdict(&chain, &|x| x <= 0.05)
     );
+    // Issue 13: request metrics and the access log on (`full-logged`) against both off
+    // (`full-quiet`), medians of the same run.
+    let observed: Vec<(usize, f64)> = plain_sizes
+        .iter()
+        .filter_map(|&s| {
+            let (quiet, logged) = (find("full-quiet", s)?, find("full-logged", s)?);
+            Some((
+                s,
+                logged.get("cpu_us_per_req") / quiet.get("cpu_us_per_req") - 1.0,
+            ))
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "| metrics + access log cost ≤ 3 % CPU/request (`full-logged` vs `full-quiet`) | {} | {} |",
+        show(&observed, &|x| format!("{:+.1} %", x * 100.0)),
+        verdict(&observed, &|x| x <= 0.03)
+    );
     let admin_p99 = a["end_to_end"]["p99_ms"].as_f64();
     let _ = writeln!(
         md,

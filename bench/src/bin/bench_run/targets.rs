@@ -189,6 +189,20 @@ pub struct Scenario {
     pub tls: Option<TlsMode>,
     /// Workers on monoio's epoll driver (`--io-driver epoll`) instead of io_uring.
     pub epoll: bool,
+    /// Request metrics and the access log (issue 13's cost).
+    pub observe: Observe,
+}
+
+/// What a scenario records about each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    /// As shipped: request metrics on, access log off.
+    Default,
+    /// Request metrics off (`--request-metrics off`), access log off: the baseline of
+    /// the observability cost.
+    Quiet,
+    /// Request metrics on and the access log on, to a file in the work directory.
+    Logged,
 }
 
 pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
@@ -201,6 +215,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 0,
             tls: None,
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: "auth",
@@ -210,6 +225,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 1,
             tls: None,
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: "auth+ratelimit",
@@ -219,6 +235,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 1,
             tls: None,
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: "full",
@@ -228,6 +245,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: keys.max(1),
             tls: None,
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: TlsMode::KeepAlive.scenario(),
@@ -237,6 +255,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 0,
             tls: Some(TlsMode::KeepAlive),
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: TlsMode::Handshake.scenario(),
@@ -246,6 +265,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 0,
             tls: Some(TlsMode::Handshake),
             epoll: false,
+            observe: Observe::Default,
         },
         Scenario {
             name: TlsMode::H2.scenario(),
@@ -255,6 +275,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 0,
             tls: Some(TlsMode::H2),
             epoll: false,
+            observe: Observe::Default,
         },
         // The same as `bare` and `full`, on the epoll driver (opt-in: --scenarios).
         Scenario {
@@ -265,6 +286,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: 0,
             tls: None,
             epoll: true,
+            observe: Observe::Default,
         },
         Scenario {
             name: "full-epoll",
@@ -274,6 +296,29 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             keys: keys.max(1),
             tls: None,
             epoll: true,
+            observe: Observe::Default,
+        },
+        // `full` with request metrics and the access log both off, and both on (opt-in:
+        // --scenarios full-quiet,full-logged): what observing each request costs.
+        Scenario {
+            name: "full-quiet",
+            auth: true,
+            rate_limit: true,
+            rules: rules.max(1),
+            keys: keys.max(1),
+            tls: None,
+            epoll: false,
+            observe: Observe::Quiet,
+        },
+        Scenario {
+            name: "full-logged",
+            auth: true,
+            rate_limit: true,
+            rules: rules.max(1),
+            keys: keys.max(1),
+            tls: None,
+            epoll: false,
+            observe: Observe::Logged,
         },
     ]
 }
@@ -354,6 +399,16 @@ pub fn start_shardgate(
     }
     if scenario.epoll {
         cmd.args(["--io-driver", "epoll"]);
+    }
+    match scenario.observe {
+        Observe::Default => {}
+        Observe::Quiet => {
+            cmd.args(["--request-metrics", "off"]);
+        }
+        Observe::Logged => {
+            cmd.arg("--access-log")
+                .arg(opt.work_dir.join(format!("access-{slug}.log")));
+        }
     }
     let mut child = cmd
         .arg("--workers")
