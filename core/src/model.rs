@@ -1348,7 +1348,8 @@ pub enum RetryCondition {
 /// `budget_percent` of the requests of the last `budget_window` (counted per worker), with
 /// `min_retries_per_second` allowed regardless, so retries cannot multiply an outage.
 /// Before a retry the worker waits a random time between 0 and
-/// `min(backoff_max, backoff_base × 2^(retry−1))` (full jitter).
+/// `min(backoff_max, backoff_base × 2^(retry−1))` (full jitter). A retry after a failed
+/// connect sent nothing: it needs no budget and waits no backoff.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {

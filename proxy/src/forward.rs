@@ -160,6 +160,8 @@ pub async fn forward(
         .budget(service.id, policy, false, crate::plane::now_ms());
     let mut attempts = 0usize;
     let mut last: Option<UpstreamFailure> = None;
+    // The previous attempt failed after its request was sent.
+    let mut sent_before = false;
 
     'upstreams: for upstream in &service.upstreams {
         // A fallback that speaks HTTP/2 serves only services whose primary does.
@@ -186,8 +188,10 @@ pub async fn forward(
                     }
                 }
             };
-            // A retry: only within the service's budget, and after a jittered backoff.
-            if attempts > 0 {
+            // A retry after the request reached an upstream: only within the service's
+            // budget, and after a jittered backoff. One after a failed connect sent
+            // nothing, so it adds no load to a struggling upstream and goes at once.
+            if sent_before {
                 if !plane
                     .picker
                     .budget(service.id, policy, true, crate::plane::now_ms())
@@ -253,6 +257,7 @@ pub async fn forward(
                 // A failure the service's deadline caused says nothing about the target's
                 // health: it is not reported (a tight timeout must not drain a shared upstream).
                 Err(Failure::Connect) => {
+                    sent_before = false;
                     if !req.past_deadline() {
                         plane.picker.report(upstream, i, false);
                     }
@@ -264,6 +269,7 @@ pub async fn forward(
                 // Another target may present a valid certificate: like a connect failure,
                 // nothing was sent, so any method moves on.
                 Err(Failure::Tls(failure)) => {
+                    sent_before = false;
                     plane.picker.report(upstream, i, false);
                     last = Some(UpstreamFailure::Tls(failure));
                     if !policy.retries_on(RetryCondition::ConnectFailure) {
@@ -271,6 +277,7 @@ pub async fn forward(
                     }
                 }
                 Err(Failure::Upstream { failure, retryable }) => {
+                    sent_before = true;
                     if failure != UpstreamFailure::DeadlineExceeded {
                         plane.picker.report(upstream, i, false);
                     }

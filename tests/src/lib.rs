@@ -784,6 +784,22 @@ impl Resp {
             .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {self}"))
     }
 
+    /// A gateway error body without its `request_id`, after checking that the id is the
+    /// one the `X-Request-Id` header carries (every error body the proxy writes has it).
+    pub fn error_json(&self) -> Value {
+        let mut body = self.json();
+        let id = body
+            .as_object_mut()
+            .and_then(|o| o.remove("request_id"))
+            .unwrap_or_else(|| panic!("no request_id in the error body: {self}"));
+        assert_eq!(
+            id.as_str(),
+            self.header("x-request-id"),
+            "the body's request_id is the X-Request-Id header: {self}"
+        );
+        body
+    }
+
     /// The `error` string of a `{"error": "..."}` body; panics when the body has another
     /// shape (every admin error must have this one).
     pub fn error(&self) -> String {

@@ -350,7 +350,7 @@ fn body_over_max_body_bytes_by_content_length_is_413_before_the_upstream() {
         let over = client.request("POST", "/upload", &[], &[b'x'; 17]);
         assert_eq!(over.status, 413, "[{driver}] {over}");
         assert_eq!(
-            over.json(),
+            over.error_json(),
             json!({"error": "request body too large"}),
             "[{driver}]"
         );
@@ -415,7 +415,7 @@ fn head_over_max_header_bytes_is_431_before_the_upstream() {
         let over = client.request("GET", "/upload", &[("X-Big", &big)], b"");
         assert_eq!(over.status, 431, "[{driver}] {over}");
         assert_eq!(
-            over.json(),
+            over.error_json(),
             json!({"error": "request header fields too large"}),
             "[{driver}]"
         );
@@ -436,7 +436,7 @@ fn chunked_body_is_411_when_content_length_is_required() {
         let chunked = chunked_post(&tenant, b"hello", 5);
         assert_eq!(chunked.status, 411, "[{driver}] {chunked}");
         assert_eq!(
-            chunked.json(),
+            chunked.error_json(),
             json!({"error": "Content-Length required"}),
             "[{driver}]"
         );
@@ -737,7 +737,10 @@ fn ip_restriction_deny_list_refuses_listed_clients_with_403() {
         for last in [3, 8, 15] {
             let refused = tenant.client().source_ip(loopback(last)).get("/d");
             assert_eq!(refused.status, 403, "[{driver}] 127.0.0.{last}: {refused}");
-            assert_eq!(refused.json(), json!({"error": "client IP not allowed"}));
+            assert_eq!(
+                refused.error_json(),
+                json!({"error": "client IP not allowed"})
+            );
         }
         assert_eq!(
             up.count(),

@@ -80,8 +80,8 @@ fn assert_limited(resp: &Resp, dimension: &str, retry_after: u64, context: &str)
         "{context}: {resp}"
     );
     assert_eq!(
-        resp.text(),
-        format!("{{\"error\":\"{dimension} rate limit exceeded\",\"retry_after\":{retry_after}}}"),
+        resp.error_json(),
+        json!({"error": format!("{dimension} rate limit exceeded"), "retry_after": retry_after}),
         "{context}"
     );
     assert_eq!(

@@ -85,7 +85,7 @@ fn seed_flow_routes_a_keyed_request_to_the_upstream_and_refuses_without_a_key() 
             .host(&other_host)
             .get("/v1/chat")
             .expect_status(404);
-        assert_eq!(unknown.json(), json!({"error": "gateway not found"}));
+        assert_eq!(unknown.error_json(), json!({"error": "gateway not found"}));
 
         assert_eq!(
             up.count(),
@@ -653,7 +653,7 @@ fn upstream_key_and_gateway_changes_apply_to_the_next_request() {
         tenant.update_gateway(&json!({"name": "gw-moving", "subdomain": "moved"}));
         let old = conn.get("/x");
         assert_eq!(old.status, 404, "[{driver} {listener}] {old}");
-        assert_eq!(old.json(), json!({"error": "gateway not found"}));
+        assert_eq!(old.error_json(), json!({"error": "gateway not found"}));
         let moved_host = via.host_for("moved");
         let moved = via.client(&tenant).host(&moved_host);
         moved.get("/x").expect_status(200);
@@ -675,6 +675,6 @@ fn upstream_key_and_gateway_changes_apply_to_the_next_request() {
             ))
             .expect_status(204);
         let gone = moved.get("/x").expect_status(404);
-        assert_eq!(gone.json(), json!({"error": "gateway not found"}));
+        assert_eq!(gone.error_json(), json!({"error": "gateway not found"}));
     }
 }

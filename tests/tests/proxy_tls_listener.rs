@@ -174,7 +174,7 @@ fn the_ready_line_names_the_tls_listener_and_off_disables_it() {
         .client_for("nope.localhost")
         .get("/")
         .expect_status(404);
-    assert_eq!(resp.json(), json!({"error": "gateway not found"}));
+    assert_eq!(resp.error_json(), json!({"error": "gateway not found"}));
 }
 
 #[test]

@@ -280,6 +280,7 @@ pub struct RunArgs {
         env = "SHARDGATE_REQUEST_METRICS",
         value_name = "on|off",
         default_value = "on",
+        action = clap::ArgAction::Set,
         value_parser = parse_switch
     )]
     pub request_metrics: bool,
