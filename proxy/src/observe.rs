@@ -25,6 +25,7 @@ use shardgate_core::snapshot::Snapshot;
 use uuid::Uuid;
 
 use crate::plane::WorkerContext;
+use crate::wire::push_decimal;
 
 /// Longest client-chosen request id kept.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -246,10 +247,21 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
     }
 }
 
-/// Appends `value` as a JSON string, or `null`.
+/// Appends `,"name":` and `value` as a JSON string, or `null`. Values that need no
+/// escaping (the usual names and paths) are copied as they are.
 fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
-    let _ = write!(out, ",\"{name}\":");
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
     match value {
+        Some(v)
+            if v.bytes()
+                .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) =>
+        {
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        }
         Some(v) => {
             let _ = serde_json::to_writer(&mut *out, v);
         }
@@ -257,26 +269,101 @@ fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     }
 }
 
+/// Appends `,"name":` and microseconds as seconds with six decimals (no float formatting).
+fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    push_decimal(out, us / 1_000_000);
+    let frac = us % 1_000_000;
+    out.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut rest = frac;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+fn number(out: &mut Vec<u8>, name: &str, n: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    push_decimal(out, n);
+}
+
+thread_local! {
+    /// The second the cached timestamp prefix is for, and the prefix
+    /// (`2026-11-24T04:21:25.`): formatted once per second per worker.
+    static CLOCK: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// Appends the current UTC time as RFC 3339 with milliseconds, quoted.
+fn timestamp(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    CLOCK.with(|clock| {
+        let mut clock = clock.borrow_mut();
+        if clock.0 != secs {
+            clock.1.clear();
+            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let _ = write!(
+                clock.1,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            clock.0 = secs;
+        }
+        out.push(b'"');
+        out.extend_from_slice(&clock.1);
+    });
+    let ms = now.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+        b'"',
+    ]);
+}
+
+/// Appends a UUID as a quoted hyphenated lowercase string, or `null`.
+fn uuid(out: &mut Vec<u8>, name: &str, id: Option<Uuid>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    match id {
+        Some(id) => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            out.push(b'"');
+            out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// Appends one JSON access-log line (ending in `\n`).
 fn write_line(out: &mut Vec<u8>, trace: &mut Trace, worker: usize, peer: std::net::SocketAddr) {
-    let now = time::OffsetDateTime::now_utc();
-    let _ = write!(
-        out,
-        "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\"",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.millisecond()
-    );
+    out.extend_from_slice(b"{\"time\":");
+    timestamp(out);
     trace.id();
-    let _ = write!(
-        out,
-        ",\"request_id\":\"{}\",\"worker\":{worker},\"client\":\"{peer}\"",
-        trace.id.as_str()
-    );
+    out.extend_from_slice(b",\"request_id\":\"");
+    out.extend_from_slice(trace.id.as_bytes());
+    out.push(b'"');
+    number(out, "worker", worker as u64);
+    out.extend_from_slice(b",\"client\":\"");
+    let _ = write!(out, "{peer}");
+    out.push(b'"');
     let snapshot = trace.snapshot.take();
     let gateway = snapshot
         .as_ref()
@@ -284,12 +371,7 @@ fn write_line(out: &mut Vec<u8>, trace: &mut Trace, worker: usize, peer: std::ne
     json(out, "gateway", gateway.map(|g| &*g.subdomain));
     let rule = gateway.and_then(|g| g.rules.get(trace.rule_index? as usize));
     json(out, "rule", rule.map(|r| r.spec.path.as_str()));
-    match rule {
-        Some(r) => {
-            let _ = write!(out, ",\"rule_id\":\"{}\"", r.id);
-        }
-        None => out.extend_from_slice(b",\"rule_id\":null"),
-    }
+    uuid(out, "rule_id", rule.map(|r| r.id));
     let service = gateway.and_then(|g| g.services.get(&trace.obs.service));
     json(out, "service", service.map(|sv| sv.spec.spec.name.as_str()));
     let target = gateway
@@ -301,26 +383,20 @@ fn write_line(out: &mut Vec<u8>, trace: &mut Trace, worker: usize, peer: std::ne
         .flatten()
         .copied();
     json(out, "method", method);
-    json(out, "path", Some(&String::from_utf8_lossy(&trace.path)));
+    match std::str::from_utf8(&trace.path) {
+        Ok(path) => json(out, "path", Some(path)),
+        Err(_) => json(out, "path", Some(&String::from_utf8_lossy(&trace.path))),
+    }
     let o = &trace.obs;
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{}",
-        o.status, o.bytes_in, o.bytes_out
-    );
+    number(out, "status", u64::from(o.status));
+    number(out, "bytes_in", o.bytes_in);
+    number(out, "bytes_out", o.bytes_out);
     match o.upstream_us {
-        Some(us) => {
-            let _ = write!(out, ",\"upstream_time\":{:.6}", us as f64 / 1e6);
-        }
+        Some(us) => seconds(out, "upstream_time", us),
         None => out.extend_from_slice(b",\"upstream_time\":null"),
     }
-    let _ = write!(out, ",\"total_time\":{:.6}", o.total_us as f64 / 1e6);
-    match trace.key_id {
-        Some(k) => {
-            let _ = write!(out, ",\"key_id\":\"{}\"", Uuid::from_bytes(k));
-        }
-        None => out.extend_from_slice(b",\"key_id\":null"),
-    }
+    seconds(out, "total_time", o.total_us);
+    uuid(out, "key_id", trace.key_id.map(Uuid::from_bytes));
     let reason = (!trace.reason.is_empty()).then_some(trace.reason.as_str());
     json(out, "reason", reason);
     out.extend_from_slice(b"}\n");
