@@ -1,11 +1,16 @@
 //! Forward: send the request to a target, stream its body up, stream the response back.
 //!
-//! Attempts and retries: a target is picked by the upstream's balancer; a connect failure
-//! moves on to another target (any method: nothing was sent); a 502/503 answer or a
-//! timeout before the response head moves on only for idempotent requests whose whole body
-//! is still in hand (RFC 9110 §9.2.2), and only while attempts remain — the last attempt's
-//! answer is relayed as it is. When every target of the service's upstream is down or
-//! tried, its fallback upstreams are tried in order.
+//! Attempts and retries: a target is picked by the upstream's balancer among those that
+//! are up, not behind an open circuit and under their `max_connections` (when every one is
+//! only full, the request waits up to `connect_timeout` for a place, then 503). The
+//! service's `retry_policy` decides what moves on to another target: a connect failure
+//! (any method: nothing was sent, so no budget and no backoff), or a timeout, reset or
+//! listed 5xx before the response head for idempotent requests (or any method with
+//! `non_idempotent`) whose whole body is still in hand, within the retry budget and after
+//! a jittered backoff, and only while attempts remain — the last attempt's answer is
+//! relayed as it is. When every target of the service's upstream is down or tried, its
+//! fallback upstreams are tried in order. Each attempt's outcome goes to passive health
+//! and to the target's circuit breaker, and into the request's trace (metrics).
 //!
 //! Bodies are never buffered whole: request bodies stream client → upstream and responses
 //! upstream → client one read at a time (so SSE events pass as they are produced), chunked
