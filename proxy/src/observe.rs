@@ -112,12 +112,15 @@ thread_local! {
 
 /// wyrand: fast, and unpredictable enough for ids (they are not secrets).
 pub(crate) fn next_random() -> u64 {
-    RANDOM.with(|state| {
-        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
-        state.set(s);
-        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) as u64) ^ (t as u64)
-    })
+    // `try_with`: a request recorded while its thread is being torn down still gets an id.
+    RANDOM
+        .try_with(|state| {
+            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            ((t >> 64) as u64) ^ (t as u64)
+        })
+        .unwrap_or(0x9e37_79b9_7f4a_7c15)
 }
 
 /// What one request's stages noted.
@@ -305,27 +308,33 @@ fn timestamp(out: &mut Vec<u8>) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    CLOCK.with(|clock| {
+    let prefix = |buf: &mut Vec<u8>| {
+        let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let _ = write!(
+            buf,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+    };
+    out.push(b'"');
+    let cached = CLOCK.try_with(|clock| {
         let mut clock = clock.borrow_mut();
         if clock.0 != secs {
             clock.1.clear();
-            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let _ = write!(
-                clock.1,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
+            prefix(&mut clock.1);
             clock.0 = secs;
         }
-        out.push(b'"');
         out.extend_from_slice(&clock.1);
     });
+    if cached.is_err() {
+        prefix(out);
+    }
     let ms = now.subsec_millis();
     out.extend_from_slice(&[
         b'0' + (ms / 100) as u8,
