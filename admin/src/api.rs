@@ -897,7 +897,7 @@ impl Api {
                 let _ = writeln!(
                     out,
                     "shardgate_certificate_expiry_timestamp_seconds{{name=\"{}\"}} {}",
-                    prometheus_label(&record.spec.name),
+                    label(&record.spec.name),
                     info.not_after.unix_timestamp()
                 );
             }
@@ -939,17 +939,16 @@ fn child_json(entity: &Child, gateway_id: Uuid) -> Value {
     }
 }
 
+/// A label value in the Prometheus text format (see [`metrics::escape_into`]).
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    metrics::escape_into(value, &mut out);
+    out
+}
+
 /// The metrics label of the development certificate, which is not an API entity; no
 /// uploaded certificate's name starts with `<` (`CertificateSpec::validate`).
 const DEFAULT_CERTIFICATE_LABEL: &str = "<development>";
-
-/// A label value in the Prometheus text format: backslash, quote and newline escaped.
-fn prometheus_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 fn read_only(method: &str, answer: impl FnOnce() -> Reply) -> Reply {
     match method {

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CompiledGateway, CompiledUpstream, Snapshot};
 
 /// Upper bounds (`le`) of the duration histograms, in microseconds; `+Inf` follows.
 pub const BUCKETS_US: [u64; 16] = [
@@ -408,6 +408,8 @@ struct Names<'s> {
     rules: HashMap<Uuid, &'s str>,
     services: HashMap<Uuid, &'s str>,
     upstreams: HashMap<Uuid, &'s str>,
+    /// Upstream id → its gateway and compiled upstream (circuits are kept by upstream).
+    owners: HashMap<Uuid, (&'s CompiledGateway, &'s CompiledUpstream)>,
 }
 
 impl<'s> Names<'s> {
@@ -417,6 +419,7 @@ impl<'s> Names<'s> {
             rules: HashMap::new(),
             services: HashMap::new(),
             upstreams: HashMap::new(),
+            owners: HashMap::new(),
         };
         for g in snapshot.gateways() {
             names.gateways.insert(g.id, &g.subdomain);
@@ -428,6 +431,7 @@ impl<'s> Names<'s> {
             }
             for (id, u) in &g.upstreams {
                 names.upstreams.insert(*id, &u.spec.spec.name);
+                names.owners.insert(*id, (&**g, &**u));
             }
         }
         names
@@ -666,9 +670,7 @@ pub fn render(out: &mut String, telemetry: &Telemetry, snapshot: &Snapshot, dime
     );
     let mut circuits: Vec<String> = Vec::new();
     for ((u, target), worker, state) in &m.circuits {
-        let found = snapshot
-            .gateways()
-            .find_map(|g| g.upstreams.get(u).map(|up| (g, up)));
+        let found = names.owners.get(u).copied();
         let mut line = String::from("shardgate_circuit_state{gateway=\"");
         if let Some((g, _)) = found {
             escape_into(&g.subdomain, &mut line);

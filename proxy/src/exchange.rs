@@ -48,6 +48,11 @@ impl Client {
         self.note(|t| t.obs.bytes_in += n as u64);
     }
 
+    /// The status the running request was answered with so far (0: none yet).
+    pub fn status_sent(&self) -> u16 {
+        self.trace.as_ref().map_or(0, |t| t.borrow().obs.status)
+    }
+
     /// Notes something about the running request in its trace.
     pub fn note(&self, f: impl FnOnce(&mut Trace)) {
         if let Some(trace) = &self.trace {
@@ -112,13 +117,18 @@ impl Client {
         head_only: bool,
     ) -> io::Result<()> {
         let mut out = Vec::with_capacity(256);
-        let mut id = RequestId::generate();
-        self.note(|t| {
-            t.obs.status = error.status;
-            t.reason.clear();
-            t.reason.push_str(&error.message);
-            id = t.id().clone();
-        });
+        // The request's id; one of its own for an answer outside any request (503 at
+        // `--max-connections`).
+        let id = match &self.trace {
+            Some(trace) => {
+                let mut t = trace.borrow_mut();
+                t.obs.status = error.status;
+                t.reason.clear();
+                t.reason.push_str(&error.message);
+                t.id().clone()
+            }
+            None => RequestId::generate(),
+        };
         error.encode(close, head_only, id.as_bytes(), &mut out);
         self.write(out).await
     }

@@ -235,12 +235,7 @@ pub async fn forward(
             });
             // The circuit breaker counts 5xx answers as failures; passive health does not.
             let circuit_ok = match &result {
-                Ok(_) => Some(
-                    client
-                        .trace
-                        .as_ref()
-                        .is_none_or(|t| t.borrow().obs.status < 500),
-                ),
+                Ok(_) => Some(client.status_sent() < 500),
                 Err(Failure::ClientGone | Failure::BodyTooLarge) => None,
                 Err(Failure::Upstream {
                     failure: UpstreamFailure::DeadlineExceeded,
@@ -249,10 +244,8 @@ pub async fn forward(
                 Err(Failure::Connect) if req.past_deadline() => None,
                 Err(_) => Some(false),
             };
-            if let Some(ok) = circuit_ok
-                && let Some(state) = plane.picker.circuit(upstream, i, ok)
-            {
-                plane.metrics.circuit(upstream.id, i as u32, state);
+            if let Some(ok) = circuit_ok {
+                plane.circuit(upstream, i, ok);
             }
             match result {
                 Ok(outcome) => {

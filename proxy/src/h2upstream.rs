@@ -139,9 +139,7 @@ pub async fn forward(
                 }
                 Err(failure) => {
                     plane.picker.report(upstream, i, false);
-                    if let Some(state) = plane.picker.circuit(upstream, i, false) {
-                        plane.metrics.circuit(upstream.id, i as u32, state);
-                    }
+                    plane.circuit(upstream, i, false);
                     client.note(|t| {
                         t.upstream_head();
                         t.failed(failure.cause());
@@ -189,20 +187,13 @@ pub async fn forward(
     };
     drop(in_flight);
     let circuit_ok = match &result {
-        Ok(_) => Some(
-            client
-                .trace
-                .as_ref()
-                .is_none_or(|t| t.borrow().obs.status < 500),
-        ),
+        Ok(_) => Some(client.status_sent() < 500),
         Err(Relayed::Failed(UpstreamFailure::DeadlineExceeded)) => None,
         Err(Relayed::Failed(_)) => Some(false),
         Err(_) => None,
     };
-    if let Some(ok) = circuit_ok
-        && let Some(state) = plane.picker.circuit(&upstream, i, ok)
-    {
-        plane.metrics.circuit(upstream.id, i as u32, state);
+    if let Some(ok) = circuit_ok {
+        plane.circuit(&upstream, i, ok);
     }
     client.note(|t| {
         t.upstream_head();

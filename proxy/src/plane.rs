@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use shardgate_core::metrics::WorkerMetrics;
 use shardgate_core::ratelimit::WorkerBuckets;
-use shardgate_core::snapshot::Snapshot;
+use shardgate_core::snapshot::{CompiledUpstream, Snapshot};
 
 use crate::access_log::WorkerLog;
 use crate::buffer::{BODY_BUFFER, BufferPool, HEAD_BUFFER, LINE_BUFFER, REPLY_BUFFER};
@@ -80,6 +80,16 @@ impl Plane {
             listener_tls: ListenerTls::default(),
             wheel: Rc::new(Wheel::default()),
             h2_upstreams: Default::default(),
+        }
+    }
+}
+
+impl Plane {
+    /// One attempt's outcome for target `i`'s circuit breaker (see `Picker::circuit`); a
+    /// change of state also goes to this worker's metrics.
+    pub fn circuit(&self, upstream: &CompiledUpstream, i: usize, ok: bool) {
+        if let Some(state) = self.picker.circuit(upstream, i, ok) {
+            self.metrics.circuit(upstream.id, i as u32, state);
         }
     }
 }

@@ -206,6 +206,16 @@ pub enum Observe {
 }
 
 pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
+    let full = Scenario {
+        name: "full",
+        auth: true,
+        rate_limit: true,
+        rules: rules.max(1),
+        keys: keys.max(1),
+        tls: None,
+        epoll: false,
+        observe: Observe::Default,
+    };
     vec![
         Scenario {
             name: "bare",
@@ -237,16 +247,7 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             epoll: false,
             observe: Observe::Default,
         },
-        Scenario {
-            name: "full",
-            auth: true,
-            rate_limit: true,
-            rules: rules.max(1),
-            keys: keys.max(1),
-            tls: None,
-            epoll: false,
-            observe: Observe::Default,
-        },
+        full.clone(),
         Scenario {
             name: TlsMode::KeepAlive.scenario(),
             auth: false,
@@ -302,23 +303,13 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
         // --scenarios full-quiet,full-logged): what observing each request costs.
         Scenario {
             name: "full-quiet",
-            auth: true,
-            rate_limit: true,
-            rules: rules.max(1),
-            keys: keys.max(1),
-            tls: None,
-            epoll: false,
             observe: Observe::Quiet,
+            ..full.clone()
         },
         Scenario {
             name: "full-logged",
-            auth: true,
-            rate_limit: true,
-            rules: rules.max(1),
-            keys: keys.max(1),
-            tls: None,
-            epoll: false,
             observe: Observe::Logged,
+            ..full
         },
     ]
 }
