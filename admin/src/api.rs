@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use shardgate_core::certs::{CertificateInfo, CertificateSpec};
+use shardgate_core::duration::Span;
 use shardgate_core::keys::{self, hash_key};
 use shardgate_core::metrics::{self, Telemetry};
 use shardgate_core::model::{
-    GatewaySpec, KeySpec, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
+    GatewaySpec, KeySpec, PreviousSecret, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
 };
 use shardgate_core::plugins::CATALOGUE;
 use shardgate_core::ratelimit::Dimension;
@@ -37,6 +38,7 @@ use crate::http::{Request, Response};
 use crate::resolve::CompileEnv;
 use crate::store::Store;
 use crate::strict_json;
+use crate::usage::{self, UsageTracker};
 
 /// Largest `limit` a list accepts, and its default.
 pub const MAX_PAGE: usize = 100;
@@ -58,6 +60,7 @@ pub struct Api {
     env: CompileEnv,
     started: Instant,
     telemetry: Arc<Telemetry>,
+    usage: UsageTracker,
 }
 
 /// An error answer on its way out; `?` turns core errors into it.
@@ -201,6 +204,10 @@ fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
         "prefix": record.spec.prefix,
         "expires_at": spec.expires_at.map(rfc3339),
         "active": spec.active,
+        "scopes": spec.scopes,
+        "rotated_at": record.spec.rotated_at.map(rfc3339),
+        "previous_prefix": record.spec.previous.as_ref().map(|p| p.prefix.clone()),
+        "previous_valid_until": record.spec.previous.as_ref().map(|p| rfc3339(p.valid_until)),
         "created_at": rfc3339(record.created_at),
         "updated_at": rfc3339(record.updated_at),
     })
@@ -208,7 +215,66 @@ fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
 
 /// Fields the server owns: accepted in a body (so GET → edit → PUT works) but ignored, and
 /// `id`/`gateway_id` must match the URL when present.
-const READ_ONLY: [&str; 5] = ["id", "gateway_id", "created_at", "updated_at", "prefix"];
+const READ_ONLY: [&str; 8] = [
+    "id",
+    "gateway_id",
+    "created_at",
+    "updated_at",
+    "prefix",
+    "rotated_at",
+    "previous_prefix",
+    "previous_valid_until",
+];
+
+/// The longest `grace_period` of a rotation.
+const MAX_GRACE_SECS: u64 = 90 * 86_400;
+/// The grace period of a rotation that names none.
+const DEFAULT_GRACE: &str = "24h";
+/// Most buckets one usage export may span.
+const MAX_EXPORT_BUCKETS: i64 = 10_000;
+
+/// The body of `POST .../keys/{id}/rotate`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateSpec {
+    /// How long the replaced secret keeps working: a duration, or `0s` for not at all.
+    #[serde(default)]
+    grace_period: Option<String>,
+}
+
+/// A duration that may be zero (`0`, `0s`, `0ms`...); `Span` refuses zero.
+fn span_or_zero(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b == b'0')
+        && matches!(unit, "" | "ms" | "s" | "m" | "h" | "d")
+    {
+        return Ok(Duration::ZERO);
+    }
+    Span::parse(t)
+        .map(|s| s.as_duration())
+        .map_err(|e| e.to_string())
+}
+
+/// An RFC 3339 time from a query parameter, in unix seconds.
+fn query_time(req: &Request, name: &str) -> Result<Option<i64>, Fail> {
+    let Some(text) = req.query_param(name) else {
+        return Ok(None);
+    };
+    OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map(|t| Some(t.unix_timestamp()))
+        .map_err(|_| {
+            Fail::new(
+                400,
+                format!("{name}: {text:?} is not an RFC 3339 time (like 2026-11-24T10:00:00Z)"),
+            )
+        })
+}
+
+fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
 
 /// Parses a request body into a spec: JSON syntax errors keep the parser's position,
 /// duplicate keys and too-deep nesting are refused with their path ([`strict_json`]),
@@ -316,9 +382,10 @@ impl Api {
         broadcaster: Broadcaster,
         token: Option<&str>,
         env: CompileEnv,
-        telemetry: Arc<Telemetry>,
+        (telemetry, usage): (Arc<Telemetry>, UsageTracker),
     ) -> Api {
         Api {
+            usage,
             state,
             store,
             snapshot,
@@ -425,6 +492,27 @@ impl Api {
                     "PUT" => self.update_gateway(req, id),
                     "DELETE" => self.delete(Mutation::DeleteGateway { id }),
                     _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
+                }
+            }
+            ["api", "v1", "gateways", id, "usage"] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                read_only(method, || self.usage_export(req, gateway_id, None))
+            }
+            ["api", "v1", "gateways", id, "anomalies"] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                read_only(method, || self.anomalies(req, gateway_id))
+            }
+            ["api", "v1", "gateways", id, "keys", key, "usage"] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                let key_id = parse_id(key, "api key")?;
+                read_only(method, || self.usage_export(req, gateway_id, Some(key_id)))
+            }
+            ["api", "v1", "gateways", id, "keys", key, "rotate"] => {
+                let gateway_id = parse_id(id, "gateway")?;
+                let key_id = parse_id(key, "api key")?;
+                match method {
+                    "POST" => self.rotate_key(req, gateway_id, key_id),
+                    _ => method_not_allowed("POST"),
                 }
             }
             ["api", "v1", "gateways", id, collection] => {
@@ -676,12 +764,31 @@ impl Api {
                 &page,
                 g.rules.values().map(|r| entity_json(r, gid)),
             ),
-            Collection::Keys => list_json(
-                c.name(),
-                g.keys.len(),
-                &page,
-                g.keys.values().map(|r| key_json(r, gateway_id)),
-            ),
+            Collection::Keys => match req.query_param("expiring_within") {
+                None => list_json(
+                    c.name(),
+                    g.keys.len(),
+                    &page,
+                    g.keys.values().map(|r| key_json(r, gateway_id)),
+                ),
+                Some(text) => {
+                    let within = span_or_zero(&text)
+                        .map_err(|e| Fail::new(400, format!("expiring_within: {e}")))?;
+                    let now = OffsetDateTime::now_utc();
+                    let until = now + within;
+                    let expiring: Vec<&Record<StoredKey>> = g
+                        .keys
+                        .values()
+                        .filter(|r| expiring_between(r, now, until))
+                        .collect();
+                    list_json(
+                        c.name(),
+                        expiring.len(),
+                        &page,
+                        expiring.into_iter().map(|r| key_json(r, gateway_id)),
+                    )
+                }
+            },
         })
     }
 
@@ -730,6 +837,8 @@ impl Api {
                         spec,
                         prefix: new_key.prefix,
                         hash: new_key.hash,
+                        rotated_at: None,
+                        previous: None,
                     },
                 };
                 let mut body = key_json(&record, gateway_id);
@@ -781,6 +890,8 @@ impl Api {
                         spec,
                         prefix: old.spec.prefix.clone(),
                         hash: old.spec.hash,
+                        rotated_at: old.spec.rotated_at,
+                        previous: old.spec.previous.clone(),
                     },
                 })
             }
@@ -853,6 +964,224 @@ impl Api {
         })
     }
 
+    // -- keys: rotation, usage, anomalies ------------------------------------------------
+
+    /// `POST .../keys/{id}/rotate`: a new secret for the same key (id, scopes and usage
+    /// stay); the old one works for `grace_period` more (default 24h). A rotation during a
+    /// grace period ends that grace at once: only the secret it replaces stays valid.
+    fn rotate_key(&mut self, req: &Request, gateway_id: Uuid, id: Uuid) -> Reply {
+        let g = self.gateway_state(gateway_id)?;
+        let old = g
+            .keys
+            .get(&id)
+            .ok_or_else(|| {
+                Fail::new(
+                    404,
+                    format!("api key {id} not found in gateway {gateway_id}"),
+                )
+            })?
+            .clone();
+        let spec: RotateSpec = if req.body.iter().all(u8::is_ascii_whitespace) {
+            RotateSpec::default()
+        } else {
+            parse_body(req, &[])?
+        };
+        let text = spec.grace_period.as_deref().unwrap_or(DEFAULT_GRACE);
+        let grace = span_or_zero(text).map_err(|e| Fail::new(400, format!("grace_period: {e}")))?;
+        if grace.as_secs() > MAX_GRACE_SECS {
+            return Err(Fail::new(400, "grace_period: must be at most 90d"));
+        }
+        let new_key = keys::generate()
+            .map_err(|e| Fail::new(500, format!("the system random generator failed: {e}")))?;
+        let t = now();
+        let previous = (!grace.is_zero()).then(|| PreviousSecret {
+            prefix: old.spec.prefix.clone(),
+            hash: old.spec.hash,
+            valid_until: t + grace,
+        });
+        let record = Record {
+            id,
+            created_at: old.created_at,
+            updated_at: t,
+            spec: StoredKey {
+                spec: old.spec.spec.clone(),
+                prefix: new_key.prefix,
+                hash: new_key.hash,
+                rotated_at: Some(t),
+                previous,
+            },
+        };
+        let mut body = key_json(&record, gateway_id);
+        if let Value::Object(map) = &mut body {
+            map.insert("key".into(), Value::String(new_key.plaintext));
+            map.insert(
+                "warning".into(),
+                Value::String(
+                    "store this key now: it is kept hashed and cannot be shown again".into(),
+                ),
+            );
+        }
+        self.commit(Mutation::Put {
+            gateway_id,
+            entity: Child::Key(record),
+        })?;
+        Ok(Response::json(200, &body))
+    }
+
+    /// `GET .../usage` (a gateway's, per key) and `GET .../keys/{id}/usage` (one key's).
+    fn usage_export(&self, req: &Request, gateway_id: Uuid, key: Option<Uuid>) -> Reply {
+        let g = self.gateway_state(gateway_id)?;
+        if let Some(key) = key {
+            // A deleted key's history stays exportable until it ages out.
+            let known = g.keys.contains_key(&key)
+                || self
+                    .usage
+                    .book
+                    .days
+                    .values()
+                    .any(|b| b.0.keys().any(|k| k.gateway == gateway_id && k.key == key));
+            if !known {
+                return Err(Fail::new(
+                    404,
+                    format!("api key {key} not found in gateway {gateway_id}"),
+                ));
+            }
+        }
+        let granularity = match req.query_param("granularity") {
+            None => usage::Granularity::Hour,
+            Some(text) => usage::Granularity::parse(text.trim()).ok_or_else(|| {
+                Fail::new(
+                    400,
+                    format!("granularity: {text:?} is not one of minute, hour, day"),
+                )
+            })?,
+        };
+        let now = unix_now();
+        let to = query_time(req, "to")?.unwrap_or(now + 1);
+        let default_span = match granularity {
+            usage::Granularity::Day => 30 * 86_400,
+            _ => 86_400,
+        };
+        let from = query_time(req, "from")?.unwrap_or(to - default_span);
+        if from >= to {
+            return Err(Fail::new(400, "from: must be before to"));
+        }
+        if (to - from) / granularity.secs() > MAX_EXPORT_BUCKETS {
+            return Err(Fail::new(
+                400,
+                format!(
+                    "from, to: the range spans more than {MAX_EXPORT_BUCKETS} {} buckets; narrow it or use a coarser granularity",
+                    granularity.as_str()
+                ),
+            ));
+        }
+        let format = req.query_param("format");
+        let csv = match format.as_deref() {
+            Some("csv") => true,
+            Some("json") => false,
+            Some(other) => {
+                return Err(Fail::new(
+                    400,
+                    format!("format: {other:?} is not one of json, csv"),
+                ));
+            }
+            None => req.header("accept").is_some_and(|a| {
+                String::from_utf8_lossy(a)
+                    .to_ascii_lowercase()
+                    .contains("text/csv")
+            }),
+        };
+        let q = usage::Query {
+            gateway: gateway_id,
+            key,
+            granularity,
+            from,
+            to,
+        };
+        let dimensions = Dimension::ALL.map(Dimension::as_str);
+        let rows = usage::select(&self.usage.book, &q);
+        if csv {
+            return Ok(Response::bytes(
+                200,
+                "text/csv; charset=utf-8",
+                usage::csv(&rows, &dimensions).into_bytes(),
+            ));
+        }
+        let mut body = usage::json(&rows, &q, &dimensions);
+        body["retained_from"] = json!(usage::rfc3339(usage::retained_from(
+            granularity,
+            now,
+            self.usage.day_retention()
+        )));
+        Ok(Response::json(200, &body))
+    }
+
+    /// `GET .../anomalies`: the gateway's findings, newest first (`?kind=` filters).
+    fn anomalies(&self, req: &Request, gateway_id: Uuid) -> Reply {
+        self.gateway_state(gateway_id)?;
+        let page = page(req)?;
+        let kind = match req.query_param("kind") {
+            None => None,
+            Some(text) => Some(
+                usage::AnomalyKind::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == text.trim())
+                    .ok_or_else(|| {
+                        Fail::new(
+                            400,
+                            format!(
+                                "kind: {text:?} is not one of request_spike, unauthorized_burst, many_addresses"
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let found: Vec<&usage::Finding> = self
+            .usage
+            .book
+            .findings
+            .iter()
+            .rev()
+            .filter(|f| f.gateway == gateway_id && kind.is_none_or(|k| f.kind == k))
+            .collect();
+        Ok(list_json(
+            "anomalies",
+            found.len(),
+            &page,
+            found.into_iter().map(finding_json),
+        ))
+    }
+
+    /// Takes the workers' usage into the book (once a second, and at shutdown), and logs
+    /// what the detector finds.
+    pub fn flush_usage(&mut self) {
+        let state = &self.state;
+        let settings = |gateway: Uuid| {
+            state
+                .gateway(gateway)
+                .map(|g| g.gateway.spec.anomaly_detection.clone())
+                .filter(|s| s.enabled)
+        };
+        let findings = self.usage.flush(&self.telemetry, unix_now(), &settings);
+        for f in findings {
+            let subdomain = state
+                .gateway(f.gateway)
+                .map(|g| g.gateway.spec.subdomain.as_str())
+                .unwrap_or("");
+            tracing::warn!(
+                gateway = %f.gateway,
+                subdomain,
+                kind = f.kind.as_str(),
+                key_id = ?f.key_id,
+                source = ?f.source,
+                observed = f.observed,
+                expected = f.expected,
+                threshold = f.threshold,
+                "usage anomaly"
+            );
+        }
+    }
+
     fn metrics(&self) -> Response {
         use std::fmt::Write as _;
         let stats = self.store.stats();
@@ -923,10 +1252,71 @@ impl Api {
                 .last_apply()
                 .map_or(0.0, |d| d.as_secs_f64())
         );
+        let now = OffsetDateTime::now_utc();
+        let _ = writeln!(
+            out,
+            "# HELP shardgate_api_keys_expiring Active API keys that expire within their gateway's key_expiry_warning.\n# TYPE shardgate_api_keys_expiring gauge"
+        );
+        for g in self.state.gateways() {
+            let until = now + g.gateway.spec.key_expiry_warning.as_duration();
+            let n = g
+                .keys
+                .values()
+                .filter(|r| expiring_between(r, now, until))
+                .count();
+            let _ = writeln!(
+                out,
+                "shardgate_api_keys_expiring{{gateway=\"{}\"}} {n}",
+                label(&g.gateway.spec.subdomain)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardgate_anomalies_total Usage anomalies found, by gateway and kind.\n# TYPE shardgate_anomalies_total counter"
+        );
+        for (gateway, totals) in &self.usage.book.finding_totals {
+            let name = self
+                .state
+                .gateway(*gateway)
+                .map_or_else(|| gateway.to_string(), |g| g.gateway.spec.subdomain.clone());
+            for (kind, n) in usage::AnomalyKind::ALL.iter().zip(totals) {
+                let _ = writeln!(
+                    out,
+                    "shardgate_anomalies_total{{gateway=\"{}\",kind=\"{}\"}} {n}",
+                    label(&name),
+                    kind.as_str()
+                );
+            }
+        }
         let dimensions = Dimension::ALL.map(Dimension::as_str);
         metrics::render(&mut out, &self.telemetry, &self.snapshot, &dimensions);
         Response::bytes(200, "text/plain; version=0.0.4", out.into_bytes())
     }
+}
+
+/// An active key whose expiry falls in `(now, until]`.
+fn expiring_between(r: &Record<StoredKey>, now: OffsetDateTime, until: OffsetDateTime) -> bool {
+    r.spec.spec.active
+        && r.spec
+            .spec
+            .expires_at
+            .is_some_and(|at| at > now && at <= until)
+}
+
+fn finding_json(f: &usage::Finding) -> Value {
+    json!({
+        "id": f.id,
+        "gateway_id": f.gateway,
+        "kind": f.kind.as_str(),
+        "key_id": f.key_id,
+        "source": f.source.map(|ip| ip.to_string()),
+        "window_start": usage::rfc3339(f.window_start),
+        "window_end": usage::rfc3339(f.window_end),
+        "observed": f.observed,
+        "expected": f.expected,
+        "threshold": f.threshold,
+        "detected_at": usage::rfc3339(f.detected_at),
+    })
 }
 
 fn child_json(entity: &Child, gateway_id: Uuid) -> Value {

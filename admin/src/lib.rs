@@ -5,7 +5,8 @@
 //! `shardgate_core::http1`), JSON bodies checked for duplicate keys and depth
 //! ([`strict_json`]), the durable [`store`] (journal + checkpoint), snapshot compilation after
 //! each write and its [`broadcast`] to the workers, upstream name resolution ([`resolve`]),
-//! active health checks ([`health`]), the development certificate ([`devcert`]) and the admin thread's life cycle ([`server`]).
+//! active health checks ([`health`]), the development certificate ([`devcert`]), usage buckets, their export and the anomaly
+//! detector ([`usage`]) and the admin thread's life cycle ([`server`]).
 //!
 //! Never does: forward client traffic. The admin thread is the only writer of configuration;
 //! workers only ever see immutable snapshots it publishes.
@@ -21,3 +22,4 @@ pub mod resolve;
 pub mod server;
 pub mod store;
 pub mod strict_json;
+pub mod usage;

@@ -26,6 +26,7 @@ use crate::devcert;
 use crate::http::{self, ServerLimits};
 use crate::resolve::CompileEnv;
 use crate::store::{Durable, Store, StoreOptions};
+use crate::usage::UsageTracker;
 
 impl Durable for State {
     type Mutation = Mutation;
@@ -51,8 +52,13 @@ pub struct AdminOptions {
     /// Serve a development certificate ([`crate::devcert`]) when no uploaded certificate
     /// covers `*.<base_domain>`: set when the HTTPS listener is on.
     pub dev_certificate: bool,
-    /// The workers' traffic counters, rendered on `/metrics`.
+    /// The workers' traffic counters, rendered on `/metrics`; their usage deltas, flushed
+    /// into the usage book once a second.
     pub telemetry: Arc<shardgate_core::metrics::Telemetry>,
+    /// `--usage`: the workers count usage (the book is opened and exported either way).
+    pub usage: bool,
+    /// `--usage-day-retention`.
+    pub usage_day_retention: Duration,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -88,6 +94,7 @@ pub struct Admin {
     state: State,
     snapshot: Arc<Snapshot>,
     env: CompileEnv,
+    usage: UsageTracker,
 }
 
 impl Admin {
@@ -129,6 +136,15 @@ impl Admin {
             torn_tail = recovery.torn_tail.is_some(),
             "store recovered"
         );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let usage = UsageTracker::open(
+            &opts.data_dir,
+            opts.fsync,
+            i64::try_from(opts.usage_day_retention.as_secs()).unwrap_or(i64::MAX),
+            opts.telemetry.workers.len(),
+            now,
+        )
+        .map_err(|e| AdminError(format!("cannot open the usage store: {e}")))?;
         let env = CompileEnv::new(opts.rate_limits.clone());
         let snapshot = Arc::new(Snapshot::compile(1, &state, &env));
         for g in state.gateways() {
@@ -144,6 +160,7 @@ impl Admin {
             state,
             snapshot,
             env,
+            usage,
         })
     }
 
@@ -172,7 +189,7 @@ impl Admin {
             broadcaster,
             self.opts.token.as_deref(),
             self.env,
-            self.opts.telemetry.clone(),
+            (self.opts.telemetry.clone(), self.usage),
         );
         let join = std::thread::Builder::new()
             .name("shardgate-admin".into())
@@ -209,14 +226,29 @@ fn run(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>) {
         // awaits) take turns on the same state without locks.
         let api = Rc::new(RefCell::new(api));
         monoio::spawn(crate::health::run(api.clone(), stop.clone()));
+        monoio::spawn(flush_usage(api.clone(), stop.clone()));
+        let serving = api.clone();
         http::serve(
             listener,
             ServerLimits::default(),
-            move |req| api.borrow_mut().handle(req),
+            move |req| serving.borrow_mut().handle(req),
             http::until_flag_set(stop, Duration::from_millis(50)),
         )
         .await;
+        // The workers have stopped (they are shut down first): this flush takes the last
+        // of their counts, so a clean shutdown loses no usage.
+        api.borrow_mut().flush_usage();
     });
+}
+
+/// How often the workers' usage is taken into the book.
+const USAGE_FLUSH: Duration = Duration::from_secs(1);
+
+async fn flush_usage(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        monoio::time::sleep(USAGE_FLUSH).await;
+        api.borrow_mut().flush_usage();
+    }
 }
 
 /// A running admin thread.

@@ -16,11 +16,7 @@ fn plaintext(i: usize) -> String {
 }
 
 fn entry(i: usize) -> KeyEntry {
-    KeyEntry {
-        id: Uuid::from_u128(i as u128),
-        expires_at: None,
-        active: true,
-    }
+    KeyEntry::new(Uuid::from_u128(i as u128), None, true)
 }
 
 fn lookup(c: &mut Criterion) {

@@ -25,20 +25,24 @@ fn scrape(c: &mut Criterion) {
     for (w, worker) in telemetry.workers.iter().enumerate() {
         for (i, rule) in gateway.rules.iter().enumerate() {
             for status in [200, 502] {
-                worker.record(&Observation {
-                    gateway: gateway_id,
-                    rule: rule.id,
-                    service,
-                    method: 0,
-                    status,
-                    total_us: (i as u64 * 37 + w as u64) % 100_000,
-                    upstream_us: Some(i as u64 % 50_000),
-                    bytes_in: 100,
-                    bytes_out: 1024,
-                    upstream,
-                    attempts: 1,
-                    ..Observation::default()
-                });
+                worker.record(
+                    &Observation {
+                        gateway: gateway_id,
+                        rule: rule.id,
+                        service,
+                        method: 0,
+                        status,
+                        total_us: (i as u64 * 37 + w as u64) % 100_000,
+                        upstream_us: Some(i as u64 % 50_000),
+                        bytes_in: 100,
+                        bytes_out: 1024,
+                        upstream,
+                        attempts: 1,
+                        ..Observation::default()
+                    },
+                    true,
+                    false,
+                );
             }
         }
     }
@@ -75,7 +79,16 @@ fn scrape(c: &mut Criterion) {
         attempts: 1,
         ..Observation::default()
     };
-    group.bench_function("record", |b| b.iter(|| worker.record(&one)));
+    group.bench_function("record", |b| b.iter(|| worker.record(&one, true, false)));
+    // The same request also counted for its key's usage (one lock for both).
+    let keyed = Observation {
+        key: uuid::Uuid::from_u128(42),
+        client_ip: Some(std::net::IpAddr::from([127, 0, 0, 2])),
+        ..one.clone()
+    };
+    group.bench_function("record_with_usage", |b| {
+        b.iter(|| worker.record(&keyed, true, true))
+    });
     group.finish();
 }
 

@@ -31,6 +31,8 @@ pub fn gateway_with(rules: usize, keys: usize) -> (State, Uuid, Vec<Mutation>) {
                 subdomain: "bench".into(),
                 status: GatewayStatus::Active,
                 required_plugins: Vec::new(),
+                key_expiry_warning: shardgate_core::duration::Span::from_secs(7 * 86_400),
+                anomaly_detection: shardgate_core::model::AnomalySettings::default(),
             },
         )),
     );
@@ -120,9 +122,12 @@ pub fn stored_key(i: usize) -> StoredKey {
             name: format!("k{i}"),
             expires_at: None,
             active: true,
+            scopes: Default::default(),
         },
         prefix: plaintext.chars().take(12).collect(),
         hash: hash_key(plaintext.as_bytes()),
+        rotated_at: None,
+        previous: None,
     }
 }
 

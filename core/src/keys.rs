@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::model::KeyScopes;
+use crate::router::{Method, MethodSet};
+
 /// What every generated key starts with, so leaked keys are recognisable (secret scanners).
 pub const KEY_PREFIX: &str = "sgk_";
 /// How many leading characters of a key are kept to tell keys apart.
@@ -101,18 +104,91 @@ pub fn generate() -> Result<NewKey, getrandom::Error> {
 }
 
 /// What a worker needs to know about a key at request time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyEntry {
     pub id: Uuid,
-    /// Unix seconds; `None` never expires.
+    /// Unix seconds; `None` never expires. For a rotated-out secret: the end of its grace
+    /// period, or the key's own expiry if that comes first.
     pub expires_at: Option<i64>,
     pub active: bool,
+    /// The key's own expiry (unix seconds), what `X-API-Key-Expires-In` counts down to.
+    pub key_expires_at: Option<i64>,
+    /// The key's scopes; `None` when it may reach everything.
+    pub scope: Option<Arc<Scope>>,
+    /// This digest is the secret a rotation replaced.
+    pub rotated_out: bool,
 }
 
 impl KeyEntry {
+    /// A current secret without scopes.
+    pub fn new(id: Uuid, expires_at: Option<i64>, active: bool) -> KeyEntry {
+        KeyEntry {
+            id,
+            expires_at,
+            active,
+            key_expires_at: expires_at,
+            scope: None,
+            rotated_out: false,
+        }
+    }
+
     /// Whether the key admits a request at `now` (unix seconds).
     pub fn admits(&self, now: i64) -> bool {
         self.active && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// A key's scopes, compiled: sorted ids (binary search) and a method set. An empty list
+/// (`None` set) restricts nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scope {
+    pub rules: Box<[Uuid]>,
+    pub services: Box<[Uuid]>,
+    pub methods: Option<MethodSet>,
+}
+
+impl Scope {
+    /// Compiles a key's `scopes`; `None` when they restrict nothing. Method names were
+    /// validated when the key was written; one that no longer parses admits nothing.
+    pub fn compile(scopes: &KeyScopes) -> Option<Arc<Scope>> {
+        if scopes.is_empty() {
+            return None;
+        }
+        let sorted = |ids: &[Uuid]| {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v.into_boxed_slice()
+        };
+        let methods = (!scopes.methods.is_empty())
+            .then(|| MethodSet::parse(&scopes.methods).unwrap_or(MethodSet::EMPTY));
+        Some(Arc::new(Scope {
+            rules: sorted(&scopes.rules),
+            services: sorted(&scopes.services),
+            methods,
+        }))
+    }
+
+    /// Whether a request for `rule`, which may be sent to each of `services`, with
+    /// `method`, is in scope. A rule that may send to a service outside the scope is refused
+    /// as a whole, so a weighted split never refuses at random.
+    pub fn admits(
+        &self,
+        rule: Uuid,
+        mut services: impl Iterator<Item = Uuid>,
+        method: Option<Method>,
+    ) -> bool {
+        if !self.rules.is_empty() && self.rules.binary_search(&rule).is_err() {
+            return false;
+        }
+        if !self.services.is_empty() && !services.all(|s| self.services.binary_search(&s).is_ok()) {
+            return false;
+        }
+        match (self.methods, method) {
+            (None, _) => true,
+            (Some(set), Some(m)) => set.contains(m),
+            (Some(_), None) => false,
+        }
     }
 }
 
@@ -205,11 +281,7 @@ mod tests {
     use super::*;
 
     fn entry(n: u128) -> KeyEntry {
-        KeyEntry {
-            id: Uuid::from_u128(n),
-            expires_at: None,
-            active: true,
-        }
+        KeyEntry::new(Uuid::from_u128(n), None, true)
     }
 
     #[test]

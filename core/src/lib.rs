@@ -6,7 +6,7 @@
 //! them), the compiled immutable [`snapshot::Snapshot`] that workers read, request-path
 //! normalization ([`path`]), the [`router`], the API [`keys`] table, load balancing
 //! ([`balance`]), HTTP/1.1 framing ([`http1`]), CIDR sets ([`net`]) and the cross-core rate
-//! limiter ([`ratelimit`]).
+//! limiter ([`ratelimit`]), and what workers count for the usage export ([`usage`]).
 //!
 //! Never does: any I/O, threads, sockets or files, and never chooses an HTTP status for the
 //! gateway's own answers (it returns typed errors; `http1`'s parse errors carry the status
@@ -30,3 +30,4 @@ pub mod ratelimit;
 pub mod router;
 pub mod snapshot;
 pub mod state;
+pub mod usage;

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,6 +28,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use crate::snapshot::{CompiledGateway, CompiledUpstream, Snapshot};
+use crate::usage::UsageDelta;
 
 /// Upper bounds (`le`) of the duration histograms, in microseconds; `+Inf` follows.
 pub const BUCKETS_US: [u64; 16] = [
@@ -222,6 +224,8 @@ pub struct Registry {
     /// (upstream, target index) → state, for targets whose breaker left `closed`.
     circuits: FxMap<(Uuid, u32), Circuit>,
     overflow: u64,
+    /// Usage since the admin thread last took it ([`Telemetry::swap_usage`]).
+    usage: UsageDelta,
 }
 
 /// One finished request, as a worker records it.
@@ -251,6 +255,11 @@ pub struct Observation {
     pub budget_exhausted: bool,
     /// The rate-limit dimension that refused the request (index in `Dimension::ALL`).
     pub rate_limited: Option<u8>,
+    /// The key it counts for in usage: a key id, `usage::ANONYMOUS` (nil) or
+    /// `usage::UNAUTHENTICATED`.
+    pub key: Uuid,
+    /// The client's address (after `trusted_proxies`), for the anomaly detector.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// One worker's counters: the registry behind its lock, and gauges the worker stores.
@@ -268,9 +277,32 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Counts one finished request.
-    pub fn record(&self, o: &Observation) {
+    /// Counts one finished request: in the traffic metrics when `metrics`, in the usage
+    /// delta when `usage` (and the request had a gateway). One lock for both.
+    pub fn record(&self, o: &Observation, metrics: bool, usage: bool) {
         let mut r = self.registry.lock();
+        if usage && !o.gateway.is_nil() {
+            r.usage.record(o);
+        }
+        if metrics {
+            r.record(o);
+        }
+    }
+
+    /// A target's circuit changed state (`Closed` forgets it).
+    pub fn circuit(&self, upstream: Uuid, target: u32, state: Circuit) {
+        let mut r = self.registry.lock();
+        if state == Circuit::Closed {
+            r.circuits.remove(&(upstream, target));
+        } else {
+            r.circuits.insert((upstream, target), state);
+        }
+    }
+}
+
+impl Registry {
+    fn record(&mut self, o: &Observation) {
+        let r = self;
         let mut key = RequestKey {
             gateway: o.gateway,
             rule: o.rule,
@@ -324,16 +356,6 @@ impl WorkerMetrics {
         }
         r.overflow += u64::from(overflowed);
     }
-
-    /// A target's circuit changed state (`Closed` forgets it).
-    pub fn circuit(&self, upstream: Uuid, target: u32, state: Circuit) {
-        let mut r = self.registry.lock();
-        if state == Circuit::Closed {
-            r.circuits.remove(&(upstream, target));
-        } else {
-            r.circuits.insert((upstream, target), state);
-        }
-    }
 }
 
 /// Every worker's counters, and the process-wide ones (shared by the workers, the admin
@@ -352,6 +374,14 @@ impl Telemetry {
         Telemetry {
             workers: (0..workers).map(|_| Arc::default()).collect(),
             ..Telemetry::default()
+        }
+    }
+
+    /// Takes worker `worker`'s usage delta into `delta`, leaving the worker `delta`'s old
+    /// contents (which the caller has cleared: a swap, so neither side allocates).
+    pub fn swap_usage(&self, worker: usize, delta: &mut UsageDelta) {
+        if let Some(w) = self.workers.get(worker) {
+            std::mem::swap(&mut w.registry.lock().usage, delta);
         }
     }
 }
@@ -819,7 +849,7 @@ mod tests {
         };
         for i in 0..MAX_REQUEST_SERIES + 5 {
             o.rule = Uuid::from_u128(i as u128 + 1);
-            w.record(&o);
+            w.record(&o, true, false);
         }
         let r = w.registry.lock();
         assert_eq!(r.requests.len(), MAX_REQUEST_SERIES + 1);

@@ -103,6 +103,9 @@ pub mod limits {
     pub const MAX_WEIGHTED_SERVICES: usize = 16;
     /// An upstream's or a service's `tags`.
     pub const MAX_TAGS: usize = 32;
+    /// Each list of an API key's `scopes` (`rules`, `services`); `methods` has
+    /// [`MAX_METHODS_PER_RULE`].
+    pub const MAX_SCOPE_ENTRIES: usize = 1_000;
 
     // -- collections (checked against the state: 409 when full) ---------------------------
 
@@ -223,6 +226,117 @@ pub struct GatewaySpec {
     /// Plugins that run for every request of this gateway, before any rule's plugins.
     #[serde(default)]
     pub required_plugins: Vec<PluginConfig>,
+    /// A request made with a key that expires within this span gets
+    /// `X-API-Key-Expires-In`, and the key counts in `shardgate_api_keys_expiring`.
+    /// Default `7d`.
+    #[serde(default = "default_key_expiry_warning")]
+    pub key_expiry_warning: Span,
+    /// Thresholds of the usage anomaly detector (`GET .../anomalies`).
+    #[serde(default)]
+    pub anomaly_detection: AnomalySettings,
+}
+
+fn default_key_expiry_warning() -> Span {
+    Span::from_secs(7 * 86_400)
+}
+
+/// When the anomaly detector reports a finding (docs/USAGE.md explains each and its
+/// trade-offs). Every threshold is per gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalySettings {
+    /// Off: nothing is evaluated or reported. Default on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `request_spike`: a key's requests over the last 60 seconds exceed `spike_factor` ×
+    /// its mean per minute over the hour before. Default 10.
+    #[serde(default = "default_spike_factor")]
+    pub spike_factor: u32,
+    /// ... and at least this many requests in those 60 seconds. Default 600 (10/s).
+    #[serde(default = "default_spike_floor")]
+    pub spike_floor: u64,
+    /// `unauthorized_burst`: this many 401s from one client address within 60 seconds.
+    /// Default 50.
+    #[serde(default = "default_unauthorized_burst")]
+    pub unauthorized_burst: u64,
+    /// `many_addresses`: a key used from more than this many distinct client addresses
+    /// within `address_window`. Default 50.
+    #[serde(default = "default_distinct_addresses")]
+    pub distinct_addresses: u32,
+    /// The window of `many_addresses`. Default `1h`.
+    #[serde(default = "default_address_window")]
+    pub address_window: Span,
+}
+
+impl Default for AnomalySettings {
+    fn default() -> Self {
+        AnomalySettings {
+            enabled: true,
+            spike_factor: default_spike_factor(),
+            spike_floor: default_spike_floor(),
+            unauthorized_burst: default_unauthorized_burst(),
+            distinct_addresses: default_distinct_addresses(),
+            address_window: default_address_window(),
+        }
+    }
+}
+
+fn default_spike_factor() -> u32 {
+    10
+}
+fn default_spike_floor() -> u64 {
+    600
+}
+fn default_unauthorized_burst() -> u64 {
+    50
+}
+fn default_distinct_addresses() -> u32 {
+    50
+}
+fn default_address_window() -> Span {
+    Span::from_secs(3_600)
+}
+
+/// The longest `address_window` (the detector keeps a key's addresses that long).
+pub const MAX_ADDRESS_WINDOW_SECS: u64 = 86_400;
+/// The longest `key_expiry_warning`.
+pub const MAX_KEY_EXPIRY_WARNING_SECS: u64 = 365 * 86_400;
+
+impl AnomalySettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.spike_factor == 0 {
+            return Err(Invalid::new(
+                "anomaly_detection.spike_factor",
+                "must be at least 1",
+            ));
+        }
+        if self.spike_floor == 0 {
+            return Err(Invalid::new(
+                "anomaly_detection.spike_floor",
+                "must be at least 1",
+            ));
+        }
+        if self.unauthorized_burst == 0 {
+            return Err(Invalid::new(
+                "anomaly_detection.unauthorized_burst",
+                "must be at least 1",
+            ));
+        }
+        if self.distinct_addresses == 0 || self.distinct_addresses > 100_000 {
+            return Err(Invalid::new(
+                "anomaly_detection.distinct_addresses",
+                "use 1 to 100000",
+            ));
+        }
+        let window = self.address_window.as_duration();
+        if window.as_secs() < 60 || window.as_secs() > MAX_ADDRESS_WINDOW_SECS {
+            return Err(Invalid::new(
+                "anomaly_detection.address_window",
+                "use 1m to 24h",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -478,6 +592,10 @@ impl GatewaySpec {
                 ),
             ));
         }
+        if self.key_expiry_warning.as_duration().as_secs() > MAX_KEY_EXPIRY_WARNING_SECS {
+            return Err(Invalid::new("key_expiry_warning", "must be at most 365d"));
+        }
+        self.anomaly_detection.validate()?;
         validate_chain(&self.required_plugins, "required_plugins")
     }
 }
@@ -1601,6 +1719,44 @@ pub struct KeySpec {
     /// Inactive keys are refused with 401. Default true.
     #[serde(default = "yes")]
     pub active: bool,
+    /// What the key may reach; empty lists allow everything.
+    #[serde(default)]
+    pub scopes: KeyScopes,
+}
+
+/// Limits on what a key may reach. Each non-empty list must admit a request: its rule, every
+/// service that rule may send to, and its method. An empty list does not restrict.
+///
+/// Deleting a rule or service removes it from every key's scopes in the same mutation; a key
+/// whose `rules` or `services` list that leaves empty is deactivated instead of being
+/// widened to everything (see [`crate::state`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyScopes {
+    #[serde(default)]
+    pub rules: Vec<Uuid>,
+    #[serde(default)]
+    pub services: Vec<Uuid>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+impl KeyScopes {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.services.is_empty() && self.methods.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        check_count("scopes.rules", self.rules.len(), MAX_SCOPE_ENTRIES)?;
+        check_count("scopes.services", self.services.len(), MAX_SCOPE_ENTRIES)?;
+        check_count("scopes.methods", self.methods.len(), MAX_METHODS_PER_RULE)?;
+        for (i, method) in self.methods.iter().enumerate() {
+            check_len(format!("scopes.methods[{i}]"), method, MAX_METHOD_BYTES)?;
+            MethodSet::parse(std::slice::from_ref(method))
+                .map_err(|e| Invalid::new(format!("scopes.methods[{i}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 impl KeySpec {
@@ -1612,7 +1768,7 @@ impl KeySpec {
         {
             return Err(Invalid::new("expires_at", "must be in the future"));
         }
-        Ok(())
+        self.scopes.validate()
     }
 }
 
@@ -1623,6 +1779,22 @@ pub struct StoredKey {
     /// The first characters of the plaintext (`sgk_AbCd1234`), to tell keys apart.
     pub prefix: String,
     pub hash: KeyHash,
+    /// When the secret was last rotated.
+    #[serde(default, with = "rfc3339_option")]
+    pub rotated_at: Option<OffsetDateTime>,
+    /// The secret before the last rotation, accepted until its `valid_until`.
+    #[serde(default)]
+    pub previous: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret in its grace period (and after it, so that its holder is told the
+/// key was rotated rather than that it is unknown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub prefix: String,
+    pub hash: KeyHash,
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_until: OffsetDateTime,
 }
 
 /// `Option<OffsetDateTime>` as an RFC 3339 string or null. `time`'s own `rfc3339::option`
@@ -1690,6 +1862,8 @@ mod tests {
             required_plugins: vec![plugin(serde_json::json!({
                 "limits": {"global": {"limit": 15, "window": "1m"}}
             }))],
+            key_expiry_warning: Span::from_secs(7 * 86_400),
+            anomaly_detection: AnomalySettings::default(),
         }
     }
 
@@ -1788,9 +1962,12 @@ mod tests {
                 name: "k".into(),
                 expires_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)),
                 active: true,
+                scopes: Default::default(),
             },
             prefix: "sgk_x".into(),
             hash: crate::keys::hash_key(b"x"),
+            rotated_at: None,
+            previous: None,
         };
         let bytes =
             bincode::serde::encode_to_vec(&key, bincode::config::standard()).expect("encode");
@@ -1820,6 +1997,7 @@ mod tests {
             name: "k".into(),
             expires_at: Some(now - time::Duration::seconds(1)),
             active: true,
+            scopes: KeyScopes::default(),
         };
         assert_eq!(spec.validate(now).expect_err("past").path, "expires_at");
     }
@@ -1878,6 +2056,7 @@ mod tests {
             name: "k".repeat(MAX_NAME_BYTES + 1),
             expires_at: None,
             active: true,
+            scopes: KeyScopes::default(),
         };
         assert_over_bound(k.validate(OffsetDateTime::UNIX_EPOCH), "name");
         k.name.pop();

@@ -260,6 +260,8 @@ pub struct CompiledGateway {
     /// failure found; the admin thread logs it.
     pub broken: Option<CompileError>,
     pub keys: KeyTable,
+    /// `key_expiry_warning` in seconds: a key expiring sooner gets `X-API-Key-Expires-In`.
+    pub key_expiry_warning: i64,
     pub router: Router,
     /// Indexed by the router's route id.
     pub rules: Vec<CompiledRule>,
@@ -542,6 +544,7 @@ impl CompiledGateway {
             active: spec.status == GatewayStatus::Active,
             broken,
             keys: g.key_table().clone(),
+            key_expiry_warning: spec.key_expiry_warning.as_duration().as_secs() as i64,
             router: Router::build(routes),
             rules,
             plugins,

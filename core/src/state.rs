@@ -21,12 +21,14 @@ use uuid::Uuid;
 use crate::certs::{
     CertificateInfo, CertificateSpec, CompiledCertificate, MAX_CERTIFICATES, ServerCertificates,
 };
-use crate::keys::{KeyEntry, KeyTable};
+use crate::keys::{KeyEntry, KeyHash, KeyTable, Scope};
 use crate::model::limits::{
     MAX_GATEWAYS, MAX_KEYS_PER_GATEWAY, MAX_RULES_PER_GATEWAY, MAX_SERVICES_PER_GATEWAY,
     MAX_UPSTREAMS_PER_GATEWAY,
 };
-use crate::model::{GatewaySpec, Invalid, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec};
+use crate::model::{
+    GatewaySpec, Invalid, KeyScopes, Record, RuleSpec, ServiceSpec, StoredKey, UpstreamSpec,
+};
 use crate::router::MethodSet;
 
 /// One configuration change, as journaled.
@@ -228,8 +230,7 @@ impl GatewayState {
 
     /// Rebuilds what is derived from the stored records (after loading a checkpoint).
     fn rebuild_indexes(&mut self) {
-        self.key_table =
-            KeyTable::from_entries(self.keys.values().map(|k| (k.spec.hash, key_entry(k))));
+        self.key_table = KeyTable::from_entries(self.keys.values().flat_map(key_entries));
         let names = self
             .upstreams
             .values()
@@ -250,6 +251,25 @@ impl GatewayState {
     /// The id of the `kind` entity named `name`, if any. Rules have no names.
     pub fn id_by_name(&self, kind: Kind, name: &str) -> Option<Uuid> {
         self.names.get(&(kind, name.to_owned())).copied()
+    }
+
+    /// Removes a deleted rule or service from every key's scopes (one list, chosen by
+    /// `list`). A key whose list this empties is deactivated: an empty list means
+    /// "everything", and deleting what a key was limited to must never widen it.
+    fn unscope(&mut self, id: Uuid, list: fn(&mut KeyScopes) -> &mut Vec<Uuid>) {
+        for record in self.keys.values_mut() {
+            let ids = list(&mut record.spec.spec.scopes);
+            if !ids.contains(&id) {
+                continue;
+            }
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                record.spec.spec.active = false;
+            }
+            for (hash, entry) in key_entries(record) {
+                self.key_table.insert(hash, entry);
+            }
+        }
     }
 
     fn rename(&mut self, kind: Kind, id: Uuid, old: Option<&str>, new: Option<&str>) {
@@ -277,16 +297,39 @@ impl PartialEq for GatewayState {
             && self
                 .keys
                 .values()
-                .all(|k| self.key_table.get(&k.spec.hash) == other.key_table.get(&k.spec.hash))
+                .flat_map(key_entries)
+                .all(|(hash, _)| self.key_table.get(&hash) == other.key_table.get(&hash))
     }
 }
 
-fn key_entry(record: &Record<StoredKey>) -> KeyEntry {
-    KeyEntry {
+/// The key table's entries for one key: its secret, and the secret its last rotation
+/// replaced (accepted until the end of the grace period, or the key's expiry if sooner).
+fn key_entries(record: &Record<StoredKey>) -> impl Iterator<Item = (KeyHash, KeyEntry)> + '_ {
+    let spec = &record.spec.spec;
+    let expires_at = spec.expires_at.map(|t| t.unix_timestamp());
+    let current = KeyEntry {
         id: record.id,
-        expires_at: record.spec.spec.expires_at.map(|t| t.unix_timestamp()),
-        active: record.spec.spec.active,
-    }
+        expires_at,
+        active: spec.active,
+        key_expires_at: expires_at,
+        scope: Scope::compile(&spec.scopes),
+        rotated_out: false,
+    };
+    let previous = record.spec.previous.as_ref().map(|p| {
+        let until = p.valid_until.unix_timestamp();
+        let entry = KeyEntry {
+            expires_at: Some(expires_at.map_or(until, |e| e.min(until))),
+            rotated_out: true,
+            ..current.clone()
+        };
+        (p.hash, entry)
+    });
+    std::iter::once((record.spec.hash, current)).chain(previous)
+}
+
+/// The digests a stored key answers to.
+fn key_hashes(record: &Record<StoredKey>) -> impl Iterator<Item = KeyHash> + '_ {
+    std::iter::once(record.spec.hash).chain(record.spec.previous.as_ref().map(|p| p.hash))
 }
 
 /// All configuration. Ids are UUIDv7, so `BTreeMap` order is creation order.
@@ -538,12 +581,16 @@ impl State {
                     }
                     Child::Key(r) => {
                         let old = g.keys.insert(r.id, r.clone());
-                        if let Some(old) = &old
-                            && old.spec.hash != r.spec.hash
-                        {
-                            g.key_table.remove(&old.spec.hash);
+                        if let Some(old) = &old {
+                            for hash in key_hashes(old) {
+                                if !key_hashes(r).any(|h| h == hash) {
+                                    g.key_table.remove(&hash);
+                                }
+                            }
                         }
-                        g.key_table.insert(r.spec.hash, key_entry(r));
+                        for (hash, entry) in key_entries(r) {
+                            g.key_table.insert(hash, entry);
+                        }
                         let old_name = old.as_ref().map(|o| o.spec.spec.name.as_str());
                         g.rename(Kind::Key, r.id, old_name, Some(&r.spec.spec.name));
                     }
@@ -567,14 +614,19 @@ impl State {
                     Kind::Service => {
                         if let Some(old) = g.services.remove(id) {
                             g.rename(Kind::Service, *id, Some(&old.spec.name), None);
+                            g.unscope(*id, |s| &mut s.services);
                         }
                     }
                     Kind::Rule => {
-                        g.rules.remove(id);
+                        if g.rules.remove(id).is_some() {
+                            g.unscope(*id, |s| &mut s.rules);
+                        }
                     }
                     Kind::Key => {
                         if let Some(old) = g.keys.remove(id) {
-                            g.key_table.remove(&old.spec.hash);
+                            for hash in key_hashes(&old) {
+                                g.key_table.remove(&hash);
+                            }
                             g.rename(Kind::Key, *id, Some(&old.spec.spec.name), None);
                         }
                     }
@@ -712,7 +764,13 @@ impl State {
         assert_eq!(self.subdomains.len(), self.gateways.len());
         for (id, g) in &self.gateways {
             assert_eq!(self.subdomains.get(&g.gateway.spec.subdomain), Some(id));
-            assert_eq!(g.key_table.len(), g.keys.len());
+            assert_eq!(
+                g.key_table.len(),
+                g.keys
+                    .values()
+                    .map(|k| key_hashes(k).count())
+                    .sum::<usize>()
+            );
             assert_eq!(
                 g.names.len(),
                 g.upstreams.len() + g.services.len() + g.keys.len()
@@ -782,7 +840,27 @@ fn check_put(g: &GatewayState, entity: &Child) -> Result<(), ApplyError> {
             }
             Ok(())
         }
-        Child::Key(r) => unique_name(g, Kind::Key, r.id, &r.spec.spec.name),
+        Child::Key(r) => {
+            unique_name(g, Kind::Key, r.id, &r.spec.spec.name)?;
+            let scopes = &r.spec.spec.scopes;
+            for (i, rule) in scopes.rules.iter().enumerate() {
+                if !g.rules.contains_key(rule) {
+                    return Err(ApplyError::Invalid(Invalid::new(
+                        format!("scopes.rules[{i}]"),
+                        format!("rule {rule} does not exist in this gateway"),
+                    )));
+                }
+            }
+            for (i, service) in scopes.services.iter().enumerate() {
+                if !g.services.contains_key(service) {
+                    return Err(ApplyError::Invalid(Invalid::new(
+                        format!("scopes.services[{i}]"),
+                        format!("service {service} does not exist in this gateway"),
+                    )));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -937,6 +1015,8 @@ mod tests {
             subdomain: subdomain.into(),
             status: GatewayStatus::Active,
             required_plugins: Vec::new(),
+            key_expiry_warning: crate::duration::Span::from_secs(7 * 86_400),
+            anomaly_detection: crate::model::AnomalySettings::default(),
         })
     }
 
@@ -978,9 +1058,12 @@ mod tests {
                 name: name.into(),
                 expires_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(30_000)),
                 active: true,
+                scopes: Default::default(),
             },
             prefix: "sgk_test".into(),
             hash: hash_key(name.as_bytes()),
+            rotated_at: None,
+            previous: None,
         })
     }
 
@@ -1495,9 +1578,21 @@ mod tests {
                             .into(),
                         expires_at,
                         active: rng.chance(80),
+                        scopes: Default::default(),
                     },
                     prefix: "sgk_test".into(),
                     hash,
+                    rotated_at: None,
+                    // A rotation: the previous secret is a fresh digest (never one in use).
+                    previous: rng.chance(30).then(|| {
+                        *serial += 1;
+                        crate::model::PreviousSecret {
+                            prefix: "sgk_old".into(),
+                            hash: hash_key(&serial.to_le_bytes()),
+                            valid_until: OffsetDateTime::UNIX_EPOCH
+                                + time::Duration::days(rng.below(40_000) as i64),
+                        }
+                    }),
                 };
                 put(Child::Key(rng.record(id, spec)))
             }

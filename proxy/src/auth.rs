@@ -4,7 +4,7 @@
 //! a wrong `X-TG-API-Key` is a 401 even when a valid key follows in `Authorization`.
 
 use shardgate_core::http1::RequestHead;
-use shardgate_core::keys::{KEY_PREFIX, KeyTable, hash_key};
+use shardgate_core::keys::{KEY_PREFIX, KeyEntry, KeyTable, hash_key};
 use uuid::Uuid;
 
 /// Which header carried the key: it is stripped before forwarding.
@@ -17,15 +17,21 @@ pub enum KeySource {
 
 /// The outcome of checking a request's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyCheck {
-    Valid { key_id: Uuid, source: KeySource },
+pub enum KeyCheck<'t> {
+    Valid {
+        key_id: Uuid,
+        source: KeySource,
+        entry: &'t KeyEntry,
+    },
     Missing,
     Unknown,
     Expired,
+    /// The secret was replaced by a rotation and its grace period has ended.
+    RotatedOut,
     Inactive,
 }
 
-impl KeyCheck {
+impl KeyCheck<'_> {
     /// The 401 message for a failed check.
     pub fn failure(&self) -> Option<&'static str> {
         match self {
@@ -33,6 +39,9 @@ impl KeyCheck {
             KeyCheck::Missing => Some("API key required: send X-API-Key or Authorization: Bearer"),
             KeyCheck::Unknown => Some("invalid API key"),
             KeyCheck::Expired => Some("API key expired"),
+            KeyCheck::RotatedOut => {
+                Some("API key was rotated and its grace period has ended; use the new key")
+            }
             KeyCheck::Inactive => Some("API key is disabled"),
         }
     }
@@ -75,7 +84,7 @@ pub fn is_gateway_credential(name: &[u8], value: &[u8], key_source: Option<KeySo
 }
 
 /// Finds the key in the request and checks it. `now`: unix seconds.
-pub fn check(head: &RequestHead, buf: &[u8], keys: &KeyTable, now: i64) -> KeyCheck {
+pub fn check<'t>(head: &RequestHead, buf: &[u8], keys: &'t KeyTable, now: i64) -> KeyCheck<'t> {
     let presented = head
         .header(buf, "x-tg-api-key")
         .map(|k| (k, KeySource::TgApiKey))
@@ -98,10 +107,18 @@ pub fn check(head: &RequestHead, buf: &[u8], keys: &KeyTable, now: i64) -> KeyCh
     match keys.get(&hash_key(key)) {
         None => KeyCheck::Unknown,
         Some(entry) if !entry.active => KeyCheck::Inactive,
-        Some(entry) if !entry.admits(now) => KeyCheck::Expired,
+        Some(entry) if !entry.admits(now) => {
+            let key_expired = entry.key_expires_at.is_some_and(|at| now >= at);
+            if entry.rotated_out && !key_expired {
+                KeyCheck::RotatedOut
+            } else {
+                KeyCheck::Expired
+            }
+        }
         Some(entry) => KeyCheck::Valid {
             key_id: entry.id,
             source,
+            entry,
         },
     }
 }
@@ -110,9 +127,8 @@ pub fn check(head: &RequestHead, buf: &[u8], keys: &KeyTable, now: i64) -> KeyCh
 mod tests {
     use super::*;
     use shardgate_core::http1::{Limits, Parse, parse_request};
-    use shardgate_core::keys::KeyEntry;
 
-    fn check_raw(raw: &str, table: &KeyTable, now: i64) -> KeyCheck {
+    fn check_raw<'t>(raw: &str, table: &'t KeyTable, now: i64) -> KeyCheck<'t> {
         let buf = raw.as_bytes();
         let Ok(Parse::Complete(head)) = parse_request(buf, &Limits::default()) else {
             panic!("test request must parse");
@@ -170,43 +186,33 @@ mod tests {
     fn each_header_form_is_accepted_and_failures_are_told_apart() {
         let id = Uuid::from_u128(7);
         let table = KeyTable::from_entries([
-            (
-                hash_key(b"good"),
-                KeyEntry {
-                    id,
-                    expires_at: Some(100),
-                    active: true,
-                },
-            ),
-            (
-                hash_key(b"off"),
-                KeyEntry {
-                    id,
-                    expires_at: None,
-                    active: false,
-                },
-            ),
+            (hash_key(b"good"), KeyEntry::new(id, Some(100), true)),
+            (hash_key(b"off"), KeyEntry::new(id, None, false)),
         ]);
+        let good = table.get(&hash_key(b"good")).expect("inserted");
         let req = |h: &str| format!("GET / HTTP/1.1\r\nHost: a\r\n{h}\r\n\r\n");
         assert_eq!(
             check_raw(&req("X-TG-API-Key: good"), &table, 50),
             KeyCheck::Valid {
                 key_id: id,
-                source: KeySource::TgApiKey
+                source: KeySource::TgApiKey,
+                entry: good,
             }
         );
         assert_eq!(
             check_raw(&req("x-api-key: good"), &table, 50),
             KeyCheck::Valid {
                 key_id: id,
-                source: KeySource::ApiKey
+                source: KeySource::ApiKey,
+                entry: good,
             }
         );
         assert_eq!(
             check_raw(&req("Authorization: Bearer good"), &table, 50),
             KeyCheck::Valid {
                 key_id: id,
-                source: KeySource::Bearer
+                source: KeySource::Bearer,
+                entry: good,
             }
         );
         assert_eq!(
@@ -226,5 +232,24 @@ mod tests {
             KeyCheck::Inactive
         );
         assert_eq!(check_raw(&req("X-Other: 1"), &table, 50), KeyCheck::Missing);
+    }
+
+    #[test]
+    fn a_rotated_out_secret_is_told_apart_once_its_grace_ends() {
+        let id = Uuid::from_u128(9);
+        let old = KeyEntry {
+            rotated_out: true,
+            key_expires_at: Some(1_000),
+            ..KeyEntry::new(id, Some(100), true)
+        };
+        let table = KeyTable::from_entries([(hash_key(b"old"), old)]);
+        let req = "GET / HTTP/1.1\r\nHost: a\r\nX-API-Key: old\r\n\r\n";
+        assert!(matches!(
+            check_raw(req, &table, 99),
+            KeyCheck::Valid { key_id, .. } if key_id == id
+        ));
+        assert_eq!(check_raw(req, &table, 100), KeyCheck::RotatedOut);
+        // Past the key's own expiry it is simply expired.
+        assert_eq!(check_raw(req, &table, 1_000), KeyCheck::Expired);
     }
 }

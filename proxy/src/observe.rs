@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use shardgate_core::metrics::{Cause, Observation};
 use shardgate_core::snapshot::Snapshot;
+use shardgate_core::usage;
 use uuid::Uuid;
 
 use crate::plane::WorkerContext;
@@ -138,6 +139,10 @@ pub struct Trace {
     pub attempt_began: Option<Instant>,
     pub target_index: Option<u32>,
     pub key_id: Option<[u8; 16]>,
+    /// The key check refused the request (401): usage counts it as `unauthenticated`.
+    pub unauthenticated: bool,
+    /// The client's address as the plugins see it (after `trusted_proxies`).
+    pub client_ip: Option<std::net::IpAddr>,
     /// The gateway's own answer: why (its error message).
     pub reason: String,
     /// For the access log: the path (no query) and the snapshot the request ran on.
@@ -160,6 +165,8 @@ impl Default for Trace {
             attempt_began: None,
             target_index: None,
             key_id: None,
+            unauthenticated: false,
+            client_ip: None,
             reason: String::new(),
             path: Vec::new(),
             snapshot: None,
@@ -178,6 +185,8 @@ impl Trace {
         self.attempt_began = None;
         self.target_index = None;
         self.key_id = None;
+        self.unauthenticated = false;
+        self.client_ip = None;
         self.reason.clear();
         self.path.clear();
         self.snapshot = None;
@@ -242,8 +251,15 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
     }
     trace.obs.total_us = trace.start.elapsed().as_micros() as u64;
     let plane = ctx.plane();
-    if plane.settings.request_metrics {
-        plane.metrics.record(&trace.obs);
+    let (metrics, usage) = (plane.settings.request_metrics, plane.settings.usage);
+    if metrics || usage {
+        trace.obs.key = match trace.key_id {
+            Some(id) => Uuid::from_bytes(id),
+            None if trace.unauthenticated => usage::UNAUTHENTICATED,
+            None => usage::ANONYMOUS,
+        };
+        trace.obs.client_ip = Some(trace.client_ip.unwrap_or(peer.ip()));
+        plane.metrics.record(&trace.obs, metrics, usage);
     }
     if let Some(log) = &plane.access_log {
         log.push(|out| write_line(out, trace, ctx.id(), peer), &plane.metrics);

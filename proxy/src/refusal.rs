@@ -40,6 +40,8 @@ pub enum Refusal {
         missing: bool,
         why: &'static str,
     },
+    /// A valid key outside its scopes (rules, services, methods).
+    KeyOutOfScope,
     /// A method the router has no name for.
     MethodNotSupported,
     /// No rule matches (told only to callers with a valid key).
@@ -193,6 +195,7 @@ impl Refusal {
                 };
                 ErrorResponse::new(401, *why).header("WWW-Authenticate", challenge)
             }
+            Refusal::KeyOutOfScope => ErrorResponse::new(403, "key not allowed for this route"),
             Refusal::MethodNotSupported => {
                 ErrorResponse::new(501, "request method not supported by this gateway")
             }

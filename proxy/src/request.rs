@@ -5,8 +5,9 @@
 //! 2. [`route`]: normalize the path (400 when it cannot be) and look up the rule;
 //! 3. CORS preflights are answered before the key check ([`plugins::answer_preflight`]);
 //! 4. [`auth`]: the API key, unless the rule is public — 401;
-//! 5. the gateway's `pre_request` [`plugins`], then the route decision (404/405/501), then
-//!    the rule's plugins, then `pre_response` plugins that shape the answer's headers;
+//! 5. the gateway's `pre_request` [`plugins`], then the route decision (404/405/501), the
+//!    key's scopes (403) and expiry warning, then the rule's plugins, then `pre_response`
+//!    plugins that shape the answer's headers;
 //! 6. the body limit (413), and [`pick`](crate::pick) a service — 503;
 //! 7. [`rewrite`] the request for the upstream and [`forward`] it; [`respond`] relays the
 //!    answer, or sends the [`Refusal`] of whichever step refused.
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, RequestHead};
+use shardgate_core::keys::KeyEntry;
 use shardgate_core::model::Stage;
 use shardgate_core::path::NormalPath;
 use shardgate_core::plugins::Rejection;
@@ -131,12 +133,16 @@ fn decide(
 
     let public = matches!(&lookup, Some(Lookup::Matched(m))
         if gateway.rules.get(m.id as usize).is_some_and(|r| r.spec.public));
-    let (key_source, key_id) = if public {
+    client.note(|t| t.client_ip = Some(client_ip));
+    let (key_source, key) = if public {
         (None, None)
     } else {
-        key(gateway, head, buf).map_err(alone)?
+        key(gateway, head, buf).map_err(|refusal| {
+            client.note(|t| t.unauthenticated = true);
+            alone(refusal)
+        })?
     };
-
+    let key_id = key.map(|entry| entry.id.into_bytes());
     client.note(|t| t.key_id = key_id);
     // The gateway's plugins run before routing answers, the rule's after.
     let facts = Facts {
@@ -163,6 +169,14 @@ fn decide(
         t.obs.rule = rule.id;
         t.rule_index = Some(route.id);
     });
+    if let Some(entry) = key {
+        if let Some(scope) = &entry.scope
+            && !scope.admits(rule.id, rule.spec.service_ids(), head.method)
+        {
+            return Err(refused(Refusal::KeyOutOfScope, effects));
+        }
+        expiry_warning(gateway, entry, &mut effects);
+    }
     if let Err(refusal) = plugins::pre_request(
         plane,
         rule.plugins.stage(Stage::PreRequest),
@@ -289,18 +303,32 @@ fn preflight(
     plugins::answer_preflight(&chains, head, buf, client_ip)
 }
 
-/// Step 4: the request's API key; which header carried it, and the key's id.
-fn key(
-    gateway: &CompiledGateway,
+/// Step 4: the request's API key; which header carried it, and the key.
+fn key<'g>(
+    gateway: &'g CompiledGateway,
     head: &RequestHead,
     buf: &[u8],
-) -> Result<(Option<KeySource>, Option<[u8; 16]>), Refusal> {
+) -> Result<(Option<KeySource>, Option<&'g KeyEntry>), Refusal> {
     match auth::check(head, buf, &gateway.keys, unix_now()) {
-        KeyCheck::Valid { source, key_id } => Ok((Some(source), Some(key_id.into_bytes()))),
+        KeyCheck::Valid { source, entry, .. } => Ok((Some(source), Some(entry))),
         failed => Err(Refusal::Key {
             missing: matches!(failed, KeyCheck::Missing),
             why: failed.failure().unwrap_or("invalid API key"),
         }),
+    }
+}
+
+/// A key that expires within the gateway's `key_expiry_warning` says so in every answer:
+/// `X-API-Key-Expires-In: <seconds>`.
+fn expiry_warning(gateway: &CompiledGateway, entry: &KeyEntry, effects: &mut Effects) {
+    let Some(at) = entry.key_expires_at else {
+        return;
+    };
+    let left = at - unix_now();
+    if left <= gateway.key_expiry_warning {
+        effects
+            .response_headers
+            .push(("X-API-Key-Expires-In", left.max(0).to_string()));
     }
 }
 

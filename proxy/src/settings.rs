@@ -52,6 +52,8 @@ pub struct ProxySettings {
     pub access_log: Option<AccessLog>,
     /// Count requests in the workers' metrics (`--request-metrics`). Default on.
     pub request_metrics: bool,
+    /// Count requests per key and gateway for the usage export (`--usage`). Default on.
+    pub usage: bool,
 }
 
 impl ProxySettings {
@@ -81,6 +83,7 @@ impl ProxySettings {
             telemetry: Arc::new(Telemetry::default()),
             access_log: None,
             request_metrics: true,
+            usage: true,
         }
     }
 }

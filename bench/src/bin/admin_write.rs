@@ -91,11 +91,7 @@ fn run() -> Result<(), String> {
         // A naive compile also rebuilds the key table instead of sharing it.
         let table = state.gateway(gateway_id).map(|g| {
             KeyTable::from_entries(g.keys.values().map(|k| {
-                let entry = KeyEntry {
-                    id: k.id,
-                    expires_at: None,
-                    active: k.spec.spec.active,
-                };
+                let entry = KeyEntry::new(k.id, None, k.spec.spec.active);
                 (k.spec.hash, entry)
             }))
         });

@@ -284,6 +284,30 @@ pub struct RunArgs {
         value_parser = parse_switch
     )]
     pub request_metrics: bool,
+
+    /// Count every request per API key and gateway for the usage export
+    /// (`GET .../usage`) and the anomaly detector (`on`), or not at all (`off`: the
+    /// exports then show only what was counted before).
+    #[arg(
+        long,
+        env = "SHARDGATE_USAGE",
+        value_name = "on|off",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = parse_switch
+    )]
+    pub usage: bool,
+
+    /// How long daily usage buckets are kept (minute buckets are kept 48 hours and hour
+    /// buckets 90 days). At least 90 days.
+    #[arg(
+        long,
+        env = "SHARDGATE_USAGE_DAY_RETENTION",
+        value_name = "DURATION",
+        default_value = "730d",
+        value_parser = Span::parse
+    )]
+    pub usage_day_retention: Span,
 }
 
 fn parse_switch(text: &str) -> Result<bool, String> {
@@ -417,6 +441,9 @@ pub struct Config {
     /// `--access-log`: a file, `-` for stdout; `None`: off.
     pub access_log: Option<PathBuf>,
     pub request_metrics: bool,
+    /// `--usage`: count usage per key and gateway.
+    pub usage: bool,
+    pub usage_day_retention: Duration,
 }
 
 impl Config {
@@ -429,6 +456,7 @@ impl Config {
             trusted_proxies: self.trusted_proxies.clone(),
             encoded_slashes: self.encoded_slashes,
             request_metrics: self.request_metrics,
+            usage: self.usage,
             max_body: if self.max_body == 0 {
                 u64::MAX
             } else {
@@ -600,7 +628,16 @@ fn resolve(
         encoded_slashes,
         access_log,
         request_metrics,
+        usage,
+        usage_day_retention,
     } = args;
+
+    if usage_day_retention.as_duration() < Duration::from_secs(90 * 86_400) {
+        return Err(sources.invalid(
+            "usage_day_retention",
+            "must be at least 90d (hour buckets are kept 90 days)",
+        ));
+    }
 
     if max_connections == 0 {
         return Err(sources.invalid("max_connections", "must be at least 1"));
@@ -665,6 +702,8 @@ fn resolve(
         encoded_slashes,
         access_log,
         request_metrics,
+        usage,
+        usage_day_retention: usage_day_retention.as_duration(),
     })
 }
 
@@ -1068,6 +1107,8 @@ mod tests {
         assert_eq!(config.encoded_slashes, defaults.encoded_slashes);
         assert_eq!(config.access_log, defaults.access_log);
         assert_eq!(config.request_metrics, defaults.request_metrics);
+        assert_eq!(config.usage, defaults.usage);
+        assert_eq!(config.usage_day_retention, defaults.usage_day_retention);
     }
 
     #[test]

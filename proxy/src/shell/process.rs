@@ -235,6 +235,8 @@ fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal
         rate_limits: settings.rate_limits.clone(),
         dev_certificate: config.tls_listen.addr().is_some(),
         telemetry,
+        usage: config.usage,
+        usage_day_retention: config.usage_day_retention,
     })
     // The admin's message names the directory and what is wrong with it (e.g. a
     // corrupt journal); it must reach the user as is.
