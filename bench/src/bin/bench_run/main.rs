@@ -73,10 +73,12 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --threads N           wrk threads (default: # load CPUs)
   --sizes LIST          response body sizes in bytes (default 1024,16384)
   --scenarios LIST      shardgate scenarios (default bare,auth,auth+ratelimit,full,https,
-                        https-handshake,h2,bare-epoll,full-epoll,full-quiet,full-logged;
+                        https-handshake,h2,bare-epoll,full-epoll,full-quiet,full-logged,
+                        full-untracked;
                         https* and h2 over TLS 1.3 at the first size, h2 with h2load -c 10
                         -m 100; *-epoll on the epoll driver, the others on io_uring;
-                        full-quiet without request metrics, full-logged with the access log)
+                        full-quiet without request metrics, full-logged with the access log,
+                        full-untracked without per-key usage tracking)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)

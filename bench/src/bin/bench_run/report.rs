@@ -574,6 +574,21 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         show(&observed, &|x| format!("{:+.1} %", x * 100.0)),
         verdict(&observed, &|x| x <= 0.03)
     );
+    // Issue 14: `full` (usage tracking on, as shipped) against `full-untracked`, medians
+    // of the same run.
+    let tracked: Vec<(usize, f64)> = plain_sizes
+        .iter()
+        .filter_map(|&s| {
+            let (off, on) = (find("full-untracked", s)?, find("full", s)?);
+            Some((s, on.get("cpu_us_per_req") / off.get("cpu_us_per_req") - 1.0))
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "| usage tracking costs ≤ 2 % CPU/request (`full` vs `full-untracked`) | {} | {} |",
+        show(&tracked, &|x| format!("{:+.1} %", x * 100.0)),
+        verdict(&tracked, &|x| x <= 0.02)
+    );
     let admin_p99 = a["end_to_end"]["p99_ms"].as_f64();
     let _ = writeln!(
         md,

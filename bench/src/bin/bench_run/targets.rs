@@ -203,6 +203,9 @@ pub enum Observe {
     Quiet,
     /// Request metrics on and the access log on, to a file in the work directory.
     Logged,
+    /// As shipped but without usage tracking (`--usage off`): the baseline of issue 14's
+    /// cost.
+    Untracked,
 }
 
 pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
@@ -309,6 +312,13 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
         Scenario {
             name: "full-logged",
             observe: Observe::Logged,
+            ..full.clone()
+        },
+        // `full` without per-key usage tracking (opt-in: --scenarios full,full-untracked):
+        // what counting usage costs.
+        Scenario {
+            name: "full-untracked",
+            observe: Observe::Untracked,
             ..full
         },
     ]
@@ -395,6 +405,9 @@ pub fn start_shardgate(
         Observe::Default => {}
         Observe::Quiet => {
             cmd.args(["--request-metrics", "off"]);
+        }
+        Observe::Untracked => {
+            cmd.args(["--usage", "off"]);
         }
         Observe::Logged => {
             cmd.arg("--access-log")
