@@ -298,9 +298,9 @@ fn default_address_window() -> Span {
 }
 
 /// The longest `address_window` (the detector keeps a key's addresses that long).
-pub const MAX_ADDRESS_WINDOW_SECS: u64 = 86_400;
+const ADDRESS_WINDOW_LIMIT_SECS: u64 = 86_400;
 /// The longest `key_expiry_warning`.
-pub const MAX_KEY_EXPIRY_WARNING_SECS: u64 = 365 * 86_400;
+const KEY_EXPIRY_WARNING_LIMIT_SECS: u64 = 365 * 86_400;
 
 impl AnomalySettings {
     fn validate(&self) -> Result<(), Invalid> {
@@ -329,7 +329,7 @@ impl AnomalySettings {
             ));
         }
         let window = self.address_window.as_duration();
-        if window.as_secs() < 60 || window.as_secs() > MAX_ADDRESS_WINDOW_SECS {
+        if window.as_secs() < 60 || window.as_secs() > ADDRESS_WINDOW_LIMIT_SECS {
             return Err(Invalid::new(
                 "anomaly_detection.address_window",
                 "use 1m to 24h",
@@ -592,7 +592,7 @@ impl GatewaySpec {
                 ),
             ));
         }
-        if self.key_expiry_warning.as_duration().as_secs() > MAX_KEY_EXPIRY_WARNING_SECS {
+        if self.key_expiry_warning.as_duration().as_secs() > KEY_EXPIRY_WARNING_LIMIT_SECS {
             return Err(Invalid::new("key_expiry_warning", "must be at most 365d"));
         }
         self.anomaly_detection.validate()?;

@@ -580,7 +580,10 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         .iter()
         .filter_map(|&s| {
             let (off, on) = (find("full-untracked", s)?, find("full", s)?);
-            Some((s, on.get("cpu_us_per_req") / off.get("cpu_us_per_req") - 1.0))
+            Some((
+                s,
+                on.get("cpu_us_per_req") / off.get("cpu_us_per_req") - 1.0,
+            ))
         })
         .collect();
     let _ = writeln!(

@@ -841,7 +841,7 @@ mod tests {
                 (bare.auth, bare.rate_limit, bare.rules, bare.keys)
             );
         }
-        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 8);
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 9);
     }
 
     #[test]
