@@ -213,6 +213,19 @@ fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
     })
 }
 
+/// A key's JSON with its plaintext: the only time the plaintext exists outside the client
+/// (create and rotate).
+fn with_plaintext(mut body: Value, plaintext: String) -> Value {
+    if let Value::Object(map) = &mut body {
+        map.insert("key".into(), Value::String(plaintext));
+        map.insert(
+            "warning".into(),
+            Value::String("store this key now: it is kept hashed and cannot be shown again".into()),
+        );
+    }
+    body
+}
+
 /// Fields the server owns: accepted in a body (so GET → edit → PUT works) but ignored, and
 /// `id`/`gateway_id` must match the URL when present.
 const READ_ONLY: [&str; 8] = [
@@ -841,18 +854,7 @@ impl Api {
                         previous: None,
                     },
                 };
-                let mut body = key_json(&record, gateway_id);
-                if let Value::Object(map) = &mut body {
-                    // The only time the plaintext exists outside the client.
-                    map.insert("key".into(), Value::String(new_key.plaintext));
-                    map.insert(
-                        "warning".into(),
-                        Value::String(
-                            "store this key now: it is kept hashed and cannot be shown again"
-                                .into(),
-                        ),
-                    );
-                }
+                let body = with_plaintext(key_json(&record, gateway_id), new_key.plaintext);
                 (Child::Key(record), body)
             }
             other => {
@@ -1011,16 +1013,7 @@ impl Api {
                 previous,
             },
         };
-        let mut body = key_json(&record, gateway_id);
-        if let Value::Object(map) = &mut body {
-            map.insert("key".into(), Value::String(new_key.plaintext));
-            map.insert(
-                "warning".into(),
-                Value::String(
-                    "store this key now: it is kept hashed and cannot be shown again".into(),
-                ),
-            );
-        }
+        let body = with_plaintext(key_json(&record, gateway_id), new_key.plaintext);
         self.commit(Mutation::Put {
             gateway_id,
             entity: Child::Key(record),

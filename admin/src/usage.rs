@@ -340,7 +340,7 @@ impl Detector {
     pub fn observe(
         &mut self,
         at: i64,
-        rows: &HashMap<UsageKey, Counts>,
+        rows: &[(UsageKey, Counts)],
         deltas: &[UsageDelta],
         settings: &dyn Fn(Uuid) -> Option<AnomalySettings>,
     ) -> Vec<Finding> {
@@ -504,9 +504,6 @@ pub struct UsageTracker {
     retention: Retention,
 }
 
-/// A finding as the flush reports it (logged by the caller, which knows the names).
-pub type Findings = Vec<Finding>;
-
 impl UsageTracker {
     /// Opens (and recovers) `<data_dir>/usage/`.
     pub fn open(
@@ -553,7 +550,7 @@ impl UsageTracker {
         telemetry: &Telemetry,
         at: i64,
         settings: &dyn Fn(Uuid) -> Option<AnomalySettings>,
-    ) -> Findings {
+    ) -> Vec<Finding> {
         let mut rows = std::mem::take(&mut self.pending);
         for (worker, spare) in self.spares.iter_mut().enumerate() {
             spare.clear();
@@ -572,21 +569,24 @@ impl UsageTracker {
         let record = UsageRecord::Flush {
             at,
             retention: self.retention,
-            rows: rows.iter().map(|(k, c)| (*k, c.clone())).collect(),
+            rows: rows.into_iter().collect(),
+        };
+        let UsageRecord::Flush { rows, .. } = &record else {
+            return Vec::new();
         };
         // An idle second writes nothing (retention is applied by the next busy one, and
         // every export filters by it anyway).
         if !rows.is_empty() {
             if let Err(e) = self.store.append(&record) {
                 tracing::error!(error = %e, "usage flush could not be journaled; kept for the next one");
-                self.pending = rows;
+                self.pending = rows.iter().cloned().collect();
                 return Vec::new();
             }
             if let Err(e) = self.book.apply(&record) {
                 tracing::error!(error = %e, "usage flush did not apply");
             }
         }
-        let mut findings = self.detector.observe(at, &rows, &self.spares, settings);
+        let mut findings = self.detector.observe(at, rows, &self.spares, settings);
         for f in &mut findings {
             f.id = self.book.last_finding + 1;
             let record = UsageRecord::Finding(f.clone());
@@ -674,11 +674,11 @@ mod tests {
         let t = 1_800_000_000;
         // A quiet hour: 1 request a minute.
         for m in 0..60 {
-            let rows = HashMap::from([(key(2), counts(1))]);
+            let rows = [(key(2), counts(1))];
             assert!(d.observe(t + m * 60, &rows, &[], &get).is_empty());
         }
         let now = t + 3_700;
-        let rows = HashMap::from([(key(2), counts(150))]);
+        let rows = [(key(2), counts(150))];
         let found = d.observe(now, &rows, &[], &get);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].kind, AnomalyKind::RequestSpike);
@@ -688,7 +688,7 @@ mod tests {
         assert!(d.observe(now + 1, &rows, &[], &get).is_empty());
         // Below the floor, nothing.
         let mut quiet = Detector::default();
-        let few = HashMap::from([(key(3), counts(99))]);
+        let few = [(key(3), counts(99))];
         assert!(quiet.observe(now, &few, &[], &get).is_empty());
     }
 
@@ -711,7 +711,7 @@ mod tests {
                 .sources
                 .insert((gw, Uuid::from_u128(2), IpAddr::from([127, 0, 0, i])));
         }
-        let found = d.observe(1_800_000_000, &HashMap::new(), &[delta], &get);
+        let found = d.observe(1_800_000_000, &[], &[delta], &get);
         let kinds: Vec<_> = found.iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
@@ -823,20 +823,16 @@ pub fn counts_json(c: &Counts, dimensions: &[&str]) -> serde_json::Value {
         "rate_limited": limited,
         "upstream_latency": {
             "count": c.upstream_requests(),
-            "sum_seconds": micros_as_seconds(c.upstream_latency_sum_us).parse::<f64>().unwrap_or(0.0),
+            "sum_seconds": c.upstream_latency_sum_us as f64 / 1e6,
             "buckets": buckets,
         },
     })
 }
 
-fn latency_labels() -> impl Iterator<Item = String> {
-    shardgate_core::metrics::BUCKETS_US
-        .iter()
-        .map(|us| {
-            let s = micros_as_seconds(*us);
-            s.trim_end_matches('0').trim_end_matches('.').to_owned()
-        })
-        .chain(std::iter::once("+Inf".to_owned()))
+fn latency_labels() -> impl Iterator<Item = &'static str> {
+    shardgate_core::metrics::BUCKET_LABELS
+        .into_iter()
+        .chain(std::iter::once("+Inf"))
 }
 
 /// The JSON export: totals, and per bucket its totals with a per-rule breakdown (one key) or
@@ -929,12 +925,9 @@ pub fn csv_header(dimensions: &[&str]) -> String {
     cols.extend(dimensions.iter().map(|d| format!("rate_limited_{d}")));
     cols.push("upstream_requests".into());
     cols.push("upstream_latency_sum_seconds".into());
-    cols.extend(latency_labels().map(|le| {
-        if le == "+Inf" {
-            "upstream_le_inf".to_owned()
-        } else {
-            format!("upstream_le_{le}")
-        }
+    cols.extend(latency_labels().map(|le| match le {
+        "+Inf" => "upstream_le_inf".to_owned(),
+        le => format!("upstream_le_{le}"),
     }));
     cols.join(",")
 }

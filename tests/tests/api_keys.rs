@@ -591,7 +591,7 @@ fn usage_export_counts_every_request_and_byte_and_survives_restarts() {
         // More traffic, then kill -9 once it has been flushed (at most a second later).
         let more = pipelined(
             &Client::new(t.proxy).source_ip(loopback(2)),
-            &host_of(&t),
+            &t.host(),
             Some(&t.key),
             &["/ok"; 4],
         );
@@ -630,10 +630,6 @@ fn usage_export_counts_every_request_and_byte_and_survives_restarts() {
         ));
         assert_eq!(r.status, 400, "more than 10 000 minutes: {r}");
     }
-}
-
-fn host_of(t: &Tenant) -> String {
-    t.host()
 }
 
 // ---------------------------------------------------------------------------------------------
