@@ -205,6 +205,7 @@ fn key_json(record: &Record<StoredKey>, gateway_id: Uuid) -> Value {
         "expires_at": spec.expires_at.map(rfc3339),
         "active": spec.active,
         "scopes": spec.scopes,
+        "budget": spec.budget,
         "rotated_at": record.spec.rotated_at.map(rfc3339),
         "previous_prefix": record.spec.previous.as_ref().map(|p| p.prefix.clone()),
         "previous_valid_until": record.spec.previous.as_ref().map(|p| rfc3339(p.valid_until)),
@@ -228,7 +229,8 @@ fn with_plaintext(mut body: Value, plaintext: String) -> Value {
 
 /// Fields the server owns: accepted in a body (so GET → edit → PUT works) but ignored, and
 /// `id`/`gateway_id` must match the URL when present.
-const READ_ONLY: [&str; 8] = [
+const READ_ONLY: [&str; 9] = [
+    "budget_usage",
     "id",
     "gateway_id",
     "created_at",
@@ -782,7 +784,9 @@ impl Api {
                     c.name(),
                     g.keys.len(),
                     &page,
-                    g.keys.values().map(|r| key_json(r, gateway_id)),
+                    g.keys
+                        .values()
+                        .map(|r| self.with_budget_usage(gateway_id, key_json(r, gateway_id))),
                 ),
                 Some(text) => {
                     let within = span_or_zero(&text)
@@ -805,6 +809,33 @@ impl Api {
         })
     }
 
+    /// Adds `budget_usage` (this period's spending, reservations in flight, when it
+    /// resets) to a key with a budget, from the cell the workers charge.
+    fn with_budget_usage(&self, gateway_id: Uuid, mut body: Value) -> Value {
+        let id = body["id"].as_str().and_then(|t| Uuid::parse_str(t).ok());
+        let budget = id.and_then(|id| {
+            self.snapshot
+                .gateway_by_id(gateway_id)
+                .and_then(|g| g.budgets.get(&id).cloned())
+        });
+        if let Some(b) = budget {
+            let (spend, resets) = b.status(OffsetDateTime::now_utc().unix_timestamp());
+            let at = |t: i64| {
+                OffsetDateTime::from_unix_timestamp(t)
+                    .map(rfc3339)
+                    .unwrap_or_default()
+            };
+            body["budget_usage"] = json!({
+                "period_start": at(spend.period_start),
+                "resets_at": at(resets),
+                "tokens": spend.tokens,
+                "cost": spend.cost_nanos as f64 / 1e9,
+                "reserved_tokens": spend.reserved_tokens,
+            });
+        }
+        body
+    }
+
     fn get_child(&self, gateway_id: Uuid, c: Collection, id: Uuid) -> Reply {
         let g = self.gateway_state(gateway_id)?;
         let gid = Some(gateway_id);
@@ -815,7 +846,10 @@ impl Api {
                 .map(|r| entity_json(&r.redacted(), gid)),
             Collection::Services => g.services.get(&id).map(|r| entity_json(r, gid)),
             Collection::Rules => g.rules.get(&id).map(|r| entity_json(r, gid)),
-            Collection::Keys => g.keys.get(&id).map(|r| key_json(r, gateway_id)),
+            Collection::Keys => g
+                .keys
+                .get(&id)
+                .map(|r| self.with_budget_usage(gateway_id, key_json(r, gateway_id))),
         };
         found.map(|body| Response::json(200, &body)).ok_or_else(|| {
             Fail::new(
@@ -928,7 +962,7 @@ impl Api {
                 // A key sent back as GET showed it: the stored one (ids are unique across
                 // gateways, and a create's is new).
                 let stored = self.state.gateways().find_map(|g| g.upstreams.get(&id));
-                spec.restore_redacted_key(stored.map(|r| &r.spec));
+                spec.restore_redacted_secrets(stored.map(|r| &r.spec));
                 spec.validate()?;
                 Child::Upstream(Record {
                     id,

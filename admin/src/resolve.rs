@@ -11,6 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_core::ai::budget::BudgetBook;
 use shardgate_core::ratelimit::Registry;
 use shardgate_core::snapshot::Resolve;
 
@@ -72,6 +73,8 @@ pub struct CompileEnv {
     resolver: SystemResolver,
     down: HashSet<u64>,
     rate_limits: Arc<Registry>,
+    /// Key budgets' spending, kept across snapshots (and seeded from the usage store).
+    pub budgets: BudgetBook,
 }
 
 impl CompileEnv {
@@ -80,6 +83,7 @@ impl CompileEnv {
             resolver: SystemResolver::default(),
             down: HashSet::new(),
             rate_limits,
+            budgets: BudgetBook::default(),
         }
     }
 
@@ -104,6 +108,10 @@ impl Resolve for CompileEnv {
 
     fn rate_limits(&self) -> Option<&Registry> {
         Some(&self.rate_limits)
+    }
+
+    fn budgets(&self) -> Option<&BudgetBook> {
+        Some(&self.budgets)
     }
 }
 

@@ -146,6 +146,7 @@ impl Admin {
         )
         .map_err(|e| AdminError(format!("cannot open the usage store: {e}")))?;
         let env = CompileEnv::new(opts.rate_limits.clone());
+        seed_budgets(&state, &usage, &env, now);
         let snapshot = Arc::new(Snapshot::compile(1, &state, &env));
         for g in state.gateways() {
             if let Some(compiled) = snapshot.gateway_by_id(g.gateway.id)
@@ -273,5 +274,27 @@ impl AdminThread {
     /// Whether the admin thread has stopped on its own (it only does on a fatal error).
     pub fn is_finished(&self) -> bool {
         self.join.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+/// Gives each key with a budget what the usage store holds for its current period, so a
+/// restart does not hand out a spent budget again.
+fn seed_budgets(
+    state: &shardgate_core::state::State,
+    usage: &UsageTracker,
+    env: &CompileEnv,
+    now: i64,
+) {
+    for g in state.gateways() {
+        for (id, record) in &g.keys {
+            let Some(budget) = &record.spec.spec.budget else {
+                continue;
+            };
+            let (start, _) = budget.period_at(record.created_at.unix_timestamp(), now);
+            let (tokens, cost) = usage.spent_since(g.gateway.id, *id, start);
+            if tokens > 0 || cost > 0 {
+                env.budgets.seed(*id, start, tokens, cost);
+            }
+        }
     }
 }

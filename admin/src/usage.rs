@@ -505,6 +505,36 @@ pub struct UsageTracker {
 }
 
 impl UsageTracker {
+    /// Tokens and cost (nano-dollars) `key` of `gateway` spent from `since` (Unix seconds, a
+    /// whole hour) on: the hour buckets from there, and the day buckets before the hours'
+    /// retention where the period reaches back further.
+    pub fn spent_since(&self, gateway: Uuid, key: Uuid, since: i64) -> (u64, u64) {
+        let mut tokens = 0;
+        let mut cost = 0;
+        let mut add = |bucket: &Bucket| {
+            for (k, c) in &bucket.0 {
+                if k.gateway == gateway && k.key == key {
+                    tokens += c.prompt_tokens + c.completion_tokens;
+                    cost += c.cost_nanos;
+                }
+            }
+        };
+        let first_hour = self.book.hours.keys().next().copied().unwrap_or(i64::MAX);
+        if since < first_hour {
+            for (_, bucket) in self
+                .book
+                .days
+                .range(since.div_euclid(86_400) * 86_400..first_hour)
+            {
+                add(bucket);
+            }
+        }
+        for (_, bucket) in self.book.hours.range(since..) {
+            add(bucket);
+        }
+        (tokens, cost)
+    }
+
     /// Opens (and recovers) `<data_dir>/usage/`.
     pub fn open(
         data_dir: &Path,
@@ -826,6 +856,13 @@ pub fn counts_json(c: &Counts, dimensions: &[&str]) -> serde_json::Value {
             "sum_seconds": c.upstream_latency_sum_us as f64 / 1e6,
             "buckets": buckets,
         },
+        "tokens": {
+            "prompt": c.prompt_tokens,
+            "completion": c.completion_tokens,
+            "total": c.prompt_tokens + c.completion_tokens,
+        },
+        "cost": c.cost_nanos as f64 / 1e9,
+        "estimated_requests": c.estimated_requests,
     })
 }
 
@@ -929,7 +966,20 @@ pub fn csv_header(dimensions: &[&str]) -> String {
         "+Inf" => "upstream_le_inf".to_owned(),
         le => format!("upstream_le_{le}"),
     }));
+    for col in [
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "estimated_requests",
+    ] {
+        cols.push(col.into());
+    }
     cols.join(",")
+}
+
+/// Nano-dollars as a decimal dollar amount without float rounding (`1.5e-3` → `0.001500000`).
+fn nanos_as_dollars(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
 }
 
 /// The CSV export: a header, then one line per bucket, key and rule (every value is an
@@ -964,6 +1014,14 @@ pub fn csv(rows: &[(i64, UsageKey, &Counts)], dimensions: &[&str]) -> String {
         for n in c.upstream_latency {
             let _ = write!(out, ",{n}");
         }
+        let _ = write!(
+            out,
+            ",{},{},{},{}",
+            c.prompt_tokens,
+            c.completion_tokens,
+            nanos_as_dollars(c.cost_nanos),
+            c.estimated_requests
+        );
         out.push_str("\r\n");
     }
     out
@@ -1018,7 +1076,9 @@ mod export_tests {
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert!(lines[0].starts_with("bucket_start,gateway_id,key_id,rule_id,requests,status_1xx"));
         assert!(
-            lines[0].ends_with("upstream_le_60,upstream_le_inf"),
+            lines[0].ends_with(
+                "upstream_le_60,upstream_le_inf,prompt_tokens,completion_tokens,cost,estimated_requests"
+            ),
             "{}",
             lines[0]
         );

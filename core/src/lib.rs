@@ -6,7 +6,9 @@
 //! them), the compiled immutable [`snapshot::Snapshot`] that workers read, request-path
 //! normalization ([`path`]), the [`router`], the API [`keys`] table, load balancing
 //! ([`balance`]), HTTP/1.1 framing ([`http1`]), CIDR sets ([`net`]) and the cross-core rate
-//! limiter ([`ratelimit`]), and what workers count for the usage export ([`usage`]).
+//! limiter ([`ratelimit`]), what workers count for the usage export ([`usage`]), and the AI
+//! gateway's model, stream codec, API facts, OpenAI ⇄ Anthropic translation, guardrails and
+//! budgets ([`ai`]).
 //!
 //! Never does: any I/O, threads, sockets or files, and never chooses an HTTP status for the
 //! gateway's own answers (it returns typed errors; `http1`'s parse errors carry the status
@@ -16,6 +18,7 @@
 //!
 //! Lint policy: the workspace's (`unsafe_code` denied, clippy `all` + `unwrap_used`).
 
+pub mod ai;
 pub mod balance;
 pub mod certs;
 pub mod duration;

@@ -222,6 +222,8 @@ pub struct Registry {
     services: FxMap<(Uuid, Uuid), ServiceStats>,
     upstreams: FxMap<(Uuid, Uuid), UpstreamStats>,
     rate_limited: FxMap<(Uuid, u8), u64>,
+    /// (gateway, service) of `ai` services.
+    ai: FxMap<(Uuid, Uuid), AiStats>,
     /// (upstream, target index) → state, for targets whose breaker left `closed`.
     circuits: FxMap<(Uuid, u32), Circuit>,
     overflow: u64,
@@ -261,6 +263,149 @@ pub struct Observation {
     pub key: Uuid,
     /// The client's address (after `trusted_proxies`), for the anomaly detector.
     pub client_ip: Option<IpAddr>,
+    /// An `ai` service's request: tokens, cost, provider attempts.
+    pub ai: Option<AiObservation>,
+}
+
+/// Providers as metrics label them (index: [`AiObservation::provider`], an attempt's
+/// provider).
+pub const AI_PROVIDERS: [&str; 4] = ["openai", "anthropic", "azure_openai", "openai_compatible"];
+
+/// How one attempt to an AI provider ended (index in [`AiOutcome::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AiOutcome {
+    /// Answered and relayed (any status but 429 and 5xx, which move on).
+    Ok,
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+    InvalidResponse,
+    /// 429: the next provider was tried.
+    Status429,
+    Status5xx,
+    /// The stream broke after its first byte went to the client: it ended with an error
+    /// event (never a fallback mid-stream).
+    FailedMidStream,
+}
+
+impl AiOutcome {
+    pub const ALL: [AiOutcome; 9] = [
+        AiOutcome::Ok,
+        AiOutcome::Connect,
+        AiOutcome::Tls,
+        AiOutcome::Timeout,
+        AiOutcome::Reset,
+        AiOutcome::InvalidResponse,
+        AiOutcome::Status429,
+        AiOutcome::Status5xx,
+        AiOutcome::FailedMidStream,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiOutcome::Ok => "ok",
+            AiOutcome::Connect => "connect",
+            AiOutcome::Tls => "tls",
+            AiOutcome::Timeout => "timeout",
+            AiOutcome::Reset => "reset",
+            AiOutcome::InvalidResponse => "invalid_response",
+            AiOutcome::Status429 => "status_429",
+            AiOutcome::Status5xx => "status_5xx",
+            AiOutcome::FailedMidStream => "failed_mid_stream",
+        }
+    }
+
+    fn index(self) -> usize {
+        AiOutcome::ALL.iter().position(|o| *o == self).unwrap_or(0)
+    }
+}
+
+/// Attempts kept per request (a fallback chain longer than this counts its first ones).
+pub const AI_ATTEMPTS_KEPT: usize = 8;
+
+/// What an `ai` request spent and which providers it tried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AiObservation {
+    /// The provider that answered (index in [`AI_PROVIDERS`]); none when no attempt was
+    /// answered.
+    pub provider: Option<u8>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// From the service's price table, in nano-dollars.
+    pub cost_nanos: u64,
+    /// The counts are the gateway's estimate (the provider reported no usage, or the client
+    /// left mid-stream), not the provider's.
+    pub estimated: bool,
+    /// (provider, outcome) per attempt, in order.
+    pub attempts: [(u8, u8); AI_ATTEMPTS_KEPT],
+    pub attempts_len: u8,
+}
+
+impl AiObservation {
+    /// Notes one attempt.
+    pub fn attempt(&mut self, provider: u8, outcome: AiOutcome) {
+        if let Some(slot) = self.attempts.get_mut(usize::from(self.attempts_len)) {
+            *slot = (provider, outcome.index() as u8);
+            self.attempts_len += 1;
+        }
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Per gateway × service, for `ai` services: tokens, cost, requests and attempts by provider.
+#[derive(Debug, Clone, Default)]
+struct AiStats {
+    /// [provider] → (prompt, completion).
+    tokens: [(u64, u64); AI_PROVIDERS.len()],
+    cost_nanos: u64,
+    /// [provider] → (metered exactly, estimated).
+    requests: [(u64, u64); AI_PROVIDERS.len()],
+    attempts: [[u64; AiOutcome::ALL.len()]; AI_PROVIDERS.len()],
+}
+
+impl AiStats {
+    fn record(&mut self, ai: &AiObservation) {
+        if let Some(p) = ai.provider.map(usize::from)
+            && p < AI_PROVIDERS.len()
+        {
+            self.tokens[p].0 += ai.prompt_tokens;
+            self.tokens[p].1 += ai.completion_tokens;
+            if ai.estimated {
+                self.requests[p].1 += 1;
+            } else {
+                self.requests[p].0 += 1;
+            }
+        }
+        self.cost_nanos += ai.cost_nanos;
+        for &(p, o) in &ai.attempts[..usize::from(ai.attempts_len).min(AI_ATTEMPTS_KEPT)] {
+            if let Some(row) = self.attempts.get_mut(usize::from(p))
+                && let Some(n) = row.get_mut(usize::from(o))
+            {
+                *n += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &AiStats) {
+        for (a, b) in self.tokens.iter_mut().zip(other.tokens) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+        self.cost_nanos += other.cost_nanos;
+        for (a, b) in self.requests.iter_mut().zip(other.requests) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+        for (a, b) in self.attempts.iter_mut().zip(other.attempts) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
 }
 
 /// One worker's counters: the registry behind its lock, and gauges the worker stores.
@@ -351,6 +496,14 @@ impl Registry {
             }
             u.budget_exhausted += u64::from(o.budget_exhausted);
         }
+        if let Some(ai) = &o.ai {
+            // Bounded like the service series: only services of type `ai` get one.
+            if r.ai.len() < MAX_SERVICE_SERIES || r.ai.contains_key(&skey) {
+                r.ai.entry(skey).or_default().record(ai);
+            } else {
+                overflowed = true;
+            }
+        }
         if let Some(dimension) = o.rate_limited {
             // Bounded by the gateways (three dimensions each).
             *r.rate_limited.entry((o.gateway, dimension)).or_default() += 1;
@@ -394,6 +547,7 @@ struct Merged {
     services: FxMap<(Uuid, Uuid), ServiceStats>,
     upstreams: FxMap<(Uuid, Uuid), UpstreamStats>,
     rate_limited: FxMap<(Uuid, u8), u64>,
+    ai: FxMap<(Uuid, Uuid), AiStats>,
     /// ((upstream, target), worker, state).
     circuits: Vec<((Uuid, u32), usize, Circuit)>,
     overflow: u64,
@@ -425,12 +579,100 @@ fn merge(telemetry: &Telemetry) -> Merged {
         for (k, v) in &r.rate_limited {
             *m.rate_limited.entry(*k).or_default() += v;
         }
+        for (k, v) in &r.ai {
+            m.ai.entry(*k).or_default().merge(v);
+        }
         for (k, state) in &r.circuits {
             m.circuits.push((*k, worker, *state));
         }
         m.overflow += r.overflow;
     }
     m
+}
+
+/// The `ai` services' series: tokens, cost, metered requests and provider attempts.
+fn render_ai(out: &mut String, m: &Merged, names: &Names<'_>) {
+    let mut ai: Vec<(String, &AiStats)> =
+        m.ai.iter()
+            .map(|((g, s), stats)| {
+                let mut labels = String::with_capacity(64);
+                labels.push_str("gateway=\"");
+                names.gateway(*g, &mut labels);
+                labels.push_str("\",service=\"");
+                Names::label(&names.services, *s, &mut labels);
+                labels.push('"');
+                (labels, stats)
+            })
+            .collect();
+    ai.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    header(
+        out,
+        "shardgate_ai_tokens_total",
+        "counter",
+        "AI tokens by gateway, service, provider and kind (prompt, completion): the provider's counts, or the gateway's estimate where it reported none.",
+    );
+    for (labels, a) in &ai {
+        for (provider, (prompt, completion)) in AI_PROVIDERS.iter().zip(a.tokens) {
+            if prompt + completion == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "shardgate_ai_tokens_total{{{labels},provider=\"{provider}\",kind=\"prompt\"}} {prompt}\n\
+                 shardgate_ai_tokens_total{{{labels},provider=\"{provider}\",kind=\"completion\"}} {completion}"
+            );
+        }
+    }
+    header(
+        out,
+        "shardgate_ai_cost_dollars_total",
+        "counter",
+        "AI cost from the service's price table, in US dollars.",
+    );
+    for (labels, a) in &ai {
+        let _ = writeln!(
+            out,
+            "shardgate_ai_cost_dollars_total{{{labels}}} {}",
+            a.cost_nanos as f64 / 1e9
+        );
+    }
+    header(
+        out,
+        "shardgate_ai_requests_total",
+        "counter",
+        "AI requests a provider answered, by metering: exact (the provider's usage) or estimated.",
+    );
+    for (labels, a) in &ai {
+        for (provider, (exact, estimated)) in AI_PROVIDERS.iter().zip(a.requests) {
+            if exact + estimated == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "shardgate_ai_requests_total{{{labels},provider=\"{provider}\",metering=\"exact\"}} {exact}\n\
+                 shardgate_ai_requests_total{{{labels},provider=\"{provider}\",metering=\"estimated\"}} {estimated}"
+            );
+        }
+    }
+    header(
+        out,
+        "shardgate_ai_attempts_total",
+        "counter",
+        "Attempts to AI providers, by provider and outcome (fallbacks are the attempts after a status_429, status_5xx, connect, tls, timeout or reset).",
+    );
+    for (labels, a) in &ai {
+        for (provider, row) in AI_PROVIDERS.iter().zip(&a.attempts) {
+            for (outcome, n) in AiOutcome::ALL.iter().zip(row) {
+                if *n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "shardgate_ai_attempts_total{{{labels},provider=\"{provider}\",outcome=\"{}\"}} {n}",
+                        outcome.as_str()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Id → label names, from one snapshot.
@@ -670,6 +912,8 @@ pub fn render(out: &mut String, telemetry: &Telemetry, snapshot: &Snapshot, dime
             );
         }
     }
+
+    render_ai(out, &m, &names);
 
     header(
         out,

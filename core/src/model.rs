@@ -12,7 +12,7 @@
 //! Secrets are stored in full, because the proxy needs them: an upstream's
 //! `tls.client_key_pem` is a [`PrivateKeyPem`], whose `Debug` hides it; the admin API
 //! shows every stored upstream through [`Record::redacted`] and puts a key sent back as
-//! [`REDACTED`] back with [`UpstreamSpec::restore_redacted_key`].
+//! [`REDACTED`] back with [`UpstreamSpec::restore_redacted_secrets`].
 //!
 //! `validate` checks what a spec can check alone and reports the failing field path
 //! (`required_plugins[0].settings.limits.global.window: invalid duration "1x"`); what needs the
@@ -28,6 +28,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::ai::config::{AiSettings, Budget, Credentials, ModelPolicy, Provider};
 use crate::duration::Span;
 use crate::keys::KeyHash;
 use crate::plugins;
@@ -822,6 +823,17 @@ pub struct Target {
     /// the upstream's `connect_timeout` for a free place, then gets 503. Default: no limit.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// The AI provider this target is (`openai`, `anthropic`, `azure_openai`,
+    /// `openai_compatible`): `ai` services call it in its own API, translating when needed.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// What the gateway presents to the provider (`api_key`, Azure's `deployment` and
+    /// `api_version`). Shown as `<redacted>` by the admin API.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// The models this provider target serves: allow-list, aliases, default.
+    #[serde(default)]
+    pub models: ModelPolicy,
 }
 
 fn default_weight() -> u32 {
@@ -965,6 +977,8 @@ impl UpstreamSpec {
             }
         }
         for (i, t) in self.targets.iter().enumerate() {
+            crate::ai::config::validate_target(t.provider, t.credentials.as_ref(), &t.models)
+                .map_err(|e| e.under(&format!("targets[{i}]")))?;
             if t.max_connections == Some(0) {
                 return Err(Invalid::new(
                     format!("targets[{i}].max_connections"),
@@ -1029,12 +1043,32 @@ impl UpstreamSpec {
         }
     }
 
-    /// Puts the stored client key back where `tls.client_key_pem` holds [`REDACTED`], the
-    /// placeholder every answer of the admin API shows instead of the key, so that GET →
-    /// edit → PUT keeps the key. `stored` is the upstream this spec replaces (`None` on a
-    /// create); with no key stored the placeholder stays and [`UpstreamSpec::validate`]
-    /// refuses it. A key given in full replaces the stored one, as any other field does.
-    pub fn restore_redacted_key(&mut self, stored: Option<&UpstreamSpec>) {
+    /// Puts stored secrets back where the admin API's [`REDACTED`] placeholder stands, so
+    /// that GET → edit → PUT keeps them: `tls.client_key_pem`, and each provider target's
+    /// `credentials.api_key` (taken from the stored target with the same host, port and
+    /// provider). `stored` is the upstream this spec replaces (`None` on a create); with no
+    /// secret stored the placeholder stays and [`UpstreamSpec::validate`] refuses it. A
+    /// secret given in full replaces the stored one, as any other field does.
+    pub fn restore_redacted_secrets(&mut self, stored: Option<&UpstreamSpec>) {
+        for target in &mut self.targets {
+            let Some(key) = target.credentials.as_mut().and_then(|c| c.api_key.as_mut()) else {
+                continue;
+            };
+            if !key.is_redacted() {
+                continue;
+            }
+            let kept = stored
+                .into_iter()
+                .flat_map(|s| s.targets.iter())
+                .find(|t| {
+                    t.host == target.host && t.port == target.port && t.provider == target.provider
+                })
+                .and_then(|t| t.credentials.as_ref())
+                .and_then(|c| c.api_key.as_ref());
+            if let Some(kept) = kept {
+                *key = kept.clone();
+            }
+        }
         let Some(key) = self.tls.as_mut().and_then(|t| t.client_key_pem.as_mut()) else {
             return;
         };
@@ -1051,8 +1085,9 @@ impl UpstreamSpec {
 }
 
 impl Record<UpstreamSpec> {
-    /// The upstream as the admin API shows it: `tls.client_key_pem`, when set, as
-    /// [`REDACTED`]. Borrowed unchanged when there is no key to hide.
+    /// The upstream as the admin API shows it: `tls.client_key_pem` and every provider
+    /// `credentials.api_key`, when set, as [`REDACTED`]. Borrowed unchanged when there is no
+    /// secret to hide.
     pub fn redacted(&self) -> std::borrow::Cow<'_, Record<UpstreamSpec>> {
         use std::borrow::Cow;
         let has_key = self
@@ -1060,7 +1095,12 @@ impl Record<UpstreamSpec> {
             .tls
             .as_ref()
             .is_some_and(|t| t.client_key_pem.is_some());
-        if !has_key {
+        let has_credential = self
+            .spec
+            .targets
+            .iter()
+            .any(|t| t.credentials.as_ref().is_some_and(|c| c.api_key.is_some()));
+        if !has_key && !has_credential {
             return Cow::Borrowed(self);
         }
         let mut shown = self.clone();
@@ -1071,6 +1111,11 @@ impl Record<UpstreamSpec> {
             .and_then(|t| t.client_key_pem.as_mut())
         {
             *key = PrivateKeyPem(REDACTED.to_owned());
+        }
+        for target in &mut shown.spec.targets {
+            if let Some(key) = target.credentials.as_mut().and_then(|c| c.api_key.as_mut()) {
+                *key = crate::ai::config::ProviderSecret(REDACTED.to_owned());
+            }
         }
         Cow::Owned(shown)
     }
@@ -1347,6 +1392,9 @@ pub struct ServiceSpec {
     pub retry_policy: RetryPolicy,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// For `type: "ai"`: model policy, price table, token defaults (defaults when absent).
+    #[serde(default)]
+    pub ai: Option<AiSettings>,
 }
 
 impl ServiceSpec {
@@ -1367,6 +1415,15 @@ impl ServiceSpec {
             return Err(Invalid::new("retries", "at most 10"));
         }
         self.retry_policy.validate()?;
+        if let Some(ai) = &self.ai {
+            if self.kind != ServiceType::Ai {
+                return Err(Invalid::new(
+                    "ai",
+                    "only a service of type \"ai\" has ai settings",
+                ));
+            }
+            ai.validate().map_err(|e| e.under("ai"))?;
+        }
         if self.fallback_upstream_ids.contains(&self.upstream_id) {
             return Err(Invalid::new(
                 "fallback_upstream_ids",
@@ -1722,6 +1779,10 @@ pub struct KeySpec {
     /// What the key may reach; empty lists allow everything.
     #[serde(default)]
     pub scopes: KeyScopes,
+    /// AI tokens and/or cost the key may spend per period (`{"tokens": N, "period": "30d"}`);
+    /// over it, AI requests get 429. None: no budget.
+    #[serde(default)]
+    pub budget: Option<Budget>,
 }
 
 /// Limits on what a key may reach. Each non-empty list must admit a request: its rule, every
@@ -1767,6 +1828,9 @@ impl KeySpec {
             && at <= now
         {
             return Err(Invalid::new("expires_at", "must be in the future"));
+        }
+        if let Some(budget) = &self.budget {
+            budget.validate().map_err(|e| e.under("budget"))?;
         }
         self.scopes.validate()
     }
@@ -1963,6 +2027,7 @@ mod tests {
                 expires_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)),
                 active: true,
                 scopes: Default::default(),
+                budget: None,
             },
             prefix: "sgk_x".into(),
             hash: crate::keys::hash_key(b"x"),
@@ -1998,6 +2063,7 @@ mod tests {
             expires_at: Some(now - time::Duration::seconds(1)),
             active: true,
             scopes: KeyScopes::default(),
+            budget: None,
         };
         assert_eq!(spec.validate(now).expect_err("past").path, "expires_at");
     }
@@ -2057,6 +2123,7 @@ mod tests {
             expires_at: None,
             active: true,
             scopes: KeyScopes::default(),
+            budget: None,
         };
         assert_over_bound(k.validate(OffsetDateTime::UNIX_EPOCH), "name");
         k.name.pop();
@@ -2484,13 +2551,13 @@ mod tests {
         edited.tags = vec!["edited".into()];
 
         let mut put = edited.clone();
-        put.restore_redacted_key(Some(&stored));
+        put.restore_redacted_secrets(Some(&stored));
         put.validate().expect("the stored key is back");
         assert_eq!(put.tls, stored.tls);
 
         // A create (nothing stored) keeps the placeholder, and validation refuses it.
         let mut created = edited;
-        created.restore_redacted_key(None);
+        created.restore_redacted_secrets(None);
         let err = created.validate().expect_err("no key to keep");
         assert_eq!(err.path, "tls.client_key_pem", "{err}");
         assert!(err.message.contains(REDACTED), "{err}");

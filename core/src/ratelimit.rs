@@ -46,6 +46,47 @@
 //! over its own limit never reserves, and so never strands, a global token) and, if one
 //! rejects, puts the tokens already taken back into their local buckets — no shared write.
 //!
+//! # Token reservations
+//!
+//! A `token_rate_limiter` counts LLM tokens, whose number is known only once the response
+//! has ended. Admission *reserves* an estimate and the end of the request *settles* it:
+//!
+//! - [`Limiter::reserve`] admits `e` tokens iff `used + e ≤ limit` (`used`: the counted total
+//!   of the subject's `N + 1` slots) and charges all `e` to the current slot, in one locked
+//!   operation. An estimate above `limit` can never pass and is refused without a lock
+//!   ([`RejectReason::ExceedsLimit`], no `Retry-After`). Otherwise a refusal's `Retry-After`
+//!   is when enough counted slots, oldest first, will have left the window for `e` to fit.
+//! - [`Limiter::settle`] with the real count `a`, in one more locked operation: `a < e` gives
+//!   `e − a` back to the reservation's slot (nothing if that slot has left the window: it is
+//!   already forgotten); `a > e` charges `a − e` to the *current* slot unconditionally, even
+//!   over `limit` and past [`Tuning::max_subjects`] — those tokens were consumed, and
+//!   counting them is what makes later admissions pay for them.
+//!
+//! Reservations go straight to the shared counters, with no per-worker leasing: leasing
+//! token counts in batches would strand capacity in one worker, and two short locks are
+//! negligible next to an AI request. [`LimiterSet::reserve_all`] reserves in every dimension
+//! or in none (per_user, per_ip, then global; on a rejection the reservations already made
+//! are settled with 0, a full refund); [`Reservations::settle`] settles them all.
+//!
+//! *Admission never exceeds the limit*: right after each admission the window's counted
+//! total (estimates of requests in flight plus settled counts) is ≤ `limit`. *Overshoot
+//! bound*: once settled, the tokens charged to any `N + 1` consecutive slots — so to any
+//! real window of length `W` — exceed `limit` by at most `Σ max(0, actual − reserved)` over
+//! the requests in flight at the last admission charged to those slots (at their start, if
+//! none was). Proof: that admission left them ≤ `limit`; after it only refunds (−) and the
+//! extras of settles (+) change them, and an extra lands in the slot current at its settle,
+//! so only a request admitted before that admission can put one there. The overshoot is
+//! zero when every estimate is an upper bound of its request's real cost, which is what the
+//! gateway's estimate is built to be: prompt bytes (a byte-level BPE token spans at least one
+//! byte) plus `max_tokens`, which the provider enforces. Prompt tokens the bytes do not
+//! bound (a provider-injected system prompt, an image by URL) or a request without
+//! `max_tokens` break that premise, and each adds its excess to the sum. A settled overshoot
+//! stays counted, so later admissions pay it back. The error bound of requests holds as
+//! well: charged capacity comes back when its slot leaves the ring, up to one slot (`d`, plus
+//! `< N` ms of rounding) later than an exact sliding log, never earlier; a refund comes back
+//! at once. An estimate above the real cost under-admits only while its request is in
+//! flight.
+//!
 //! # Memory
 //!
 //! Subject state is a fixed 76 bytes (slot counters as `u32`, hence limits above `u32::MAX`
@@ -83,6 +124,11 @@
 //!                             Ok(admitted)  -> X-RateLimit-* from admitted.tightest()/get(dim)
 //!                             Err(rejected) -> 429, rejected.retry_after_secs, rejected.dimension
 //! worker timer (10–50 ms)   buckets.flush_idle(now_ms)
+//!
+//! LLM request (tokens)      set.reserve_all(Subjects { ip, user }, estimate, now_ms)
+//!                             Ok(reserved)  -> X-RateLimit-* from reserved.tightest()
+//!                             Err(rejected) -> ExceedsLimit: no Retry-After; else 429 as above
+//! response end              reserved.settle(actual_tokens, now_ms)
 //! ```
 
 use std::cell::Cell;
@@ -172,8 +218,11 @@ impl Tuning {
 /// Which `limits.*` entry of a `rate_limiter` a limiter enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dimension {
+    /// `limits.global`: one budget shared by every request.
     Global,
+    /// `limits.per_ip`: one budget per client address.
     PerIp,
+    /// `limits.per_user`: one budget per user identity.
     PerUser,
 }
 
@@ -228,20 +277,38 @@ impl SubjectKey {
 /// The subjects of one request; `None` skips that dimension (e.g. no user identity).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Subjects<'a> {
+    /// The client address, for `per_ip`.
     pub ip: Option<IpAddr>,
+    /// The user identity (API key id or user header), for `per_user`.
     pub user: Option<&'a [u8]>,
+}
+
+impl<'a> Subjects<'a> {
+    /// The subject `dimension` limits, if this request has one.
+    fn subject(self, dimension: Dimension) -> Option<Subject<'a>> {
+        match dimension {
+            Dimension::Global => Some(Subject::Global),
+            Dimension::PerIp => self.ip.map(Subject::Ip),
+            Dimension::PerUser => self.user.map(Subject::User),
+        }
+    }
 }
 
 /// The numbers for `X-RateLimit-*` / `RateLimit` headers after an admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
+    /// The dimension these numbers describe.
     pub dimension: Dimension,
+    /// The enforced limit per window.
     pub limit: u64,
-    /// Approximate: `limit` minus what the shared counters held at this worker's last lease,
-    /// plus this worker's unused lease. Admissions by other workers since that lease are not
-    /// seen (too high), and tokens still leased elsewhere count as used (too low).
+    /// After a request token: approximate, `limit` minus what the shared counters held at
+    /// this worker's last lease, plus this worker's unused lease. Admissions by other workers
+    /// since that lease are not seen (too high), and tokens still leased elsewhere count as
+    /// used (too low). After a token reservation: `limit` minus the counted total right after
+    /// it (estimates of requests in flight count in full).
     pub remaining: u64,
-    /// Seconds until the oldest counted slot leaves the window (as of the last lease).
+    /// Seconds until the oldest counted slot leaves the window (as of the last lease or the
+    /// reservation).
     pub reset_secs: u64,
     /// The window in whole seconds, rounded up (for `RateLimit-Policy: 5;w=60`).
     pub window_secs: u64,
@@ -255,26 +322,50 @@ pub enum RejectReason {
     /// The limiter holds [`Tuning::max_subjects`] subjects with live counts and this one is
     /// new; it is refused rather than admitted uncounted.
     SubjectTableFull,
+    /// [`Limiter::reserve`]: the request alone needs more than `limit` (`tokens` is its
+    /// estimate), so no wait can admit it. `retry_after_secs` and `reset_secs` are 0 and mean
+    /// nothing: answer without `Retry-After`.
+    ExceedsLimit {
+        /// The tokens the request asked to reserve.
+        tokens: u64,
+    },
 }
 
 /// A refused request: which dimension, and the numbers for `Retry-After` and the headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
+    /// The dimension that refused.
     pub dimension: Dimension,
+    /// Why it refused.
     pub reason: RejectReason,
+    /// That dimension's enforced limit per window.
     pub limit: u64,
-    /// Seconds until the oldest counted slot leaves the window and frees capacity (at least
-    /// 1). Use it for `Retry-After` when `actions.retry_after` is not set. Leases given back
-    /// by other workers may free capacity sooner.
+    /// Seconds until enough capacity comes back (at least 1): for a request token, until
+    /// the oldest counted slot leaves the window; for a reservation, until enough counted
+    /// slots, oldest first, have left it for the estimate to fit. Use it for `Retry-After`
+    /// when `actions.retry_after` is not set. Leases given back by other workers, or refunds
+    /// of settled reservations, may free capacity sooner. 0 for
+    /// [`RejectReason::ExceedsLimit`], which no wait cures.
     pub retry_after_secs: u64,
     /// Same instant as `retry_after_secs`, for `X-RateLimit-Reset`.
     pub reset_secs: u64,
+    /// The window in whole seconds, rounded up.
     pub window_secs: u64,
 }
 
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} rate limit exceeded", self.dimension)
+        match self.reason {
+            RejectReason::ExceedsLimit { tokens } => write!(
+                f,
+                "{} rate limit: request needs {tokens} tokens, more than the limit {} per \
+                 window, so it can never be admitted (retrying does not help)",
+                self.dimension, self.limit
+            ),
+            RejectReason::Limited | RejectReason::SubjectTableFull => {
+                write!(f, "{} rate limit exceeded", self.dimension)
+            }
+        }
     }
 }
 
@@ -318,9 +409,28 @@ pub struct Token {
 }
 
 impl Token {
+    /// The numbers for the response headers, as of this token's admission.
     pub fn quota(&self) -> Quota {
         self.quota
     }
+}
+
+/// Tokens reserved by [`Limiter::reserve`] for one request of one subject. Give it to
+/// [`Limiter::settle`] once the real count is known; never settled, the whole estimate stays
+/// charged (as if the request had cost it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The slot the estimate is charged to (a refund goes back to it while it is counted).
+    pub slot: u64,
+    /// The estimate reserved.
+    pub tokens: u64,
+    /// The subject's counted total right after this reservation (≤ `limit`).
+    pub used: u64,
+    /// `limit − used`, for the response headers.
+    pub remaining: u64,
+    /// Seconds until the subject's oldest counted slot leaves the window, as of the
+    /// reservation.
+    pub reset_secs: u64,
 }
 
 // --- hashing -----------------------------------------------------------------------------
@@ -449,6 +559,25 @@ impl Window {
             .map_or(now_ms, |s| g.expiry_ms(s).max(now_ms))
     }
 
+    /// When enough counted slots, oldest first, have left the window for `tokens` more to fit
+    /// under `limit` (`now_ms` if they fit now; the newest slot's expiry if even an empty
+    /// window would not hold them).
+    fn fits_at_ms(&self, tokens: u64, g: &Geometry, now_ms: u64) -> u64 {
+        let mut left = self.used(g);
+        let mut at_ms = now_ms;
+        for s in self.newest.saturating_sub(g.ring - 1)..=self.newest {
+            if left.saturating_add(tokens) <= g.limit {
+                break;
+            }
+            let c = u64::from(self.counts[g.index(s)]);
+            if c > 0 {
+                left -= c;
+                at_ms = g.expiry_ms(s);
+            }
+        }
+        at_ms.max(now_ms)
+    }
+
     fn charge(&mut self, tokens: u64, g: &Geometry) {
         let c = &mut self.counts[g.index(self.newest)];
         *c = c.saturating_add(u32::try_from(tokens).unwrap_or(u32::MAX));
@@ -483,7 +612,7 @@ enum Grant {
 
 struct Shard {
     subjects: HashMap<SubjectKey, Window, KeyBuild>,
-    /// Leases and give-backs served (the "shared operations" of the module doc).
+    /// Locked operations served: leases, give-backs, reservations, settlements.
     shared_ops: u64,
     /// Sweep before inserting once the map reaches this size (doubling: amortised O(1)).
     sweep_at_len: usize,
@@ -526,7 +655,7 @@ pub struct LimiterStats {
     pub subjects: usize,
     /// Slots allocated in the shard maps (memory follows this, not `subjects`).
     pub capacity: usize,
-    /// Locked leases and give-backs since creation.
+    /// Locked leases, give-backs, reservations and settlements since creation.
     pub shared_ops: u64,
 }
 
@@ -584,6 +713,7 @@ impl Limiter {
         }
     }
 
+    /// The dimension this limiter enforces.
     pub fn dimension(&self) -> Dimension {
         self.dimension
     }
@@ -593,6 +723,7 @@ impl Limiter {
         self.geometry.limit
     }
 
+    /// The window length in milliseconds.
     pub fn window_ms(&self) -> u64 {
         self.geometry.window_ms
     }
@@ -641,6 +772,7 @@ impl Limiter {
             .sum()
     }
 
+    /// Subjects, map capacity and locked operations, summed over the shards (locks each).
     pub fn stats(&self) -> LimiterStats {
         let mut stats = LimiterStats::default();
         for shard in self.shards.iter() {
@@ -673,34 +805,16 @@ impl Limiter {
         now_ms: u64,
     ) -> Grant {
         let g = &self.geometry;
-        let cur = g.slot_of(now_ms);
         let mut guard = self.shard(key).lock();
         let shard = &mut *guard;
         shard.shared_ops += 1;
-        if !shard.subjects.contains_key(&key) {
-            let full = shard.subjects.len() >= self.shard_cap;
-            if full && now_ms < shard.full_until_ms {
-                return Grant::Denied {
-                    reason: RejectReason::SubjectTableFull,
-                    retry_at_ms: shard.full_until_ms,
-                };
-            }
-            if full || shard.subjects.len() >= shard.sweep_at_len {
-                let (_, next_expiry) = shard.sweep(cur, g);
-                if shard.subjects.len() >= self.shard_cap {
-                    shard.full_until_ms = next_expiry;
-                    return Grant::Denied {
-                        reason: RejectReason::SubjectTableFull,
-                        retry_at_ms: next_expiry,
-                    };
-                }
-            }
+        if let Err(retry_at_ms) = self.make_room(shard, key, now_ms) {
+            return Grant::Denied {
+                reason: RejectReason::SubjectTableFull,
+                retry_at_ms,
+            };
         }
-        let w = shard
-            .subjects
-            .entry(key)
-            .or_insert_with(|| Window::new(cur));
-        w.advance(cur, g);
+        let w = Self::window(shard, key, g, now_ms);
         if let Some((slot, tokens)) = give_back {
             w.give_back(slot, tokens, g);
         }
@@ -740,6 +854,151 @@ impl Limiter {
                 shard.full_until_ms = 0;
             }
         }
+    }
+
+    /// Makes sure `key` may be inserted into `shard` if it is new: sweeps when the shard is
+    /// full or has doubled since its last sweep. `Err` carries when a live subject of a shard
+    /// still full of them expires.
+    fn make_room(&self, shard: &mut Shard, key: SubjectKey, now_ms: u64) -> Result<(), u64> {
+        if shard.subjects.contains_key(&key) {
+            return Ok(());
+        }
+        let g = &self.geometry;
+        let full = shard.subjects.len() >= self.shard_cap;
+        if full && now_ms < shard.full_until_ms {
+            return Err(shard.full_until_ms);
+        }
+        if full || shard.subjects.len() >= shard.sweep_at_len {
+            let (_, next_expiry) = shard.sweep(g.slot_of(now_ms), g);
+            if shard.subjects.len() >= self.shard_cap {
+                shard.full_until_ms = next_expiry;
+                return Err(next_expiry);
+            }
+        }
+        Ok(())
+    }
+
+    /// `key`'s window in `shard` (inserted if new), advanced to `now_ms`.
+    fn window<'s>(
+        shard: &'s mut Shard,
+        key: SubjectKey,
+        g: &Geometry,
+        now_ms: u64,
+    ) -> &'s mut Window {
+        let cur = g.slot_of(now_ms);
+        let w = shard
+            .subjects
+            .entry(key)
+            .or_insert_with(|| Window::new(cur));
+        w.advance(cur, g);
+        w
+    }
+
+    /// Reserves `tokens` for one request of `key`: admitted iff the subject's counted total
+    /// plus `tokens` stays ≤ [`limit`](Limiter::limit), and then charged in full to the
+    /// current slot, in one locked operation (see the module doc, *Token reservations*).
+    ///
+    /// Refused with [`RejectReason::ExceedsLimit`] (no lock taken) when `tokens` alone is over
+    /// the limit, with [`RejectReason::Limited`] and the time until enough capacity for
+    /// `tokens` comes back, or with [`RejectReason::SubjectTableFull`] as for request tokens.
+    /// Settle the reservation with [`Limiter::settle`] when the real count is known.
+    pub fn reserve(
+        &self,
+        key: SubjectKey,
+        tokens: u64,
+        now_ms: u64,
+    ) -> Result<Reservation, Rejected> {
+        let g = &self.geometry;
+        if tokens > g.limit {
+            return Err(Rejected {
+                dimension: self.dimension,
+                reason: RejectReason::ExceedsLimit { tokens },
+                limit: g.limit,
+                retry_after_secs: 0,
+                reset_secs: 0,
+                window_secs: g.window_secs(),
+            });
+        }
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        shard.shared_ops += 1;
+        if tokens == 0 && !shard.subjects.contains_key(&key) {
+            // Nothing to count, and no entry to make for it.
+            return Ok(Reservation {
+                slot: g.slot_of(now_ms),
+                tokens: 0,
+                used: 0,
+                remaining: g.limit,
+                reset_secs: 0,
+            });
+        }
+        if let Err(retry_at_ms) = self.make_room(shard, key, now_ms) {
+            return Err(self.rejected(RejectReason::SubjectTableFull, retry_at_ms, now_ms));
+        }
+        let w = Self::window(shard, key, g, now_ms);
+        let used = w.used(g);
+        // No overflow: `used` is at most `RING_MAX` `u32` counters, `tokens ≤ limit ≤ u32::MAX`.
+        if used + tokens > g.limit {
+            let retry_at_ms = w.fits_at_ms(tokens, g, now_ms);
+            return Err(self.rejected(RejectReason::Limited, retry_at_ms, now_ms));
+        }
+        w.charge(tokens, g);
+        let used = used + tokens;
+        Ok(Reservation {
+            slot: w.newest,
+            tokens,
+            used,
+            remaining: g.limit - used,
+            reset_secs: Geometry::secs_until(w.reset_at_ms(g, now_ms), now_ms),
+        })
+    }
+
+    /// Settles `reservation` (made by [`Limiter::reserve`] for `key` on this limiter) to the
+    /// request's real count `actual`, in one locked operation (none when `actual` equals the
+    /// estimate). Less than the estimate: the difference goes back to the reservation's slot
+    /// if that slot is still counted (else the window has already forgotten it). More: the
+    /// extra is charged to the current slot unconditionally — even over the limit, even for
+    /// a subject the full table would refuse — because it was consumed. A subject left with
+    /// nothing counted is dropped. Settle each reservation once.
+    pub fn settle(&self, key: SubjectKey, reservation: &Reservation, actual: u64, now_ms: u64) {
+        let g = &self.geometry;
+        if actual == reservation.tokens {
+            return;
+        }
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        shard.shared_ops += 1;
+        if actual < reservation.tokens {
+            if let Some(w) = shard.subjects.get_mut(&key) {
+                w.advance(g.slot_of(now_ms), g);
+                w.give_back(reservation.slot, reservation.tokens - actual, g);
+                if w.used(g) == 0 {
+                    shard.subjects.remove(&key);
+                    shard.full_until_ms = 0;
+                }
+            }
+        } else {
+            // Over the cap or not, the subject is counted: at most one subject past the cap
+            // per request in flight, while refusing it would forget consumed tokens.
+            let _over_cap = self.make_room(shard, key, now_ms).is_err();
+            Self::window(shard, key, g, now_ms).charge(actual - reservation.tokens, g);
+        }
+    }
+
+    /// What is left of `key`'s budget at `now_ms` and the seconds until its oldest counted
+    /// slot leaves the window: `(remaining, reset_secs)`, for response headers. Takes the
+    /// shard lock (changes nothing).
+    pub fn remaining(&self, key: SubjectKey, now_ms: u64) -> (u64, u64) {
+        let g = &self.geometry;
+        let shard = self.shard(key).lock();
+        shard.subjects.get(&key).map_or((g.limit, 0), |w| {
+            let mut w = *w;
+            w.advance(g.slot_of(now_ms), g);
+            (
+                g.limit.saturating_sub(w.used(g)),
+                Geometry::secs_until(w.reset_at_ms(g, now_ms), now_ms),
+            )
+        })
     }
 
     fn rejected(&self, reason: RejectReason, retry_at_ms: u64, now_ms: u64) -> Rejected {
@@ -793,6 +1052,7 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// An empty registry; `tuning` is normalised (every knob in its working range).
     pub fn new(tuning: Tuning) -> Registry {
         Registry {
             tuning: tuning.normalised(),
@@ -805,6 +1065,7 @@ impl Registry {
         }
     }
 
+    /// The tuning every limiter and worker table of this registry uses.
     pub fn tuning(&self) -> Tuning {
         self.tuning
     }
@@ -865,18 +1126,129 @@ impl Registry {
 /// Compiled into the snapshot; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct LimiterSet {
+    /// The `global` limiter, if configured.
     pub global: Option<Arc<Limiter>>,
+    /// The `per_ip` limiter, if configured.
     pub per_ip: Option<Arc<Limiter>>,
+    /// The `per_user` limiter, if configured.
     pub per_user: Option<Arc<Limiter>>,
 }
 
 impl LimiterSet {
+    /// The limiter of `dimension`, if configured.
     pub fn get(&self, dimension: Dimension) -> Option<&Arc<Limiter>> {
         match dimension {
             Dimension::Global => self.global.as_ref(),
             Dimension::PerIp => self.per_ip.as_ref(),
             Dimension::PerUser => self.per_user.as_ref(),
         }
+    }
+
+    /// Reserves `tokens` ([`Limiter::reserve`]) in every configured dimension that has a
+    /// subject in `subjects` (no user identity: per_user is skipped), or in none. Order:
+    /// per_user, per_ip, global — most specific first, so a client over its own limit never
+    /// touches the global counters; on the first rejection the reservations already made are
+    /// settled with 0 (a full refund) and that rejection is returned.
+    pub fn reserve_all(
+        &self,
+        subjects: Subjects<'_>,
+        tokens: u64,
+        now_ms: u64,
+    ) -> Result<Reservations, Rejected> {
+        let mut held: [Option<Held>; 3] = [None, None, None];
+        for dimension in [Dimension::PerUser, Dimension::PerIp, Dimension::Global] {
+            let Some(limiter) = self.get(dimension) else {
+                continue;
+            };
+            let Some(subject) = subjects.subject(dimension) else {
+                continue;
+            };
+            let key = limiter.key(subject);
+            match limiter.reserve(key, tokens, now_ms) {
+                Ok(reservation) => {
+                    held[dimension.index()] = Some(Held {
+                        limiter: Arc::clone(limiter),
+                        key,
+                        reservation,
+                    });
+                }
+                Err(rejected) => {
+                    for h in held.iter_mut().filter_map(Option::take) {
+                        h.settle(0, now_ms);
+                    }
+                    return Err(rejected);
+                }
+            }
+        }
+        Ok(Reservations { held })
+    }
+}
+
+/// One dimension's part of a [`Reservations`].
+#[derive(Debug)]
+struct Held {
+    limiter: Arc<Limiter>,
+    key: SubjectKey,
+    reservation: Reservation,
+}
+
+impl Held {
+    fn settle(&self, actual: u64, now_ms: u64) {
+        self.limiter
+            .settle(self.key, &self.reservation, actual, now_ms);
+    }
+
+    fn quota(&self) -> Quota {
+        let g = &self.limiter.geometry;
+        Quota {
+            dimension: self.limiter.dimension,
+            limit: g.limit,
+            remaining: self.reservation.remaining,
+            reset_secs: self.reservation.reset_secs,
+            window_secs: g.window_secs(),
+        }
+    }
+}
+
+/// One request's token reservations, one per dimension that admitted it
+/// ([`LimiterSet::reserve_all`]). `Send` (and `'static`): hold it across the request's
+/// awaits, then [`settle`](Reservations::settle) it with the real count. Dropped unsettled,
+/// every estimate stays charged in full — the safe side: as if the request had cost it.
+#[derive(Debug)]
+#[must_use = "settle the reservations with the real token count; dropped, the estimates stay charged"]
+pub struct Reservations {
+    held: [Option<Held>; 3],
+}
+
+impl Reservations {
+    /// Settles every dimension's reservation to the request's real count
+    /// ([`Limiter::settle`]): refunds what was over-estimated, charges what was under.
+    pub fn settle(self, actual: u64, now_ms: u64) {
+        for h in self.held.iter().flatten() {
+            h.settle(actual, now_ms);
+        }
+    }
+
+    /// The reservation made in `dimension`, if that dimension was checked.
+    pub fn reservation(&self, dimension: Dimension) -> Option<Reservation> {
+        self.held[dimension.index()].as_ref().map(|h| h.reservation)
+    }
+
+    /// The numbers for `dimension`'s headers, as of the reservation, if it was checked.
+    pub fn get(&self, dimension: Dimension) -> Option<Quota> {
+        self.held[dimension.index()].as_ref().map(Held::quota)
+    }
+
+    /// Every checked dimension's numbers, in [`Dimension::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = Quota> + '_ {
+        self.held.iter().flatten().map(Held::quota)
+    }
+
+    /// The quota with the least remaining (the later reset breaking ties), for the combined
+    /// `X-RateLimit-*` headers; `None` when no dimension applied.
+    pub fn tightest(&self) -> Option<Quota> {
+        self.iter()
+            .min_by_key(|q| (q.remaining, std::cmp::Reverse(q.reset_secs)))
     }
 }
 
@@ -1089,12 +1461,7 @@ impl WorkerBuckets {
             let Some(limiter) = set.get(dimension) else {
                 continue;
             };
-            let subject = match dimension {
-                Dimension::Global => Some(Subject::Global),
-                Dimension::PerIp => subjects.ip.map(Subject::Ip),
-                Dimension::PerUser => subjects.user.map(Subject::User),
-            };
-            let Some(subject) = subject else {
+            let Some(subject) = subjects.subject(dimension) else {
                 continue;
             };
             match self.try_acquire(limiter, limiter.key(subject), now_ms) {
@@ -1731,5 +2098,375 @@ mod tests {
         assert_eq!(q.remaining, 90);
         assert_eq!(q.reset_secs, 64, "slot 0 leaves at 17 × 3.75 s = 63.75 s");
         assert_eq!(q.window_secs, 60);
+    }
+    // --- token reservations ---------------------------------------------------------------
+
+    /// Reserves `tokens` that must be admitted.
+    fn reserve(l: &Limiter, key: SubjectKey, tokens: u64, now: u64) -> Reservation {
+        l.reserve(key, tokens, now)
+            .expect("the reservation is admitted")
+    }
+
+    #[test]
+    fn concurrent_reservations_never_hold_more_than_the_limit_at_once() {
+        let registry = Registry::default();
+        let l = global(&registry, 1_000, "1h"); // nothing expires during the test
+        let now = 10_000;
+        // `charged` trails the limiter: raised after a reservation is admitted, lowered
+        // before its refund, so it never exceeds what the limiter counts.
+        let charged = AtomicU64::new(0);
+        let barrier = Barrier::new(4);
+        let admitted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let (l, charged, barrier) = (&l, &charged, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let mut admitted = 0;
+                        for i in 0..5_000u64 {
+                            let tokens = 1 + (i * 7 + t * 13) % 40;
+                            let Ok(r) = l.reserve(SubjectKey::GLOBAL, tokens, now) else {
+                                continue;
+                            };
+                            admitted += 1;
+                            let before = charged.fetch_add(tokens, Ordering::SeqCst);
+                            assert!(before + tokens <= 1_000, "{} held", before + tokens);
+                            // Most requests cost nothing in the end; one in 50 keeps 1 token.
+                            let actual = u64::from(i % 50 == 0);
+                            charged.fetch_sub(tokens - actual, Ordering::SeqCst);
+                            l.settle(SubjectKey::GLOBAL, &r, actual, now);
+                        }
+                        admitted
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("reserving thread"))
+                .sum()
+        });
+        assert!(admitted > 400, "only {admitted} admitted");
+        assert_eq!(l.used(SubjectKey::GLOBAL, now), charged.into_inner());
+        assert!(l.used(SubjectKey::GLOBAL, now) <= 1_000);
+    }
+
+    #[test]
+    fn concurrent_unsettled_reservations_fill_the_limit_and_no_more() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1m");
+        let barrier = Barrier::new(4);
+        let admitted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        (0..100)
+                            .filter(|_| l.reserve(SubjectKey::GLOBAL, 7, 5_000).is_ok())
+                            .count() as u64
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("reserving thread"))
+                .sum()
+        });
+        assert_eq!(admitted, 14, "14 × 7 = 98 fit, a 15th would make 105");
+        assert_eq!(l.used(SubjectKey::GLOBAL, 5_000), 98);
+        reserve(&l, SubjectKey::GLOBAL, 2, 5_000);
+        assert_eq!(l.remaining(SubjectKey::GLOBAL, 5_000).0, 0);
+    }
+
+    #[test]
+    fn a_refund_on_settle_makes_room_at_once() {
+        let registry = Registry::default();
+        let l = global(&registry, 1_000, "1m");
+        let key = SubjectKey::GLOBAL;
+        let r = reserve(&l, key, 800, 0);
+        assert_eq!((r.tokens, r.used, r.remaining), (800, 800, 200));
+        assert_eq!(r.reset_secs, 64, "slot 0 leaves at 17 × 3.75 s = 63.75 s");
+        let refused = l.reserve(key, 300, 1_000).expect_err("800 + 300 > 1000");
+        assert_eq!(refused.reason, RejectReason::Limited);
+        l.settle(key, &r, 100, 2_000);
+        assert_eq!(l.used(key, 2_000), 100);
+        assert_eq!(l.remaining(key, 2_000), (900, 62));
+        let r2 = reserve(&l, key, 300, 2_000);
+        assert_eq!(r2.used, 400);
+        // Settling to exactly the estimate changes nothing and takes no lock.
+        let ops = l.stats().shared_ops;
+        l.settle(key, &r2, 300, 3_000);
+        assert_eq!(l.stats().shared_ops, ops);
+        assert_eq!(l.used(key, 3_000), 400);
+    }
+
+    #[test]
+    fn a_full_refund_drops_the_subject() {
+        let registry = Registry::default();
+        let l = registry.limiter(5, Dimension::PerUser, &limit(100, "1m"));
+        let key = l.key(Subject::User(b"alice"));
+        let r = reserve(&l, key, 60, 0);
+        assert_eq!(l.stats().subjects, 1);
+        l.settle(key, &r, 0, 10);
+        assert_eq!(l.stats().subjects, 0);
+        assert_eq!(l.remaining(key, 10), (100, 0));
+    }
+
+    #[test]
+    fn settling_over_the_estimate_counts_the_extra_in_the_current_slot() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let key = SubjectKey::GLOBAL;
+        let r = reserve(&l, key, 100, 50); // slot 0
+        assert_eq!(r.slot, 0);
+        l.settle(key, &r, 150, 550); // the 50 extra go to slot 5
+        assert_eq!(
+            l.used(key, 550),
+            150,
+            "counted over the limit: it was consumed"
+        );
+        assert_eq!(l.remaining(key, 550).0, 0);
+        let refused = l.reserve(key, 1, 600).expect_err("over the limit");
+        assert_eq!(refused.reason, RejectReason::Limited);
+        assert_eq!(
+            refused.retry_after_secs, 2,
+            "slot 0 leaves at 1 700 ms: 150 − 100 = 50"
+        );
+        // Slot 0's 100 leave at 1 700 ms; slot 5's extra 50 stay until 2 200 ms.
+        assert_eq!(l.used(key, 1_700), 50);
+        reserve(&l, key, 50, 1_700);
+        assert!(l.reserve(key, 1, 2_199).is_err());
+        assert_eq!(l.used(key, 2_200), 50);
+    }
+
+    #[test]
+    fn a_reservation_whose_slot_left_the_window_refunds_nothing() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let key = SubjectKey::GLOBAL;
+        let old = reserve(&l, key, 50, 0); // slot 0
+        let new = reserve(&l, key, 60, 1_700); // slot 17: slot 0's counter, reused
+        assert_eq!(new.used, 60, "slot 0's 50 are forgotten");
+        l.settle(key, &old, 0, 1_700);
+        assert_eq!(l.used(key, 1_700), 60, "the stale refund touches nothing");
+        // A settle whose subject was dropped in the meantime refunds nothing either.
+        l.settle(key, &new, 0, 1_800);
+        assert_eq!(l.stats().subjects, 0);
+        l.settle(key, &old, 10, 1_800);
+        assert_eq!((l.used(key, 1_800), l.stats().subjects), (0, 0));
+    }
+
+    #[test]
+    fn a_request_over_the_whole_limit_is_refused_as_exceeds_limit() {
+        let registry = Registry::default();
+        let l = registry.limiter(5, Dimension::PerUser, &limit(4_000, "1m"));
+        let key = l.key(Subject::User(b"bob"));
+        let r = l.reserve(key, 4_001, 0).expect_err("can never fit");
+        assert_eq!(r.reason, RejectReason::ExceedsLimit { tokens: 4_001 });
+        assert_eq!(r.dimension, Dimension::PerUser);
+        assert_eq!((r.limit, r.retry_after_secs, r.reset_secs), (4_000, 0, 0));
+        assert_eq!(r.window_secs, 60);
+        assert_eq!(
+            r.to_string(),
+            "per_user rate limit: request needs 4001 tokens, more than the limit 4000 per \
+             window, so it can never be admitted (retrying does not help)"
+        );
+        assert_eq!(l.stats(), LimiterStats::default(), "refused without a lock");
+        // Exactly the limit fits an empty window; then even one token is only Limited.
+        reserve(&l, key, 4_000, 0);
+        let r = l.reserve(key, 1, 0).expect_err("full");
+        assert_eq!(r.reason, RejectReason::Limited);
+        assert_eq!(r.to_string(), "per_user rate limit exceeded");
+    }
+
+    #[test]
+    fn retry_after_waits_until_enough_capacity_for_the_request_comes_back() {
+        let registry = Registry::default();
+        let l = global(&registry, 100, "1600ms"); // 16 slots of 100 ms, ring of 17
+        let key = SubjectKey::GLOBAL;
+        reserve(&l, key, 30, 50); // slot 0, leaves at 1 700 ms
+        reserve(&l, key, 30, 550); // slot 5, leaves at 2 200 ms
+        reserve(&l, key, 40, 1_050); // slot 10, leaves at 2 700 ms
+        // 20 fit once slot 0 leaves; 50 need slot 5 gone too; 100 need all three.
+        for (tokens, retry_after_secs, fits_at) in [(20, 1, 1_700), (50, 2, 2_200), (100, 2, 2_700)]
+        {
+            let r = l.reserve(key, tokens, 1_100).expect_err("full");
+            assert_eq!(r.reason, RejectReason::Limited);
+            assert_eq!(r.retry_after_secs, retry_after_secs, "{tokens} tokens");
+            assert_eq!(r.reset_secs, retry_after_secs);
+            assert!(
+                l.reserve(key, tokens, fits_at - 1).is_err(),
+                "{tokens} tokens"
+            );
+        }
+        let r = reserve(&l, key, 20, 1_700);
+        l.settle(key, &r, 0, 1_700);
+        let r = reserve(&l, key, 50, 2_200);
+        l.settle(key, &r, 0, 2_200);
+        reserve(&l, key, 100, 2_700);
+    }
+
+    #[test]
+    fn a_zero_token_reservation_leaves_no_subject_behind() {
+        let registry = Registry::default();
+        let l = registry.limiter(5, Dimension::PerIp, &limit(10, "1m"));
+        let key = l.key(Subject::Ip(ip(1)));
+        let r = reserve(&l, key, 0, 0);
+        assert_eq!((r.used, r.remaining), (0, 10));
+        assert_eq!(l.stats().subjects, 0);
+        l.settle(key, &r, 4, 100);
+        assert_eq!(l.used(key, 100), 4);
+    }
+
+    fn token_set(registry: &Registry, global: u64, per_ip: u64, per_user: u64) -> LimiterSet {
+        registry.limiter_set(
+            11,
+            &Limits {
+                global: Some(limit(global, "1m")),
+                per_ip: Some(limit(per_ip, "1m")),
+                per_user: Some(limit(per_user, "1m")),
+            },
+        )
+    }
+
+    fn used_in(set: &LimiterSet, dimension: Dimension, subject: Subject<'_>, now: u64) -> u64 {
+        let l = set.get(dimension).expect("configured");
+        l.used(l.key(subject), now)
+    }
+
+    #[test]
+    fn reserve_all_is_all_or_nothing_across_dimensions() {
+        let registry = Registry::default();
+        let set = token_set(&registry, 1_000, 100, 500);
+        let alice = Subjects {
+            ip: Some(ip(1)),
+            user: Some(b"alice"),
+        };
+        let r = set.reserve_all(alice, 80, 0).expect("fits everywhere");
+        let tight = r.tightest().expect("three dimensions");
+        assert_eq!(tight.dimension, Dimension::PerIp);
+        assert_eq!((tight.limit, tight.remaining), (100, 20));
+        assert_eq!(r.iter().count(), 3);
+        assert_eq!(r.get(Dimension::PerUser).map(|q| q.remaining), Some(420));
+        assert_eq!(r.reservation(Dimension::Global).map(|r| r.used), Some(80));
+
+        // per_ip refuses: per_user's reservation is refunded, global never touched.
+        let ops = set.global.as_ref().expect("configured").stats().shared_ops;
+        let refused = set
+            .reserve_all(alice, 30, 10)
+            .expect_err("per_ip 80 + 30 > 100");
+        assert_eq!(refused.dimension, Dimension::PerIp);
+        assert_eq!(
+            used_in(&set, Dimension::PerUser, Subject::User(b"alice"), 10),
+            80
+        );
+        assert_eq!(used_in(&set, Dimension::Global, Subject::Global, 10), 80);
+        assert_eq!(
+            set.global.as_ref().expect("configured").stats().shared_ops,
+            ops
+        );
+
+        // Settling refunds every dimension.
+        r.settle(20, 20);
+        for (dimension, subject) in [
+            (Dimension::PerUser, Subject::User(b"alice")),
+            (Dimension::PerIp, Subject::Ip(ip(1))),
+            (Dimension::Global, Subject::Global),
+        ] {
+            assert_eq!(used_in(&set, dimension, subject, 20), 20, "{dimension}");
+        }
+    }
+
+    #[test]
+    fn when_global_refuses_reserve_all_refunds_per_user_and_per_ip() {
+        let registry = Registry::default();
+        let set = token_set(&registry, 100, 1_000, 1_000);
+        let client = |n, user: &'static [u8]| Subjects {
+            ip: Some(ip(n)),
+            user: Some(user),
+        };
+        let _held = set.reserve_all(client(1, b"a"), 80, 0).expect("fits");
+        let refused = set
+            .reserve_all(client(2, b"b"), 30, 0)
+            .expect_err("global 80 + 30 > 100");
+        assert_eq!(refused.dimension, Dimension::Global);
+        assert_eq!(used_in(&set, Dimension::PerUser, Subject::User(b"b"), 0), 0);
+        assert_eq!(used_in(&set, Dimension::PerIp, Subject::Ip(ip(2)), 0), 0);
+        for dimension in [Dimension::PerUser, Dimension::PerIp] {
+            let l = set.get(dimension).expect("configured");
+            assert_eq!(l.stats().subjects, 1, "{dimension}: only client 1 is left");
+        }
+        assert_eq!(used_in(&set, Dimension::Global, Subject::Global, 0), 80);
+        // ExceedsLimit in one dimension is all-or-nothing too.
+        let refused = set
+            .reserve_all(client(3, b"c"), 101, 0)
+            .expect_err("over global's whole limit");
+        assert_eq!(refused.reason, RejectReason::ExceedsLimit { tokens: 101 });
+        assert_eq!(used_in(&set, Dimension::PerIp, Subject::Ip(ip(3)), 0), 0);
+    }
+
+    #[test]
+    fn reserve_all_skips_per_user_without_a_user_and_is_send() {
+        fn assert_send<T: Send + 'static>(_: &T) {}
+        let registry = Registry::default();
+        let set = token_set(&registry, 1_000, 100, 10);
+        let anonymous = Subjects {
+            ip: Some(ip(1)),
+            user: None,
+        };
+        let r = set
+            .reserve_all(anonymous, 50, 0)
+            .expect("per_user (10) is skipped");
+        assert_send(&r);
+        assert!(r.get(Dimension::PerUser).is_none());
+        assert_eq!(r.tightest().map(|q| q.dimension), Some(Dimension::PerIp));
+        assert_eq!(
+            set.per_user.as_ref().expect("configured").stats().subjects,
+            0
+        );
+        r.settle(50, 10);
+        assert_eq!(used_in(&set, Dimension::PerIp, Subject::Ip(ip(1)), 10), 50);
+        let none = LimiterSet::default()
+            .reserve_all(anonymous, 50, 0)
+            .expect("no limits");
+        assert!(none.tightest().is_none());
+        none.settle(0, 0);
+    }
+
+    #[test]
+    fn a_full_subject_table_refuses_new_reservations_but_settles_count_their_extra() {
+        let registry = Registry::new(Tuning {
+            max_subjects: 4,
+            shards: 1,
+            ..Tuning::default()
+        });
+        let l = registry.limiter(4, Dimension::PerIp, &limit(100, "1600ms"));
+        let key = |n| l.key(Subject::Ip(ip(n)));
+        let a = reserve(&l, key(0), 10, 0); // slot 0, leaves at 1 700 ms
+        for n in 1..4 {
+            reserve(&l, key(n), 10, 1_650);
+        }
+        let r = l
+            .reserve(key(4), 10, 1_650)
+            .expect_err("four live subjects");
+        assert_eq!(r.reason, RejectReason::SubjectTableFull);
+        assert_eq!(r.retry_after_secs, 1, "client 0's slot leaves at 1 700 ms");
+        // Known subjects still reserve, and a full refund frees a place.
+        let b = reserve(&l, key(1), 10, 1_660);
+        l.settle(key(1), &b, 0, 1_660);
+        let c = l.reserve(key(3), 10, 1_660).expect("known subject");
+        l.settle(key(3), &c, 0, 1_660);
+        assert!(
+            l.reserve(key(4), 10, 1_660).is_err(),
+            "still four live subjects"
+        );
+        // Client 0's slot leaves; client 4 takes its place.
+        reserve(&l, key(4), 10, 1_700);
+        assert_eq!(l.stats().subjects, 4);
+        assert!(l.reserve(key(5), 10, 1_700).is_err());
+        // Client 0's request ends costing 25: its 10 left with slot 0, but the 15 extra
+        // were consumed and are counted, table full or not.
+        l.settle(key(0), &a, 25, 1_700);
+        assert_eq!(l.used(key(0), 1_700), 15);
+        assert_eq!(l.stats().subjects, 5);
     }
 }

@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::ai::budget::{BudgetBook, KeyBudget};
+use crate::ai::guard::PromptGuard;
+use crate::ai::pii::PiiMasker;
 use crate::balance::{Balancer, TargetWeight, hash_bytes};
 use crate::certs::ServerCertificates;
 use crate::keys::KeyTable;
@@ -57,6 +60,12 @@ pub trait Resolve {
     /// Where `rate_limiter` plugins get their shared counters. `None` (tests, benchmarks)
     /// compiles rate limiters without limiters, so they admit everything.
     fn rate_limits(&self) -> Option<&Registry> {
+        None
+    }
+
+    /// Where key budgets keep their spending across snapshots. `None` (tests, benchmarks)
+    /// gives each compile fresh cells.
+    fn budgets(&self) -> Option<&BudgetBook> {
         None
     }
 }
@@ -269,6 +278,8 @@ pub struct CompiledGateway {
     pub plugins: Chains,
     pub services: HashMap<Uuid, Arc<CompiledService>>,
     pub upstreams: HashMap<Uuid, Arc<CompiledUpstream>>,
+    /// Keys with a `budget`, by key id.
+    pub budgets: HashMap<Uuid, Arc<KeyBudget>>,
 }
 
 /// An upstream ready for target selection.
@@ -336,8 +347,18 @@ pub struct CompiledPlugin {
     /// which occurrence of that pair it is. Counters keyed by it survive config changes
     /// that leave the plugin alone.
     pub instance: u64,
-    /// `rate_limiter` only: the shared counters of each configured dimension.
+    /// `rate_limiter` and `token_rate_limiter`: the shared counters of each configured
+    /// dimension.
     pub limiters: Option<LimiterSet>,
+    /// `prompt_guard` and `pii_masking`: their patterns, compiled once per snapshot.
+    pub guardrail: Option<Guardrail>,
+}
+
+/// A compiled guardrail plugin.
+#[derive(Debug, Clone)]
+pub enum Guardrail {
+    Prompt(Arc<PromptGuard>),
+    Pii(Arc<PiiMasker>),
 }
 
 /// Enabled plugins split by stage, each list sorted by priority (stable: ties keep
@@ -391,6 +412,23 @@ impl Chains {
                 (PluginSettings::RateLimiter(rl), Some(registry)) => {
                     Some(registry.limiter_set(instance, &rl.limits))
                 }
+                (PluginSettings::TokenRateLimiter(tl), Some(registry)) => {
+                    Some(registry.limiter_set(instance, &tl.limits))
+                }
+                _ => None,
+            };
+            let invalid = |invalid| PluginChainError::Settings {
+                field,
+                index: i,
+                invalid,
+            };
+            let guardrail = match &settings {
+                PluginSettings::PromptGuard(g) => Some(Guardrail::Prompt(Arc::new(
+                    PromptGuard::new(g).map_err(invalid)?,
+                ))),
+                PluginSettings::PiiMasking(p) => Some(Guardrail::Pii(Arc::new(
+                    PiiMasker::new(p).map_err(invalid)?,
+                ))),
                 _ => None,
             };
             chains.by_stage[config.stage as usize].push(CompiledPlugin {
@@ -399,6 +437,7 @@ impl Chains {
                 settings: Arc::new(settings),
                 instance,
                 limiters,
+                guardrail,
             });
         }
         for list in &mut chains.by_stage {
@@ -538,6 +577,24 @@ impl CompiledGateway {
             }
         }
 
+        let budgets = g
+            .keys
+            .iter()
+            .filter_map(|(id, record)| {
+                let budget = record.spec.spec.budget.clone()?;
+                let cell = match resolver.budgets() {
+                    Some(book) => book.cell(*id),
+                    None => Arc::default(),
+                };
+                let compiled = KeyBudget {
+                    key: *id,
+                    budget,
+                    created: record.created_at.unix_timestamp(),
+                    cell,
+                };
+                Some((*id, Arc::new(compiled)))
+            })
+            .collect();
         CompiledGateway {
             id: g.gateway.id,
             subdomain: spec.subdomain.as_str().into(),
@@ -550,6 +607,7 @@ impl CompiledGateway {
             plugins,
             services,
             upstreams,
+            budgets,
         }
     }
 }

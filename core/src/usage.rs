@@ -72,6 +72,16 @@ pub struct Counts {
     /// that reached an upstream: counts per bucket of [`BUCKETS_US`] and `+Inf`.
     pub upstream_latency: [u64; LATENCY_BUCKETS],
     pub upstream_latency_sum_us: u64,
+    /// `ai` services: prompt and completion tokens, cost (nano-dollars), requests whose
+    /// counts are the gateway's estimate.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub cost_nanos: u64,
+    #[serde(default)]
+    pub estimated_requests: u64,
 }
 
 impl Counts {
@@ -95,6 +105,12 @@ impl Counts {
             self.upstream_latency[i] += 1;
             self.upstream_latency_sum_us += us;
         }
+        if let Some(ai) = &o.ai {
+            self.prompt_tokens += ai.prompt_tokens;
+            self.completion_tokens += ai.completion_tokens;
+            self.cost_nanos += ai.cost_nanos;
+            self.estimated_requests += u64::from(ai.estimated);
+        }
     }
 
     /// Adds `other` into `self`.
@@ -112,6 +128,10 @@ impl Counts {
             *a += b;
         }
         self.upstream_latency_sum_us += other.upstream_latency_sum_us;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_nanos += other.cost_nanos;
+        self.estimated_requests += other.estimated_requests;
     }
 
     /// Requests that reached an upstream (the latency histogram's count).

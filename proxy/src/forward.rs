@@ -43,7 +43,7 @@ use crate::tls::{self, Conn, TlsFailure};
 use crate::wire;
 
 /// Why an attempt failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Nothing reached the upstream (connect failed or timed out).
     Connect,
     /// The TLS handshake failed: nothing was sent either.
@@ -391,7 +391,7 @@ async fn wait_for_target(
 
 /// Opens a connection to `target` within `timeout`: TCP, then the TLS handshake with
 /// `tls` (the upstream's client) for an `https` target.
-async fn connect(
+pub(crate) async fn connect(
     target: &CompiledTarget,
     timeout: Duration,
     tls: Option<&tls::Client>,

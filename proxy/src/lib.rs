@@ -40,6 +40,10 @@ pub mod pick;
 pub mod rewrite;
 // Attempts, retries and fallbacks; the request body upstream.
 pub mod forward;
+// AI services: the provider APIs, translation, metering, guardrails (issue 15).
+pub mod ai;
+pub mod ai_call;
+pub mod ai_stream;
 // The response to the client: relayed, or the gateway's own.
 pub mod respond;
 // What each request leaves behind: metrics, request ids, the access log.

@@ -172,6 +172,13 @@ impl Picker {
         }
     }
 
+    /// Whether target `i` of `upstream` may be tried now: resolved, not held down by active
+    /// or passive health checks, not behind an open circuit, under its `max_connections`.
+    /// (The AI fallback walks targets in priority order instead of balancing.)
+    pub fn available(&self, upstream: &CompiledUpstream, i: usize) -> bool {
+        self.usable(upstream, i, Instant::now())
+    }
+
     fn usable(&self, upstream: &CompiledUpstream, i: usize, now: Instant) -> bool {
         let Some(target) = upstream.targets.get(i) else {
             return false;

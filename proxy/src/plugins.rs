@@ -330,6 +330,11 @@ pub fn pre_request(
             PluginSettings::ResponseTransformer(_) => {
                 effects.response_transforms.push(plugin.settings.clone());
             }
+            // The AI plugins act on the chat request's body and answer: the AI flow
+            // (crate::ai) runs them once the body is read; other services ignore them.
+            PluginSettings::TokenRateLimiter(_)
+            | PluginSettings::PromptGuard(_)
+            | PluginSettings::PiiMasking(_) => {}
         }
     }
     Ok(())

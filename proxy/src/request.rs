@@ -10,7 +10,8 @@
 //!    plugins that shape the answer's headers;
 //! 6. the body limit (413), and [`pick`](crate::pick) a service — 503;
 //! 7. [`rewrite`] the request for the upstream and [`forward`] it; [`respond`] relays the
-//!    answer, or sends the [`Refusal`] of whichever step refused.
+//!    answer, or sends the [`Refusal`] of whichever step refused. A request to an `ai`
+//!    service goes to [`crate::ai`] instead, which speaks the providers' APIs.
 //!
 //! Ordering is a security property: the gateway is resolved first (no gateway, no keys),
 //! the route is looked up before authentication only to learn whether it is `public`, and
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, RequestHead};
 use shardgate_core::keys::KeyEntry;
-use shardgate_core::model::Stage;
+use shardgate_core::model::{ServiceType, Stage};
 use shardgate_core::path::NormalPath;
 use shardgate_core::plugins::Rejection;
 use shardgate_core::ratelimit::Dimension;
@@ -49,6 +50,8 @@ struct Decision {
     service: Arc<CompiledService>,
     effects: Effects,
     body_limit: u64,
+    /// A request to an `ai` service: its AI plugins and budget.
+    ai: Option<Box<crate::ai::AiPlan>>,
 }
 
 /// The refusal of the step that refused, with what earlier plugins promised for the answer.
@@ -80,8 +83,11 @@ pub async fn handle(
         }
     });
     match decide(client, head, &snapshot, ctx) {
-        Ok(d) => {
-            let outcome = if crate::h2upstream::speaks_h2(&d.service) {
+        Ok(mut d) => {
+            let outcome = if let Some(plan) = d.ai.take() {
+                let (req, service) = (&d.request, &d.service);
+                crate::ai::serve(client, req, service, ctx, &d.effects, d.body_limit, plan).await
+            } else if crate::h2upstream::speaks_h2(&d.service) {
                 let (req, service) = (&d.request, &d.service);
                 crate::h2upstream::forward(client, req, service, ctx, &d.effects, d.body_limit)
                     .await
@@ -212,15 +218,18 @@ fn decide(
         request_id = t.id().clone();
     });
 
+    let forward_path = if rule.spec.strip_path {
+        normal.forward_after(route.matched_prefix_len)
+    } else {
+        &normal.forward
+    };
+    let ai = (service.spec.spec.kind == ServiceType::Ai)
+        .then(|| crate::ai::plan(gateway, rule, key, client_ip, (head, buf), forward_path));
     let request = rewrite::prepare(
         head,
         buf,
         Forwarding {
-            path: if rule.spec.strip_path {
-                normal.forward_after(route.matched_prefix_len)
-            } else {
-                &normal.forward
-            },
+            path: forward_path,
             preserve_host: rule.spec.preserve_host,
             key_source,
             peer: client.peer.ip(),
@@ -245,6 +254,7 @@ fn decide(
         service,
         effects,
         body_limit,
+        ai,
     })
 }
 

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+pub mod ai;
 pub mod certs;
 pub mod connection;
 pub mod nginx;

@@ -21,12 +21,14 @@ mod cors;
 mod ip_restriction;
 mod rate_limiter;
 mod request_size_limiter;
+mod token_rate_limiter;
 mod transformer;
 
 pub use cors::{CorsSettings, PreflightRejection};
 pub use ip_restriction::IpRestrictionSettings;
 pub use rate_limiter::{ActionKind, Actions, Limit, Limits, RateLimiterSettings};
 pub use request_size_limiter::RequestSizeLimiterSettings;
+pub use token_rate_limiter::TokenRateLimiterSettings;
 pub use transformer::{HeaderTransform, RequestTransformerSettings, ResponseTransformerSettings};
 
 /// A documented setting of a plugin: its JSON path under `settings`, type, default, meaning.
@@ -56,6 +58,9 @@ pub static CATALOGUE: &[PluginDef] = &[
     cors::DEF,
     transformer::REQUEST_DEF,
     transformer::RESPONSE_DEF,
+    token_rate_limiter::DEF,
+    crate::ai::guard::PROMPT_GUARD_DEF,
+    crate::ai::pii::PII_MASKING_DEF,
 ];
 
 pub fn find(name: &str) -> Option<&'static PluginDef> {
@@ -122,6 +127,9 @@ pub enum PluginSettings {
     Cors(CorsSettings),
     RequestTransformer(RequestTransformerSettings),
     ResponseTransformer(ResponseTransformerSettings),
+    TokenRateLimiter(TokenRateLimiterSettings),
+    PromptGuard(crate::ai::guard::PromptGuardSettings),
+    PiiMasking(crate::ai::pii::PiiSettings),
 }
 
 /// Parses and validates `settings` for plugin `name`. Paths in errors are relative to
@@ -140,6 +148,13 @@ pub fn parse_settings(name: &str, settings: &serde_json::Value) -> Result<Plugin
         "response_transformer" => {
             PluginSettings::ResponseTransformer(ResponseTransformerSettings::parse(settings)?)
         }
+        "token_rate_limiter" => {
+            PluginSettings::TokenRateLimiter(TokenRateLimiterSettings::parse(settings)?)
+        }
+        "prompt_guard" => {
+            PluginSettings::PromptGuard(crate::ai::guard::PromptGuardSettings::parse(settings)?)
+        }
+        "pii_masking" => PluginSettings::PiiMasking(crate::ai::pii::PiiSettings::parse(settings)?),
         other => return Err(Invalid::new("name", format!("unknown plugin {other:?}"))),
     })
 }

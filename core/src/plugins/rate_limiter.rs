@@ -160,27 +160,7 @@ impl RateLimiterSettings {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        let dims = [
-            ("global", &self.limits.global),
-            ("per_ip", &self.limits.per_ip),
-            ("per_user", &self.limits.per_user),
-        ];
-        if dims.iter().all(|(_, l)| l.is_none()) {
-            return Err(Invalid::new(
-                "limits",
-                "set at least one of global, per_ip, per_user",
-            ));
-        }
-        for (dim, limit) in dims {
-            if let Some(l) = limit
-                && l.limit == 0
-            {
-                return Err(Invalid::new(
-                    format!("limits.{dim}.limit"),
-                    "must be greater than 0",
-                ));
-            }
-        }
+        validate_limits(&self.limits)?;
         if let Some(h) = &self.user_header
             && !crate::model::is_header_name(h)
         {
@@ -191,6 +171,32 @@ impl RateLimiterSettings {
         }
         Ok(())
     }
+}
+
+/// At least one dimension, none with a zero limit (shared with `token_rate_limiter`).
+pub(super) fn validate_limits(limits: &Limits) -> Result<(), Invalid> {
+    let dims = [
+        ("global", &limits.global),
+        ("per_ip", &limits.per_ip),
+        ("per_user", &limits.per_user),
+    ];
+    if dims.iter().all(|(_, l)| l.is_none()) {
+        return Err(Invalid::new(
+            "limits",
+            "set at least one of global, per_ip, per_user",
+        ));
+    }
+    for (dim, limit) in dims {
+        if let Some(l) = limit
+            && l.limit == 0
+        {
+            return Err(Invalid::new(
+                format!("limits.{dim}.limit"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
