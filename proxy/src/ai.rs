@@ -41,7 +41,7 @@ use shardgate_core::router::Method;
 use shardgate_core::snapshot::{CompiledGateway, CompiledRule, CompiledService, Guardrail};
 
 use crate::ai_call::{self, CallFailure, Dialed, Outgoing};
-use crate::ai_stream::{self, StreamEnd};
+use crate::ai_stream::{self, Metered, Relay, StreamEnd, response_head};
 use crate::exchange::{Client, Outcome, UpstreamRequest};
 use crate::plane::{self, WorkerContext};
 use crate::plugins::Effects;
@@ -843,30 +843,6 @@ fn candidates<'s>(
     Ok(out)
 }
 
-/// How a provider's answer reaches the client.
-#[derive(Debug)]
-pub struct Relay<'c> {
-    /// The API the provider speaks.
-    pub provider_api: Api,
-    /// The ingress API when it differs from the provider's.
-    pub translate_to: Option<Api>,
-    /// The model name the client asked for (what translated answers say).
-    pub model: String,
-    /// An OpenAI client asked for `stream_options.include_usage`.
-    pub client_usage: bool,
-    pub credentials: Option<&'c shardgate_core::ai::config::Credentials>,
-}
-
-/// What a relayed answer spent, as far as the gateway saw it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metered {
-    pub usage: Usage,
-    /// `usage` is the provider's own, for the whole answer.
-    pub exact: bool,
-    /// Bytes of answer text relayed (the estimate's basis when `exact` is false).
-    pub streamed_text: usize,
-}
-
 /// A served request: which candidate, what it spent.
 struct Served {
     candidate: usize,
@@ -989,61 +965,6 @@ fn token_limited(r: &Rejected) -> AiError {
     e.headers
         .push(("X-RateLimit-Reset-Tokens", r.reset_secs.to_string()));
     e
-}
-
-/// Writes a response head: status, content type, framing, the request id, the plugins'
-/// headers and the token limiter's.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one response head, written in one place"
-)]
-pub(crate) fn response_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    length: Option<usize>,
-    close: bool,
-    req: &UpstreamRequest,
-    effects: &Effects,
-    quota: Option<Quota>,
-) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    wire::push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(wire::reason(status).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    wire::push_header(out, b"Content-Type", content_type.as_bytes());
-    match length {
-        Some(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            wire::push_decimal(out, n as u64);
-            out.extend_from_slice(b"\r\n");
-        }
-        None if !req.http10 => wire::push_header(out, b"Transfer-Encoding", b"chunked"),
-        None => {}
-    }
-    if length.is_none() {
-        wire::push_header(out, b"Cache-Control", b"no-cache");
-    }
-    if close || (length.is_none() && req.http10) {
-        wire::push_header(out, b"Connection", b"close");
-    }
-    if !req.request_id.is_empty() {
-        wire::push_header(out, b"X-Request-Id", req.request_id.as_bytes());
-    }
-    for (name, value) in effects.header_pairs() {
-        wire::push_header(out, name.as_bytes(), value.as_bytes());
-    }
-    if let Some(q) = quota {
-        for (name, value) in [
-            ("X-RateLimit-Limit-Tokens", q.limit),
-            ("X-RateLimit-Remaining-Tokens", q.remaining),
-            ("X-RateLimit-Reset-Tokens", q.reset_secs),
-        ] {
-            wire::push_header(out, name.as_bytes(), value.to_string().as_bytes());
-        }
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 async fn send_error(
