@@ -824,7 +824,7 @@ fn plugin_catalogue_lists_every_plugin_with_stages_and_documented_settings() {
     let plugins = catalogue["plugins"].as_array().expect("plugins is a list");
     assert_eq!(catalogue["count"], json!(plugins.len()), "{catalogue}");
 
-    let expected: [(&str, &[&str], &[&str]); 6] = [
+    let expected: [(&str, &[&str], &[&str]); 9] = [
         (
             "rate_limiter",
             &["pre_request"],
@@ -882,6 +882,25 @@ fn plugin_catalogue_lists_every_plugin_with_stages_and_documented_settings() {
                 "set_headers",
                 "add_headers",
             ],
+        ),
+        (
+            "token_rate_limiter",
+            &["pre_request"],
+            &[
+                "limits.global.limit",
+                "limits.global.window",
+                "limits.per_ip.limit",
+                "limits.per_ip.window",
+                "limits.per_user.limit",
+                "limits.per_user.window",
+                "user_header",
+            ],
+        ),
+        ("prompt_guard", &["pre_request"], &["deny", "allow"]),
+        (
+            "pii_masking",
+            &["pre_request"],
+            &["entities", "custom", "action", "apply_to", "stream_window"],
         ),
     ];
     let names: BTreeSet<&str> = plugins.iter().filter_map(|p| p["name"].as_str()).collect();

@@ -85,22 +85,10 @@ pub const PII_MASKING_DEF: PluginDef = PluginDef {
             default: "[]",
             description: "Extra patterns, masked as [NAME] (the name uppercased). They take \
                           part in overlap resolution like the built-ins: the match that \
-                          starts first wins, then the longest.",
-        },
-        SettingDoc {
-            path: "custom[].name",
-            ty: "string, 1 to 64 of A-Z a-z 0-9 _ -",
-            default: "required",
-            description: "Names the entity in placeholders and in reject messages. Must be \
-                          unique and differ from the built-in entity names.",
-        },
-        SettingDoc {
-            path: "custom[].pattern",
-            ty: "regex (Rust regex syntax: no look-around or backreferences), at most 1024 bytes",
-            default: "required",
-            description: "Matched in linear time whatever the input. Must compile to at most \
-                          1 MiB and must not match the empty string. Unicode classes (\\w, \\d) \
-                          are Unicode-aware and cost more to compile than ASCII ones.",
+                          starts first wins, then the longest. Each: `name` (required, 1 to 64 \
+                          of A-Z a-z 0-9 _ -, unique, not a built-in entity name) and \
+                          `pattern` (required, Rust regex syntax, at most 1024 bytes, must not \
+                          match the empty string, compiled to at most 1 MiB).",
         },
         SettingDoc {
             path: "action",
