@@ -272,6 +272,8 @@ pub async fn relay(
     let timer = client.timer.clone();
     let mut ended = false;
     let mut failed = false;
+    // The client was told of the failure (the provider's own error event, or ours).
+    let mut error_sent = false;
     let mut translated_openai = Vec::new();
     let mut translated_anthropic = Vec::new();
     while !ended && !failed {
@@ -315,6 +317,7 @@ pub async fn relay(
                     .to_owned();
                 let (event, body) = api::stream_error_event(ingress, &message);
                 write_event(&mut out.buf, event, &body);
+                error_sent = true;
                 failed = true;
                 break;
             }
@@ -362,8 +365,9 @@ pub async fn relay(
             out.flush_masks(None);
             let (event, body) =
                 api::stream_error_event(ingress, "the AI provider's stream broke off");
-            if !out.buf.ends_with(b"\n\n") || !String::from_utf8_lossy(&out.buf).contains("error") {
+            if !error_sent {
                 write_event(&mut out.buf, event, &body);
+                error_sent = true;
             }
         }
         if !out.buf.is_empty() || ended || failed {
