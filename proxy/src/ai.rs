@@ -213,6 +213,8 @@ pub async fn serve(
     };
     let result = exchange.run(body).await;
     let obs = exchange.obs;
+    // A client that left mid-stream is not kept.
+    let keep_alive = exchange.keep_alive;
     client.note(|t| t.obs.ai = Some(obs));
     match result {
         Ok(()) => Ok(Outcome::Done { keep_alive }),
