@@ -412,7 +412,7 @@ impl Exchange<'_> {
 
     /// Reserves the request's upper bound on the key's budget and every token limiter.
     fn admit(&mut self, tokens: u64, cost: u64) -> Result<Admission, AiError> {
-        let now = unix_now();
+        let now = plane::unix_now();
         let budget = match &self.plan.budget {
             Some(b) => Some(b.reserve(tokens, cost, now).map_err(|over| {
                 let mut e = AiError::new(
@@ -469,7 +469,7 @@ impl Exchange<'_> {
             r.settle(tokens, now_ms);
         }
         if let (Some(b), Some(hold)) = (&self.plan.budget, admission.budget) {
-            b.settle(hold, tokens, cost, unix_now());
+            b.settle(hold, tokens, cost, plane::unix_now());
         }
     }
 
@@ -722,16 +722,17 @@ impl Exchange<'_> {
             value = match target {
                 Api::Anthropic => translate::openai_to_anthropic_response(&value, &relay.model),
                 Api::OpenAi => {
-                    translate::anthropic_to_openai_response(&value, &relay.model, unix_now())
+                    translate::anthropic_to_openai_response(&value, &relay.model, plane::unix_now())
                 }
             }
             .map_err(|e| {
                 AiError::new(502, format!("cannot translate the provider's answer: {e}"))
             })?;
         }
+        let maskers = self.plan_pii();
         for text in api::response_texts_mut(self.ingress, &mut value) {
             text_len += text.len();
-            for masker in self.plan_pii() {
+            for masker in &maskers {
                 if let Some(masked) = masker.mask(text) {
                     *text = masked;
                 }
@@ -1072,11 +1073,4 @@ async fn read_body(
             Ok(Vec::new())
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -236,7 +236,7 @@ pub async fn relay(
         }
         Some(Api::OpenAi) => Translator::ToOpenAi(Box::new(AnthropicToOpenAiStream::new(
             &relay.model,
-            unix_now(),
+            crate::plane::unix_now(),
             relay.client_usage,
         ))),
         None => Translator::None,
@@ -301,8 +301,8 @@ pub async fn relay(
                 metered.usage.absorb(u);
                 saw_usage = true;
             }
-            if let Some(text) = provider_text(relay.provider_api, &data) {
-                metered.streamed_text += text;
+            if let Some(text) = api::text_delta(relay.provider_api, &data) {
+                metered.streamed_text += text.len();
             }
             let name = event.event.as_deref();
             if relay.provider_api == Api::Anthropic && name == Some("message_stop") {
@@ -396,17 +396,4 @@ pub async fn relay(
     } else {
         StreamEnd::Complete(metered)
     }
-}
-
-/// The bytes of answer text a provider event carries (the estimate's basis).
-fn provider_text(provider: Api, data: &Value) -> Option<usize> {
-    let mut probe = data.clone();
-    api::text_delta_mut(provider, &mut probe).map(|t| t.len())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

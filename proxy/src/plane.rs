@@ -96,6 +96,14 @@ impl Plane {
 
 /// Milliseconds of one process-wide monotonic clock: what every worker passes to the rate
 /// limiters, so their slots agree.
+/// Wall-clock Unix seconds (key expiry, budget periods, `created` of translated answers).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64

@@ -319,7 +319,7 @@ fn key<'g>(
     head: &RequestHead,
     buf: &[u8],
 ) -> Result<(Option<KeySource>, Option<&'g KeyEntry>), Refusal> {
-    match auth::check(head, buf, &gateway.keys, unix_now()) {
+    match auth::check(head, buf, &gateway.keys, crate::plane::unix_now()) {
         KeyCheck::Valid { source, entry, .. } => Ok((Some(source), Some(entry))),
         failed => Err(Refusal::Key {
             missing: matches!(failed, KeyCheck::Missing),
@@ -334,7 +334,7 @@ fn expiry_warning(gateway: &CompiledGateway, entry: &KeyEntry, effects: &mut Eff
     let Some(at) = entry.key_expires_at else {
         return;
     };
-    let left = at - unix_now();
+    let left = at - crate::plane::unix_now();
     if left <= gateway.key_expiry_warning {
         effects
             .response_headers
@@ -362,11 +362,4 @@ fn matched<'g>(
         .get(route.id as usize)
         .ok_or(Refusal::NoRoute)?;
     Ok((route, rule))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

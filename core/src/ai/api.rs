@@ -205,6 +205,23 @@ pub fn text_delta_mut(api: Api, event_data: &mut Value) -> Option<&mut String> {
     }
 }
 
+/// The text a streamed event carries, read-only ([`text_delta_mut`]'s field).
+pub fn text_delta(api: Api, event_data: &Value) -> Option<&str> {
+    match api {
+        Api::OpenAi => event_data.pointer("/choices/0/delta/content")?.as_str(),
+        Api::Anthropic => {
+            if event_data.get("type").and_then(Value::as_str) != Some("content_block_delta") {
+                return None;
+            }
+            let delta = event_data.get("delta")?;
+            if delta.get("type").and_then(Value::as_str) != Some("text_delta") {
+                return None;
+            }
+            delta.get("text")?.as_str()
+        }
+    }
+}
+
 /// Whether no more text of the current block comes after this event, so text held back for
 /// masking must be flushed now: an OpenAI chunk with a choice whose `finish_reason` is set; an
 /// Anthropic `content_block_stop`, `message_delta` or `message_stop`.

@@ -34,7 +34,7 @@ use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
 use crate::model::{Invalid, Stage};
-use crate::plugins::{PluginDef, SettingDoc};
+use crate::plugins::{PluginDef, SettingDoc, typed};
 
 /// `prompt_guard` in the plugin catalogue.
 pub const PROMPT_GUARD_DEF: PluginDef = PluginDef {
@@ -212,17 +212,8 @@ fn name_problem(name: &str) -> Option<String> {
     bad.then(|| "use only A-Z, a-z, 0-9, _, . and -".to_owned())
 }
 
-/// The plugin catalogue's parsing, here until `plugins::typed` is shared with this module:
-/// serde errors with their JSON path, relative to `settings`.
-fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        Invalid::new(path, e.into_inner().to_string())
-    })
-}
-
-fn regex_problem(err: regex::Error) -> String {
+/// A pattern compile error as the admin API tells it (shared with `pii`).
+pub(super) fn regex_problem(err: regex::Error) -> String {
     match err {
         regex::Error::CompiledTooBig(limit) => {
             format!("compiles to more than {limit} bytes; use a simpler pattern")

@@ -54,8 +54,9 @@ use std::sync::Arc;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
+use super::guard::regex_problem;
 use crate::model::{Invalid, Stage};
-use crate::plugins::{PluginDef, SettingDoc};
+use crate::plugins::{PluginDef, SettingDoc, typed};
 
 /// `pii_masking` in the plugin catalogue.
 pub const PII_MASKING_DEF: PluginDef = PluginDef {
@@ -392,23 +393,6 @@ fn name_problem(name: &str) -> Option<String> {
 
 /// The plugin catalogue's parsing, here until `plugins::typed` is shared with this module:
 /// serde errors with their JSON path, relative to `settings`.
-fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        Invalid::new(path, e.into_inner().to_string())
-    })
-}
-
-fn regex_problem(err: regex::Error) -> String {
-    match err {
-        regex::Error::CompiledTooBig(limit) => {
-            format!("compiles to more than {limit} bytes; use a simpler pattern")
-        }
-        other => other.to_string(),
-    }
-}
-
 /// One entity the masker looks for: a built-in (`kind: Some`) or a custom pattern.
 #[derive(Debug)]
 struct Detector {
@@ -1465,49 +1449,5 @@ mod tests {
         assert_eq!(s.held(), 0);
         assert_eq!(s.push("again"), "");
         assert_eq!(s.finish(), "again");
-    }
-
-    /// Not a unit test: run by hand with
-    /// `cargo test --release -p shardgate-core --lib ai::pii::tests::clean_text_timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn clean_text_timing() {
-        let m = Arc::new(default_masker());
-        let mut text = String::new();
-        while text.len() < 4096 {
-            text.push_str(CLEAN_PROSE);
-            text.push(' ');
-        }
-        let text = &text[..ceil_char_boundary(&text, 4096)];
-        let rounds = 20_000u32;
-        let started = std::time::Instant::now();
-        for _ in 0..rounds {
-            assert!(m.mask(std::hint::black_box(text)).is_none());
-        }
-        println!(
-            "mask of {} clean bytes: {:?}",
-            text.len(),
-            started.elapsed() / rounds
-        );
-
-        let deltas: Vec<String> = text
-            .chars()
-            .collect::<Vec<_>>()
-            .chunks(4)
-            .map(|c| c.iter().collect())
-            .collect();
-        let started = std::time::Instant::now();
-        let mut s = StreamMasker::new(m);
-        let mut out = 0;
-        for _ in 0..100 {
-            for delta in &deltas {
-                out += s.push(delta).len();
-            }
-        }
-        out += s.finish().len();
-        println!(
-            "stream push of 4-char deltas: {:?} per delta ({out} bytes out)",
-            started.elapsed() / (100 * deltas.len() as u32)
-        );
     }
 }

@@ -159,7 +159,9 @@ pub fn parse_settings(name: &str, settings: &serde_json::Value) -> Result<Plugin
     })
 }
 
-fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<T, Invalid> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
