@@ -16,11 +16,13 @@
 //! OpenAI clients that did not ask for `stream_options.include_usage` never see the usage
 //! chunk the gateway asked the provider for.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use shardgate_core::ai::api::{self, Api, Usage};
+use shardgate_core::ai::event::{EventView, with_text};
 use shardgate_core::ai::pii::{PiiMasker, StreamMasker};
 use shardgate_core::ai::sse::{SseParser, write_event};
 use shardgate_core::ai::translate::{
@@ -59,6 +61,8 @@ struct Out {
     /// The index of the last Anthropic text block seen (for a flushed mask's tail).
     text_block: u64,
     client_usage: bool,
+    /// An event's data with masked text, reused from event to event.
+    scratch: String,
 }
 
 impl Out {
@@ -83,6 +87,42 @@ impl Out {
             return;
         }
         write_event(&mut self.buf, event, &data.to_string());
+    }
+
+    /// Writes an event of the client's own API, read by [`EventView`] instead of as a
+    /// document: the provider's bytes pass through as they are, or with just the text's
+    /// JSON string replaced when the masks changed it. Exactly what [`emit`](Self::emit)
+    /// does with the parsed document, in fewer steps.
+    fn emit_view(&mut self, event: Option<&str>, data: &str, view: EventView<'_>) {
+        if self.ingress == Api::OpenAi && view.usage_only && !self.client_usage {
+            return;
+        }
+        if self.masks.is_empty() {
+            write_event(&mut self.buf, event, data);
+            return;
+        }
+        if view.ends_text {
+            // Once per block: the held text goes into (OpenAI) or before (Anthropic) this
+            // event, which the document path builds.
+            match serde_json::from_str::<Value>(data) {
+                Ok(doc) => self.emit(event, doc),
+                Err(_) => write_event(&mut self.buf, event, data),
+            }
+            return;
+        }
+        let Some(delta) = view.text else {
+            write_event(&mut self.buf, event, data);
+            return;
+        };
+        let mut text = delta.text;
+        for m in &mut self.masks {
+            text = Cow::Owned(m.push(&text));
+        }
+        if let Some(i) = view.index {
+            self.text_block = i;
+        }
+        with_text(&mut self.scratch, data, &delta.span, &text);
+        write_event(&mut self.buf, event, &self.scratch);
     }
 
     /// Emits the text the masks still hold: into `ending` when it is an OpenAI chunk (its
@@ -115,7 +155,8 @@ impl Out {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_owned();
-                    delta["content"] = Value::from(tail + &before);
+                    // The event's own (released) text comes first: the held text follows it.
+                    delta["content"] = Value::from(before + &tail);
                 }
             }
             (Api::OpenAi, None) => {
@@ -247,6 +288,7 @@ pub async fn relay(
         masks: pii.iter().map(|m| StreamMasker::new(m.clone())).collect(),
         text_block: 0,
         client_usage: relay.client_usage,
+        scratch: String::new(),
     };
     let mut metered = Metered::default();
     let mut saw_usage = false;
@@ -276,6 +318,7 @@ pub async fn relay(
     let mut error_sent = false;
     let mut translated_openai = Vec::new();
     let mut translated_anthropic = Vec::new();
+    let mut spare = Vec::with_capacity(4096);
     while !ended && !failed {
         decoded.clear();
         let body_ended = match answer.read_body(&mut decoded, read_timeout, &timer).await {
@@ -293,6 +336,26 @@ pub async fn relay(
                 ended = true;
                 break;
             }
+            let name = event.event.as_deref();
+            // An event in the client's own API (no translation) is read without building a
+            // document, unless it is the provider's error event (told in our words below).
+            if matches!(translator, Translator::None)
+                && !(relay.provider_api == Api::Anthropic && name == Some("error"))
+                && let Some(view) = EventView::parse(relay.provider_api, &event.data)
+            {
+                if let Some(u) = view.usage {
+                    metered.usage.absorb(u);
+                    saw_usage = true;
+                }
+                if let Some(t) = &view.text {
+                    metered.streamed_text += t.text.len();
+                }
+                if relay.provider_api == Api::Anthropic && name == Some("message_stop") {
+                    ended = true;
+                }
+                out.emit_view(name, &event.data, view);
+                continue;
+            }
             let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
                 failed = true;
                 break;
@@ -304,7 +367,6 @@ pub async fn relay(
             if let Some(text) = api::text_delta(relay.provider_api, &data) {
                 metered.streamed_text += text.len();
             }
-            let name = event.event.as_deref();
             if relay.provider_api == Api::Anthropic && name == Some("message_stop") {
                 ended = true;
             }
@@ -371,7 +433,9 @@ pub async fn relay(
             }
         }
         if !out.buf.is_empty() || ended || failed {
-            let mut chunk = Vec::with_capacity(out.buf.len() + 16);
+            // One buffer for every write of the stream: the write gives it back.
+            let mut chunk = std::mem::take(&mut spare);
+            chunk.clear();
             if chunked {
                 if !out.buf.is_empty() {
                     wire::push_chunk_size(&mut chunk, out.buf.len());
@@ -385,8 +449,12 @@ pub async fn relay(
                 chunk.extend_from_slice(&out.buf);
             }
             out.buf.clear();
-            if !chunk.is_empty() && client.write(chunk).await.is_err() {
-                return StreamEnd::ClientGone(metered);
+            if !chunk.is_empty() {
+                let (res, back) = client.write_returning(chunk).await;
+                if res.is_err() {
+                    return StreamEnd::ClientGone(metered);
+                }
+                spare = back;
             }
         }
     }
@@ -395,5 +463,144 @@ pub async fn relay(
         StreamEnd::ProviderFailed(metered)
     } else {
         StreamEnd::Complete(metered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shardgate_core::ai::pii::PiiSettings;
+
+    fn out(ingress: Api, window: usize) -> Out {
+        let settings = PiiSettings::parse(&json!({"stream_window": window})).expect("settings");
+        let masker = Arc::new(PiiMasker::new(&settings).expect("masker"));
+        Out {
+            ingress,
+            buf: Vec::new(),
+            masks: vec![StreamMasker::new(masker)],
+            text_block: 0,
+            client_usage: false,
+            scratch: String::new(),
+        }
+    }
+
+    /// What a client reads: each event (name, parsed data) and the text of its deltas.
+    fn read(api: Api, buf: &[u8]) -> (Vec<(Option<String>, Value)>, String) {
+        let mut parser = SseParser::new(MAX_EVENT_BYTES);
+        parser.push(buf).expect("valid SSE");
+        let (mut events, mut text) = (Vec::new(), String::new());
+        while let Some(e) = parser.next_event() {
+            let data: Value = serde_json::from_str(&e.data).expect("JSON");
+            if let Some(t) = api::text_delta(api, &data) {
+                text.push_str(t);
+            }
+            events.push((e.event, data));
+        }
+        (events, text)
+    }
+
+    /// The same events through the document path and through the view: the client reads
+    /// the same events and the same masked text, however the window cuts it.
+    fn both_paths(api: Api, events: &[(Option<&str>, String)], want: &str) {
+        for window in [16, 256] {
+            let (mut doc, mut fast) = (out(api, window), out(api, window));
+            for (name, data) in events {
+                doc.emit(*name, serde_json::from_str(data).expect("JSON"));
+                let view = EventView::parse(api, data).expect("the fast path reads it");
+                fast.emit_view(*name, data, view);
+            }
+            doc.flush_masks(None);
+            fast.flush_masks(None);
+            let (doc_events, doc_text) = read(api, &doc.buf);
+            let (fast_events, fast_text) = read(api, &fast.buf);
+            assert_eq!(doc_text, want, "window {window}");
+            assert_eq!(fast_text, want, "window {window}");
+            assert_eq!(doc_events, fast_events, "window {window}");
+        }
+    }
+
+    #[test]
+    fn openai_chunks_relay_the_same_through_the_view_and_the_document() {
+        let words = [
+            "Reach me at bob",
+            "@example",
+            ".com or 4111 1111",
+            " 1111 1111 now",
+        ];
+        let mut events: Vec<(Option<&str>, String)> = words
+            .iter()
+            .map(|w| {
+                let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                    "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]});
+                (None, chunk.to_string())
+            })
+            .collect();
+        // The last text arrives with the finish reason: what the masks released from it
+        // comes before what they still held.
+        events.push((
+            None,
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":" and then \"bye\" to you all."},"finish_reason":"stop"}]}"#
+                .into(),
+        ));
+        events.push((
+            None,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}"#.into(),
+        ));
+        both_paths(
+            Api::OpenAi,
+            &events,
+            "Reach me at [EMAIL] or [CREDIT_CARD] now and then \"bye\" to you all.",
+        );
+        // The usage chunk the client did not ask for is hidden on both paths.
+        let mut fast = out(Api::OpenAi, 16);
+        let (name, data) = &events[5];
+        fast.emit_view(
+            *name,
+            data,
+            EventView::parse(Api::OpenAi, data).expect("read"),
+        );
+        assert!(fast.buf.is_empty());
+    }
+
+    #[test]
+    fn anthropic_events_relay_the_same_through_the_view_and_the_document() {
+        let mut events = vec![
+            (
+                Some("message_start"),
+                r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":5}}}"#
+                    .to_string(),
+            ),
+            (
+                Some("content_block_start"),
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#
+                    .into(),
+            ),
+        ];
+        for w in [
+            "mail alice",
+            "@example.org",
+            " or call +44 20 7946",
+            " 0958 today",
+        ] {
+            let e = json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": w}});
+            events.push((Some("content_block_delta"), e.to_string()));
+        }
+        events.push((
+            Some("content_block_stop"),
+            r#"{"type":"content_block_stop","index":0}"#.into(),
+        ));
+        events.push((
+            Some("message_delta"),
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":12}}"#
+                .into(),
+        ));
+        events.push((Some("message_stop"), r#"{"type":"message_stop"}"#.into()));
+        both_paths(
+            Api::Anthropic,
+            &events,
+            "mail [EMAIL] or call [PHONE] today",
+        );
     }
 }

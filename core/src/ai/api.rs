@@ -61,38 +61,54 @@ pub fn usage_of(api: Api, response_or_event: &Value) -> Option<Usage> {
     match api {
         Api::OpenAi => {
             let usage = response_or_event.get("usage")?;
-            let prompt = count(usage, "prompt_tokens");
-            let completion = count(usage, "completion_tokens");
-            if prompt.is_none() && completion.is_none() {
-                return None;
-            }
-            Some(Usage {
-                prompt: prompt.unwrap_or(0),
-                completion: completion.unwrap_or(0),
-            })
+            Usage::openai(
+                count(usage, "prompt_tokens"),
+                count(usage, "completion_tokens"),
+            )
         }
         Api::Anthropic => {
             let usage = response_or_event
                 .get("usage")
                 .filter(|u| u.is_object())
                 .or_else(|| response_or_event.get("message")?.get("usage"))?;
-            let fields = [
-                count(usage, "input_tokens"),
-                count(usage, "cache_creation_input_tokens"),
-                count(usage, "cache_read_input_tokens"),
-            ];
-            let output = count(usage, "output_tokens");
-            if fields.iter().all(Option::is_none) && output.is_none() {
-                return None;
-            }
-            Some(Usage {
-                prompt: fields
-                    .iter()
-                    .flatten()
-                    .fold(0u64, |sum, n| sum.saturating_add(*n)),
-                completion: output.unwrap_or(0),
-            })
+            Usage::anthropic(
+                [
+                    count(usage, "input_tokens"),
+                    count(usage, "cache_creation_input_tokens"),
+                    count(usage, "cache_read_input_tokens"),
+                ],
+                count(usage, "output_tokens"),
+            )
         }
+    }
+}
+
+impl Usage {
+    /// OpenAI's `prompt_tokens` and `completion_tokens`; `None` when both are absent.
+    pub(crate) fn openai(prompt: Option<u64>, completion: Option<u64>) -> Option<Usage> {
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        Some(Usage {
+            prompt: prompt.unwrap_or(0),
+            completion: completion.unwrap_or(0),
+        })
+    }
+
+    /// Anthropic's `input_tokens`, `cache_creation_input_tokens` and
+    /// `cache_read_input_tokens` (summed as the prompt) and `output_tokens`; `None` when all
+    /// are absent.
+    pub(crate) fn anthropic(input: [Option<u64>; 3], output: Option<u64>) -> Option<Usage> {
+        if input.iter().all(Option::is_none) && output.is_none() {
+            return None;
+        }
+        Some(Usage {
+            prompt: input
+                .iter()
+                .flatten()
+                .fold(0u64, |sum, n| sum.saturating_add(*n)),
+            completion: output.unwrap_or(0),
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod event;
 pub mod guard;
 pub mod pii;
 pub mod sse;

@@ -265,7 +265,7 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     }
     let mut rest = data;
     loop {
-        let (line, next) = match rest.find(['\r', '\n']) {
+        let (line, next) = match memchr::memchr2(b'\r', b'\n', rest.as_bytes()) {
             Some(at) => {
                 let width = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
                 (&rest[..at], Some(&rest[at + width..]))
