@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod cpu;
+pub mod cpus;
 pub mod fixture;
 pub mod summary;
 pub mod tls;

@@ -19,7 +19,7 @@ mod targets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub idle_conns: usize,
     pub admin_keys: usize,
     pub admin_writes: usize,
+    /// `--ai on|off`: the AI gateway's cost (`ai_bench`).
+    pub ai: bool,
     pub out: PathBuf,
     pub bin_dir: PathBuf,
     pub wrk: PathBuf,
@@ -84,6 +86,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
   --admin-keys N        keys present for admin write-to-live (default 100000)
   --admin-writes N      admin writes timed (default 1000; smoke 200)
+  --ai on|off           the AI gateway's cost: SSE relay and chat completions through an
+                        AI service against the plain proxy path (ai_bench; default on)
   --out DIR             results directory (default bench/results; smoke target/bench-smoke)
   --bin-dir DIR         where shardgate, upstream and admin_write are (default: beside this)
   --wrk PATH, --nginx PATH
@@ -130,6 +134,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         idle_conns: 10_000,
         admin_keys: 100_000,
         admin_writes: if smoke { 200 } else { 1_000 },
+        ai: true,
         out: PathBuf::from(if smoke {
             "target/bench-smoke"
         } else {
@@ -179,6 +184,13 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
             "--idle-conns" => c.idle_conns = num(&flag, value()?)?,
             "--admin-keys" => c.admin_keys = num(&flag, value()?)?,
             "--admin-writes" => c.admin_writes = num(&flag, value()?)?,
+            "--ai" => {
+                c.ai = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--ai: {other:?} is neither on nor off")),
+                }
+            }
             "--out" => c.out = PathBuf::from(value()?),
             "--bin-dir" => c.bin_dir = PathBuf::from(value()?),
             "--wrk" => c.wrk = PathBuf::from(value()?),
@@ -947,6 +959,14 @@ fn run(config: &Config) -> Result<(), String> {
     if let Some(e) = admin.get("error").and_then(Value::as_str) {
         notes.push(format!("admin write-to-live failed: {e}"));
     }
+    let ai = if config.ai {
+        ai_bench(config, &progress)
+    } else {
+        json!({"skipped": true})
+    };
+    if let Some(e) = ai.get("error").and_then(Value::as_str) {
+        notes.push(format!("AI gateway bench failed: {e}"));
+    }
 
     let results = json!({
         "schema": 1,
@@ -969,6 +989,7 @@ fn run(config: &Config) -> Result<(), String> {
             "idle_conns": idle_conns,
             "admin_keys": config.admin_keys,
             "admin_writes": config.admin_writes,
+            "ai": config.ai,
             "build_seconds": config.build_seconds,
         },
         "shardgate_workers": drivers,
@@ -984,6 +1005,7 @@ fn run(config: &Config) -> Result<(), String> {
         "memory_end": memory_end,
         "idle": idle,
         "admin_write": admin,
+        "ai": ai,
         "notes": notes,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -1003,6 +1025,9 @@ fn run(config: &Config) -> Result<(), String> {
     ));
     if let Some(e) = results["admin_write"]["error"].as_str() {
         return Err(format!("admin_write failed (report written anyway): {e}"));
+    }
+    if let Some(e) = results["ai"]["error"].as_str() {
+        return Err(format!("ai_bench failed (report written anyway): {e}"));
     }
     Ok(())
 }
@@ -1090,6 +1115,40 @@ fn idle_test(
     // Let the proxy notice the closes before the next phase.
     std::thread::sleep(Duration::from_millis(500));
     Ok(v)
+}
+
+/// Runs `ai_bench` (bench/src/bin/ai_bench.rs) on the same CPUs: its Markdown section goes
+/// into the report as it is, its figures into the JSON.
+fn ai_bench(config: &Config, progress: &Progress) -> Value {
+    progress.say("AI gateway: SSE relay and chat completions, ai vs plain (ai_bench)");
+    let json_path = std::env::temp_dir().join(format!("ai_bench-{}.json", std::process::id()));
+    let mut cmd = Command::new(config.bin_dir.join("ai_bench"));
+    cmd.arg("--binary")
+        .arg(config.bin_dir.join("shardgate"))
+        .args(["--proxy-cpus", &sys::cpu_list_string(&config.proxy_cpus)])
+        .args(["--load-cpus", &sys::cpu_list_string(&config.load_cpus)])
+        .args(["--workers", &config.workers.to_string()])
+        .arg("--json")
+        .arg(&json_path);
+    if config.smoke {
+        cmd.arg("--smoke");
+    } else {
+        cmd.args(["--rounds", &config.rounds.to_string()]);
+    }
+    let out = match cmd.stderr(Stdio::inherit()).output() {
+        Ok(o) => o,
+        Err(e) => return json!({"error": format!("cannot run ai_bench: {e}")}),
+    };
+    let markdown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let data = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let _ = std::fs::remove_file(&json_path);
+    match (out.status.success(), data) {
+        (true, Some(data)) => json!({"markdown": markdown, "data": data}),
+        (true, None) => json!({"error": "ai_bench wrote no figures"}),
+        (false, _) => json!({"error": format!("ai_bench exited {:?}", out.status.code())}),
+    }
 }
 
 /// Runs `admin_write` (bench/src/bin/admin_write.rs) and parses its percentiles.

@@ -449,6 +449,15 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         let _ = writeln!(md);
     }
 
+    let ai = &results["ai"];
+    if let Some(section) = ai["markdown"].as_str() {
+        let _ = writeln!(md, "{}", section.trim_end());
+        let _ = writeln!(md);
+    } else if let Some(e) = ai["error"].as_str() {
+        let _ = writeln!(md, "## AI gateway: SSE relay and chat completion cost\n");
+        let _ = writeln!(md, "Failed: `{}`\n", e.lines().next().unwrap_or(e));
+    }
+
     let _ = writeln!(md, "## Admin write-to-live\n");
     let a = &results["admin_write"];
     if let Some(e) = a["error"].as_str() {
