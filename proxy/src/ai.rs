@@ -740,22 +740,7 @@ impl Exchange<'_> {
         }
         let out = serde_json::to_vec(&value)
             .map_err(|e| AiError::new(500, format!("cannot encode the answer: {e}")))?;
-        let mut head = Vec::with_capacity(512 + out.len());
-        response_head(
-            &mut head,
-            200,
-            "application/json",
-            Some(out.len()),
-            !self.keep_alive,
-            self.req,
-            self.effects,
-            quota,
-        );
-        head.extend_from_slice(&out);
-        self.client
-            .write(head)
-            .await
-            .map_err(|_| Failed::ClientGone)?;
+        self.answer_json(&out, quota).await?;
         Ok(Metered {
             usage: usage.unwrap_or_default(),
             exact: usage.is_some(),
@@ -785,7 +770,12 @@ impl Exchange<'_> {
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
             .collect();
         let body = serde_json::json!({"object": "list", "data": data}).to_string();
-        let mut out = Vec::with_capacity(256 + body.len());
+        self.answer_json(body.as_bytes(), None).await
+    }
+
+    /// A 200 with a JSON body, and the quota's headers when there is one.
+    async fn answer_json(&mut self, body: &[u8], quota: Option<Quota>) -> Result<(), Failed> {
+        let mut out = Vec::with_capacity(512 + body.len());
         response_head(
             &mut out,
             200,
@@ -794,9 +784,9 @@ impl Exchange<'_> {
             !self.keep_alive,
             self.req,
             self.effects,
-            None,
+            quota,
         );
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(body);
         self.client.write(out).await.map_err(|_| Failed::ClientGone)
     }
 }

@@ -124,6 +124,38 @@ fn native_and_translated_calls_stream_or_not_carry_the_providers_content_and_onl
                 );
             }
         }
+        // `GET …/models` lists the service's default and each provider's allowed models and
+        // aliases (the service allows any), once each, sorted.
+        let listed = s.tenant.upstream(
+            "listed",
+            vec![s.openai.target(
+                "openai",
+                OPENAI_KEY,
+                json!({"models": {"allow": ["gpt-4o-mini"], "aliases": {"fast": "gpt-4o-mini"}}}),
+            )],
+            json!({}),
+        );
+        let service = s.tenant.service(
+            "listed",
+            &listed,
+            json!({"type": "ai", "ai": {"models": {"default": "gpt-4o-mini"}}}),
+        );
+        s.tenant
+            .rule(json!({"path": "/listed/*", "service_id": service}));
+        let models = s
+            .tenant
+            .anonymous()
+            .header("Authorization", &format!("Bearer {key}"))
+            .get("/listed/v1/models")
+            .expect_status(200)
+            .json();
+        assert_eq!(models["object"], "list", "[{driver}] {models}");
+        let ids: Vec<&str> = models["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|m| m["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids, ["fast", "gpt-4o-mini"], "[{driver}] {models}");
+
         // The credential is never shown by the admin API.
         let upstreams = s
             .tenant
