@@ -6,7 +6,7 @@
 //! them), the compiled immutable [`snapshot::Snapshot`] that workers read, request-path
 //! normalization ([`path`]), the [`router`], the API [`keys`] table, load balancing
 //! ([`balance`]), HTTP/1.1 framing ([`http1`]), CIDR sets ([`net`]) and the cross-core rate
-//! limiter ([`ratelimit`]), what workers count for the usage export ([`usage`]), and the AI
+//! limiter ([`ratelimit`]), the id hasher of per-request maps ([`fxhash`]), what workers count for the usage export ([`usage`]), and the AI
 //! gateway's model, stream codec, API facts, OpenAI ⇄ Anthropic translation, guardrails and
 //! budgets ([`ai`]).
 //!
@@ -22,6 +22,7 @@ pub mod ai;
 pub mod balance;
 pub mod certs;
 pub mod duration;
+pub mod fxhash;
 pub mod http1;
 pub mod keys;
 pub mod metrics;

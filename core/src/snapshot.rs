@@ -23,6 +23,7 @@ use crate::ai::guard::PromptGuard;
 use crate::ai::pii::PiiMasker;
 use crate::balance::{Balancer, TargetWeight, hash_bytes};
 use crate::certs::ServerCertificates;
+use crate::fxhash::IdMap;
 use crate::keys::KeyTable;
 use crate::model::{
     Algorithm, GatewayStatus, Invalid, PluginConfig, Protocol, Record, RuleSpec, ServiceSpec,
@@ -38,7 +39,7 @@ use crate::state::{GatewayState, State};
 pub struct Snapshot {
     /// Monotonic version; workers report the version they applied.
     pub version: u64,
-    by_id: HashMap<Uuid, Arc<CompiledGateway>>,
+    by_id: IdMap<Arc<CompiledGateway>>,
     by_subdomain: HashMap<Box<str>, Arc<CompiledGateway>>,
     /// The HTTPS listener's SNI table (shared with the state that built it).
     pub certificates: Arc<ServerCertificates>,
@@ -122,7 +123,7 @@ impl Snapshot {
 
     fn from_parts(
         version: u64,
-        by_id: HashMap<Uuid, Arc<CompiledGateway>>,
+        by_id: IdMap<Arc<CompiledGateway>>,
         certificates: Arc<ServerCertificates>,
     ) -> Snapshot {
         let by_subdomain = by_id
@@ -276,10 +277,10 @@ pub struct CompiledGateway {
     pub rules: Vec<CompiledRule>,
     /// The gateway's `required_plugins`, by stage.
     pub plugins: Chains,
-    pub services: HashMap<Uuid, Arc<CompiledService>>,
-    pub upstreams: HashMap<Uuid, Arc<CompiledUpstream>>,
+    pub services: IdMap<Arc<CompiledService>>,
+    pub upstreams: IdMap<Arc<CompiledUpstream>>,
     /// Keys with a `budget`, by key id.
-    pub budgets: HashMap<Uuid, Arc<KeyBudget>>,
+    pub budgets: IdMap<Arc<KeyBudget>>,
 }
 
 /// An upstream ready for target selection.
@@ -509,12 +510,12 @@ impl CompiledGateway {
             Chains::default()
         });
 
-        let upstreams: HashMap<Uuid, Arc<CompiledUpstream>> = g
+        let upstreams: IdMap<Arc<CompiledUpstream>> = g
             .upstreams
             .iter()
             .map(|(id, u)| (*id, Arc::new(compile_upstream(u, resolver))))
             .collect();
-        let services: HashMap<Uuid, Arc<CompiledService>> = g
+        let services: IdMap<Arc<CompiledService>> = g
             .services
             .iter()
             .map(|(id, s)| {
@@ -614,7 +615,7 @@ impl CompiledGateway {
 
 fn rule_target(
     spec: &RuleSpec,
-    services: &HashMap<Uuid, Arc<CompiledService>>,
+    services: &IdMap<Arc<CompiledService>>,
 ) -> Result<RuleTarget, RuleError> {
     let lookup = |id: Uuid| {
         services
