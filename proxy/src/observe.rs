@@ -15,11 +15,14 @@
 //! the access log.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use shardgate_core::fxhash::Fx;
 use shardgate_core::metrics::{Cause, Observation};
 use shardgate_core::snapshot::Snapshot;
 use shardgate_core::usage;
@@ -249,7 +252,8 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
         // Like nginx: the client closed before it was answered.
         trace.obs.status = 499;
     }
-    trace.obs.total_us = trace.start.elapsed().as_micros() as u64;
+    let now = Instant::now();
+    trace.obs.total_us = now.saturating_duration_since(trace.start).as_micros() as u64;
     let plane = ctx.plane();
     let (metrics, usage) = (plane.settings.request_metrics, plane.settings.usage);
     if metrics || usage {
@@ -262,12 +266,16 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
         plane.metrics.record(&trace.obs, metrics, usage);
     }
     if let Some(log) = &plane.access_log {
-        log.push(|out| write_line(out, trace, ctx.id(), peer), &plane.metrics);
+        log.push(
+            |out| write_line(out, trace, ctx.id(), peer, now),
+            &plane.metrics,
+        );
     }
 }
 
 /// Appends `,"name":` and `value` as a JSON string, or `null`. Values that need no
 /// escaping (the usual names and paths) are copied as they are.
+#[inline]
 fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
@@ -289,6 +297,7 @@ fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 }
 
 /// Appends `,"name":` and microseconds as seconds with six decimals (no float formatting).
+#[inline]
 fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
@@ -305,6 +314,7 @@ fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
     out.extend_from_slice(&digits);
 }
 
+#[inline]
 fn number(out: &mut Vec<u8>, name: &str, n: u64) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
@@ -312,46 +322,76 @@ fn number(out: &mut Vec<u8>, name: &str, n: u64) {
     push_decimal(out, n);
 }
 
-thread_local! {
-    /// The second the cached timestamp prefix is for, and the prefix
-    /// (`2026-11-24T04:21:25.`): formatted once per second per worker.
-    static CLOCK: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+/// A worker's wall clock for log lines: the system time read once a second, and the
+/// monotonic clock the request already read (for its total time) added to it.
+struct Clock {
+    /// When the system time was last read, and what it said (since the Unix epoch).
+    base: Option<(Instant, std::time::Duration)>,
+    /// The second the cached prefix is for, and the prefix (`2026-11-24T04:21:25.`).
+    second: u64,
+    prefix: Vec<u8>,
 }
 
-/// Appends the current UTC time as RFC 3339 with milliseconds, quoted.
-fn timestamp(out: &mut Vec<u8>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let prefix = |buf: &mut Vec<u8>| {
-        let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let _ = write!(
-            buf,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        );
+thread_local! {
+    static CLOCK: RefCell<Clock> = const {
+        RefCell::new(Clock { base: None, second: u64::MAX, prefix: Vec::new() })
     };
+}
+
+fn system_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Appends `secs`'s date and time to the second, then `.` (RFC 3339, UTC).
+fn push_prefix(buf: &mut Vec<u8>, secs: u64) {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let _ = write!(
+        buf,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+}
+
+/// Appends the UTC time at `now` as RFC 3339 with milliseconds, quoted. The system clock
+/// is read at most once a second per worker (a step of the clock shows within a second).
+fn timestamp(out: &mut Vec<u8>, now: Instant) {
     out.push(b'"');
     let cached = CLOCK.try_with(|clock| {
         let mut clock = clock.borrow_mut();
-        if clock.0 != secs {
-            clock.1.clear();
-            prefix(&mut clock.1);
-            clock.0 = secs;
+        let wall = match clock.base {
+            Some((at, wall))
+                if now >= at && now.duration_since(at) < std::time::Duration::from_secs(1) =>
+            {
+                wall + now.duration_since(at)
+            }
+            _ => {
+                let wall = system_time();
+                clock.base = Some((now, wall));
+                wall
+            }
+        };
+        let secs = wall.as_secs();
+        if clock.second != secs {
+            clock.prefix.clear();
+            push_prefix(&mut clock.prefix, secs);
+            clock.second = secs;
         }
-        out.extend_from_slice(&clock.1);
+        out.extend_from_slice(&clock.prefix);
+        wall.subsec_millis()
     });
-    if cached.is_err() {
-        prefix(out);
-    }
-    let ms = now.subsec_millis();
+    let ms = cached.unwrap_or_else(|_| {
+        let wall = system_time();
+        push_prefix(out, wall.as_secs());
+        wall.subsec_millis()
+    });
     out.extend_from_slice(&[
         b'0' + (ms / 100) as u8,
         b'0' + (ms / 10 % 10) as u8,
@@ -361,7 +401,28 @@ fn timestamp(out: &mut Vec<u8>) {
     ]);
 }
 
+/// Appends `ip:port` (`[ip]:port` for IPv6); IPv4, the usual case, without the
+/// formatting machinery.
+fn socket_addr(out: &mut Vec<u8>, peer: std::net::SocketAddr) {
+    match peer {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+            out.push(b':');
+            push_decimal(out, u64::from(v4.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(out, "{peer}");
+        }
+    }
+}
+
 /// Appends a UUID as a quoted hyphenated lowercase string, or `null`.
+#[inline]
 fn uuid(out: &mut Vec<u8>, name: &str, id: Option<Uuid>) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
@@ -377,37 +438,110 @@ fn uuid(out: &mut Vec<u8>, name: &str, id: Option<Uuid>) {
     }
 }
 
+/// Where a request went: what the `gateway` to `method` fields of its line say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Route {
+    gateway: Uuid,
+    /// `u32::MAX`: none (also for `target`; `method`: `u8::MAX`, no head read).
+    rule: u32,
+    service: Uuid,
+    upstream: Uuid,
+    target: u32,
+    method: u8,
+}
+
+/// Rendered `gateway` … `method` fields by route, for one snapshot version: most traffic
+/// takes a few routes, and one copy of a cached fragment costs less than rendering its
+/// names, ids and escapes again.
+struct Fragments {
+    version: u64,
+    rendered: HashMap<Route, Box<[u8]>, BuildHasherDefault<Fx>>,
+}
+
+/// Routes remembered per worker at most (then the cache starts over).
+const MAX_FRAGMENTS: usize = 4096;
+
+thread_local! {
+    static FRAGMENTS: RefCell<Fragments> = RefCell::new(Fragments {
+        version: u64::MAX,
+        rendered: HashMap::default(),
+    });
+}
+
+/// Appends the route's fields, from the worker's cache when it has them.
+fn route_cached(out: &mut Vec<u8>, snap: &Snapshot, route: Route) {
+    let cached = FRAGMENTS.try_with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.version != snap.version || cache.rendered.len() >= MAX_FRAGMENTS {
+            cache.rendered.clear();
+            cache.version = snap.version;
+        }
+        let fragment = cache.rendered.entry(route).or_insert_with(|| {
+            let mut fields = Vec::new();
+            route_fields(&mut fields, Some(snap), route);
+            fields.into_boxed_slice()
+        });
+        out.extend_from_slice(fragment);
+    });
+    if cached.is_err() {
+        route_fields(out, Some(snap), route);
+    }
+}
+
+/// Renders `,"gateway":…,"rule":…,"rule_id":…,"service":…,"target":…,"method":…`.
+fn route_fields(out: &mut Vec<u8>, snap: Option<&Snapshot>, route: Route) {
+    let gateway = snap.and_then(|snap| snap.gateway_by_id(route.gateway));
+    json(out, "gateway", gateway.map(|g| &*g.subdomain));
+    let rule = gateway.and_then(|g| g.rules.get(route.rule as usize));
+    json(out, "rule", rule.map(|r| r.spec.path.as_str()));
+    uuid(out, "rule_id", rule.map(|r| r.id));
+    let service = gateway.and_then(|g| g.services.get(&route.service));
+    json(out, "service", service.map(|sv| sv.spec.spec.name.as_str()));
+    let target = gateway
+        .and_then(|g| g.upstreams.get(&route.upstream))
+        .and_then(|u| u.targets.get(route.target as usize));
+    json(out, "target", target.map(|t| &*t.host_header));
+    let method = shardgate_core::metrics::METHODS
+        .get(usize::from(route.method))
+        .copied();
+    json(out, "method", method);
+}
+
 /// Appends one JSON access-log line (ending in `\n`).
-fn write_line(out: &mut Vec<u8>, trace: &mut Trace, worker: usize, peer: std::net::SocketAddr) {
+fn write_line(
+    out: &mut Vec<u8>,
+    trace: &mut Trace,
+    worker: usize,
+    peer: std::net::SocketAddr,
+    now: Instant,
+) {
     out.extend_from_slice(b"{\"time\":");
-    timestamp(out);
+    timestamp(out, now);
     trace.id();
     out.extend_from_slice(b",\"request_id\":\"");
     out.extend_from_slice(trace.id.as_bytes());
     out.push(b'"');
     number(out, "worker", worker as u64);
     out.extend_from_slice(b",\"client\":\"");
-    let _ = write!(out, "{peer}");
+    socket_addr(out, peer);
     out.push(b'"');
     let snapshot = trace.snapshot.take();
-    let gateway = snapshot
-        .as_ref()
-        .and_then(|snap| snap.gateway_by_id(trace.obs.gateway));
-    json(out, "gateway", gateway.map(|g| &*g.subdomain));
-    let rule = gateway.and_then(|g| g.rules.get(trace.rule_index? as usize));
-    json(out, "rule", rule.map(|r| r.spec.path.as_str()));
-    uuid(out, "rule_id", rule.map(|r| r.id));
-    let service = gateway.and_then(|g| g.services.get(&trace.obs.service));
-    json(out, "service", service.map(|sv| sv.spec.spec.name.as_str()));
-    let target = gateway
-        .and_then(|g| g.upstreams.get(&trace.obs.upstream))
-        .and_then(|u| u.targets.get(trace.target_index? as usize));
-    json(out, "target", target.map(|t| &*t.host_header));
-    let method = (trace.head_seen)
-        .then(|| shardgate_core::metrics::METHODS.get(usize::from(trace.obs.method)))
-        .flatten()
-        .copied();
-    json(out, "method", method);
+    let route = Route {
+        gateway: trace.obs.gateway,
+        rule: trace.rule_index.unwrap_or(u32::MAX),
+        service: trace.obs.service,
+        upstream: trace.obs.upstream,
+        target: trace.target_index.unwrap_or(u32::MAX),
+        method: if trace.head_seen {
+            trace.obs.method
+        } else {
+            u8::MAX
+        },
+    };
+    match snapshot.as_deref() {
+        Some(snap) => route_cached(out, snap, route),
+        None => route_fields(out, None, route),
+    }
     match std::str::from_utf8(&trace.path) {
         Ok(path) => json(out, "path", Some(path)),
         Err(_) => json(out, "path", Some(&String::from_utf8_lossy(&trace.path))),
@@ -442,6 +576,50 @@ mod tests {
         assert!(RequestId::parse(b"quote\"").is_none());
         assert!(RequestId::parse(&[b'a'; MAX_REQUEST_ID]).is_some());
         assert!(RequestId::parse(&[b'a'; MAX_REQUEST_ID + 1]).is_none());
+    }
+
+    #[test]
+    fn client_addresses_read_as_rust_writes_them() {
+        for peer in [
+            "127.0.0.1:42952",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.4:8081",
+            "[::1]:443",
+            "[2001:db8::7]:1",
+        ] {
+            let addr: std::net::SocketAddr = peer.parse().expect("an address");
+            let mut out = Vec::new();
+            socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).expect("ASCII"), addr.to_string());
+        }
+    }
+
+    #[test]
+    fn log_times_follow_the_system_clock() {
+        let parse = |out: &[u8]| {
+            let text = std::str::from_utf8(out).expect("ASCII");
+            let text = text.trim_matches('"');
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339")
+        };
+        let now = Instant::now();
+        let before = time::OffsetDateTime::now_utc();
+        let mut first = Vec::new();
+        timestamp(&mut first, now);
+        // The same instant again, and one later within the second the base is kept.
+        let mut again = Vec::new();
+        timestamp(&mut again, now);
+        assert_eq!(first, again);
+        let mut later = Vec::new();
+        timestamp(&mut later, now + std::time::Duration::from_millis(500));
+        let (first, later) = (parse(&first), parse(&later));
+        assert!((first - before).abs() < time::Duration::milliseconds(50));
+        let step = later - first;
+        assert!(
+            step >= time::Duration::milliseconds(499) && step <= time::Duration::milliseconds(501),
+            "{step}"
+        );
     }
 
     #[test]
