@@ -14,6 +14,7 @@
 mod load;
 mod report;
 mod scaling;
+mod side;
 mod sys;
 mod targets;
 
@@ -925,6 +926,60 @@ fn run(config: &Config) -> Result<(), String> {
         }
     }
 
+    // Side by side (issues 13 and 14): each feature's two configurations at the same time,
+    // when both were asked for (plain HTTP, the first size).
+    let mut side_by_side: Vec<Value> = Vec::new();
+    for c in &side::COMPARISONS {
+        let find = |name: &str| shardgates.iter().find(|s| s.scenario.name == name);
+        let (Some(b), Some(k)) = (find(c.baseline), find(c.candidate)) else {
+            continue;
+        };
+        let side_of = |s: &Shardgate| -> Result<side::Side, String> {
+            let t = Target::shardgate(s)?;
+            Ok(side::Side {
+                addr: t.addr(),
+                headers: t.headers(true),
+                pid: s.process.pid(),
+            })
+        };
+        let (b, k) = (side_of(b)?, side_of(k)?);
+        let size = config.sizes[0];
+        let path = path_for(size);
+        let side_load = side::Load {
+            wrk: &config.wrk,
+            script: &script,
+            cpus: &config.load_cpus,
+            connections: (config.connections / 2).max(1),
+            seconds: config.duration,
+            path: &path,
+        };
+        let mut rounds = Vec::new();
+        for round in 1..=config.rounds {
+            waited_total += wait_for_quiet(&mut quiet_budget, clk);
+            let (rb, rk) = side::round(&side_load, &b, &k, round % 2 == 1)?;
+            progress.say(&format!(
+                "side by side {round}/{} {:>6} {:<15} {:>7.2} µs CPU/req ({:>6.0} req/s)  {:<15} {:>7.2} µs CPU/req ({:>6.0} req/s)  {:+.1} %",
+                config.rounds,
+                size_label(size),
+                c.baseline,
+                rb["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN),
+                rb["rps"].as_f64().unwrap_or(0.0),
+                c.candidate,
+                rk["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN),
+                rk["rps"].as_f64().unwrap_or(0.0),
+                (rk["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
+                    / rb["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
+                    - 1.0)
+                    * 100.0
+            ));
+            rounds.push((rb, rk));
+        }
+        let mut summary = side::summary(c, rounds);
+        summary["size"] = json!(size);
+        summary["connections_each"] = json!(side_load.connections);
+        side_by_side.push(summary);
+    }
+
     if waited_total >= Duration::from_secs(1) {
         notes.push(format!(
             "the harness waited {:.0} s in all for other processes on this machine to go quiet \
@@ -1002,6 +1057,7 @@ fn run(config: &Config) -> Result<(), String> {
             "checks": tls_checks,
         },
         "runs": runs,
+        "side_by_side": side_by_side,
         "memory_end": memory_end,
         "idle": idle,
         "admin_write": admin,

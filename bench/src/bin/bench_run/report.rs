@@ -449,6 +449,72 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         let _ = writeln!(md);
     }
 
+    if let Some(sides) = results["side_by_side"].as_array()
+        && !sides.is_empty()
+    {
+        let _ = writeln!(
+            md,
+            "## Side by side: what observing a request costs
+"
+        );
+        let _ = writeln!(
+            md,
+            "Each pair of shardgates that differ in one feature runs **at the same time** on the \
+             proxy CPUs, each under its own wrk (`-t1 -c{}`) on the load CPUs, {} s per round; \
+             whatever slows the machine slows both, so the ratio of their CPU per request keeps \
+             only the feature's cost (`bench/src/bin/bench_run/side.rs`). Neither gateway is \
+             saturated as in a run alone: compare the ratios, not the absolute figures, with \
+             the table above. CPU from `schedstat`, all threads.\n",
+            sides[0]["connections_each"], c["duration_s"]
+        );
+        let _ = writeln!(
+            md,
+            "| feature | baseline → with it | CPU µs/req per round (baseline → with) | added per round | median added | target | met? |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|--:|--:|---|");
+        for side in sides {
+            let rounds = side["rounds"].as_array().cloned().unwrap_or_default();
+            let cpus: Vec<String> = rounds
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:.2} → {:.2}",
+                        f(&r["baseline"], "cpu_us_per_req"),
+                        f(&r["candidate"], "cpu_us_per_req")
+                    )
+                })
+                .collect();
+            let added: Vec<String> = side["added"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| format!("{:+.1} %", x.as_f64().unwrap_or(f64::NAN) * 100.0))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (median, limit) = (f(side, "median_added"), f(side, "limit"));
+            let _ = writeln!(
+                md,
+                "| {} | `{}` → `{}` | {} | {} | **{:+.1} %** | ≤ {:.0} % | {} |",
+                side["what"].as_str().unwrap_or("?"),
+                side["baseline"].as_str().unwrap_or("?"),
+                side["candidate"].as_str().unwrap_or("?"),
+                cpus.join(", "),
+                added.join(", "),
+                median * 100.0,
+                limit * 100.0,
+                if !median.is_finite() || side["errors"].as_u64().unwrap_or(0) > 0 {
+                    "not measured"
+                } else if median <= limit {
+                    "met"
+                } else {
+                    "**not met**"
+                }
+            );
+        }
+        let _ = writeln!(md);
+    }
+
     let ai = &results["ai"];
     if let Some(section) = ai["markdown"].as_str() {
         let _ = writeln!(md, "{}", section.trim_end());
@@ -580,14 +646,29 @@ pub fn markdown(results: &Value, stem: &str) -> String {
             })
             .collect()
     };
+    // The side-by-side figure when the run has one (it resolves a few per cent; the
+    // medians of sequential runs on a shared VM do not).
     for (what, base, with, limit) in [
         ("metrics + access log", "full-quiet", "full-logged", 0.03),
         ("usage tracking", "full-untracked", "full", 0.02),
     ] {
-        let measured = cost(base, with);
+        let side = results["side_by_side"].as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["baseline"] == base && x["candidate"] == with)
+        });
+        let (measured, how) = match side {
+            Some(x) if x["errors"].as_u64() == Some(0) => (
+                vec![(
+                    x["size"].as_u64().unwrap_or(0) as usize,
+                    f(x, "median_added"),
+                )],
+                " side by side",
+            ),
+            _ => (cost(base, with), ""),
+        };
         let _ = writeln!(
             md,
-            "| {what} cost ≤ {:.0} % CPU/request (`{with}` vs `{base}`) | {} | {} |",
+            "| {what} cost ≤ {:.0} % CPU/request (`{with}` vs `{base}`) | {}{how} | {} |",
             limit * 100.0,
             show(&measured, &|x| format!("{:+.1} %", x * 100.0)),
             verdict(&measured, &|x| x <= limit)
@@ -1047,6 +1128,40 @@ mod tests {
         // The plain table and the plugin-cost table leave the HTTPS runs out.
         let plain = md.split("## HTTPS").next().expect("plain part");
         assert!(!plain.contains("https"));
+    }
+
+    #[test]
+    fn side_by_side_rounds_are_listed_and_judge_the_issue_13_and_14_targets() {
+        let mut r = results();
+        let side = |base: f64, with: f64| {
+            (
+                json!({"cpu_us_per_req": base, "errors": 0}),
+                json!({"cpu_us_per_req": with, "errors": 0}),
+            )
+        };
+        let mut logged = crate::side::summary(
+            &crate::side::COMPARISONS[0],
+            vec![side(10.0, 10.2), side(20.0, 20.8), side(10.0, 10.1)],
+        );
+        logged["size"] = json!(1024);
+        logged["connections_each"] = json!(32);
+        let mut usage = crate::side::summary(
+            &crate::side::COMPARISONS[2],
+            vec![side(10.0, 10.3), side(10.0, 10.4), side(10.0, 10.3)],
+        );
+        usage["size"] = json!(1024);
+        r["side_by_side"] = json!([logged, usage]);
+        let md = markdown(&r, "x");
+        assert!(md.contains("## Side by side"), "{md}");
+        assert!(md.contains("| 10.00 → 10.20, 20.00 → 20.80, 10.00 → 10.10 | +2.0 %, +4.0 %, +1.0 % | **+2.0 %** | ≤ 3 % | met |"), "{md}");
+        assert!(
+            md.contains("(`full-logged` vs `full-quiet`) | 1 KiB +2.0 % side by side | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(`full` vs `full-untracked`) | 1 KiB +3.0 % side by side | **not met** |"),
+            "{md}"
+        );
     }
 
     #[test]

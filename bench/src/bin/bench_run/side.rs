@@ -1,0 +1,198 @@
+//! Side by side: the cost of one feature (issue 13's metrics and access log, issue 14's
+//! usage tracking) as the CPU per request of two shardgates that differ only in it,
+//! measured *at the same time*.
+//!
+//! Measured one after the other, two runs of the same configuration on a shared VM differ
+//! by ±10 % (neighbours come and go on the host), which hides a 2–3 % cost. Here both
+//! gateways run on the proxy CPUs together, each under its own wrk (half the connections
+//! each) on the load CPUs, for the same seconds: whatever slows the machine down slows
+//! both, and the ratio of their CPU per request keeps only what differs between them. The
+//! gateways share the proxy CPUs' caches and time, the same for both; neither is saturated
+//! the way a run alone is, so the absolute figures are not comparable with the sequential
+//! rounds', only the ratio is the point. The wrk started first alternates by round.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use shardgate_bench::cpu::threads_cpu_ns_of;
+
+use crate::load::WrkJob;
+
+/// A comparison: `candidate` costs at most `limit` more CPU per request than `baseline`.
+pub struct Comparison {
+    pub what: &'static str,
+    pub baseline: &'static str,
+    pub candidate: &'static str,
+    pub limit: f64,
+}
+
+pub const COMPARISONS: [Comparison; 3] = [
+    Comparison {
+        what: "metrics + access log",
+        baseline: "full-quiet",
+        candidate: "full-logged",
+        limit: 0.03,
+    },
+    // Issue 13's budget split: the request metrics alone (`full` has them on, no log).
+    Comparison {
+        what: "request metrics alone",
+        baseline: "full-quiet",
+        candidate: "full",
+        limit: 0.03,
+    },
+    Comparison {
+        what: "usage tracking",
+        baseline: "full-untracked",
+        candidate: "full",
+        limit: 0.02,
+    },
+];
+
+/// One gateway: where its load goes, with which headers, and its process.
+pub struct Side {
+    pub addr: SocketAddr,
+    pub headers: Vec<(String, String)>,
+    pub pid: u32,
+}
+
+/// The load both sides get (each its own wrk with these settings).
+pub struct Load<'a> {
+    pub wrk: &'a Path,
+    pub script: &'a Path,
+    pub cpus: &'a [usize],
+    pub connections: usize,
+    pub seconds: u64,
+    pub path: &'a str,
+}
+
+/// What one side did in one round.
+fn measured(wrk: &Value, cpu_ns: u64) -> Value {
+    let requests = wrk["requests"].as_u64().unwrap_or(0);
+    let duration_s = wrk["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
+    let errors: u64 = ["connect", "read", "write", "status", "timeout"]
+        .iter()
+        .map(|k| wrk["errors"][k].as_u64().unwrap_or(0))
+        .sum();
+    json!({
+        "requests": requests,
+        "rps": if duration_s > 0.0 { requests as f64 / duration_s } else { 0.0 },
+        "cpu_s": cpu_ns as f64 / 1e9,
+        "cpu_us_per_req": if requests > 0 { cpu_ns as f64 / 1e3 / requests as f64 } else { f64::NAN },
+        "errors": errors,
+    })
+}
+
+fn cpu_ns(pid: u32) -> Result<u64, String> {
+    threads_cpu_ns_of(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
+}
+
+/// One round: both sides under load at once. Returns (baseline, candidate).
+pub fn round(
+    load: &Load<'_>,
+    baseline: &Side,
+    candidate: &Side,
+    baseline_first: bool,
+) -> Result<(Value, Value), String> {
+    fn job<'a>(load: &Load<'a>, side: &'a Side) -> WrkJob<'a> {
+        WrkJob {
+            wrk: load.wrk,
+            script: load.script,
+            cpus: load.cpus,
+            threads: 1,
+            connections: load.connections,
+            seconds: load.seconds,
+            addr: side.addr,
+            path: load.path,
+            headers: &side.headers,
+        }
+    }
+    let (b0, c0) = (cpu_ns(baseline.pid)?, cpu_ns(candidate.pid)?);
+    let (first, second) = if baseline_first {
+        (job(load, baseline).spawn()?, job(load, candidate).spawn()?)
+    } else {
+        (job(load, candidate).spawn()?, job(load, baseline).spawn()?)
+    };
+    let (first, second) = (first.finish()?, second.finish()?);
+    let (b1, c1) = (cpu_ns(baseline.pid)?, cpu_ns(candidate.pid)?);
+    let (b_wrk, c_wrk) = if baseline_first {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    Ok((
+        measured(&b_wrk, b1.saturating_sub(b0)),
+        measured(&c_wrk, c1.saturating_sub(c0)),
+    ))
+}
+
+/// The median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The comparison's record: every round and the median added CPU per request.
+pub fn summary(c: &Comparison, rounds: Vec<(Value, Value)>) -> Value {
+    let added: Vec<f64> = rounds
+        .iter()
+        .map(|(b, c)| {
+            c["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
+                / b["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
+                - 1.0
+        })
+        .collect();
+    let errors: u64 = rounds
+        .iter()
+        .map(|(b, c)| b["errors"].as_u64().unwrap_or(0) + c["errors"].as_u64().unwrap_or(0))
+        .sum();
+    json!({
+        "what": c.what,
+        "baseline": c.baseline,
+        "candidate": c.candidate,
+        "limit": c.limit,
+        "rounds": rounds.iter().map(|(b, c)| json!({"baseline": b, "candidate": c})).collect::<Vec<_>>(),
+        "added": added,
+        "median_added": median(&added),
+        "errors": errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_odd_even_and_empty_sets() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
+    }
+
+    #[test]
+    fn the_summary_reports_the_median_of_the_rounds_ratios() {
+        let side = |cpu: f64| json!({"cpu_us_per_req": cpu, "errors": 0});
+        let c = &COMPARISONS[0];
+        let s = summary(
+            c,
+            vec![
+                (side(10.0), side(10.5)),
+                (side(20.0), side(20.2)),
+                (side(10.0), side(9.0)),
+            ],
+        );
+        let m = s["median_added"].as_f64().expect("a median");
+        assert!((m - 0.01).abs() < 1e-9, "{m}");
+        assert_eq!(s["added"].as_array().map(Vec::len), Some(3));
+    }
+}
