@@ -4,13 +4,17 @@
 //! are made by the gateway, and a client can only look them up, never insert one) and
 //! costs several times more per lookup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use uuid::Uuid;
 
+/// A map hashed with [`Fx`].
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+/// A set hashed with [`Fx`].
+pub type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 /// A map from ids, hashed with [`Fx`].
-pub type IdMap<V> = HashMap<Uuid, V, BuildHasherDefault<Fx>>;
+pub type IdMap<V> = FxMap<Uuid, V>;
 
 /// FxHash (rustc's): one multiply and rotate per word.
 #[derive(Default, Debug)]

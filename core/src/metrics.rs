@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-pub use crate::fxhash::Fx;
+use crate::fxhash::FxMap;
 use crate::snapshot::{CompiledGateway, CompiledUpstream, Snapshot};
 use crate::usage::UsageDelta;
 
@@ -146,8 +145,6 @@ impl Histogram {
         self.sum_us += other.sum_us;
     }
 }
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RequestKey {

@@ -17,14 +17,14 @@
 //! and (gateway, address) pairs for the anomaly detector (past it, addresses are not
 //! recorded, and `overflow` counts them; the detector may then miss a finding).
 
-use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::metrics::{BUCKETS_US, Fx, Observation};
+use crate::fxhash::{FxMap, FxSet};
+use crate::metrics::{BUCKETS_US, Observation};
 
 /// The key slot of requests without a key: public rules, and requests refused before the
 /// key check (a malformed path).
@@ -139,9 +139,6 @@ impl Counts {
         self.upstream_latency.iter().sum()
     }
 }
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
-type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 
 /// One worker's usage since the last flush.
 #[derive(Debug, Default)]

@@ -269,12 +269,8 @@ fn write_loop(rx: Receiver<Batch>, spare: Sender<Vec<u8>>, mut out: Output, tele
             }
         }
     }
-    // Disconnected: the workers are gone; write what is still queued.
-    let rest: Vec<Batch> = rx.try_iter().collect();
-    if !rest.is_empty() {
-        out.reopen_if_asked();
-        out.write(&rest, telemetry);
-    }
+    // Disconnected is only reported once the channel is empty: everything queued has
+    // been written above.
 }
 
 /// One worker's buffer of lines not yet handed to the writer.

@@ -15,14 +15,12 @@
 //! the access log.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::io::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardgate_core::fxhash::Fx;
+use shardgate_core::fxhash::FxMap;
 use shardgate_core::metrics::{Cause, Observation};
 use shardgate_core::snapshot::Snapshot;
 use shardgate_core::usage;
@@ -455,7 +453,7 @@ struct Route {
 /// names, ids and escapes again.
 struct Fragments {
     version: u64,
-    rendered: HashMap<Route, Box<[u8]>, BuildHasherDefault<Fx>>,
+    rendered: FxMap<Route, Box<[u8]>>,
 }
 
 /// Routes remembered per worker at most (then the cache starts over).
@@ -464,7 +462,7 @@ const MAX_FRAGMENTS: usize = 4096;
 thread_local! {
     static FRAGMENTS: RefCell<Fragments> = RefCell::new(Fragments {
         version: u64::MAX,
-        rendered: HashMap::default(),
+        rendered: FxMap::default(),
     });
 }
 
@@ -620,6 +618,95 @@ mod tests {
             step >= time::Duration::milliseconds(499) && step <= time::Duration::milliseconds(501),
             "{step}"
         );
+    }
+
+    /// A gateway `tenant` with one upstream, one REST service and one rule at `path`
+    /// (the same ids every call, so two states differ only in the path).
+    fn tenant(path: &str, ids: [Uuid; 4]) -> shardgate_core::state::State {
+        use shardgate_core::model::Record;
+        use shardgate_core::state::{Child, Mutation, State};
+        fn record<T: serde::de::DeserializeOwned>(id: Uuid, spec: serde_json::Value) -> Record<T> {
+            Record {
+                id,
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+                updated_at: time::OffsetDateTime::UNIX_EPOCH,
+                spec: serde_json::from_value(spec).expect("a valid spec"),
+            }
+        }
+        let [g, u, sv, r] = ids;
+        let mut state = State::default();
+        for m in [
+            Mutation::PutGateway(record(
+                g,
+                serde_json::json!({"name": "t", "subdomain": "tenant"}),
+            )),
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Upstream(record(
+                    u,
+                    serde_json::json!({"name": "u", "targets": [{"host": "127.0.0.1", "port": 9000}]}),
+                )),
+            },
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Service(record(
+                    sv,
+                    serde_json::json!({"name": "svc", "upstream_id": u}),
+                )),
+            },
+            Mutation::Put {
+                gateway_id: g,
+                entity: Child::Rule(record(
+                    r,
+                    serde_json::json!({"path": path, "service_id": sv}),
+                )),
+            },
+        ] {
+            state.apply(&m).expect("apply");
+        }
+        state
+    }
+
+    #[test]
+    fn cached_route_fields_follow_the_snapshot_they_were_rendered_for() {
+        use shardgate_core::snapshot::LiteralOnly;
+        let ids = [
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        ];
+        let route = Route {
+            gateway: ids[0],
+            rule: 0,
+            service: ids[2],
+            upstream: ids[1],
+            target: 0,
+            method: 0,
+        };
+        let render = |snap: &Snapshot| {
+            let (mut cached, mut direct) = (Vec::new(), Vec::new());
+            route_cached(&mut cached, snap, route);
+            route_fields(&mut direct, Some(snap), route);
+            assert_eq!(cached, direct, "the cache renders what route_fields does");
+            String::from_utf8(cached).expect("UTF-8")
+        };
+        let v1 = Snapshot::compile(1, &tenant("/v1/*", ids), &LiteralOnly);
+        let first = render(&v1);
+        assert!(
+            first.contains(r#""gateway":"tenant","rule":"/v1/*""#),
+            "{first}"
+        );
+        assert!(
+            first.contains(r#""service":"svc","target":"127.0.0.1:9000","method":"GET""#),
+            "{first}"
+        );
+        // Cached now: the same again.
+        assert_eq!(render(&v1), first);
+        // The same ids and indices in a later snapshot whose rule changed its path.
+        let v2 = Snapshot::compile(2, &tenant("/v2/*", ids), &LiteralOnly);
+        let second = render(&v2);
+        assert!(second.contains(r#""rule":"/v2/*""#), "{second}");
     }
 
     #[test]

@@ -967,10 +967,7 @@ fn run(config: &Config) -> Result<(), String> {
                 c.candidate,
                 rk["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN),
                 rk["rps"].as_f64().unwrap_or(0.0),
-                (rk["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
-                    / rb["cpu_us_per_req"].as_f64().unwrap_or(f64::NAN)
-                    - 1.0)
-                    * 100.0
+                side::added(&rb, &rk) * 100.0
             ));
             rounds.push((rb, rk));
         }

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::size_label;
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the finite values (NaN when there are none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return f64::NAN;
@@ -1128,6 +1129,14 @@ mod tests {
         // The plain table and the plugin-cost table leave the HTTPS runs out.
         let plain = md.split("## HTTPS").next().expect("plain part");
         assert!(!plain.contains("https"));
+    }
+
+    #[test]
+    fn the_median_of_odd_even_and_empty_sets() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+        assert_eq!(median(vec![f64::NAN, 1.0]), 1.0);
     }
 
     #[test]
