@@ -272,23 +272,24 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
 }
 
 /// Appends `,"name":` and `value` as a JSON string, or `null`. Values that need no
-/// escaping (the usual names and paths) are copied as they are.
+/// escaping (the usual names and paths) are copied as they are; others (not UTF-8 too,
+/// as a path may be) are escaped, invalid bytes replaced.
 #[inline]
-fn json(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+fn json(out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
     match value {
         Some(v)
-            if v.bytes()
-                .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) =>
+            if v.iter()
+                .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') =>
         {
             out.push(b'"');
-            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(v);
             out.push(b'"');
         }
         Some(v) => {
-            let _ = serde_json::to_writer(&mut *out, v);
+            let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(v));
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -301,15 +302,12 @@ fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
     push_decimal(out, us / 1_000_000);
-    let frac = us % 1_000_000;
-    out.push(b'.');
-    let mut digits = [b'0'; 6];
-    let mut rest = frac;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    out.extend_from_slice(&digits);
+    // `.` and the fraction's six digits as one 8-byte store ("00dddddd" moved down a
+    // byte, its remaining `0` made the `.`), the last byte cut off.
+    let frac = crate::wire::eight_digits((us % 1_000_000) as u32);
+    let start = out.len();
+    out.extend_from_slice(&(((frac >> 8) & !0xff) | u64::from(b'.')).to_le_bytes());
+    out.truncate(start + 7);
 }
 
 #[inline]
@@ -489,20 +487,24 @@ fn route_cached(out: &mut Vec<u8>, snap: &Snapshot, route: Route) {
 /// Renders `,"gateway":…,"rule":…,"rule_id":…,"service":…,"target":…,"method":…`.
 fn route_fields(out: &mut Vec<u8>, snap: Option<&Snapshot>, route: Route) {
     let gateway = snap.and_then(|snap| snap.gateway_by_id(route.gateway));
-    json(out, "gateway", gateway.map(|g| &*g.subdomain));
+    json(out, "gateway", gateway.map(|g| g.subdomain.as_bytes()));
     let rule = gateway.and_then(|g| g.rules.get(route.rule as usize));
-    json(out, "rule", rule.map(|r| r.spec.path.as_str()));
+    json(out, "rule", rule.map(|r| r.spec.path.as_bytes()));
     uuid(out, "rule_id", rule.map(|r| r.id));
     let service = gateway.and_then(|g| g.services.get(&route.service));
-    json(out, "service", service.map(|sv| sv.spec.spec.name.as_str()));
+    json(
+        out,
+        "service",
+        service.map(|sv| sv.spec.spec.name.as_bytes()),
+    );
     let target = gateway
         .and_then(|g| g.upstreams.get(&route.upstream))
         .and_then(|u| u.targets.get(route.target as usize));
-    json(out, "target", target.map(|t| &*t.host_header));
+    json(out, "target", target.map(|t| t.host_header.as_bytes()));
     let method = shardgate_core::metrics::METHODS
         .get(usize::from(route.method))
         .copied();
-    json(out, "method", method);
+    json(out, "method", method.map(str::as_bytes));
 }
 
 /// Appends one JSON access-log line (ending in `\n`).
@@ -540,10 +542,7 @@ fn write_line(
         Some(snap) => route_cached(out, snap, route),
         None => route_fields(out, None, route),
     }
-    match std::str::from_utf8(&trace.path) {
-        Ok(path) => json(out, "path", Some(path)),
-        Err(_) => json(out, "path", Some(&String::from_utf8_lossy(&trace.path))),
-    }
+    json(out, "path", Some(&trace.path));
     let o = &trace.obs;
     number(out, "status", u64::from(o.status));
     number(out, "bytes_in", o.bytes_in);
@@ -554,7 +553,7 @@ fn write_line(
     }
     seconds(out, "total_time", o.total_us);
     uuid(out, "key_id", trace.key_id.map(Uuid::from_bytes));
-    let reason = (!trace.reason.is_empty()).then_some(trace.reason.as_str());
+    let reason = (!trace.reason.is_empty()).then_some(trace.reason.as_bytes());
     json(out, "reason", reason);
     out.extend_from_slice(b"}\n");
 }
@@ -590,6 +589,48 @@ mod tests {
             let mut out = Vec::new();
             socket_addr(&mut out, addr);
             assert_eq!(String::from_utf8(out).expect("ASCII"), addr.to_string());
+        }
+    }
+
+    #[test]
+    fn log_strings_are_valid_json_whatever_their_bytes() {
+        let values: [&[u8]; 7] = [
+            b"/plain/path-1.2_3~x",
+            b"/with \"quote\"",
+            b"/back\\slash",
+            b"/tab\there\x01",
+            b"/del\x7f",
+            "/caf\u{e9}".as_bytes(),
+            b"/not-utf8-\xff\xfe",
+        ];
+        for v in values {
+            let mut out = b"{\"x\":1".to_vec();
+            json(&mut out, "path", Some(v));
+            out.push(b'}');
+            let parsed: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(parsed["path"], *String::from_utf8_lossy(v), "{v:?}");
+        }
+        let mut out = Vec::new();
+        json(&mut out, "reason", None);
+        assert_eq!(out, b",\"reason\":null");
+    }
+
+    #[test]
+    fn durations_are_seconds_with_six_decimals() {
+        for us in [
+            0,
+            1,
+            999,
+            999_999,
+            1_000_000,
+            1_234_567,
+            12_000_001,
+            987_654_321_012,
+        ] {
+            let mut out = Vec::new();
+            seconds(&mut out, "t", us);
+            let want = format!(",\"t\":{}.{:06}", us / 1_000_000, us % 1_000_000);
+            assert_eq!(String::from_utf8(out).expect("ASCII"), want);
         }
     }
 

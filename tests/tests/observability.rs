@@ -1810,7 +1810,7 @@ fn load(client: &Client, path: &str, threads: usize, per_thread: usize) -> (Vec<
 #[test]
 fn a_blocked_access_log_drops_lines_and_never_delays_requests() {
     // Lines of ~3.5 KB (the path is logged): 2,500 of them exceed the writer's channel
-    // (256 buffers of 32 KiB) plus the pipe (64 KiB), so 4 × 1,000 requests must overflow.
+    // (512 buffers of 16 KiB) plus the pipe (64 KiB), so 4 × 1,000 requests must overflow.
     const THREADS: usize = 4;
     const PER_THREAD: usize = 1_000;
     let path = format!("/items/{}", "p".repeat(3_000));
