@@ -58,6 +58,8 @@ pub struct Config {
     pub build_seconds: Option<f64>,
     pub from_json: Option<PathBuf>,
     pub quiet_wait: u64,
+    /// `--access-log PATH`: where `full-logged` writes (default: the run's work directory).
+    pub access_log: Option<PathBuf>,
 }
 
 const USAGE: &str = "\
@@ -95,6 +97,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --quiet-wait SECS     on a shared machine, wait before a run while other processes use
                         > 0.15 CPU, at most this many seconds in all (default 240; smoke 0)
   --from-json FILE      only re-render the report (Markdown, SVG) from a results JSON
+  --access-log PATH     where full-logged writes its access log (default: a file in the
+                        run's temporary directory; /dev/null leaves the file system out)
 ";
 
 fn parse_args() -> Result<Config, String> {
@@ -147,6 +151,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         build_seconds: None,
         from_json: None,
         quiet_wait: if smoke { 0 } else { 240 },
+        access_log: None,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -199,6 +204,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
             "--build-seconds" => c.build_seconds = Some(num(&flag, value()?)?),
             "--from-json" => c.from_json = Some(PathBuf::from(value()?)),
             "--quiet-wait" => c.quiet_wait = num(&flag, value()?)?,
+            "--access-log" => c.access_log = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -551,6 +557,7 @@ fn run(config: &Config) -> Result<(), String> {
                 cpus: &config.proxy_cpus,
                 workers: config.workers,
                 work_dir: &idle_dir,
+                access_log: None,
                 upstream: upstream.addr,
                 has_tls_listener,
                 pki: None,
@@ -607,6 +614,7 @@ fn run(config: &Config) -> Result<(), String> {
         cpus: &config.proxy_cpus,
         workers: config.workers,
         work_dir,
+        access_log: config.access_log.as_deref(),
         upstream: upstream.addr,
         has_tls_listener,
         pki: tls_setup.as_ref().map(|(pki, _)| pki),
@@ -977,6 +985,14 @@ fn run(config: &Config) -> Result<(), String> {
         side_by_side.push(summary);
     }
 
+    if let Some(path) = &config.access_log
+        && wanted.iter().any(|s| s.observe == targets::Observe::Logged)
+    {
+        notes.push(format!(
+            "`full-logged` wrote its access log to {} (--access-log)",
+            path.display()
+        ));
+    }
     if waited_total >= Duration::from_secs(1) {
         notes.push(format!(
             "the harness waited {:.0} s in all for other processes on this machine to go quiet \

@@ -358,6 +358,8 @@ pub struct ShardgateOptions<'a> {
     pub cpus: &'a [usize],
     pub workers: usize,
     pub work_dir: &'a Path,
+    /// Where `full-logged` writes (`None`: a file in `work_dir`).
+    pub access_log: Option<&'a Path>,
     pub upstream: SocketAddr,
     /// Whether the binary has `--tls-listen` (builds from before the HTTPS listener do
     /// not, and refuse the flag).
@@ -410,8 +412,11 @@ pub fn start_shardgate(
             cmd.args(["--usage", "off"]);
         }
         Observe::Logged => {
-            cmd.arg("--access-log")
-                .arg(opt.work_dir.join(format!("access-{slug}.log")));
+            let path = match opt.access_log {
+                Some(path) => path.to_path_buf(),
+                None => opt.work_dir.join(format!("access-{slug}.log")),
+            };
+            cmd.arg("--access-log").arg(path);
         }
     }
     let mut child = cmd
