@@ -8,8 +8,9 @@
 //! (`shardgate_access_log_lines_dropped_total`): requests never wait for the log. A write
 //! that fails (ENOSPC) loses its lines, counted in `shardgate_access_log_write_errors_total`.
 //!
-//! About half of what a line costs is the writer's: waking it, and copying the line into
-//! the page cache. So the writer is woken at most once per burst of traffic: after a write it sleeps
+//! About a third of what a line costs is the writer's (~270 ns a line on the bench VM, most
+//! of it the file system's work for the page cache), and waking it has a price of its own.
+//! So the writer is woken at most once per burst of traffic: after a write it sleeps
 //! [`BUSY_NAP`] (not parked on the channel, so a worker's `try_send` wakes nobody) and then
 //! writes everything that arrived meanwhile in one `writev`; only a channel found empty
 //! parks it again. Emptied buffers go back to the workers, which therefore never allocate

@@ -106,7 +106,9 @@ mod tests {
             push_decimal(&mut out, n);
             assert_eq!(out, format!("x{n}").into_bytes());
         }
-        for n in (0..100_000_000).step_by(9_973).chain([99_999_999]) {
+        // Every value of both 4-digit lanes, beside a high and a low neighbour lane.
+        let lanes = (0..10_000).flat_map(|v| [v * 10_001, v * 10_000 + 9_999 - v]);
+        for n in (0..100_000_000).step_by(9_973).chain(lanes) {
             let text = format!("{n:08}");
             assert_eq!(eight_digits(n).to_le_bytes(), text.as_bytes(), "{n}");
         }

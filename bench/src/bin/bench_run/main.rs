@@ -1071,6 +1071,7 @@ fn run(config: &Config) -> Result<(), String> {
         },
         "runs": runs,
         "side_by_side": side_by_side,
+        "access_log": config.access_log.as_ref().map(|p| p.display().to_string()),
         "memory_end": memory_end,
         "idle": idle,
         "admin_write": admin,

@@ -506,6 +506,8 @@ pub fn markdown(results: &Value, stem: &str) -> String {
                 limit * 100.0,
                 if !median.is_finite() || side["errors"].as_u64().unwrap_or(0) > 0 {
                     "not measured"
+                } else if side["candidate"] == "full-logged" && results["access_log"].is_string() {
+                    "not judged (`--access-log`)"
                 } else if median <= limit {
                     "met"
                 } else {
@@ -667,12 +669,19 @@ pub fn markdown(results: &Value, stem: &str) -> String {
             ),
             _ => (cost(base, with), ""),
         };
+        // A log sent elsewhere than a file (`--access-log /dev/null`) measures part of
+        // the cost: shown, not judged.
+        let judged = match results["access_log"].as_str() {
+            Some(path) if with == "full-logged" => {
+                format!("not judged (access log to {path})")
+            }
+            _ => verdict(&measured, &|x| x <= limit).to_string(),
+        };
         let _ = writeln!(
             md,
-            "| {what} cost ≤ {:.0} % CPU/request (`{with}` vs `{base}`) | {}{how} | {} |",
+            "| {what} cost ≤ {:.0} % CPU/request (`{with}` vs `{base}`) | {}{how} | {judged} |",
             limit * 100.0,
             show(&measured, &|x| format!("{:+.1} %", x * 100.0)),
-            verdict(&measured, &|x| x <= limit)
         );
     }
     let admin_p99 = a["end_to_end"]["p99_ms"].as_f64();
@@ -1165,6 +1174,23 @@ mod tests {
         assert!(md.contains("| 10.00 → 10.20, 20.00 → 20.80, 10.00 → 10.10 | +2.0 %, +4.0 %, +1.0 % | **+2.0 %** | ≤ 3 % | met |"), "{md}");
         assert!(
             md.contains("(`full-logged` vs `full-quiet`) | 1 KiB +2.0 % side by side | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(`full` vs `full-untracked`) | 1 KiB +3.0 % side by side | **not met** |"),
+            "{md}"
+        );
+        // A log sent to /dev/null measures only part of the cost: shown, not judged.
+        r["access_log"] = json!("/dev/null");
+        let md = markdown(&r, "x");
+        assert!(
+            md.contains("| **+2.0 %** | ≤ 3 % | not judged (`--access-log`) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "(`full-logged` vs `full-quiet`) | 1 KiB +2.0 % side by side | not judged (access log to /dev/null) |"
+            ),
             "{md}"
         );
         assert!(
