@@ -11,9 +11,11 @@
 //! [`fixture`] builds realistic configurations (many rules, many keys) without going
 //! through the API, so benchmarks start in milliseconds.
 
+pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod cpus;
 pub mod fixture;
+pub mod ready;
 pub mod summary;
 pub mod tls;

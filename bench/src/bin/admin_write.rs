@@ -9,8 +9,6 @@
 //! keep-alive connection. As the baseline in the same run it times, in-process, the naive
 //! full snapshot rebuild the incremental compile avoids.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +17,7 @@ use hdrhistogram::Histogram;
 use shardgate_admin::store::{Store, StoreOptions};
 use shardgate_bench::client::Client;
 use shardgate_bench::fixture;
+use shardgate_bench::ready::{addr_after, first_line};
 use shardgate_core::keys::{KeyEntry, KeyTable};
 use shardgate_core::snapshot::{LiteralOnly, Snapshot};
 use shardgate_core::state::State;
@@ -130,16 +129,8 @@ fn run() -> Result<(), String> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", args.binary.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let admin: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin="))
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("unexpected start-up line {line:?}"))?;
+    let admin = first_line(&mut child, Duration::from_secs(60))
+        .and_then(|line| addr_after(&line, "admin="))?;
 
     let result = (|| -> Result<Histogram<u64>, String> {
         let mut client = Client::connect(admin).map_err(|e| e.to_string())?;

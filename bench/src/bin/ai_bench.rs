@@ -48,9 +48,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use shardgate_bench::cli::num;
 use shardgate_bench::client::Client;
 use shardgate_bench::cpu::{threads_cpu_ns_of, user_system_of};
 use shardgate_bench::cpus::{allowed_cpus, cpu_list_string, parse_cpu_list};
+use shardgate_bench::ready::{addr_after, first_line};
 
 /// Every content delta of a measured stream: six bytes, no entity in it.
 const WORD: &str = " lorem";
@@ -126,10 +128,6 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: not a number: {v:?}"))
-        }
         match flag.as_str() {
             "--binary" => args.binary = PathBuf::from(value()?),
             "--proxy-cpus" => args.proxy_cpus = parse_cpu_list(&value()?)?,
@@ -437,22 +435,11 @@ fn start_gateway(args: &Args, provider: SocketAddr) -> Result<Gateway, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", args.binary.display()))?;
     let pid = child.id();
-    let mut line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let mut reader = BufReader::new(stdout);
-        let _ = reader.read_line(&mut line);
-        // Keep draining so the gateway never blocks on a full pipe.
-        thread::spawn(move || io::copy(&mut reader, &mut io::sink()));
-    }
-    let addr = |prefix: &str| -> Result<SocketAddr, String> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(prefix))
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("unexpected start-up line {line:?}"))
-    };
-    let (admin, proxy) = match (addr("admin="), addr("proxy=")) {
-        (Ok(a), Ok(p)) => (a, p),
-        (Err(e), _) | (_, Err(e)) => {
+    let addrs = first_line(&mut child, Duration::from_secs(30))
+        .and_then(|line| Ok((addr_after(&line, "admin=")?, addr_after(&line, "proxy=")?)));
+    let (admin, proxy) = match addrs {
+        Ok(addrs) => addrs,
+        Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             return Err(e);

@@ -41,6 +41,7 @@ use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use serde_json::json;
+use shardgate_bench::cli::num;
 use shardgate_bench::summary;
 use shardgate_bench::tls::{self, Negotiated, TicketCounter};
 
@@ -86,10 +87,6 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: not a number: {v:?}"))
-        }
         match flag.as_str() {
             "--addr" => addr = Some(value()?.parse().map_err(|e| format!("--addr: {e}"))?),
             "--ca" => ca = Some(std::path::PathBuf::from(value()?)),

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shardgate_bench::cli::num;
 use shardgate_bench::tls::{self, BenchPki, PkiFiles, TicketCounter};
 
 use targets::{Nginx, Shardgate, TlsMode};
@@ -156,10 +157,6 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: not a number: {v:?}"))
-        }
         match flag.as_str() {
             "--smoke" => {}
             "--proxy-cpus" => c.proxy_cpus = sys::parse_cpu_list(&value()?)?,

@@ -3,15 +3,14 @@
 //! when its handle drops, so a failing run leaves nothing behind.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shardgate_bench::client::Client;
+use shardgate_bench::ready::{addr_after, first_line};
 use shardgate_bench::tls::{BenchPki, PkiFiles};
 
 use crate::sys;
@@ -58,35 +57,6 @@ fn pinned(cpus: &[usize], program: &Path) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(sys::cpu_list_string(cpus)).arg(program);
     cmd
-}
-
-/// Reads the first stdout line of `child` within `timeout`.
-fn first_line(child: &mut Child, timeout: Duration) -> Result<String, String> {
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
-        // Keep draining so the child never blocks on a full pipe.
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(line)) if !line.is_empty() => Ok(line),
-        Ok(Ok(_)) => Err("exited before printing its ready line".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no ready line within {timeout:?}")),
-    }
-}
-
-fn addr_after(line: &str, key: &str) -> Result<SocketAddr, String> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("no {key}<addr> in {line:?}"))
 }
 
 /// The HTTPS address in shardgate's ready line: `tls=<addr>`, or `None` for `tls=off` and
