@@ -27,7 +27,7 @@ use shardgate_core::usage;
 use uuid::Uuid;
 
 use crate::plane::WorkerContext;
-use crate::wire::push_decimal;
+use crate::wire::{push_decimal, sixteen_hex};
 
 /// Longest client-chosen request id kept.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -73,18 +73,9 @@ impl RequestId {
 
     /// A new id: 128 random bits as 32 hex digits.
     pub fn generate() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let (a, b) = (next_random(), next_random());
         let mut id = RequestId::default();
-        for (i, byte) in a
-            .to_be_bytes()
-            .iter()
-            .chain(b.to_be_bytes().iter())
-            .enumerate()
-        {
-            id.bytes[2 * i] = HEX[usize::from(byte >> 4)];
-            id.bytes[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-        }
+        id.bytes[..16].copy_from_slice(&sixteen_hex(next_random()).to_le_bytes());
+        id.bytes[16..32].copy_from_slice(&sixteen_hex(next_random()).to_le_bytes());
         id.len = 32;
         id
     }
@@ -271,14 +262,12 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
     }
 }
 
-/// Appends `,"name":` and `value` as a JSON string, or `null`. Values that need no
-/// escaping (the usual names and paths) are copied as they are; others (not UTF-8 too,
+/// Appends `key` (`,"name":`) and `value` as a JSON string, or `null`. Values that need
+/// no escaping (the usual names and paths) are copied as they are; others (not UTF-8 too,
 /// as a path may be) are escaped, invalid bytes replaced.
 #[inline]
-fn json(out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn json(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+    out.extend_from_slice(key);
     match value {
         Some(v)
             if v.iter()
@@ -295,12 +284,11 @@ fn json(out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
     }
 }
 
-/// Appends `,"name":` and microseconds as seconds with six decimals (no float formatting).
+/// Appends `key` (`,"name":`) and microseconds as seconds with six decimals (no float
+/// formatting).
 #[inline]
-fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn seconds(out: &mut Vec<u8>, key: &[u8], us: u64) {
+    out.extend_from_slice(key);
     push_decimal(out, us / 1_000_000);
     // `.` and the fraction's six digits as one 8-byte store ("00dddddd" moved down a
     // byte, its remaining `0` made the `.`), the last byte cut off.
@@ -310,28 +298,38 @@ fn seconds(out: &mut Vec<u8>, name: &str, us: u64) {
     out.truncate(start + 7);
 }
 
+/// Appends `key` (`,"name":`) and `n`.
 #[inline]
-fn number(out: &mut Vec<u8>, name: &str, n: u64) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn number(out: &mut Vec<u8>, key: &[u8], n: u64) {
+    out.extend_from_slice(key);
     push_decimal(out, n);
 }
 
-/// A worker's wall clock for log lines: the system time read once a second, and the
-/// monotonic clock the request already read (for its total time) added to it.
+/// A worker's wall clock for log lines: the second it is in, as the monotonic instant that
+/// second began and its text. The system clock is read when a line falls outside that
+/// second (so at most once a second, and a step of the clock shows within a second); within
+/// it, a line's milliseconds are the monotonic time since the second began.
 struct Clock {
-    /// When the system time was last read, and what it said (since the Unix epoch).
-    base: Option<(Instant, std::time::Duration)>,
-    /// The second the cached prefix is for, and the prefix (`2026-11-24T04:21:25.`).
-    second: u64,
+    /// The instant the current second began (none before the first line).
+    second_began: Option<Instant>,
+    /// That second's date and time (`2026-11-24T04:21:25.`).
     prefix: Vec<u8>,
 }
 
 thread_local! {
     static CLOCK: RefCell<Clock> = const {
-        RefCell::new(Clock { base: None, second: u64::MAX, prefix: Vec::new() })
+        RefCell::new(Clock { second_began: None, prefix: Vec::new() })
     };
+}
+
+/// The system time at the monotonic instant `at` (read now, moved by how far `at` is from
+/// now).
+fn system_time_at(at: Instant) -> std::time::Duration {
+    let (mono, wall) = (Instant::now(), system_time());
+    match at.checked_duration_since(mono) {
+        Some(ahead) => wall + ahead,
+        None => wall.saturating_sub(mono.duration_since(at)),
+    }
 }
 
 fn system_time() -> std::time::Duration {
@@ -362,26 +360,23 @@ fn timestamp(out: &mut Vec<u8>, now: Instant) {
     out.push(b'"');
     let cached = CLOCK.try_with(|clock| {
         let mut clock = clock.borrow_mut();
-        let wall = match clock.base {
-            Some((at, wall))
-                if now >= at && now.duration_since(at) < std::time::Duration::from_secs(1) =>
-            {
-                wall + now.duration_since(at)
-            }
-            _ => {
-                let wall = system_time();
-                clock.base = Some((now, wall));
-                wall
+        let into_second = clock
+            .second_began
+            .and_then(|began| now.checked_duration_since(began))
+            .filter(|into| into.as_secs() == 0);
+        let ms = match into_second {
+            Some(into) => into.subsec_millis(),
+            None => {
+                let wall = system_time_at(now);
+                let into = std::time::Duration::from_nanos(u64::from(wall.subsec_nanos()));
+                clock.second_began = now.checked_sub(into);
+                clock.prefix.clear();
+                push_prefix(&mut clock.prefix, wall.as_secs());
+                wall.subsec_millis()
             }
         };
-        let secs = wall.as_secs();
-        if clock.second != secs {
-            clock.prefix.clear();
-            push_prefix(&mut clock.prefix, secs);
-            clock.second = secs;
-        }
         out.extend_from_slice(&clock.prefix);
-        wall.subsec_millis()
+        ms
     });
     let ms = cached.unwrap_or_else(|_| {
         let wall = system_time();
@@ -417,18 +412,28 @@ fn socket_addr(out: &mut Vec<u8>, peer: std::net::SocketAddr) {
     }
 }
 
-/// Appends a UUID as a quoted hyphenated lowercase string, or `null`.
+/// Appends `key` (`,"name":`) and a UUID as a quoted hyphenated lowercase string, or
+/// `null`: its two halves made hex digits at once ([`sixteen_hex`]) and laid out as
+/// `8-4-4-4-12` in one buffer.
 #[inline]
-fn uuid(out: &mut Vec<u8>, name: &str, id: Option<Uuid>) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn uuid(out: &mut Vec<u8>, key: &[u8], id: Option<Uuid>) {
+    out.extend_from_slice(key);
     match id {
         Some(id) => {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            out.push(b'"');
-            out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
-            out.push(b'"');
+            let (high, low) = id.as_u64_pair();
+            let (high, low) = (
+                sixteen_hex(high).to_le_bytes(),
+                sixteen_hex(low).to_le_bytes(),
+            );
+            let mut text = [b'-'; 38];
+            text[0] = b'"';
+            text[1..9].copy_from_slice(&high[..8]);
+            text[10..14].copy_from_slice(&high[8..12]);
+            text[15..19].copy_from_slice(&high[12..]);
+            text[20..24].copy_from_slice(&low[..4]);
+            text[25..37].copy_from_slice(&low[4..]);
+            text[37] = b'"';
+            out.extend_from_slice(&text);
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -487,24 +492,32 @@ fn route_cached(out: &mut Vec<u8>, snap: &Snapshot, route: Route) {
 /// Renders `,"gateway":…,"rule":…,"rule_id":…,"service":…,"target":…,"method":…`.
 fn route_fields(out: &mut Vec<u8>, snap: Option<&Snapshot>, route: Route) {
     let gateway = snap.and_then(|snap| snap.gateway_by_id(route.gateway));
-    json(out, "gateway", gateway.map(|g| g.subdomain.as_bytes()));
+    json(
+        out,
+        b",\"gateway\":",
+        gateway.map(|g| g.subdomain.as_bytes()),
+    );
     let rule = gateway.and_then(|g| g.rules.get(route.rule as usize));
-    json(out, "rule", rule.map(|r| r.spec.path.as_bytes()));
-    uuid(out, "rule_id", rule.map(|r| r.id));
+    json(out, b",\"rule\":", rule.map(|r| r.spec.path.as_bytes()));
+    uuid(out, b",\"rule_id\":", rule.map(|r| r.id));
     let service = gateway.and_then(|g| g.services.get(&route.service));
     json(
         out,
-        "service",
+        b",\"service\":",
         service.map(|sv| sv.spec.spec.name.as_bytes()),
     );
     let target = gateway
         .and_then(|g| g.upstreams.get(&route.upstream))
         .and_then(|u| u.targets.get(route.target as usize));
-    json(out, "target", target.map(|t| t.host_header.as_bytes()));
+    json(
+        out,
+        b",\"target\":",
+        target.map(|t| t.host_header.as_bytes()),
+    );
     let method = shardgate_core::metrics::METHODS
         .get(usize::from(route.method))
         .copied();
-    json(out, "method", method.map(str::as_bytes));
+    json(out, b",\"method\":", method.map(str::as_bytes));
 }
 
 /// Appends one JSON access-log line (ending in `\n`).
@@ -521,7 +534,7 @@ fn write_line(
     out.extend_from_slice(b",\"request_id\":\"");
     out.extend_from_slice(trace.id.as_bytes());
     out.push(b'"');
-    number(out, "worker", worker as u64);
+    number(out, b",\"worker\":", worker as u64);
     out.extend_from_slice(b",\"client\":\"");
     socket_addr(out, peer);
     out.push(b'"');
@@ -542,19 +555,19 @@ fn write_line(
         Some(snap) => route_cached(out, snap, route),
         None => route_fields(out, None, route),
     }
-    json(out, "path", Some(&trace.path));
+    json(out, b",\"path\":", Some(&trace.path));
     let o = &trace.obs;
-    number(out, "status", u64::from(o.status));
-    number(out, "bytes_in", o.bytes_in);
-    number(out, "bytes_out", o.bytes_out);
+    number(out, b",\"status\":", u64::from(o.status));
+    number(out, b",\"bytes_in\":", o.bytes_in);
+    number(out, b",\"bytes_out\":", o.bytes_out);
     match o.upstream_us {
-        Some(us) => seconds(out, "upstream_time", us),
+        Some(us) => seconds(out, b",\"upstream_time\":", us),
         None => out.extend_from_slice(b",\"upstream_time\":null"),
     }
-    seconds(out, "total_time", o.total_us);
-    uuid(out, "key_id", trace.key_id.map(Uuid::from_bytes));
+    seconds(out, b",\"total_time\":", o.total_us);
+    uuid(out, b",\"key_id\":", trace.key_id.map(Uuid::from_bytes));
     let reason = (!trace.reason.is_empty()).then_some(trace.reason.as_bytes());
-    json(out, "reason", reason);
+    json(out, b",\"reason\":", reason);
     out.extend_from_slice(b"}\n");
 }
 
@@ -605,13 +618,13 @@ mod tests {
         ];
         for v in values {
             let mut out = b"{\"x\":1".to_vec();
-            json(&mut out, "path", Some(v));
+            json(&mut out, b",\"path\":", Some(v));
             out.push(b'}');
             let parsed: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
             assert_eq!(parsed["path"], *String::from_utf8_lossy(v), "{v:?}");
         }
         let mut out = Vec::new();
-        json(&mut out, "reason", None);
+        json(&mut out, b",\"reason\":", None);
         assert_eq!(out, b",\"reason\":null");
     }
 
@@ -628,7 +641,7 @@ mod tests {
             987_654_321_012,
         ] {
             let mut out = Vec::new();
-            seconds(&mut out, "t", us);
+            seconds(&mut out, b",\"t\":", us);
             let want = format!(",\"t\":{}.{:06}", us / 1_000_000, us % 1_000_000);
             assert_eq!(String::from_utf8(out).expect("ASCII"), want);
         }
@@ -748,6 +761,34 @@ mod tests {
         let v2 = Snapshot::compile(2, &tenant("/v2/*", ids), &LiteralOnly);
         let second = render(&v2);
         assert!(second.contains(r#""rule":"/v2/*""#), "{second}");
+    }
+
+    #[test]
+    fn uuids_are_written_as_the_uuid_crate_writes_them() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mixed = (0..1000).map(|_| Uuid::from_u64_pair(next(), next()));
+        let edges = [
+            Uuid::nil(),
+            Uuid::max(),
+            Uuid::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+        ];
+        for id in mixed.chain(edges) {
+            let mut out = Vec::new();
+            uuid(&mut out, b",\"id\":", Some(id));
+            assert_eq!(
+                String::from_utf8(out).expect("ASCII"),
+                format!(",\"id\":\"{id}\"")
+            );
+        }
+        let mut out = Vec::new();
+        uuid(&mut out, b",\"id\":", None);
+        assert_eq!(out, b",\"id\":null");
     }
 
     #[test]

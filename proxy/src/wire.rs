@@ -56,6 +56,25 @@ pub fn eight_digits(n: u32) -> u64 {
     x + 0x3030_3030_3030_3030
 }
 
+/// `x` as sixteen lowercase hex digits, most significant first, the first digit in the
+/// lowest byte (so `to_le_bytes` reads them in order): each byte spread into a 16-bit lane
+/// of one `u128`, its nibbles split, and every lane made a digit at once (no table, no
+/// loop over bytes).
+pub fn sixteen_hex(x: u64) -> u128 {
+    const LOW_NIBBLES: u128 = 0x000f_000f_000f_000f_000f_000f_000f_000f;
+    const EVERY_BYTE: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    // The most significant byte into the lowest lane.
+    let z = u128::from(x.swap_bytes());
+    let z = (z | (z << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    let z = (z | (z << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    let z = (z | (z << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    // Each lane's high nibble in its first byte, its low nibble in its second.
+    let nibbles = ((z >> 4) & LOW_NIBBLES) | ((z & LOW_NIBBLES) << 8);
+    // 1 in each byte whose nibble is 10 or more (10 + 6 carries into bit 4).
+    let letters = ((nibbles + 6 * EVERY_BYTE) >> 4) & EVERY_BYTE;
+    nibbles + 0x30 * EVERY_BYTE + letters * u128::from(b'a' - b'0' - 10)
+}
+
 /// How many decimal digits `n` has (1 for 0).
 fn decimal_len(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |log| log as usize + 1)
@@ -115,6 +134,24 @@ mod tests {
         let mut out = Vec::new();
         push_chunk_size(&mut out, 255);
         assert_eq!(out, b"ff\r\n");
+    }
+
+    #[test]
+    fn hex_digits_format_like_std() {
+        // Every nibble value in every position, and a spread of mixed words.
+        let single = (0..16u64).flat_map(|pos| (0..16u64).map(move |v| v << (4 * pos)));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mixed = (0..10_000).map(move |_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            x
+        });
+        for n in single
+            .chain(mixed)
+            .chain([0, u64::MAX, 0x0123_4567_89ab_cdef])
+        {
+            let text = format!("{n:016x}");
+            assert_eq!(sixteen_hex(n).to_le_bytes(), text.as_bytes(), "{n:x}");
+        }
     }
 
     #[test]
