@@ -931,21 +931,12 @@ fn run(config: &Config) -> Result<(), String> {
         }
     }
 
-    // Memory after the rounds (before the side-by-side phase restarts gateways).
-    let mut memory_end = Vec::new();
-    for t in &targets_list {
-        let s = sys::sample(&t.pids());
-        memory_end.push(json!({"proxy": t.proxy(), "scenario": t.name(), "rss_kib": s.rss_kib, "pss_kib": s.pss_kib}));
-    }
-    drop(pairs);
-    drop(targets_list);
-
     // Side by side (issues 13 and 14): each feature's two configurations at the same time,
     // when both were asked for (plain HTTP, the first size).
     let mut side_by_side: Vec<Value> = Vec::new();
     for c in &side::COMPARISONS {
-        let find = |name: &str| shardgates.iter().position(|s| s.scenario.name == name);
-        let (Some(bi), Some(ki)) = (find(c.baseline), find(c.candidate)) else {
+        let find = |name: &str| shardgates.iter().find(|s| s.scenario.name == name);
+        let (Some(b), Some(k)) = (find(c.baseline), find(c.candidate)) else {
             continue;
         };
         let side_of = |s: &Shardgate| -> Result<side::Side, String> {
@@ -956,6 +947,7 @@ fn run(config: &Config) -> Result<(), String> {
                 pid: s.process.pid(),
             })
         };
+        let (b, k) = (side_of(b)?, side_of(k)?);
         let size = config.sizes[0];
         let path = path_for(size);
         let side_load = side::Load {
@@ -966,21 +958,8 @@ fn run(config: &Config) -> Result<(), String> {
             seconds: config.duration,
             path: &path,
         };
-        let warm_load = side::Load {
-            seconds: config.warmup,
-            ..side_load
-        };
         let mut rounds = Vec::new();
         for round in 1..=config.rounds {
-            // Both gateways started afresh on their data each round (one process's memory
-            // layout can sit a point or more above or below another's for the whole of its
-            // life), then warmed up together.
-            shardgates[bi].restart()?;
-            shardgates[ki].restart()?;
-            let (b, k) = (side_of(&shardgates[bi])?, side_of(&shardgates[ki])?);
-            if warm_load.seconds > 0 {
-                side::round(&warm_load, &b, &k, round % 2 == 1)?;
-            }
             waited_total += wait_for_quiet(&mut quiet_budget, clk);
             let (rb, rk) = side::round(&side_load, &b, &k, round % 2 == 1)?;
             progress.say(&format!(
@@ -1024,6 +1003,13 @@ fn run(config: &Config) -> Result<(), String> {
             }
         ));
     }
+    let mut memory_end = Vec::new();
+    for t in &targets_list {
+        let s = sys::sample(&t.pids());
+        memory_end.push(json!({"proxy": t.proxy(), "scenario": t.name(), "rss_kib": s.rss_kib, "pss_kib": s.pss_kib}));
+    }
+    drop(pairs);
+    drop(targets_list);
     drop(shardgates);
     drop(nginx);
     drop(nginx_https);

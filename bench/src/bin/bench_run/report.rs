@@ -461,8 +461,7 @@ pub fn markdown(results: &Value, stem: &str) -> String {
         let _ = writeln!(
             md,
             "Each pair of shardgates that differ in one feature runs **at the same time** on the \
-             proxy CPUs, each under its own wrk (`-t1 -c{}`) on the load CPUs, {} s per round, \
-             both started afresh on their data and warmed up together before each round; \
+             proxy CPUs, each under its own wrk (`-t1 -c{}`) on the load CPUs, {} s per round; \
              whatever slows the machine slows both, so the ratio of their CPU per request keeps \
              only the feature's cost (`bench/src/bin/bench_run/side.rs`). Neither gateway is \
              saturated as in a run alone: compare the ratios, not the absolute figures, with \

@@ -9,9 +9,7 @@
 //! both, and the ratio of their CPU per request keeps only what differs between them. The
 //! gateways share the proxy CPUs' caches and time, the same for both; neither is saturated
 //! the way a run alone is, so the absolute figures are not comparable with the sequential
-//! rounds', only the ratio is the point. The wrk started first alternates by round, and
-//! both gateways are started afresh before each round (`main.rs`): two runs with the same
-//! two processes throughout differed by more than their rounds did.
+//! rounds', only the ratio is the point. The wrk started first alternates by round.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -33,9 +33,8 @@ impl Managed {
     }
 }
 
-impl Managed {
-    /// Stops the process: SIGTERM, then SIGKILL after 5 s.
-    fn stop(&mut self) {
+impl Drop for Managed {
+    fn drop(&mut self) {
         if !self.alive() {
             return;
         }
@@ -51,12 +50,6 @@ impl Managed {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Drop for Managed {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -119,15 +112,6 @@ pub fn start_upstream(
 
 fn log_file(path: &Path) -> Result<fs::File, String> {
     fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The log of a restarted process: appended to, the first run's lines kept.
-fn log_file_appended(path: &Path) -> Result<fs::File, String> {
-    fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// How an HTTPS scenario's client uses its connections.
@@ -337,8 +321,6 @@ pub struct Shardgate {
     /// Seconds it took to create the keys through the admin API.
     pub keys_seconds: f64,
     pub log: PathBuf,
-    /// How it was started (taskset, binary, arguments), to start it again on its data.
-    command: Vec<std::ffi::OsString>,
 }
 
 pub struct ShardgateOptions<'a> {
@@ -407,14 +389,28 @@ pub fn start_shardgate(
             cmd.arg("--access-log").arg(path);
         }
     }
-    cmd.arg("--workers")
+    let mut child = cmd
+        .arg("--workers")
         .arg(opt.workers.to_string())
         .arg("--data-dir")
-        .arg(&data_dir);
-    let command: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
-        .chain(cmd.get_args().map(ToOwned::to_owned))
-        .collect();
-    let (process, line) = launch(&command, scenario.name, log_file(&log)?, &log)?;
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(log_file(&log)?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", opt.binary.display()))?;
+    let line = first_line(&mut child, Duration::from_secs(30));
+    let process = Managed {
+        name: format!("shardgate {}", scenario.name),
+        child,
+    };
+    let line = line.map_err(|e| {
+        format!(
+            "shardgate ({}): {e}; log {}:\n{}",
+            scenario.name,
+            log.display(),
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
     let admin = addr_after(&line, "admin=")?;
     let proxy = addr_after(&line, "proxy=")?;
     let tls = tls_addr(&line)?;
@@ -445,60 +441,7 @@ pub fn start_shardgate(
         key,
         keys_seconds,
         log,
-        command,
     })
-}
-
-/// Starts `command` (a shardgate), its stdout piped for the ready line and its stderr to
-/// `stderr`; returns the process and that line.
-fn launch(
-    command: &[std::ffi::OsString],
-    name: &str,
-    stderr: fs::File,
-    log: &Path,
-) -> Result<(Managed, String), String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| format!("shardgate ({name}): no command"))?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.to_string_lossy()))?;
-    let line = first_line(&mut child, Duration::from_secs(30));
-    let process = Managed {
-        name: format!("shardgate {name}"),
-        child,
-    };
-    let line = line.map_err(|e| {
-        format!(
-            "shardgate ({name}): {e}; log {}:\n{}",
-            log.display(),
-            fs::read_to_string(log).unwrap_or_default()
-        )
-    })?;
-    Ok((process, line))
-}
-
-impl Shardgate {
-    /// Stops the process and starts the same command again on the same data directory
-    /// (its configuration and keys are loaded, not created again): a fresh process, with
-    /// its own memory layout, for each side-by-side round. The listeners are on new ports.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.process.stop();
-        let (process, line) = launch(
-            &self.command,
-            self.scenario.name,
-            log_file_appended(&self.log)?,
-            &self.log,
-        )?;
-        self.process = process;
-        self.admin = addr_after(&line, "admin=")?;
-        self.proxy = addr_after(&line, "proxy=")?;
-        self.tls = tls_addr(&line)?;
-        Ok(())
-    }
 }
 
 /// The admin API over one keep-alive connection.
