@@ -8,7 +8,7 @@
 //! (`shardgate_access_log_lines_dropped_total`): requests never wait for the log. A write
 //! that fails (ENOSPC) loses its lines, counted in `shardgate_access_log_write_errors_total`.
 //!
-//! About a third of what a line costs is the writer's (~270 ns a line on the bench VM, most
+//! Close to half of what a line costs is the writer's (~270 ns a line on the bench VM, most
 //! of it the file system's work for the page cache), and waking it has a price of its own.
 //! So the writer is woken at most once per burst of traffic: after a write it sleeps
 //! [`BUSY_NAP`] (not parked on the channel, so a worker's `try_send` wakes nobody) and then
