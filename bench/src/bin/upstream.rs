@@ -4,7 +4,7 @@
 //! of it, so it does no routing, no allocation per request and no header building: the
 //! responses are built once at start-up.
 //!
-//! Usage: `upstream [--listen ADDR] [--sizes 1024,16384]`
+//! Usage: `upstream [--listen ADDR] [--sizes 1024,16384] [--threads N]`
 //!
 //! The body size is picked by the last path segment (`GET /bench/16384` → 16 384 bytes) when
 //! it names one of `--sizes`, else the first size. Keep-alive, pipelining and request bodies
@@ -12,7 +12,9 @@
 //! handled; anything unparsable closes the connection. Prints
 //! `upstream ready addr=<addr> driver=<io_uring|epoll>` on stdout once it accepts.
 //!
-//! The caller pins it (`taskset`); it runs one thread.
+//! The caller pins it (`taskset`). It runs `--threads` threads (default 1), each its own
+//! runtime with its own SO_REUSEPORT listener on the one port, so a scaling run's upstream
+//! keeps up with many proxy workers.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,12 +31,14 @@ const MAX_HEAD: usize = 64 * 1024;
 struct Args {
     listen: SocketAddr,
     sizes: Vec<usize>,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         sizes: vec![1024],
+        threads: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,8 +57,16 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("{flag}: no size"));
                 }
             }
+            "--threads" => {
+                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?;
+                if args.threads == 0 {
+                    return Err("--threads: at least 1".into());
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: upstream [--listen ADDR] [--sizes BYTES[,BYTES...]]");
+                println!(
+                    "usage: upstream [--listen ADDR] [--sizes BYTES[,BYTES...]] [--threads N]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}")),
@@ -112,18 +124,66 @@ fn main() {
     } else {
         "epoll"
     };
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build() {
-        Ok(rt) => rt,
+    let listeners = match bind_listeners(args.listen, args.threads) {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("upstream: cannot build the runtime: {e}");
+            eprintln!("upstream: bind {}: {e}", args.listen);
             std::process::exit(1);
         }
     };
-    let result: std::io::Result<()> = rt.block_on(async move {
-        let listener = TcpListener::bind(args.listen)?;
-        let addr = listener.local_addr()?;
-        println!("upstream ready addr={addr} driver={driver}");
-        std::io::stdout().flush()?;
+    let addr = match listeners[0].local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("upstream: {e}");
+            std::process::exit(1);
+        }
+    };
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| std::thread::spawn(move || serve_listener(listener, responses)))
+        .collect();
+    println!(
+        "upstream ready addr={addr} driver={driver} threads={}",
+        args.threads
+    );
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            eprintln!("upstream: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `count` listeners on one port, all with SO_REUSEPORT (the kernel spreads connections
+/// over them); with port 0 the first picks the port and the rest join it.
+fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// One thread's runtime: accepts on its own listener and serves each connection.
+fn serve_listener(
+    listener: std::net::TcpListener,
+    responses: &'static Responses,
+) -> std::io::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .build()
+        .map_err(|e| std::io::Error::other(format!("cannot build the runtime: {e}")))?;
+    rt.block_on(async move {
+        let listener = TcpListener::from_std(listener)?;
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
@@ -137,11 +197,7 @@ fn main() {
             let _ = stream.set_nodelay(true);
             monoio::spawn(serve(stream, responses));
         }
-    });
-    if let Err(e) = result {
-        eprintln!("upstream: {e}");
-        std::process::exit(1);
-    }
+    })
 }
 
 /// How much of a request body is still to be skipped.

@@ -421,10 +421,11 @@ fn run(config: &Config) -> Result<(), String> {
         config.sizes
     ));
 
-    // The upstream: one thread on the first load CPU.
+    // The upstream: one thread per load CPU (one on the 2-core layout), so that it keeps up
+    // with the proxy at every worker count of a scaling run.
     let upstream = targets::start_upstream(
         &bin("upstream"),
-        &config.load_cpus[..1],
+        &config.load_cpus,
         &config.sizes,
         &work_dir.join("upstream.log"),
     )?;

@@ -262,7 +262,7 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     let _ = writeln!(
         md,
         "**Method**: proxy on CPU(s) {} (shardgate `--workers {w}`, nginx `worker_processes {w}`), \
-         wrk (`-t{} -c{}`) and the upstream (one monoio thread) on CPU(s) {}. Each round, for each \
+         wrk (`-t{} -c{}`) and the upstream (one monoio thread per load CPU) on CPU(s) {}. Each round, for each \
          body size, runs nginx then one shardgate scenario, for every scenario (A B A C A D …); \
          {} round(s) × {} s per run after a {} s warm-up of every target. Cells are medians over \
          rounds; `(×)` is the median ratio to the nginx run just before (lower is better except \
@@ -722,8 +722,8 @@ pub fn markdown(results: &Value, stem: &str) -> String {
     );
     let _ = writeln!(
         md,
-        "| throughput scales ≥ 0.9 × linear with workers | not measured by bench/run (run it with \
-         `--proxy-cpus 0 --workers 1` and `--proxy-cpus 0-1 --workers 2` on a larger machine) | – |"
+        "| throughput scales ≥ 0.9 × linear with workers | not measured in this run (a scaling run \
+         measures it: e.g. `bench/run --proxy-cpus 0-7 --load-cpus 8-15 --workers 1,2,4,8`) | – |"
     );
     // Issue 10: the HTTPS listener against nginx with the same certificate.
     let tls_sizes = |scenario: &str| -> Vec<(usize, f64)> {

@@ -1,7 +1,7 @@
 //! `bench/run --workers 1,2,4,8,14`: multi-core scaling of shardgate `bare` against nginx
 //! with the same worker counts. Each count is its own `bench_run` (this binary, as a child):
 //! `--workers N` and the first N proxy CPUs, plain `bare` scenario at the first body size,
-//! the same rounds, durations and load CPUs, no idle or admin phase; then one table of
+//! the same rounds, durations and load CPUs, no idle, admin or AI phase; then one table of
 //! req/s per count and the scaling efficiency `rps(N) ÷ (N/N₀ · rps(N₀))` against the
 //! smallest count N₀ (1 in the usual list), for both proxies. Every count must fit the
 //! proxy CPUs: on a 2-core machine only `--workers 1` does, and the run says so.
@@ -62,6 +62,8 @@ pub fn run(config: &Config, counts: &[usize]) -> Result<(), String> {
                 "0",
                 "--admin-writes",
                 "0",
+                "--ai",
+                "off",
             ])
             .args(["--sizes", &config.sizes[0].to_string()])
             .args(["--duration", &config.duration.to_string()])
@@ -116,9 +118,13 @@ fn medians(dir: &Path) -> Result<[(f64, f64); 2], String> {
             .filter_map(|r| r[field].as_f64())
             .collect();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2)
-            .copied()
-            .ok_or_else(|| format!("no {proxy} {field} in {}", json.display()))
+        let mid = v.len() / 2;
+        match v.len() {
+            0 => Err(format!("no {proxy} {field} in {}", json.display())),
+            // An even count's median is the mean of the middle two (2 rounds: their mean).
+            n if n % 2 == 0 => Ok((v[mid - 1] + v[mid]) / 2.0),
+            _ => Ok(v[mid]),
+        }
     };
     Ok([
         (median("nginx", "rps")?, median("nginx", "cpu_us_per_req")?),

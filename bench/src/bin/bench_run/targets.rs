@@ -89,6 +89,7 @@ pub fn start_upstream(
         .join(",");
     let mut child = pinned(cpus, binary)
         .args(["--listen", "127.0.0.1:0", "--sizes", &sizes])
+        .args(["--threads", &cpus.len().to_string()])
         .stdout(Stdio::piped())
         .stderr(log_file(log)?)
         .spawn()
