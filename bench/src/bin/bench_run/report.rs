@@ -493,22 +493,25 @@ pub fn markdown(results: &Value, stem: &str) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
-            let (median, limit) = (f(side, "median_added"), f(side, "limit"));
+            let median = f(side, "median_added");
+            let limit = side["limit"].as_f64();
             let _ = writeln!(
                 md,
-                "| {} | `{}` → `{}` | {} | {} | **{:+.1} %** | ≤ {:.0} % | {} |",
+                "| {} | `{}` → `{}` | {} | {} | **{:+.1} %** | {} | {} |",
                 side["what"].as_str().unwrap_or("?"),
                 side["baseline"].as_str().unwrap_or("?"),
                 side["candidate"].as_str().unwrap_or("?"),
                 cpus.join(", "),
                 added.join(", "),
                 median * 100.0,
-                limit * 100.0,
+                limit.map_or("0 (A/A)".to_string(), |l| format!("≤ {:.0} %", l * 100.0)),
                 if !median.is_finite() || side["errors"].as_u64().unwrap_or(0) > 0 {
                     "not measured"
+                } else if limit.is_none() {
+                    "the other rows' error bar"
                 } else if side["candidate"] == "full-logged" && results["access_log"].is_string() {
                     "not judged (`--access-log`)"
-                } else if median <= limit {
+                } else if limit.is_some_and(|l| median <= l) {
                     "met"
                 } else {
                     "**not met**"

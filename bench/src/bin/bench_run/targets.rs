@@ -285,6 +285,14 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             observe: Observe::Logged,
             ..full.clone()
         },
+        // `full-quiet` again, a second gateway (opt-in: --scenarios full-quiet,full-quiet-twin):
+        // side by side with `full-quiet` it measures the side-by-side method's own bias (A/A),
+        // which should be 0.
+        Scenario {
+            name: "full-quiet-twin",
+            observe: Observe::Quiet,
+            ..full.clone()
+        },
         // `full` without per-key usage tracking (opt-in: --scenarios full,full-untracked):
         // what counting usage costs.
         Scenario {
@@ -817,7 +825,7 @@ mod tests {
                 (bare.auth, bare.rate_limit, bare.rules, bare.keys)
             );
         }
-        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 9);
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 10);
     }
 
     #[test]
