@@ -397,12 +397,7 @@ fn timestamp(out: &mut Vec<u8>, now: Instant) {
 fn socket_addr(out: &mut Vec<u8>, peer: std::net::SocketAddr) {
     match peer {
         std::net::SocketAddr::V4(v4) => {
-            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u64::from(octet));
-            }
+            crate::wire::push_ip(out, std::net::IpAddr::V4(*v4.ip()));
             out.push(b':');
             push_decimal(out, u64::from(v4.port()));
         }

@@ -9,13 +9,13 @@
 //! sees a target fail stops using it at once, without a cross-core write per failure.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use shardgate_core::balance::{Balancer, Cursor};
+use shardgate_core::fxhash::{FxMap, IdMap};
 use shardgate_core::metrics::Circuit;
 use shardgate_core::model::{CircuitBreaker, RetryPolicy};
 use shardgate_core::snapshot::{CompiledRule, CompiledService, CompiledUpstream, RuleTarget};
@@ -126,28 +126,28 @@ impl Budget {
 #[derive(Debug)]
 pub struct Picker {
     seed: u64,
-    cursors: RefCell<HashMap<Uuid, Cursor>>,
-    health: RefCell<HashMap<u64, Passive>>,
+    cursors: RefCell<IdMap<Cursor>>,
+    health: RefCell<FxMap<u64, Passive>>,
     /// Circuit breakers by target identity.
-    breakers: RefCell<HashMap<u64, Breaker>>,
+    breakers: RefCell<FxMap<u64, Breaker>>,
     /// Requests in flight per target identity (for `max_connections`).
-    active: RefCell<HashMap<u64, u32>>,
+    active: RefCell<FxMap<u64, u32>>,
     /// Requests waiting for a target under `max_connections` to free a place.
     waiters: RefCell<Vec<Waker>>,
     /// Retry budgets by service id.
-    budgets: RefCell<HashMap<Uuid, Budget>>,
+    budgets: RefCell<IdMap<Budget>>,
 }
 
 impl Picker {
     pub fn new(worker: usize) -> Picker {
         Picker {
             seed: worker as u64,
-            cursors: RefCell::new(HashMap::new()),
-            health: RefCell::new(HashMap::new()),
-            breakers: RefCell::new(HashMap::new()),
-            active: RefCell::new(HashMap::new()),
+            cursors: RefCell::new(IdMap::default()),
+            health: RefCell::new(FxMap::default()),
+            breakers: RefCell::new(FxMap::default()),
+            active: RefCell::new(FxMap::default()),
             waiters: RefCell::new(Vec::new()),
-            budgets: RefCell::new(HashMap::new()),
+            budgets: RefCell::new(IdMap::default()),
         }
     }
 

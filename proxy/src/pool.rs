@@ -11,11 +11,11 @@
 //! also forgets targets whose list stayed empty and unused since the sweep before.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use shardgate_core::fxhash::FxMap;
 
 use crate::tls::Conn;
 
@@ -36,7 +36,7 @@ struct Parked {
 /// Idle upstream connections of one worker.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: RefCell<HashMap<u64, Parked>>,
+    idle: RefCell<FxMap<u64, Parked>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -109,7 +109,7 @@ pub const H2_IDLE: Duration = Duration::from_secs(60);
 /// One worker's HTTP/2 connections to upstream targets, by target key.
 #[derive(Default)]
 pub struct H2Pool {
-    conns: RefCell<HashMap<u64, (SendRequest<Bytes>, Instant)>>,
+    conns: RefCell<FxMap<u64, (SendRequest<Bytes>, Instant)>>,
 }
 
 impl std::fmt::Debug for H2Pool {

@@ -123,7 +123,8 @@ pub fn prepare(
     // request (the peer's address is formatted in place).
     headers.extend_from_slice(b"X-Forwarded-For: ");
     push_list(&mut headers, head, buf, "x-forwarded-for");
-    let _ = std::io::Write::write_fmt(&mut headers, format_args!("{peer}\r\n"));
+    wire::push_ip(&mut headers, peer);
+    headers.extend_from_slice(b"\r\n");
     let proto: &[u8] = if https { b"https" } else { b"http" };
     wire::push_header(&mut headers, b"X-Forwarded-Proto", proto);
     let client_host = head.effective_authority(buf);

@@ -11,12 +11,13 @@
 //! finish their current request → [`InFlight::drained`] resolves, or the grace period ends.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+
+use shardgate_core::fxhash::FxMap;
 
 /// A one-way "stop now" flag for the tasks of one worker.
 #[derive(Clone, Default)]
@@ -28,7 +29,7 @@ pub struct Shutdown {
 struct ShutdownState {
     triggered: Cell<bool>,
     next_waiter: Cell<u64>,
-    waiters: RefCell<HashMap<u64, Waker>>,
+    waiters: RefCell<FxMap<u64, Waker>>,
 }
 
 impl Shutdown {
