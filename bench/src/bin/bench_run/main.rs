@@ -61,6 +61,9 @@ pub struct Config {
     pub quiet_wait: u64,
     /// `--access-log PATH`: where `full-logged` writes (default: the run's work directory).
     pub access_log: Option<PathBuf>,
+    /// `--twin-bin PATH`: the shardgate binary `full-quiet-twin` runs (default: the same),
+    /// so that its side-by-side run with `full-quiet` compares two builds.
+    pub twin_bin: Option<PathBuf>,
 }
 
 const USAGE: &str = "\
@@ -102,6 +105,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --from-json FILE      only re-render the report (Markdown, SVG) from a results JSON
   --access-log PATH     where full-logged writes its access log (default: a file in the
                         run's temporary directory; /dev/null leaves the file system out)
+  --twin-bin PATH       the shardgate binary full-quiet-twin runs (default: the same one):
+                        side by side with full-quiet it compares two builds (A/B)
 ";
 
 fn parse_args() -> Result<Config, String> {
@@ -158,6 +163,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         from_json: None,
         quiet_wait: if smoke { 0 } else { 240 },
         access_log: None,
+        twin_bin: None,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -207,6 +213,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
             "--from-json" => c.from_json = Some(PathBuf::from(value()?)),
             "--quiet-wait" => c.quiet_wait = num(&flag, value()?)?,
             "--access-log" => c.access_log = Some(PathBuf::from(value()?)),
+            "--twin-bin" => c.twin_bin = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -635,7 +642,17 @@ fn run(config: &Config) -> Result<(), String> {
                 ""
             }
         ));
-        let sg = targets::start_shardgate(&sg_opts, s)?;
+        let sg = match &config.twin_bin {
+            Some(twin) if s.name == "full-quiet-twin" => {
+                progress.say(&format!("  running {}", twin.display()));
+                let opts = targets::ShardgateOptions {
+                    binary: twin,
+                    ..sg_opts
+                };
+                targets::start_shardgate(&opts, s)?
+            }
+            _ => targets::start_shardgate(&sg_opts, s)?,
+        };
         if s.auth && s.keys > 1 {
             progress.say(&format!(
                 "  {} keys created in {:.1} s ({:.2} ms per key, each an fsynced admin write)",
@@ -985,6 +1002,10 @@ fn run(config: &Config) -> Result<(), String> {
         let mut summary = side::summary(c, rounds);
         summary["size"] = json!(size);
         summary["connections_each"] = json!(side_load.connections);
+        if let (Some(twin), None) = (&config.twin_bin, c.limit) {
+            summary["what"] = json!(format!("another build (A/B: `{}`)", twin.display()));
+            summary["twin_bin"] = json!(twin.display().to_string());
+        }
         side_by_side.push(summary);
     }
 
@@ -1075,6 +1096,7 @@ fn run(config: &Config) -> Result<(), String> {
         "runs": runs,
         "side_by_side": side_by_side,
         "access_log": config.access_log.as_ref().map(|p| p.display().to_string()),
+        "twin_bin": config.twin_bin.as_ref().map(|p| p.display().to_string()),
         "memory_end": memory_end,
         "idle": idle,
         "admin_write": admin,

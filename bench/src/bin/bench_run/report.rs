@@ -504,9 +504,15 @@ pub fn markdown(results: &Value, stem: &str) -> String {
                 cpus.join(", "),
                 added.join(", "),
                 median * 100.0,
-                limit.map_or("0 (A/A)".to_string(), |l| format!("≤ {:.0} %", l * 100.0)),
+                match limit {
+                    Some(l) => format!("≤ {:.0} %", l * 100.0),
+                    None if side["twin_bin"].is_string() => "–".to_string(),
+                    None => "0 (A/A)".to_string(),
+                },
                 if !median.is_finite() || side["errors"].as_u64().unwrap_or(0) > 0 {
                     "not measured"
+                } else if limit.is_none() && side["twin_bin"].is_string() {
+                    "A/B: the twin build's cost"
                 } else if limit.is_none() {
                     "the other rows' error bar"
                 } else if side["candidate"] == "full-logged" && results["access_log"].is_string() {
