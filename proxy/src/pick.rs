@@ -8,7 +8,7 @@
 //! Passive health is keyed by target identity. It is per worker by design: a worker that
 //! sees a target fail stops using it at once, without a cross-core write per failure.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -176,10 +176,14 @@ impl Picker {
     /// or passive health checks, not behind an open circuit, under its `max_connections`.
     /// (The AI fallback walks targets in priority order instead of balancing.)
     pub fn available(&self, upstream: &CompiledUpstream, i: usize) -> bool {
-        self.usable(upstream, i, Instant::now())
+        self.usable(upstream, i, &OnceCell::new())
     }
 
-    fn usable(&self, upstream: &CompiledUpstream, i: usize, now: Instant) -> bool {
+    /// `now` is read from the clock only when a circuit or a passive-health hold needs it
+    /// (most targets have neither: a saturated core's profile showed `clock_gettime` as
+    /// shardgate's largest user-space item), then shared by the targets one pick looks at.
+    fn usable(&self, upstream: &CompiledUpstream, i: usize, now: &OnceCell<Instant>) -> bool {
+        let now = || *now.get_or_init(Instant::now);
         let Some(target) = upstream.targets.get(i) else {
             return false;
         };
@@ -187,7 +191,7 @@ impl Picker {
             return false;
         }
         if let Some(breaker) = &upstream.spec.spec.circuit_breaker
-            && !self.circuit_admits(target.key, breaker, now)
+            && !self.circuit_admits(target.key, breaker, now())
         {
             return false;
         }
@@ -195,7 +199,7 @@ impl Picker {
             Some(Passive {
                 down_until: Some(until),
                 ..
-            }) => *until <= now,
+            }) => *until <= now(),
             _ => true,
         }
     }
@@ -383,11 +387,11 @@ impl Picker {
         hash: Option<u64>,
         exclude: &[usize],
     ) -> Option<usize> {
-        let now = Instant::now();
+        let now = OnceCell::new();
         self.with_cursor(upstream.id, &upstream.balancer, |cursor| {
             upstream
                 .balancer
-                .pick(cursor, hash, |i| self.usable(upstream, i, now), exclude)
+                .pick(cursor, hash, |i| self.usable(upstream, i, &now), exclude)
         })
     }
 
@@ -398,9 +402,12 @@ impl Picker {
         self.with_cursor(upstream.id, &upstream.balancer, |c| c.started(i));
         if let Some(target) = upstream.targets.get(i) {
             *self.active.borrow_mut().entry(target.key).or_default() += 1;
-            // An open circuit whose time is up lets this request through as a probe.
-            let now = Instant::now();
-            if let Some(breaker) = self.breakers.borrow_mut().get_mut(&target.key) {
+            // An open circuit whose time is up lets this request through as a probe (the
+            // clock is read only for a circuit that is not closed).
+            if let Some(breaker) = self.breakers.borrow_mut().get_mut(&target.key)
+                && !matches!(breaker, Breaker::Closed { .. })
+            {
+                let now = Instant::now();
                 match breaker {
                     Breaker::Open { until } if *until <= now => {
                         *breaker = Breaker::HalfOpen {
