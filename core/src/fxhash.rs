@@ -1,6 +1,7 @@
 //! FxHash for maps keyed by ids and small integers, looked up on every request: the
-//! metrics' and usage's series, and the snapshot's gateways, services, upstreams and
-//! budgets by id. SipHash's resistance to hash flooding buys nothing for these keys (ids
+//! metrics' and usage's series, the snapshot's gateways, services, upstreams and budgets by
+//! id, and each worker's balancer state, connection pools and shutdown waiters by target
+//! key or id. SipHash's resistance to hash flooding buys nothing for these keys (ids
 //! are made by the gateway, and a client can only look them up, never insert one) and
 //! costs several times more per lookup.
 
