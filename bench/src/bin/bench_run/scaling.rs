@@ -189,4 +189,20 @@ mod tests {
             "{md}"
         );
     }
+
+    #[test]
+    fn medians_of_an_even_count_are_the_mean_of_the_middle_two() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let run = |proxy: &str, rps: f64, cpu: f64| serde_json::json!({"proxy": proxy, "tls_mode": null, "rps": rps, "cpu_us_per_req": cpu});
+        let results = serde_json::json!({"runs": [
+            run("nginx", 100.0, 10.0), run("shardgate", 90.0, 12.0),
+            run("nginx", 120.0, 8.0), run("shardgate", 110.0, 11.0),
+            // An HTTPS run is not a plain one: left out.
+            {"proxy": "nginx", "tls_mode": "keep-alive", "rps": 1.0, "cpu_us_per_req": 1.0},
+        ]});
+        std::fs::write(dir.path().join("r.json"), results.to_string()).expect("the JSON");
+        let [nginx, shardgate] = medians(dir.path()).expect("medians");
+        assert_eq!(nginx, (110.0, 9.0));
+        assert_eq!(shardgate, (100.0, 11.5));
+    }
 }
