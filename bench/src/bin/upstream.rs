@@ -138,10 +138,27 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The ready line only once every thread has its runtime: a harness that reads it may
+    // send load at once.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let threads: Vec<_> = listeners
         .into_iter()
-        .map(|listener| std::thread::spawn(move || serve_listener(listener, responses)))
+        .map(|listener| {
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || serve_listener(listener, responses, ready))
+        })
         .collect();
+    drop(ready_tx);
+    for _ in 0..threads.len() {
+        // A thread that died without a word counts as a failure too.
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err("a thread ended before starting".to_string()));
+        if let Err(e) = started {
+            eprintln!("upstream: {e}");
+            std::process::exit(1);
+        }
+    }
     println!(
         "upstream ready addr={addr} driver={driver} threads={}",
         args.threads
@@ -174,16 +191,34 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
     Ok(listeners)
 }
 
-/// One thread's runtime: accepts on its own listener and serves each connection.
+/// One thread's runtime: reports on `ready` whether it could start, then accepts on its
+/// own listener and serves each connection.
 fn serve_listener(
     listener: std::net::TcpListener,
     responses: &'static Responses,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> std::io::Result<()> {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .build()
-        .map_err(|e| std::io::Error::other(format!("cannot build the runtime: {e}")))?;
+        .map_err(|e| std::io::Error::other(format!("cannot build the runtime: {e}")));
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return Err(e);
+        }
+    };
     rt.block_on(async move {
-        let listener = TcpListener::from_std(listener)?;
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => {
+                let _ = ready.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return Err(e);
+            }
+        };
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
