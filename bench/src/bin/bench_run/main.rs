@@ -237,7 +237,39 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
     if c.duration == 0 || c.rounds == 0 || c.sizes.is_empty() || c.connections == 0 {
         return Err("--duration, --rounds, --connections and --sizes must be positive".into());
     }
+    let asked = |name: &str| c.scenarios.iter().any(|s| s == name);
+    if c.twin_bin.is_some() && !(asked("full-quiet") && asked("full-quiet-twin")) {
+        return Err(
+            "--twin-bin is the binary of full-quiet-twin, compared side by side with \
+             full-quiet: add --scenarios full-quiet,full-quiet-twin"
+                .into(),
+        );
+    }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_twin_binary_needs_the_pair_it_is_compared_in() {
+        let err = parse_args_from(args(&["--twin-bin", "/tmp/other"]))
+            .expect_err("the default scenarios have no twin");
+        assert!(err.contains("full-quiet,full-quiet-twin"), "{err}");
+        let c = parse_args_from(args(&[
+            "--twin-bin",
+            "/tmp/other",
+            "--scenarios",
+            "full-quiet,full-quiet-twin",
+        ]))
+        .expect("the pair is asked for");
+        assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")));
+    }
 }
 
 fn main() {
@@ -999,13 +1031,9 @@ fn run(config: &Config) -> Result<(), String> {
             ));
             rounds.push((rb, rk));
         }
-        let mut summary = side::summary(c, rounds);
+        let mut summary = side::summary(c, rounds, config.twin_bin.as_deref());
         summary["size"] = json!(size);
         summary["connections_each"] = json!(side_load.connections);
-        if let (Some(twin), None) = (&config.twin_bin, c.limit) {
-            summary["what"] = json!(format!("another build (A/B: `{}`)", twin.display()));
-            summary["twin_bin"] = json!(twin.display().to_string());
-        }
         side_by_side.push(summary);
     }
 

@@ -495,6 +495,8 @@ pub fn markdown(results: &Value, stem: &str) -> String {
                 .unwrap_or_default();
             let median = f(side, "median_added");
             let limit = side["limit"].as_f64();
+            // No limit: an A/A check of the method, or an A/B of two builds (`--twin-bin`).
+            let ab = side["twin_bin"].is_string();
             let _ = writeln!(
                 md,
                 "| {} | `{}` → `{}` | {} | {} | **{:+.1} %** | {} | {} |",
@@ -506,12 +508,12 @@ pub fn markdown(results: &Value, stem: &str) -> String {
                 median * 100.0,
                 match limit {
                     Some(l) => format!("≤ {:.0} %", l * 100.0),
-                    None if side["twin_bin"].is_string() => "–".to_string(),
+                    None if ab => "–".to_string(),
                     None => "0 (A/A)".to_string(),
                 },
                 if !median.is_finite() || side["errors"].as_u64().unwrap_or(0) > 0 {
                     "not measured"
-                } else if limit.is_none() && side["twin_bin"].is_string() {
+                } else if limit.is_none() && ab {
                     "A/B: the twin build's cost"
                 } else if limit.is_none() {
                     "the other rows' error bar"
@@ -1158,6 +1160,40 @@ mod tests {
     }
 
     #[test]
+    fn the_a_a_and_a_b_rows_are_an_error_bar_and_a_build_s_cost_not_judged() {
+        let mut r = results();
+        let side = |base: f64, with: f64| {
+            (
+                json!({"cpu_us_per_req": base, "errors": 0}),
+                json!({"cpu_us_per_req": with, "errors": 0}),
+            )
+        };
+        let pair = crate::side::COMPARISONS
+            .iter()
+            .find(|c| c.limit.is_none())
+            .expect("the A/A pair");
+        let rounds = || vec![side(10.0, 10.03), side(20.0, 20.06)];
+        let mut a_a = crate::side::summary(pair, rounds(), None);
+        a_a["connections_each"] = json!(32);
+        r["side_by_side"] = json!([a_a]);
+        let md = markdown(&r, "x");
+        assert!(
+            md.contains("| **+0.3 %** | 0 (A/A) | the other rows' error bar |"),
+            "{md}"
+        );
+        let twin = std::path::Path::new("/tmp/other");
+        let mut a_b = crate::side::summary(pair, rounds(), Some(twin));
+        a_b["connections_each"] = json!(32);
+        r["side_by_side"] = json!([a_b]);
+        let md = markdown(&r, "x");
+        assert!(md.contains("| another build (A/B: `/tmp/other`) |"), "{md}");
+        assert!(
+            md.contains("| **+0.3 %** | – | A/B: the twin build's cost |"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn side_by_side_rounds_are_listed_and_judge_the_issue_13_and_14_targets() {
         let mut r = results();
         let side = |base: f64, with: f64| {
@@ -1169,12 +1205,14 @@ mod tests {
         let mut logged = crate::side::summary(
             &crate::side::COMPARISONS[0],
             vec![side(10.0, 10.2), side(20.0, 20.8), side(10.0, 10.1)],
+            None,
         );
         logged["size"] = json!(1024);
         logged["connections_each"] = json!(32);
         let mut usage = crate::side::summary(
             &crate::side::COMPARISONS[2],
             vec![side(10.0, 10.3), side(10.0, 10.4), side(10.0, 10.3)],
+            None,
         );
         usage["size"] = json!(1024);
         r["side_by_side"] = json!([logged, usage]);

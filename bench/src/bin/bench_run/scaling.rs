@@ -111,20 +111,16 @@ fn medians(dir: &Path) -> Result<[(f64, f64); 2], String> {
     let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
     let results: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let runs = results["runs"].as_array().cloned().unwrap_or_default();
+    // The report's median (an even count's is the mean of the middle two).
     let median = |proxy: &str, field: &str| -> Result<f64, String> {
-        let mut v: Vec<f64> = runs
+        let v: Vec<f64> = runs
             .iter()
             .filter(|r| r["proxy"] == proxy && r["tls_mode"].is_null())
             .filter_map(|r| r[field].as_f64())
             .collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        match v.len() {
-            0 => Err(format!("no {proxy} {field} in {}", json.display())),
-            // An even count's median is the mean of the middle two (2 rounds: their mean).
-            n if n % 2 == 0 => Ok((v[mid - 1] + v[mid]) / 2.0),
-            _ => Ok(v[mid]),
-        }
+        Some(crate::report::median(v))
+            .filter(|m| m.is_finite())
+            .ok_or_else(|| format!("no {proxy} {field} in {}", json.display()))
     };
     Ok([
         (median("nginx", "rps")?, median("nginx", "cpu_us_per_req")?),

@@ -141,16 +141,22 @@ pub fn added(baseline: &Value, candidate: &Value) -> f64 {
     cpu(candidate) / cpu(baseline) - 1.0
 }
 
-/// The comparison's record: every round and the median added CPU per request.
-pub fn summary(c: &Comparison, rounds: Vec<(Value, Value)>) -> Value {
+/// The comparison's record: every round and the median added CPU per request. `twin`: the
+/// other build the A/A pair's candidate ran (`--twin-bin`), which makes it an A/B.
+pub fn summary(c: &Comparison, rounds: Vec<(Value, Value)>, twin: Option<&Path>) -> Value {
     let added: Vec<f64> = rounds.iter().map(|(b, c)| added(b, c)).collect();
     let median_added = median(added.clone());
     let errors: u64 = rounds
         .iter()
         .map(|(b, c)| b["errors"].as_u64().unwrap_or(0) + c["errors"].as_u64().unwrap_or(0))
         .sum();
+    let twin = twin.filter(|_| c.limit.is_none());
     json!({
-        "what": c.what,
+        "what": match twin {
+            Some(path) => format!("another build (A/B: `{}`)", path.display()),
+            None => c.what.to_string(),
+        },
+        "twin_bin": twin.map(|path| path.display().to_string()),
         "baseline": c.baseline,
         "candidate": c.candidate,
         "limit": c.limit,
@@ -176,9 +182,29 @@ mod tests {
                 (side(20.0), side(20.2)),
                 (side(10.0), side(9.0)),
             ],
+            // A twin build makes only the A/A pair an A/B.
+            Some(Path::new("/tmp/other")),
         );
         let m = s["median_added"].as_f64().expect("a median");
         assert!((m - 0.01).abs() < 1e-9, "{m}");
         assert_eq!(s["added"].as_array().map(Vec::len), Some(3));
+        assert_eq!(s["what"], "metrics + access log");
+        assert!(s["twin_bin"].is_null());
+    }
+
+    #[test]
+    fn the_a_a_pair_is_an_a_b_of_two_builds_with_a_twin_binary() {
+        let side = |cpu: f64| json!({"cpu_us_per_req": cpu, "errors": 0});
+        let twin = COMPARISONS
+            .iter()
+            .find(|c| c.limit.is_none())
+            .expect("the A/A pair");
+        let rounds = || vec![(side(10.0), side(9.9)), (side(10.0), side(9.8))];
+        let a_a = summary(twin, rounds(), None);
+        assert_eq!(a_a["what"], "nothing (A/A: the method's bias)");
+        assert!(a_a["twin_bin"].is_null());
+        let a_b = summary(twin, rounds(), Some(Path::new("/tmp/other")));
+        assert_eq!(a_b["what"], "another build (A/B: `/tmp/other`)");
+        assert_eq!(a_b["twin_bin"], "/tmp/other");
     }
 }
