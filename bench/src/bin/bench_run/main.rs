@@ -61,8 +61,8 @@ pub struct Config {
     pub quiet_wait: u64,
     /// `--access-log PATH`: where `full-logged` writes (default: the run's work directory).
     pub access_log: Option<PathBuf>,
-    /// `--twin-bin PATH`: the shardgate binary `full-quiet-twin` runs (default: the same),
-    /// so that its side-by-side run with `full-quiet` compares two builds.
+    /// `--twin-bin PATH`: the shardgate binary the `*-twin` scenarios run (default: the
+    /// same), so that their side-by-side runs with their own scenario compare two builds.
     pub twin_bin: Option<PathBuf>,
 }
 
@@ -89,7 +89,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
                         full-quiet without request metrics, full-logged with the access log,
                         full-untracked without per-key usage tracking; opt-in:
                         full-quiet-twin, a second full-quiet whose side-by-side run with
-                        full-quiet measures the method's own bias)
+                        full-quiet measures the method's own bias; full-logged-twin, the
+                        same for full-logged)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -105,8 +106,9 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --from-json FILE      only re-render the report (Markdown, SVG) from a results JSON
   --access-log PATH     where full-logged writes its access log (default: a file in the
                         run's temporary directory; /dev/null leaves the file system out)
-  --twin-bin PATH       the shardgate binary full-quiet-twin runs (default: the same one):
-                        side by side with full-quiet it compares two builds (A/B)
+  --twin-bin PATH       the shardgate binary full-quiet-twin and full-logged-twin run
+                        (default: the same one): side by side with full-quiet and
+                        full-logged they compare two builds (A/B)
 ";
 
 fn parse_args() -> Result<Config, String> {
@@ -138,12 +140,12 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         connections: 64,
         threads: 0,
         sizes: vec![1024, 16384],
-        // Every scenario but the A/A twin (a check of the side-by-side method, asked for
+        // Every scenario but the A/A twins (checks of the side-by-side method, asked for
         // by name).
         scenarios: targets::scenarios(0, 0)
             .iter()
             .map(|s| s.name.to_string())
-            .filter(|name| name != "full-quiet-twin")
+            .filter(|name| !name.ends_with("-twin"))
             .collect(),
         rules: 100,
         keys: 10_000,
@@ -238,10 +240,12 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         return Err("--duration, --rounds, --connections and --sizes must be positive".into());
     }
     let asked = |name: &str| c.scenarios.iter().any(|s| s == name);
-    if c.twin_bin.is_some() && !(asked("full-quiet") && asked("full-quiet-twin")) {
+    let pair = |base: &str| asked(base) && asked(&format!("{base}-twin"));
+    if c.twin_bin.is_some() && !(pair("full-quiet") || pair("full-logged")) {
         return Err(
-            "--twin-bin is the binary of full-quiet-twin, compared side by side with \
-             full-quiet: add --scenarios full-quiet,full-quiet-twin"
+            "--twin-bin is the binary of the twin scenarios, compared side by side with \
+             their own: add --scenarios full-quiet,full-quiet-twin (or \
+             full-logged,full-logged-twin)"
                 .into(),
         );
     }
@@ -269,6 +273,22 @@ mod tests {
         ]))
         .expect("the pair is asked for");
         assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")));
+        let c = parse_args_from(args(&[
+            "--twin-bin",
+            "/tmp/other",
+            "--scenarios",
+            "full-logged,full-logged-twin",
+        ]))
+        .expect("the logged pair is asked for");
+        assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")));
+        let err = parse_args_from(args(&[
+            "--twin-bin",
+            "/tmp/other",
+            "--scenarios",
+            "full-quiet,full-logged-twin",
+        ]))
+        .expect_err("a twin without its own scenario");
+        assert!(err.contains("full-logged,full-logged-twin"), "{err}");
     }
 }
 
@@ -675,7 +695,7 @@ fn run(config: &Config) -> Result<(), String> {
             }
         ));
         let sg = match &config.twin_bin {
-            Some(twin) if s.name == "full-quiet-twin" => {
+            Some(twin) if s.name.ends_with("-twin") => {
                 progress.say(&format!("  running {}", twin.display()));
                 let opts = targets::ShardgateOptions {
                     binary: twin,

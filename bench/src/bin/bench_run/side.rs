@@ -30,7 +30,7 @@ pub struct Comparison {
     pub limit: Option<f64>,
 }
 
-pub const COMPARISONS: [Comparison; 4] = [
+pub const COMPARISONS: [Comparison; 5] = [
     Comparison {
         what: "metrics + access log",
         baseline: "full-quiet",
@@ -54,6 +54,12 @@ pub const COMPARISONS: [Comparison; 4] = [
         what: "nothing (A/A: the method's bias)",
         baseline: "full-quiet",
         candidate: "full-quiet-twin",
+        limit: None,
+    },
+    Comparison {
+        what: "nothing, access log on (A/A: the method's bias)",
+        baseline: "full-logged",
+        candidate: "full-logged-twin",
         limit: None,
     },
 ];

@@ -293,6 +293,13 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             observe: Observe::Quiet,
             ..full.clone()
         },
+        // `full-logged` again (opt-in: --scenarios full-logged,full-logged-twin): the A/A
+        // check with the access log on, and with --twin-bin an A/B of the logging path.
+        Scenario {
+            name: "full-logged-twin",
+            observe: Observe::Logged,
+            ..full.clone()
+        },
         // `full` without per-key usage tracking (opt-in: --scenarios full,full-untracked):
         // what counting usage costs.
         Scenario {
@@ -392,6 +399,12 @@ pub fn start_shardgate(
         }
         Observe::Logged => {
             let path = match opt.access_log {
+                // Two gateways side by side do not share one file (`/dev/null` they may).
+                Some(path) if scenario.name.ends_with("-twin") && path.is_file() => {
+                    let mut twin = path.as_os_str().to_owned();
+                    twin.push(".twin");
+                    PathBuf::from(twin)
+                }
                 Some(path) => path.to_path_buf(),
                 None => opt.work_dir.join(format!("access-{slug}.log")),
             };
@@ -825,7 +838,7 @@ mod tests {
                 (bare.auth, bare.rate_limit, bare.rules, bare.keys)
             );
         }
-        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 10);
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 11);
     }
 
     #[test]
@@ -841,5 +854,34 @@ mod tests {
             );
         }
         assert_eq!(all.iter().filter(|s| s.epoll).count(), 2);
+    }
+
+    #[test]
+    fn each_twin_is_its_scenario_again() {
+        let all = scenarios(100, 10_000);
+        let find = |n: &str| all.iter().find(|s| s.name == n).expect("a scenario");
+        for base in ["full-quiet", "full-logged"] {
+            let (s, t) = (find(base), find(&format!("{base}-twin")));
+            assert_eq!(
+                (
+                    s.auth,
+                    s.rate_limit,
+                    s.rules,
+                    s.keys,
+                    s.tls,
+                    s.epoll,
+                    s.observe
+                ),
+                (
+                    t.auth,
+                    t.rate_limit,
+                    t.rules,
+                    t.keys,
+                    t.tls,
+                    t.epoll,
+                    t.observe
+                )
+            );
+        }
     }
 }
