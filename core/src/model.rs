@@ -644,6 +644,9 @@ pub struct UpstreamSpec {
     /// (HTTP/1.1); services of type `grpc` speak HTTP/2 whatever it says.
     #[serde(default)]
     pub http2: bool,
+    /// Keep-alive PINGs on the HTTP/2 connections to the targets; off when absent.
+    #[serde(default)]
+    pub http2_keepalive: Option<Http2Keepalive>,
     /// Per-target circuit breaker; off when absent.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
@@ -670,6 +673,47 @@ pub struct CircuitBreaker {
     /// Also open when the failure rate over a window passes a percentage. Off when absent.
     #[serde(default)]
     pub error_rate: Option<ErrorRate>,
+}
+
+/// PINGs on each HTTP/2 connection to a target (an upstream with `http2`, or behind a
+/// `grpc` service): every `interval` a worker pings each of its connections, and one whose
+/// answer has not come within `timeout` is closed. Its streams fail (502, gRPC
+/// UNAVAILABLE) instead of waiting out `read_timeout`, and the next request opens a new
+/// connection. gRPC servers limit how often a client may ping (gRPC core: not more than
+/// every 5 minutes without calls in flight, unless its keepalive policy allows it), and
+/// answer more with a GOAWAY: set `interval` to what the server permits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Keepalive {
+    /// Time between PINGs on a connection. Default `30s`.
+    #[serde(default = "thirty_seconds")]
+    pub interval: Span,
+    /// How long an answer may take. Default `10s`.
+    #[serde(default = "ten_seconds")]
+    pub timeout: Span,
+}
+
+fn thirty_seconds() -> Span {
+    Span::from_secs(30)
+}
+
+impl Http2Keepalive {
+    fn validate(&self) -> Result<(), Invalid> {
+        let min = std::time::Duration::from_millis(100);
+        if self.interval.as_duration() < min {
+            return Err(Invalid::new(
+                "http2_keepalive.interval",
+                "must be at least 100ms",
+            ));
+        }
+        if self.timeout.as_duration() < min {
+            return Err(Invalid::new(
+                "http2_keepalive.timeout",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The error-rate trigger of a [`CircuitBreaker`].
@@ -988,6 +1032,9 @@ impl UpstreamSpec {
         }
         if let Some(breaker) = &self.circuit_breaker {
             breaker.validate()?;
+        }
+        if let Some(keepalive) = &self.http2_keepalive {
+            keepalive.validate()?;
         }
         if let Some(h) = &self.hash_header {
             check_len("hash_header", h, MAX_HEADER_NAME_BYTES)?;
@@ -1992,6 +2039,35 @@ mod tests {
         assert_eq!(u.validate().expect_err("weight").path, "targets[0].weight");
         u.targets.clear();
         assert_eq!(u.validate().expect_err("empty").path, "targets");
+    }
+
+    #[test]
+    fn http2_keepalive_defaults_and_its_bounds() {
+        let u: UpstreamSpec = serde_json::from_value(serde_json::json!({
+            "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}],
+            "http2_keepalive": {}
+        }))
+        .expect("valid upstream");
+        let k = u.http2_keepalive.clone().expect("set");
+        assert_eq!(k.interval.as_duration(), std::time::Duration::from_secs(30));
+        assert_eq!(k.timeout.as_duration(), std::time::Duration::from_secs(10));
+        assert!(u.validate().is_ok());
+        for (field, path) in [
+            ("interval", "http2_keepalive.interval"),
+            ("timeout", "http2_keepalive.timeout"),
+        ] {
+            let u: UpstreamSpec = serde_json::from_value(serde_json::json!({
+                "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}],
+                "http2_keepalive": {field: "10ms"}
+            }))
+            .expect("parses");
+            assert_eq!(u.validate().expect_err("too short").path, path);
+        }
+        let unknown = serde_json::from_value::<UpstreamSpec>(serde_json::json!({
+            "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}],
+            "http2_keepalive": {"intervall": "1s"}
+        }));
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, parse_response};
 use shardgate_core::metrics::Cause;
-use shardgate_core::model::ServiceType;
+use shardgate_core::model::{Http2Keepalive, ServiceType};
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::downstream::Downstream;
@@ -126,7 +126,8 @@ pub async fn forward(
                 bounded(upstream.spec.spec.connect_timeout.as_duration(), deadline);
             let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
             client.note(|t| t.attempt(upstream.id, i));
-            match sender(ctx, &dial, connect_timeout).await {
+            let keepalive = upstream.spec.spec.http2_keepalive.as_ref();
+            match sender(ctx, &dial, connect_timeout, keepalive).await {
                 Ok(sender) => {
                     opened = Some((upstream.clone(), i, sender));
                     break 'upstreams;
@@ -301,10 +302,13 @@ fn bounded(timeout: Duration, deadline: Option<Instant>) -> Duration {
 
 /// A ready sender on a (pooled or new) connection to the target of `dial`: h2c to an
 /// `http` target, TLS with ALPN `h2` to an `https` one (with the upstream's `tls` settings).
+/// A new connection is driven by a task of its own, which also pings it when the upstream
+/// has `http2_keepalive`.
 async fn sender(
     ctx: &WorkerContext,
     dial: &tls::Dial<'_>,
     connect_timeout: Duration,
+    keepalive: Option<&Http2Keepalive>,
 ) -> Result<SendRequest<Bytes>, UpstreamFailure> {
     let target = dial.target();
     let pool = &ctx.plane().h2_upstreams;
@@ -341,13 +345,32 @@ async fn sender(
             })
     })
     .await;
-    let (sender, connection) = match connected {
+    let (sender, mut connection) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(failure)) => return Err(failure),
         Err(_) => return Err(UpstreamFailure::ConnectFailed),
     };
+    let pings = keepalive.zip(connection.ping_pong()).map(|(k, pings)| {
+        let (interval, timeout) = (k.interval.as_duration(), k.timeout.as_duration());
+        (pings, interval, timeout)
+    });
     monoio::spawn(async move {
-        if let Err(e) = connection.await {
+        let ended = match pings {
+            Some((pings, interval, timeout)) => {
+                let mut connection = pin!(connection);
+                monoio::select! {
+                    ended = &mut connection => ended,
+                    () = keep_alive(pings, interval, timeout) => {
+                        // Dropping the connection closes it: its streams fail, and the
+                        // pooled sender reports it closed to the next request.
+                        tracing::warn!(%addr, ?timeout, "HTTP/2 upstream did not answer a PING in time; connection closed");
+                        Ok(())
+                    }
+                }
+            }
+            None => connection.await,
+        };
+        if let Err(e) = ended {
             tracing::debug!(%addr, error = %e, "HTTP/2 upstream connection ended");
         }
     });
@@ -356,6 +379,20 @@ async fn sender(
         tracing::debug!(%addr, error = %e, "HTTP/2 upstream refused a stream");
         UpstreamFailure::ConnectFailed
     })
+}
+
+/// Pings the connection every `interval` (PINGs go out as the connection task polls);
+/// returns when an answer has not come within `timeout`, or the connection has ended.
+async fn keep_alive(mut pings: h2::PingPong, interval: Duration, timeout: Duration) {
+    loop {
+        monoio::time::sleep(interval).await;
+        match monoio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // Ended: the connection's own future reports why.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// The upstream's HTTP/2 request for the flow's prepared HTTP/1.1 one, to `target`.

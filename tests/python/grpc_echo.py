@@ -4,8 +4,12 @@ bytes in and bytes out.
     grpc_echo.py server [CERT KEY]   prints its port, serves until stdin closes (over TLS
                                      with CERT and KEY, PEM files, when given)
     grpc_echo.py client ADDR KEY AUTHORITY CALL   runs one call, prints a JSON result
+
+GRPC_ECHO_PERMIT_PINGS=1 lets clients ping the server as often as they like (gRPC core
+otherwise answers frequent PINGs with a GOAWAY).
 """
 import json
+import os
 import queue
 import sys
 from concurrent import futures
@@ -44,7 +48,14 @@ def serve(cert=None, key=None):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    options = []
+    if os.environ.get("GRPC_ECHO_PERMIT_PINGS") == "1":
+        options = [
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     if cert:
         credentials = grpc.ssl_server_credentials(
@@ -97,6 +108,11 @@ def call(addr, key, authority, what):
             response = channel.unary_unary(f"/{SERVICE}/Unary")(
                 b"x" * 5000, metadata=metadata, timeout=10)
             result["messages"] = [response[:8].decode()]
+        elif what == "unary_3s":
+            # A unary call the client gives up on after 3 s.
+            response = channel.unary_unary(f"/{SERVICE}/Unary")(
+                b"hi", metadata=metadata, timeout=3)
+            result["messages"] = [response.decode()]
         elif what == "deadline":
             channel.unary_unary(f"/{SERVICE}/Slow")(b"3", metadata=metadata, timeout=0.5)
         result["code"] = "OK"

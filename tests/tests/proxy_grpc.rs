@@ -34,10 +34,23 @@ impl GrpcServer {
         GrpcServer::start_with(&[cert, key])
     }
 
+    /// One that takes PINGs as often as they come (see `http2_keepalive` below).
+    fn start_permitting_pings() -> GrpcServer {
+        GrpcServer::spawn(&[], true)
+    }
+
     fn start_with(args: &[&str]) -> GrpcServer {
+        GrpcServer::spawn(args, false)
+    }
+
+    fn spawn(args: &[&str], permit_pings: bool) -> GrpcServer {
         let mut child = Command::new(python())
             .args([script(), "server"])
             .args(args)
+            .env(
+                "GRPC_ECHO_PERMIT_PINGS",
+                if permit_pings { "1" } else { "0" },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -337,5 +350,72 @@ fn a_grpc_request_body_over_the_body_limit_is_resource_exhausted() {
         assert_eq!(fits["code"], "OK", "[{driver}] {fits}");
         let big = call(&sg, "small.localhost", &tenant.key, "big");
         assert_eq!(big["code"], "RESOURCE_EXHAUSTED", "[{driver}] {big}");
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn http2_keepalive_pings_close_a_connection_to_an_upstream_that_stopped_answering() {
+    let server = GrpcServer::start_permitting_pings();
+    let pid = server.child.id();
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver).workers(1));
+        let slow = json!({"read_timeout": "20s"});
+        let mut pinged = slow.clone();
+        pinged["http2_keepalive"] = json!({"interval": "200ms", "timeout": "300ms"});
+        let target = json!({"host": "127.0.0.1", "port": server.port});
+        let watched = grpc_route_to(&sg, "pinged", target.clone(), pinged, json!([]));
+        let unwatched = grpc_route_to(&sg, "unpinged", target, slow, json!([]));
+        // Both have a pooled connection, and pings flow on the watched one.
+        for (tenant, host) in [
+            (&watched, "pinged.localhost"),
+            (&unwatched, "unpinged.localhost"),
+        ] {
+            let ok = call(&sg, host, &tenant.key, "unary_3s");
+            assert_eq!(ok["code"], "OK", "[{driver}] {host}: {ok}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let ok = call(&sg, "pinged.localhost", &watched.key, "unary_3s");
+        assert_eq!(
+            ok["code"], "OK",
+            "[{driver}] answered pings keep the connection: {ok}"
+        );
+
+        assert!(
+            !sg.stderr_contents().contains("did not answer a PING"),
+            "[{driver}] an answering upstream's connection is never cut"
+        );
+        // The server stops (its kernel still accepts connections and takes bytes).
+        signal(pid, "STOP");
+        let started = std::time::Instant::now();
+        let cut = call(&sg, "pinged.localhost", &watched.key, "unary_3s");
+        let took = started.elapsed();
+        // Without pings the call waits for an answer until the client gives up.
+        let waited = call(&sg, "unpinged.localhost", &unwatched.key, "unary_3s");
+        signal(pid, "CONT");
+        assert_eq!(cut["code"], "UNAVAILABLE", "[{driver}] {cut}");
+        assert!(
+            took < std::time::Duration::from_millis(2500),
+            "[{driver}] the unanswered PING ends the call in about interval + timeout, \
+             not read_timeout: {took:?}"
+        );
+        assert_eq!(waited["code"], "DEADLINE_EXCEEDED", "[{driver}] {waited}");
+        let log = sg.stderr_contents();
+        assert!(
+            log.contains("did not answer a PING in time"),
+            "[{driver}] the gateway says why: {log}"
+        );
+
+        // The server is back: the next calls open a new connection.
+        let back = call(&sg, "pinged.localhost", &watched.key, "unary_3s");
+        assert_eq!(back["code"], "OK", "[{driver}] {back}");
     }
 }
