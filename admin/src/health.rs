@@ -3,9 +3,11 @@
 //!
 //! Every upstream with `health_checks.active` has each of its targets probed every
 //! `interval`: `tcp` connects; `http` sends `GET <path>` and expects a 2xx or 3xx status
-//! line within `timeout` — except on `https` targets, where it only connects for now (the
-//! admin thread has no TLS client yet; a plain `GET` to a TLS port would take every https
-//! target down), and says so in the log once per target. `unhealthy_threshold` consecutive failures take a target down,
+//! line within `timeout`; `grpc` speaks the gRPC health checking protocol over h2c
+//! (`grpc.health.v1.Health/Check` for `grpc_service`) and expects `grpc-status: 0` with
+//! the status SERVING — except on `https` targets, where `http` and `grpc` only connect for
+//! now (the admin thread has no TLS client yet; a plain request to a TLS port would take
+//! every https target down), and say so in the log once per target. `unhealthy_threshold` consecutive failures take a target down,
 //! `healthy_threshold` consecutive successes bring it back. New targets start healthy.
 //!
 //! A flip is published as a new snapshot (only the affected gateway is recompiled), through
@@ -63,11 +65,11 @@ pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
                     let Some(addr) = target.addr else { continue };
                     seen.insert(target.key);
                     let probe = probes.entry(target.key).or_insert_with(|| {
-                        if target.https && check.kind == HealthCheckKind::Http {
+                        if target.https && check.kind != HealthCheckKind::Tcp {
                             tracing::warn!(
                                 target = %target.host_header,
-                                "http health check on an https target: probing by TCP connect \
-                                 only (TLS health probes are not built yet)"
+                                "http or grpc health check on an https target: probing by TCP \
+                                 connect only (TLS health probes are not built yet)"
                             );
                         }
                         Probe {
@@ -160,6 +162,9 @@ async fn probe_once(addr: SocketAddr, host: &str, https: bool, check: &ActiveHea
         if check.kind == HealthCheckKind::Tcp || https {
             return Some(true);
         }
+        if check.kind == HealthCheckKind::Grpc {
+            return grpc_check(stream, host, &check.grpc_service).await;
+        }
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shardgate-health-check\r\nConnection: close\r\n\r\n",
             check.path
@@ -187,6 +192,135 @@ async fn probe_once(addr: SocketAddr, host: &str, https: bool, check: &ActiveHea
     )
 }
 
+/// The largest health answer read (a `HealthCheckResponse` is a few bytes).
+const MAX_GRPC_ANSWER: usize = 4096;
+
+/// One `grpc.health.v1.Health/Check` call over h2c on `stream`: `Some(true)` when the
+/// answer is `grpc-status: 0` with the status SERVING (`None`: the exchange failed).
+async fn grpc_check(stream: TcpStream, host: &str, service: &str) -> Option<bool> {
+    use monoio::io::IntoPollIo;
+    let io = stream.into_poll_io().ok()?;
+    let (sender, connection) = h2::client::handshake(io).await.ok()?;
+    let call = async {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{host}/grpc.health.v1.Health/Check"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("user-agent", "shardgate-health-check")
+            .body(())
+            .ok()?;
+        let mut sender = sender.ready().await.ok()?;
+        let (response, mut body) = sender.send_request(request, false).ok()?;
+        body.send_data(bytes::Bytes::from(health_request(service)), true)
+            .ok()?;
+        let response = response.await.ok()?;
+        if response.status() != http::StatusCode::OK
+            || response.headers().contains_key("grpc-status")
+        {
+            // Trailers-only: an error status (UNIMPLEMENTED, NOT_FOUND, ...), no answer.
+            return Some(false);
+        }
+        let mut answer = response.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk.ok()?;
+            let _ = answer.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+            if data.len() > MAX_GRPC_ANSWER {
+                return Some(false);
+            }
+        }
+        let trailers = answer.trailers().await.ok()?;
+        let ok = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|s| s.as_bytes() == b"0");
+        Some(ok && health_status(&data) == Some(SERVING))
+    };
+    let connection = std::pin::pin!(connection);
+    monoio::select! {
+        checked = call => checked,
+        // The connection ended before the answer.
+        _ = connection => None,
+    }
+}
+
+/// `HealthCheckResponse.status` SERVING.
+const SERVING: u64 = 1;
+
+/// A gRPC message (uncompressed) holding a `HealthCheckRequest` for `service` (field 1,
+/// a string; empty: the server as a whole, sent as an empty message).
+fn health_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        push_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// The `status` (field 1, an enum) of the one uncompressed `HealthCheckResponse` in
+/// `data` (a gRPC message: flag byte, 4-byte length, protobuf). Absent: 0, UNKNOWN.
+fn health_status(data: &[u8]) -> Option<u64> {
+    let (&flag, rest) = data.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let (len, mut message) = rest.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    if message.len() != len {
+        return None;
+    }
+    let mut status = 0;
+    while !message.is_empty() {
+        let key = read_varint(&mut message)?;
+        match key & 7 {
+            // varint: field 1 is the status, others are skipped.
+            0 => {
+                let value = read_varint(&mut message)?;
+                if key >> 3 == 1 {
+                    status = value;
+                }
+            }
+            // 64-bit, length-delimited, 32-bit fields of a newer version: skipped.
+            1 => message = message.get(8..)?,
+            2 => {
+                let len = usize::try_from(read_varint(&mut message)?).ok()?;
+                message = message.get(len..)?;
+            }
+            5 => message = message.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
 /// `HTTP/1.x 2xx|3xx ...` at the start of `head`.
 fn status_is_healthy(head: &[u8]) -> bool {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -202,6 +336,32 @@ fn status_is_healthy(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_health_messages_are_framed_and_read_as_protobuf() {
+        // The whole server: an empty message.
+        assert_eq!(health_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            health_request("test.Echo"),
+            [&[0u8, 0, 0, 0, 11, 0x0a, 9][..], b"test.Echo"].concat()
+        );
+        // A length over 127 takes a two-byte varint.
+        let long = "s".repeat(200);
+        assert_eq!(&health_request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
+        let framed = |m: &[u8]| [&[0u8][..], &(m.len() as u32).to_be_bytes(), m].concat();
+        assert_eq!(health_status(&framed(&[0x08, 0x01])), Some(SERVING));
+        assert_eq!(health_status(&framed(&[0x08, 0x02])), Some(2));
+        // Absent field: UNKNOWN; unknown fields of other types are skipped.
+        assert_eq!(health_status(&framed(&[])), Some(0));
+        assert_eq!(
+            health_status(&framed(&[0x12, 0x02, b'h', b'i', 0x08, 0x01])),
+            Some(SERVING)
+        );
+        // Compressed, truncated or trailing bytes: not an answer.
+        assert_eq!(health_status(&[1, 0, 0, 0, 2, 0x08, 0x01]), None);
+        assert_eq!(health_status(&[0, 0, 0, 0, 3, 0x08, 0x01]), None);
+        assert_eq!(health_status(&[0, 0, 0, 0, 2, 0x08]), None);
+    }
 
     #[test]
     fn only_2xx_and_3xx_status_lines_are_healthy() {

@@ -69,6 +69,9 @@ pub mod limits {
     pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
     /// Each entry of an upstream's or a service's `tags`.
     pub const MAX_TAG_BYTES: usize = 128;
+    /// The `grpc_service` a gRPC health check asks about (a package-qualified service
+    /// name; real ones are far shorter).
+    pub const MAX_GRPC_SERVICE_BYTES: usize = 255;
 
     // -- free-form JSON (plugin `settings`, service `metadata`) ---------------------------
 
@@ -907,12 +910,17 @@ pub struct HealthChecks {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthCheck {
-    /// `http` (GET `path`, expect 2xx/3xx) or `tcp` (connect only). Default `http`.
+    /// `http` (GET `path`, expect 2xx/3xx), `tcp` (connect only) or `grpc` (the gRPC health
+    /// checking protocol over h2c: `grpc.health.v1.Health/Check` for `grpc_service`, expect
+    /// SERVING). Default `http`.
     #[serde(default, rename = "type")]
     pub kind: HealthCheckKind,
     /// Default `/health`.
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// The service a `grpc` check asks about; default `""`, the server as a whole.
+    #[serde(default)]
+    pub grpc_service: String,
     /// Default `10s`.
     #[serde(default = "default_health_interval")]
     pub interval: Span,
@@ -933,6 +941,7 @@ pub enum HealthCheckKind {
     #[default]
     Http,
     Tcp,
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1066,6 +1075,18 @@ impl UpstreamSpec {
                     "health_checks.active.path",
                     "must be visible ASCII: no spaces, control characters or non-ASCII \
                      (percent-encode them)",
+                ));
+            }
+            check_len(
+                "health_checks.active.grpc_service",
+                &active.grpc_service,
+                MAX_GRPC_SERVICE_BYTES,
+            )?;
+            // A protobuf string travels as it is; visible ASCII keeps the log line readable.
+            if !active.grpc_service.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Invalid::new(
+                    "health_checks.active.grpc_service",
+                    "must be visible ASCII (a gRPC service name such as `pkg.Service`)",
                 ));
             }
             if active.healthy_threshold == 0 || active.unhealthy_threshold == 0 {
@@ -2039,6 +2060,28 @@ mod tests {
         assert_eq!(u.validate().expect_err("weight").path, "targets[0].weight");
         u.targets.clear();
         assert_eq!(u.validate().expect_err("empty").path, "targets");
+    }
+
+    #[test]
+    fn a_grpc_health_check_names_a_bounded_visible_service() {
+        let with = |service: &str| -> UpstreamSpec {
+            serde_json::from_value(serde_json::json!({
+                "name": "u", "targets": [{"host": "127.0.0.1", "port": 8000}],
+                "health_checks": {"active": {"type": "grpc", "grpc_service": service}}
+            }))
+            .expect("parses")
+        };
+        assert!(with("").validate().is_ok());
+        assert!(with("pkg.v1.Service").validate().is_ok());
+        assert!(with(&"s".repeat(MAX_GRPC_SERVICE_BYTES)).validate().is_ok());
+        for bad in [
+            "has space",
+            "tab\there",
+            &"s".repeat(MAX_GRPC_SERVICE_BYTES + 1),
+        ] {
+            let err = with(bad).validate().expect_err("refused");
+            assert_eq!(err.path, "health_checks.active.grpc_service", "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@ bytes in and bytes out.
                                      with CERT and KEY, PEM files, when given)
     grpc_echo.py client ADDR KEY AUTHORITY CALL   runs one call, prints a JSON result
 
+The server also answers the gRPC health checking protocol (grpc.health.v1.Health/Check,
+as raw protobuf bytes): SERVING for "" and "test.Echo", NOT_FOUND for other services. A
+line "not_serving" on its stdin makes it answer NOT_SERVING, "serving" SERVING again.
+
 GRPC_ECHO_PERMIT_PINGS=1 lets clients ping the server as often as they like (gRPC core
 otherwise answers frequent PINGs with a GOAWAY).
 """
@@ -41,6 +45,17 @@ def slow(request, context):
     return b"late"
 
 
+HEALTH = {"status": b"\x08\x01"}  # HealthCheckResponse{status: SERVING}
+
+
+def health_check(request, context):
+    # HealthCheckRequest{service: field 1}: an empty message, or 0x0a, length, name.
+    service = request[2:].decode() if request[:1] == b"\x0a" else ""
+    if service not in ("", SERVICE):
+        context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+    return HEALTH["status"]
+
+
 def serve(cert=None, key=None):
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -56,7 +71,11 @@ def serve(cert=None, key=None):
             ("grpc.http2.max_ping_strikes", 0),
         ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    health = {"Check": grpc.unary_unary_rpc_method_handler(health_check)}
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),
+    ))
     if cert:
         credentials = grpc.ssl_server_credentials(
             [(open(key, "rb").read(), open(cert, "rb").read())])
@@ -65,7 +84,11 @@ def serve(cert=None, key=None):
         port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
-    sys.stdin.read()
+    for line in sys.stdin:
+        if line.strip() == "not_serving":
+            HEALTH["status"] = b"\x08\x02"
+        elif line.strip() == "serving":
+            HEALTH["status"] = b"\x08\x01"
     server.stop(0)
 
 

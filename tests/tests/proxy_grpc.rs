@@ -69,6 +69,16 @@ impl GrpcServer {
     }
 }
 
+impl GrpcServer {
+    /// A command line to the server (`not_serving`, `serving`).
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("the server's stdin");
+        writeln!(stdin, "{line}").expect("write to the server");
+        stdin.flush().expect("flush");
+    }
+}
+
 impl Drop for GrpcServer {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
@@ -417,5 +427,73 @@ fn http2_keepalive_pings_close_a_connection_to_an_upstream_that_stopped_answerin
         // The server is back: the next calls open a new connection.
         let back = call(&sg, "pinged.localhost", &watched.key, "unary_3s");
         assert_eq!(back["code"], "OK", "[{driver}] {back}");
+    }
+}
+
+/// Calls until the answer's code is `code` (at most 15 s); the last answer.
+fn call_until(sg: &Shardgate, host: &str, key: &str, code: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let answer = call(sg, host, key, "unary_3s");
+        if answer["code"] == code || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_grpc_health_check_takes_a_not_serving_target_out_and_brings_it_back() {
+    let mut server = GrpcServer::start();
+    // A second server for the unknown service: health is kept per target address, so two
+    // upstreams checking one address differently would overwrite each other's verdict.
+    let other = GrpcServer::start();
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let check = |service: &str| {
+            json!({"health_checks": {"active": {
+                "type": "grpc", "grpc_service": service, "interval": "200ms", "timeout": "1s",
+                "healthy_threshold": 1, "unhealthy_threshold": 1
+            }}})
+        };
+        let target = json!({"host": "127.0.0.1", "port": server.port});
+        let checked = grpc_route_to(&sg, "checked", target, check("test.Echo"), json!([]));
+        // A server asked about a service it does not have (NOT_FOUND): down.
+        let target = json!({"host": "127.0.0.1", "port": other.port});
+        let unknown = grpc_route_to(&sg, "unknown", target, check("missing.Svc"), json!([]));
+
+        let up = call_until(&sg, "checked.localhost", &checked.key, "OK");
+        assert_eq!(up["code"], "OK", "[{driver}] {up}");
+        let down = call_until(&sg, "unknown.localhost", &unknown.key, "UNAVAILABLE");
+        assert_eq!(
+            down["code"],
+            "UNAVAILABLE",
+            "[{driver}] {down}\n{}",
+            sg.stderr_contents()
+        );
+        assert!(
+            down["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("no healthy upstream target")),
+            "[{driver}] {down}"
+        );
+
+        server.say("not_serving");
+        let out = call_until(&sg, "checked.localhost", &checked.key, "UNAVAILABLE");
+        server.say("serving");
+        assert_eq!(
+            out["code"], "UNAVAILABLE",
+            "[{driver}] NOT_SERVING takes it out: {out}"
+        );
+        let back = call_until(&sg, "checked.localhost", &checked.key, "OK");
+        assert_eq!(
+            back["code"], "OK",
+            "[{driver}] SERVING brings it back: {back}"
+        );
+        let log = sg.stderr_contents();
+        assert!(
+            log.contains("active health check changed a target's state"),
+            "[{driver}] {log}"
+        );
     }
 }
