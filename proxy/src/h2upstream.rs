@@ -382,7 +382,8 @@ async fn sender(
 }
 
 /// Pings the connection every `interval` (PINGs go out as the connection task polls);
-/// returns when an answer has not come within `timeout`, or the connection has ended.
+/// returns only when an answer has not come within `timeout`. Once the connection has
+/// ended it waits for ever, and the connection's own future ends the task.
 async fn keep_alive(mut pings: h2::PingPong, interval: Duration, timeout: Duration) {
     loop {
         monoio::time::sleep(interval).await;
