@@ -145,7 +145,7 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         scenarios: targets::scenarios(0, 0)
             .iter()
             .map(|s| s.name.to_string())
-            .filter(|name| !name.ends_with("-twin"))
+            .filter(|name| !targets::is_twin(name))
             .collect(),
         rules: 100,
         keys: 10_000,
@@ -240,14 +240,20 @@ fn parse_args_from(argv: Vec<String>) -> Result<Config, String> {
         return Err("--duration, --rounds, --connections and --sizes must be positive".into());
     }
     let asked = |name: &str| c.scenarios.iter().any(|s| s == name);
-    let pair = |base: &str| asked(base) && asked(&format!("{base}-twin"));
-    if c.twin_bin.is_some() && !(pair("full-quiet") || pair("full-logged")) {
-        return Err(
+    // The twins are the candidates of the comparisons without a limit (A/A, or A/B with
+    // --twin-bin).
+    let mut pairs = side::COMPARISONS.iter().filter(|p| p.limit.is_none());
+    if c.twin_bin.is_some() && !pairs.any(|p| asked(p.baseline) && asked(p.candidate)) {
+        let names: Vec<String> = side::COMPARISONS
+            .iter()
+            .filter(|p| p.limit.is_none())
+            .map(|p| format!("{},{}", p.baseline, p.candidate))
+            .collect();
+        return Err(format!(
             "--twin-bin is the binary of the twin scenarios, compared side by side with \
-             their own: add --scenarios full-quiet,full-quiet-twin (or \
-             full-logged,full-logged-twin)"
-                .into(),
-        );
+             their own: add one pair with --scenarios: {}",
+            names.join(" or ")
+        ));
     }
     Ok(c)
 }
@@ -265,29 +271,20 @@ mod tests {
         let err = parse_args_from(args(&["--twin-bin", "/tmp/other"]))
             .expect_err("the default scenarios have no twin");
         assert!(err.contains("full-quiet,full-quiet-twin"), "{err}");
-        let c = parse_args_from(args(&[
-            "--twin-bin",
-            "/tmp/other",
-            "--scenarios",
-            "full-quiet,full-quiet-twin",
-        ]))
-        .expect("the pair is asked for");
-        assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")));
-        let c = parse_args_from(args(&[
-            "--twin-bin",
-            "/tmp/other",
-            "--scenarios",
-            "full-logged,full-logged-twin",
-        ]))
-        .expect("the logged pair is asked for");
-        assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")));
-        let err = parse_args_from(args(&[
-            "--twin-bin",
-            "/tmp/other",
-            "--scenarios",
-            "full-quiet,full-logged-twin",
-        ]))
-        .expect_err("a twin without its own scenario");
+        let with_twin = |scenarios: &str| {
+            parse_args_from(args(&[
+                "--twin-bin",
+                "/tmp/other",
+                "--scenarios",
+                scenarios,
+            ]))
+        };
+        for pair in ["full-quiet,full-quiet-twin", "full-logged,full-logged-twin"] {
+            let c = with_twin(pair).expect("the pair is asked for");
+            assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")), "{pair}");
+        }
+        let err =
+            with_twin("full-quiet,full-logged-twin").expect_err("a twin without its own scenario");
         assert!(err.contains("full-logged,full-logged-twin"), "{err}");
     }
 }
@@ -695,7 +692,7 @@ fn run(config: &Config) -> Result<(), String> {
             }
         ));
         let sg = match &config.twin_bin {
-            Some(twin) if s.name.ends_with("-twin") => {
+            Some(twin) if targets::is_twin(s.name) => {
                 progress.say(&format!("  running {}", twin.display()));
                 let opts = targets::ShardgateOptions {
                     binary: twin,

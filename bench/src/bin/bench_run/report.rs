@@ -1159,15 +1159,17 @@ mod tests {
         assert_eq!(median(vec![f64::NAN, 1.0]), 1.0);
     }
 
+    /// One side-by-side round: the baseline's and the candidate's CPU per request.
+    fn side(base: f64, with: f64) -> (Value, Value) {
+        (
+            json!({"cpu_us_per_req": base, "errors": 0}),
+            json!({"cpu_us_per_req": with, "errors": 0}),
+        )
+    }
+
     #[test]
     fn the_a_a_and_a_b_rows_are_an_error_bar_and_a_build_s_cost_not_judged() {
         let mut r = results();
-        let side = |base: f64, with: f64| {
-            (
-                json!({"cpu_us_per_req": base, "errors": 0}),
-                json!({"cpu_us_per_req": with, "errors": 0}),
-            )
-        };
         let pair = crate::side::COMPARISONS
             .iter()
             .find(|c| c.limit.is_none())
@@ -1196,12 +1198,6 @@ mod tests {
     #[test]
     fn side_by_side_rounds_are_listed_and_judge_the_issue_13_and_14_targets() {
         let mut r = results();
-        let side = |base: f64, with: f64| {
-            (
-                json!({"cpu_us_per_req": base, "errors": 0}),
-                json!({"cpu_us_per_req": with, "errors": 0}),
-            )
-        };
         let mut logged = crate::side::summary(
             &crate::side::COMPARISONS[0],
             vec![side(10.0, 10.2), side(20.0, 20.8), side(10.0, 10.1)],

@@ -310,6 +310,12 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
     ]
 }
 
+/// Whether `name` is a twin scenario (a second `full-quiet` or `full-logged`, opt-in), the
+/// one `--twin-bin` runs.
+pub fn is_twin(name: &str) -> bool {
+    name.ends_with("-twin")
+}
+
 /// The rate limiter with limits no benchmark reaches (10⁹ per minute per dimension).
 pub fn rate_limiter_plugin() -> Value {
     json!({
@@ -400,7 +406,7 @@ pub fn start_shardgate(
         Observe::Logged => {
             let path = match opt.access_log {
                 // Two gateways side by side do not share one file (`/dev/null` they may).
-                Some(path) if scenario.name.ends_with("-twin") && path.is_file() => {
+                Some(path) if is_twin(scenario.name) && path.is_file() => {
                     let mut twin = path.as_os_str().to_owned();
                     twin.push(".twin");
                     PathBuf::from(twin)
