@@ -56,10 +56,28 @@ pub(crate) struct Server {
     accept: Option<thread::JoinHandle<()>>,
 }
 
+/// A listener on a free loopback port with a deep accept queue: an HTTP/2 load test opens
+/// a thousand upstream connections at once, and with std's backlog of 128 a slow accept
+/// thread on a loaded machine lets the kernel drop SYNs, whose retransmission (1 s, then
+/// 3 s) outlasts the gateway's 2 s connect timeout.
+fn loopback_listener() -> TcpListener {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("create a socket");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket
+        .bind(&addr.into())
+        .expect("bind an upstream on loopback");
+    socket.listen(4096).expect("listen on loopback");
+    socket.into()
+}
+
 impl Server {
     pub(crate) fn start(name: &str, handler: Handler) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream on loopback");
-        Server::serve(listener, name, handler)
+        Server::serve(loopback_listener(), name, handler)
     }
 
     /// Accepts on `listener` until dropped.
@@ -486,8 +504,7 @@ impl CountingBuilder {
     }
 
     pub fn start(self) -> CountingServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream on loopback");
-        self.serve(listener)
+        self.serve(loopback_listener())
     }
 
     /// Starts on the port `port` holds instead of a fresh one: the server is that upstream
