@@ -73,10 +73,12 @@ pub enum Cause {
     CircuitOpen,
     /// Every target was at its `max_connections` for longer than the wait allowed.
     Saturated,
+    /// An HTTP/2 upstream refused the stream unprocessed (REFUSED_STREAM, or GOAWAY).
+    Refused,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 9] = [
         Cause::Connect,
         Cause::Tls,
         Cause::Timeout,
@@ -85,6 +87,7 @@ impl Cause {
         Cause::Status5xx,
         Cause::CircuitOpen,
         Cause::Saturated,
+        Cause::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +100,7 @@ impl Cause {
             Cause::Status5xx => "status_5xx",
             Cause::CircuitOpen => "circuit_open",
             Cause::Saturated => "max_connections",
+            Cause::Refused => "refused",
         }
     }
 }

@@ -6,8 +6,12 @@
 //! other side's window (so bidirectional gRPC streams work), and trailers pass through
 //! untouched. Connections are per worker and per target, multiplexing streams up to what
 //! the upstream allows (SETTINGS_MAX_CONCURRENT_STREAMS: a stream beyond it waits for a
-//! free one). A connect failure moves on to another target, as on HTTP/1.1; nothing is
-//! retried once a stream was opened (its body may be half sent).
+//! free one). A connect failure moves on to another target, as on HTTP/1.1. Once a stream
+//! is open, the request is sent again only when the upstream refused the stream
+//! unprocessed (REFUSED_STREAM, or a GOAWAY below it: a server shutting down or shedding
+//! load), from the body kept so far ([`Kept`], at most [`MAX_RESEND_BODY_BYTES`]), any
+//! method, at most [`REFUSED_RESENDS`] times; anything else is answered, not retried (its
+//! body may be half processed).
 //!
 //! `grpc-timeout` bounds the request like a service `timeout` (the smaller wins): before
 //! the response head it is a 504 (DEADLINE_EXCEEDED to a gRPC client), after it the
@@ -23,6 +27,7 @@
 //! chunked trailers. gRPC needs HTTP/2 end to end in practice; REST upstreams that prefer
 //! HTTP/2 (`http2: true`) serve both kinds of client.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::pin;
@@ -90,107 +95,155 @@ pub async fn forward(
 ) -> io::Result<Outcome> {
     // Where the request body comes from: the HTTP/2 client's stream (taken whole: the flow
     // read only the head), or the HTTP/1.1 connection after the head.
-    let (body, grpc_timeout) = match &mut client.stream {
-        Downstream::H2(stream) => (Source::H2(stream.take_body()), stream.grpc_timeout),
-        _ => (Source::H1, None),
+    let (source, grpc_timeout) = match &mut client.stream {
+        Downstream::H2(stream) => (
+            Source::H2(H2Body {
+                body: stream.take_body(),
+                taken: 0,
+                unreleased: 0,
+            }),
+            stream.grpc_timeout,
+        ),
+        _ => (Source::H1(H1Body::new(req)), None),
     };
+    let mut upload = Upload::new(source, req);
     let deadline = match (req.deadline, grpc_timeout) {
         (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
         (d, t) => d.or(t.map(|t| Instant::now() + t)),
     };
     let plane = ctx.plane();
+    let policy = &service.spec.spec.retry_policy;
+    plane
+        .picker
+        .budget(service.id, policy, false, crate::plane::now_ms());
     let max_attempts = 1 + service.spec.spec.retries as usize;
     let mut attempts = 0;
     let mut last = UpstreamFailure::NoHealthyTarget;
-    let mut opened = None;
+    let mut refusals = 0;
+    let mut sent_head = false;
     let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-    'upstreams: for upstream in &service.upstreams {
-        if !upstream_speaks_h2(service, upstream) {
-            continue;
-        }
-        let mut tried = Vec::new();
-        while attempts < max_attempts {
-            if past_deadline() {
-                last = UpstreamFailure::DeadlineExceeded;
-                break 'upstreams;
-            }
-            let Some(i) = plane.picker.target(upstream, req.hash, &tried) else {
-                continue 'upstreams;
-            };
-            tried.push(i);
-            attempts += 1;
-            let Some(target) = upstream.targets.get(i) else {
+    let (upstream, i, result) = loop {
+        let mut opened = None;
+        'upstreams: for upstream in &service.upstreams {
+            if !upstream_speaks_h2(service, upstream) {
                 continue;
-            };
-            let connect_timeout =
-                bounded(upstream.spec.spec.connect_timeout.as_duration(), deadline);
-            let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
-            client.note(|t| t.attempt(upstream.id, i));
-            let keepalive = upstream.spec.spec.http2_keepalive.as_ref();
-            match sender(ctx, &dial, connect_timeout, keepalive).await {
-                Ok(sender) => {
-                    opened = Some((upstream.clone(), i, sender));
-                    break 'upstreams;
-                }
-                // A failure the deadline caused (a client's grpc-timeout included) says
-                // nothing about the target: not reported.
-                Err(_) if past_deadline() => {
+            }
+            let mut tried = Vec::new();
+            while attempts < max_attempts {
+                if past_deadline() {
                     last = UpstreamFailure::DeadlineExceeded;
                     break 'upstreams;
                 }
-                Err(failure) => {
-                    plane.picker.report(upstream, i, false);
-                    plane.circuit(upstream, i, false);
-                    client.note(|t| {
-                        t.upstream_head();
-                        t.failed(failure.cause());
-                    });
-                    last = failure;
+                let Some(i) = plane.picker.target(upstream, req.hash, &tried) else {
+                    continue 'upstreams;
+                };
+                tried.push(i);
+                attempts += 1;
+                let Some(target) = upstream.targets.get(i) else {
+                    continue;
+                };
+                let connect_timeout =
+                    bounded(upstream.spec.spec.connect_timeout.as_duration(), deadline);
+                let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
+                client.note(|t| t.attempt(upstream.id, i));
+                let keepalive = upstream.spec.spec.http2_keepalive.as_ref();
+                match sender(ctx, &dial, connect_timeout, keepalive).await {
+                    Ok(sender) => {
+                        opened = Some((upstream.clone(), i, sender));
+                        break 'upstreams;
+                    }
+                    // A failure the deadline caused (a client's grpc-timeout included) says
+                    // nothing about the target: not reported.
+                    Err(_) if past_deadline() => {
+                        last = UpstreamFailure::DeadlineExceeded;
+                        break 'upstreams;
+                    }
+                    Err(failure) => {
+                        plane.picker.report(upstream, i, false);
+                        plane.circuit(upstream, i, false);
+                        client.note(|t| {
+                            t.upstream_head();
+                            t.failed(failure.cause());
+                        });
+                        last = failure;
+                    }
                 }
             }
         }
-    }
-    let Some((upstream, i, sender)) = opened else {
-        return refuse(client, Refusal::Upstream(last), effects, req).await;
-    };
-    let request = match upstream.targets.get(i).map(|t| upstream_request(req, t)) {
-        Some(Ok(request)) => request,
-        other => {
-            tracing::debug!(error = ?other.map(|r| r.err()), "request not expressible in HTTP/2");
-            let failure = Refusal::Upstream(UpstreamFailure::InvalidResponse);
+        let Some((upstream, i, sender)) = opened else {
+            return refuse(client, Refusal::Upstream(last), effects, req).await;
+        };
+        let request = match upstream.targets.get(i).map(|t| upstream_request(req, t)) {
+            Some(Ok(request)) => request,
+            other => {
+                tracing::debug!(error = ?other.map(|r| r.err()), "request not expressible in HTTP/2");
+                let failure = Refusal::Upstream(UpstreamFailure::InvalidResponse);
+                return refuse(client, failure, effects, req).await;
+            }
+        };
+        let in_flight = plane.picker.started(&upstream, i);
+        let spec = &upstream.spec.spec;
+        let timeouts = Timeouts {
+            read: spec.read_timeout.as_duration(),
+            write: spec.write_timeout.as_duration(),
+            body_limit,
+        };
+        let exchange = relay(
+            client,
+            sender,
+            request,
+            &mut upload,
+            req,
+            effects,
+            timeouts,
+            &mut sent_head,
+        );
+        let result = match deadline {
+            Some(deadline) => match monoio::time::timeout_at(deadline, exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(Relayed::Failed(UpstreamFailure::DeadlineExceeded)),
+            },
+            None => exchange.await,
+        };
+        drop(in_flight);
+        if !matches!(result, Err(Relayed::Refused)) {
+            break (upstream, i, result);
+        }
+        // The upstream did not process the stream (it is shutting down, or shedding
+        // load): the request goes again on another stream, whatever its method, as the
+        // kept body allows. Not a failure of the target (no passive health, no circuit),
+        // and not one of the service's `retries`; within the retry budget, and at most
+        // REFUSED_RESENDS times. A connection that sent GOAWAY is not reused: the pool
+        // hands out only connections that can open streams.
+        client.note(|t| {
+            t.upstream_head();
+            t.failed(Cause::Refused);
+        });
+        let spent = refusals == REFUSED_RESENDS || past_deadline();
+        if spent
+            || !plane
+                .picker
+                .budget(service.id, policy, true, crate::plane::now_ms())
+        {
+            if !spent {
+                client.note(|t| t.obs.budget_exhausted = true);
+            }
+            let failure = Refusal::Upstream(UpstreamFailure::Refused);
             return refuse(client, failure, effects, req).await;
         }
+        refusals += 1;
+        attempts -= 1;
     };
-    let in_flight = plane.picker.started(&upstream, i);
-    let spec = &upstream.spec.spec;
-    let timeouts = Timeouts {
-        read: spec.read_timeout.as_duration(),
-        write: spec.write_timeout.as_duration(),
-        body_limit,
+    // Neither a deadline nor a refused stream says the target failed.
+    let its_own = |failure: UpstreamFailure| {
+        !matches!(
+            failure,
+            UpstreamFailure::DeadlineExceeded | UpstreamFailure::Refused
+        )
     };
-    let mut sent_head = false;
-    let exchange = relay(
-        client,
-        sender,
-        request,
-        body,
-        req,
-        effects,
-        timeouts,
-        &mut sent_head,
-    );
-    let result = match deadline {
-        Some(deadline) => match monoio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Relayed::Failed(UpstreamFailure::DeadlineExceeded)),
-        },
-        None => exchange.await,
-    };
-    drop(in_flight);
     let circuit_ok = match &result {
         Ok(_) => Some(client.status_sent() < 500),
-        Err(Relayed::Failed(UpstreamFailure::DeadlineExceeded)) => None,
-        Err(Relayed::Failed(_)) => Some(false),
+        Err(Relayed::Failed(failure)) if its_own(*failure) => Some(false),
         Err(_) => None,
     };
     if let Some(ok) = circuit_ok {
@@ -214,8 +267,10 @@ pub async fn forward(
             return Ok(Outcome::Done { keep_alive: false });
         }
         Err(Relayed::BodyTooLarge) => Refusal::BodyTooLarge { limit: body_limit },
+        // Handled in the loop above.
+        Err(Relayed::Refused) => Refusal::Upstream(UpstreamFailure::Refused),
         Err(Relayed::Failed(failure)) => {
-            if failure != UpstreamFailure::DeadlineExceeded {
+            if its_own(failure) {
                 plane.picker.report(&upstream, i, false);
             }
             // A connection that failed to answer in time, or closed under the stream, is
@@ -263,12 +318,117 @@ struct Timeouts {
     body_limit: u64,
 }
 
+/// The most times one request is sent again after upstreams refused it unprocessed.
+const REFUSED_RESENDS: usize = 2;
+
+/// The most request body bytes kept to send again when an upstream refuses a stream
+/// unprocessed (docs/SECURITY.md, "HTTP/2"): past it nothing is kept, and a refused stream
+/// is answered 503 (UNAVAILABLE to gRPC).
+pub const MAX_RESEND_BODY_BYTES: usize = 64 * 1024;
+
+/// The request body's way up, kept across the streams one request may be sent on.
+struct Upload {
+    source: Source,
+    /// The request has no body: its HEADERS end the stream.
+    no_body: bool,
+    /// What went up on the current stream, to send again on another.
+    kept: RefCell<Kept>,
+}
+
+impl Upload {
+    fn new(source: Source, req: &UpstreamRequest) -> Upload {
+        let no_body = match &source {
+            Source::H2(h2) => h2.body.is_none(),
+            Source::H1(_) => matches!(req.body, BodyKind::None | BodyKind::Length(0)),
+        };
+        Upload {
+            source,
+            no_body,
+            kept: RefCell::new(Kept::default()),
+        }
+    }
+}
+
 /// Where the request body comes from.
 enum Source {
-    /// The HTTP/2 client's stream (`None`: no body).
-    H2(Option<RecvStream>),
-    /// The HTTP/1.1 client's connection, framed as its head says.
-    H1,
+    H2(H2Body),
+    H1(H1Body),
+}
+
+/// The HTTP/2 client's stream and how much of it went up.
+struct H2Body {
+    /// `None`: no body.
+    body: Option<RecvStream>,
+    /// Body bytes taken from the client so far (however many streams carried them).
+    taken: u64,
+    /// Bytes taken but not yet credited back to the client: the stream they were going
+    /// up on was given up before the upstream took them.
+    unreleased: usize,
+}
+
+/// The HTTP/1.1 client's body, framed as its head says, and where reading it stands.
+struct H1Body {
+    /// The head left the client buffer (and `100 Continue` went out when asked for).
+    began: bool,
+    /// Content-Length: bytes still to read.
+    left: Option<u64>,
+    /// Chunked: the scanner's state and the trailer lines so far.
+    scanner: ChunkedScanner,
+    trailers: Vec<u8>,
+}
+
+impl H1Body {
+    fn new(req: &UpstreamRequest) -> H1Body {
+        H1Body {
+            began: false,
+            left: match req.body {
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            },
+            scanner: ChunkedScanner::default(),
+            trailers: Vec::new(),
+        }
+    }
+}
+
+/// The request body as sent on the current stream, kept until the upstream answers, so a
+/// stream it refuses unprocessed can be sent again (`Bytes` are shared, not copied).
+#[derive(Default)]
+struct Kept {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// How the body ended on the stream, once it did: END_STREAM, or trailers.
+    end: Option<Option<HeaderMap>>,
+    /// Nothing is kept any more: the body outgrew [`MAX_RESEND_BODY_BYTES`], or the
+    /// upstream answered (so it took the stream).
+    let_go: bool,
+}
+
+impl Kept {
+    fn data(&mut self, data: &Bytes) {
+        if self.let_go {
+            return;
+        }
+        if self.bytes + data.len() > MAX_RESEND_BODY_BYTES {
+            self.let_go();
+            return;
+        }
+        self.bytes += data.len();
+        self.chunks.push(data.clone());
+    }
+
+    fn end(&mut self, trailers: Option<HeaderMap>) {
+        if !self.let_go {
+            self.end = Some(trailers);
+        }
+    }
+
+    fn let_go(&mut self) {
+        *self = Kept {
+            let_go: true,
+            ..Kept::default()
+        };
+    }
 }
 
 /// How a relay ended short of success.
@@ -276,7 +436,33 @@ enum Relayed {
     ClientGone,
     /// An HTTP/1.1 chunked body grew past the body limit.
     BodyTooLarge,
+    /// The upstream refused the stream unprocessed, and its body so far is kept: it may
+    /// be sent again.
+    Refused,
     Failed(UpstreamFailure),
+}
+
+/// Whether `e` says the upstream did not process the stream (RFC 9113 §8.7): it reset
+/// it with REFUSED_STREAM, or a GOAWAY's last stream id was below it (`h2` fails exactly
+/// those streams with the GOAWAY, and refuses new ones on that connection with it).
+fn unprocessed(e: &h2::Error) -> bool {
+    e.is_remote()
+        && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
+/// `e` as the relay's outcome: [`Relayed::Refused`] when the upstream did not process the
+/// stream and what went up is still kept, a failure that says so when it is not, else
+/// `otherwise`.
+fn refused_or(e: h2::Error, kept: &RefCell<Kept>, otherwise: UpstreamFailure) -> Relayed {
+    if !unprocessed(&e) {
+        return failed(e, otherwise);
+    }
+    tracing::debug!(error = %e, "HTTP/2 upstream refused a stream unprocessed");
+    if kept.borrow().let_go {
+        Relayed::Failed(UpstreamFailure::Refused)
+    } else {
+        Relayed::Refused
+    }
 }
 
 async fn refuse(
@@ -452,37 +638,39 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
 }
 
 /// Sends the request and its body, and writes the answer to the client. `Ok`: whether an
-/// HTTP/1.1 client's connection may be kept. `sent_head`: the answer's head went out.
+/// HTTP/1.1 client's connection may be kept. `sent_head`: the answer's head went out. On
+/// a second stream for the same request, the kept body goes first.
 #[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Client,
     mut sender: SendRequest<Bytes>,
     request: Request<()>,
-    body: Source,
+    upload: &mut Upload,
     req: &UpstreamRequest,
     effects: &Effects,
     timeouts: Timeouts,
     sent_head: &mut bool,
 ) -> Result<bool, Relayed> {
-    let no_body = match &body {
-        Source::H2(body) => body.is_none(),
-        Source::H1 => matches!(req.body, BodyKind::None | BodyKind::Length(0)),
-    };
+    let no_body = upload.no_body;
+    let kept = &upload.kept;
     let (response, up_body) = sender
         .send_request(request, no_body)
-        .map_err(|e| failed(e, UpstreamFailure::ConnectFailed))?;
+        .map_err(|e| refused_or(e, kept, UpstreamFailure::ConnectFailed))?;
     let response = async {
-        monoio::time::timeout(timeouts.read, response)
+        let response = monoio::time::timeout(timeouts.read, response)
             .await
             .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?
-            .map_err(|e| failed(e, UpstreamFailure::ClosedWithoutAnswer))
+            .map_err(|e| refused_or(e, kept, UpstreamFailure::ClosedWithoutAnswer))?;
+        // The upstream took the stream: nothing needs sending again.
+        kept.borrow_mut().let_go();
+        Ok(response)
     };
-    match body {
+    match &mut upload.source {
         // HTTP/2: both directions at once (bidirectional streams).
-        Source::H2(body) => {
+        Source::H2(h2) => {
             let received = std::cell::Cell::new(0u64);
             let trace = client.trace.clone();
-            let up = pump_up(body, up_body, timeouts, &received);
+            let up = pump_up(h2, up_body, kept, timeouts, &received);
             let down = async {
                 let response = response.await?;
                 answer(client, response, req, effects, timeouts, sent_head).await
@@ -495,7 +683,8 @@ async fn relay(
                     match up.as_mut().poll(cx) {
                         Poll::Ready(Ok(())) => up_done = true,
                         // The upstream stopped taking the body (it may have answered early
-                        // and reset the stream with NO_ERROR): its answer decides.
+                        // and reset the stream with NO_ERROR, or refused it): its answer
+                        // decides.
                         Poll::Ready(Err(Relayed::Failed(_))) => up_done = true,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {}
@@ -514,17 +703,20 @@ async fn relay(
         // HTTP/1.1: the body first (its bytes share the client's one buffer), then the
         // answer; the head leaves the buffer either way, and what follows the body stays
         // there for the next request.
-        Source::H1 => {
-            client.consume(req.head_len);
-            let mut whole_body = true;
-            if !no_body {
-                if req.expect_continue {
+        Source::H1(h1) => {
+            if !h1.began {
+                h1.began = true;
+                client.consume(req.head_len);
+                if req.expect_continue && !no_body {
                     client
                         .write(crate::wire::CONTINUE.to_vec())
                         .await
                         .map_err(|_| Relayed::ClientGone)?;
                 }
-                whole_body = pump_h1(client, up_body, req, timeouts).await?;
+            }
+            let mut whole_body = true;
+            if !no_body {
+                whole_body = pump_h1(client, h1, up_body, kept, req, timeouts).await?;
             }
             let response = response.await?;
             let keep_alive = answer(client, response, req, effects, timeouts, sent_head).await?;
@@ -547,30 +739,71 @@ async fn send_up(
     }
 }
 
-/// The HTTP/2 client's request body (and trailers) to the upstream stream.
+/// Ends the upstream stream: with trailers, or an empty END_STREAM DATA frame.
+fn end_up(up: &mut SendStream<Bytes>, trailers: Option<HeaderMap>) -> Result<(), Relayed> {
+    match trailers {
+        Some(trailers) if !trailers.is_empty() => up.send_trailers(trailers),
+        _ => up.send_data(Bytes::new(), true),
+    }
+    .map_err(|_| Relayed::Failed(UpstreamFailure::FailedReceivingBody))
+}
+
+/// On a second stream for the same request: the body the first one carried. `Ok(true)`:
+/// that was the whole body, and the stream is ended.
+async fn resend(
+    up: &mut SendStream<Bytes>,
+    kept: &RefCell<Kept>,
+    timeouts: Timeouts,
+) -> Result<bool, Relayed> {
+    let (chunks, end) = {
+        let kept = kept.borrow();
+        (kept.chunks.clone(), kept.end.clone())
+    };
+    for chunk in chunks {
+        send_up(up, chunk, false, timeouts).await?;
+    }
+    match end {
+        Some(trailers) => end_up(up, trailers).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// The HTTP/2 client's request body (and trailers) to the upstream stream, each piece
+/// kept (see [`Kept`]) before it goes.
 async fn pump_up(
-    body: Option<RecvStream>,
+    h2: &mut H2Body,
     mut up: SendStream<Bytes>,
+    kept: &RefCell<Kept>,
     timeouts: Timeouts,
     received: &std::cell::Cell<u64>,
 ) -> Result<(), Relayed> {
-    let Some(mut body) = body else {
+    let Some(body) = h2.body.as_mut() else {
         return Ok(());
     };
-    let mut sent = 0u64;
+    // Bytes a refused stream was sending when it was given up: credited now.
+    if h2.unreleased > 0 {
+        let _ = body.flow_control().release_capacity(h2.unreleased);
+        h2.unreleased = 0;
+    }
+    if resend(&mut up, kept, timeouts).await? {
+        return Ok(());
+    }
     loop {
         match poll_fn(|cx| body.poll_data(cx)).await {
             Some(Ok(data)) => {
                 let len = data.len();
-                sent += len as u64;
-                received.set(sent);
-                if sent > timeouts.body_limit {
+                h2.taken += len as u64;
+                received.set(received.get() + len as u64);
+                if h2.taken > timeouts.body_limit {
                     up.send_reset(h2::Reason::CANCEL);
                     return Err(Relayed::BodyTooLarge);
                 }
+                kept.borrow_mut().data(&data);
+                h2.unreleased = len;
                 send_up(&mut up, data, false, timeouts).await?;
                 // Credit back to the client only once the upstream took the bytes.
                 let _ = body.flow_control().release_capacity(len);
+                h2.unreleased = 0;
             }
             Some(Err(_)) => {
                 up.send_reset(h2::Reason::CANCEL);
@@ -580,32 +813,35 @@ async fn pump_up(
         }
     }
     match poll_fn(|cx| body.poll_trailers(cx)).await {
-        Ok(Some(trailers)) => up.send_trailers(trailers),
-        Ok(None) => up.send_data(Bytes::new(), true),
+        Ok(trailers) => {
+            kept.borrow_mut().end(trailers.clone());
+            end_up(&mut up, trailers)
+        }
         Err(_) => {
             up.send_reset(h2::Reason::CANCEL);
-            return Err(Relayed::ClientGone);
+            Err(Relayed::ClientGone)
         }
     }
-    .map_err(|_| Relayed::Failed(UpstreamFailure::FailedReceivingBody))
 }
 
 /// The HTTP/1.1 client's request body, framed by Content-Length or chunked (validated by
 /// the same strict scanner as every HTTP/1.1 body), to the upstream stream as DATA and
-/// trailers; the client buffer keeps what follows it. `Ok(false)`: the upstream stopped
-/// taking the body before its end (its answer is still relayed, the connection not kept).
+/// trailers, each piece kept (see [`Kept`]) before it goes; the client buffer keeps what
+/// follows it. `Ok(false)`: the upstream stopped taking the body before its end (its
+/// answer is still relayed, the connection not kept).
 async fn pump_h1(
     client: &mut Client,
+    h1: &mut H1Body,
     mut up: SendStream<Bytes>,
+    kept: &RefCell<Kept>,
     req: &UpstreamRequest,
     timeouts: Timeouts,
 ) -> Result<bool, Relayed> {
-    let mut left = match req.body {
-        BodyKind::Length(n) => Some(n),
-        _ => None,
-    };
-    let mut scanner = ChunkedScanner::default();
-    let mut trailers = Vec::new();
+    match resend(&mut up, kept, timeouts).await {
+        Ok(true) => return Ok(true),
+        Ok(false) => {}
+        Err(_) => return Ok(false),
+    }
     loop {
         if client.buf.is_empty() {
             let buf = std::mem::take(&mut client.buf);
@@ -619,13 +855,20 @@ async fn pump_h1(
                 }
             }
         }
-        let sent = match &mut left {
+        let sent = match &mut h1.left {
             Some(left) => {
                 let n = (*left).min(client.buf.len() as u64) as usize;
                 *left -= n as u64;
                 let data = Bytes::copy_from_slice(&client.buf[..n]);
                 client.consume(n);
                 let end = *left == 0;
+                {
+                    let mut kept = kept.borrow_mut();
+                    kept.data(&data);
+                    if end {
+                        kept.end(None);
+                    }
+                }
                 match send_up(&mut up, data, end, timeouts).await {
                     Ok(()) if end => return Ok(true),
                     Ok(()) => Ok(()),
@@ -634,29 +877,27 @@ async fn pump_h1(
             }
             None => {
                 let mut data = Vec::new();
-                let scanned = unchunk(&mut scanner, &client.buf, &mut data, &mut trailers)
+                let scanned = unchunk(&mut h1.scanner, &client.buf, &mut data, &mut h1.trailers)
                     .map_err(|e| {
                         tracing::debug!(error = %e, "invalid chunked request body");
                         up.send_reset(h2::Reason::CANCEL);
                         Relayed::ClientGone
                     })?;
-                if scanner.data_len() > timeouts.body_limit {
+                if h1.scanner.data_len() > timeouts.body_limit {
                     up.send_reset(h2::Reason::CANCEL);
                     return Err(Relayed::BodyTooLarge);
                 }
                 client.consume(scanned.consumed);
                 let mut outcome = Ok(());
                 if !data.is_empty() {
-                    outcome = send_up(&mut up, Bytes::from(data), false, timeouts).await;
+                    let data = Bytes::from(data);
+                    kept.borrow_mut().data(&data);
+                    outcome = send_up(&mut up, data, false, timeouts).await;
                 }
                 if outcome.is_ok() && scanned.done {
-                    let trailers = trailer_map(&trailers);
-                    let ended = if trailers.is_empty() {
-                        up.send_data(Bytes::new(), true)
-                    } else {
-                        up.send_trailers(trailers)
-                    };
-                    return Ok(ended.is_ok());
+                    let trailers = trailer_map(&h1.trailers);
+                    kept.borrow_mut().end(Some(trailers.clone()));
+                    return Ok(end_up(&mut up, Some(trailers)).is_ok());
                 }
                 outcome
             }
@@ -668,7 +909,6 @@ async fn pump_h1(
         }
     }
 }
-
 /// The upstream's answer to the client. Its head is written as HTTP/1.1 and handed to the
 /// flow's own head writer (`respond::client_head`: the plugins' headers, CORS ownership,
 /// response transforms, `Via`), so both client protocols and both upstream protocols get

@@ -99,6 +99,9 @@ pub enum UpstreamFailure {
     CircuitOpen,
     /// Every target is at its `max_connections`, and none freed a place in time.
     Saturated,
+    /// HTTP/2 upstreams refused the stream unprocessed (REFUSED_STREAM, GOAWAY) and it
+    /// could not go again: resends or the retry budget used up, or its body not kept.
+    Refused,
 }
 
 impl UpstreamFailure {
@@ -116,6 +119,7 @@ impl UpstreamFailure {
             | UpstreamFailure::FailedReceivingBody => Cause::Reset,
             UpstreamFailure::AnsweredWithError(_) => Cause::Status5xx,
             UpstreamFailure::CircuitOpen => Cause::CircuitOpen,
+            UpstreamFailure::Refused => Cause::Refused,
             UpstreamFailure::Saturated => Cause::Saturated,
         }
     }
@@ -150,6 +154,10 @@ impl UpstreamFailure {
             UpstreamFailure::Saturated => (
                 503,
                 "every upstream target is at its connection limit; try again later",
+            ),
+            UpstreamFailure::Refused => (
+                503,
+                "the upstream refused the request without processing it; try again later",
             ),
         }
     }

@@ -41,7 +41,7 @@ const BUCKETS: [&str; 17] = [
 ];
 
 /// Every failure cause of an upstream attempt.
-const CAUSES: [&str; 8] = [
+const CAUSES: [&str; 9] = [
     "connect",
     "tls",
     "timeout",
@@ -50,6 +50,7 @@ const CAUSES: [&str; 8] = [
     "status_5xx",
     "circuit_open",
     "max_connections",
+    "refused",
 ];
 
 /// `127.0.0.<last>`: a distinct client IP on loopback.

@@ -497,3 +497,211 @@ fn a_grpc_health_check_takes_a_not_serving_target_out_and_brings_it_back() {
         );
     }
 }
+
+/// The refusing HTTP/2 upstream (tests/python/h2_refusing.py), stopped on drop.
+struct RefusingServer {
+    child: Child,
+    lines: BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl RefusingServer {
+    /// Refuses the first stream of each of its first `refusals` connections, as `mode`
+    /// says (`goaway`, `reset`, `reset_late`).
+    fn start(mode: &str, refusals: u32) -> RefusingServer {
+        let mut child = Command::new(python())
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/python/h2_refusing.py"),
+                mode,
+                &refusals.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the refusing h2 server (tests/run installs h2)");
+        let mut lines = BufReader::new(child.stdout.take().expect("server stdout"));
+        let mut line = String::new();
+        lines.read_line(&mut line).expect("the server's port line");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the refusing server did not start: {line:?}"));
+        RefusingServer { child, lines, port }
+    }
+
+    /// Connections, refused streams, served streams, and the body bytes each refused
+    /// stream had brought.
+    fn stats(&mut self) -> Value {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("the server's stdin");
+        writeln!(stdin, "stats").expect("ask the server");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.lines.read_line(&mut line).expect("the stats line");
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("stats {line:?}: {e}"))
+    }
+}
+
+impl Drop for RefusingServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl` POSTing `body` (from a file) to `http://<host>/<path>` on the plain proxy port,
+/// over HTTP/2 with prior knowledge or HTTP/1.1: the status, the body and the headers.
+fn curl_post(
+    sg: &Shardgate,
+    h2: bool,
+    host: &str,
+    key: &str,
+    body: &[u8],
+) -> (u16, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (file, headers) = (dir.path().join("body"), dir.path().join("headers"));
+    std::fs::write(&file, body).expect("write the body");
+    let port = sg.proxy_addr().port();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", "*"])
+        .arg(if h2 {
+            "--http2-prior-knowledge"
+        } else {
+            "--http1.1"
+        })
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-H", &format!("X-API-Key: {key}")])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .args(["-D", &headers.display().to_string()])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{host}:{port}/refusing/order"))
+        .output()
+        .expect("run curl (tests/run installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "curl failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (text, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let headers = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (code.trim().parse().unwrap_or(0), text.to_owned(), headers)
+}
+
+/// A gateway `subdomain` whose `/refusing/*` (any method) goes to an `http2: true` upstream
+/// at `port` (a REST service: HTTP/1.1 and HTTP/2 clients both reach it).
+fn refusing_route(sg: &Shardgate, subdomain: &str, port: u16) -> Tenant {
+    let tenant = Tenant::create(sg, subdomain);
+    tenant.route(
+        "refusing",
+        "/refusing/*",
+        vec![json!({"host": "127.0.0.1", "port": port})],
+        json!({"http2": true}),
+        json!({}),
+    );
+    tenant
+}
+
+/// The `refused` count of `shardgate_upstream_failures_total`, all series summed.
+fn refused_failures(sg: &Shardgate) -> f64 {
+    let metrics = sg.admin().get("/metrics").expect_status(200).text();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("shardgate_upstream_failures_total{") && l.contains("cause=\"refused\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_stream_the_upstream_refuses_unprocessed_is_sent_again_with_its_body() {
+    // A POST (not idempotent: only a refusal proves the upstream did nothing with it),
+    // from an HTTP/2 client and an HTTP/1.1 client, refused three ways: GOAWAY below the
+    // stream (a server shutting down), REFUSED_STREAM at once, and REFUSED_STREAM after
+    // the whole body arrived. Each time the upstream's own counts show one refused stream
+    // and one served, and the client gets the answer to its whole body.
+    let body: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for driver in io_drivers() {
+        for mode in ["goaway", "reset", "reset_late"] {
+            for h2 in [true, false] {
+                let mut server = RefusingServer::start(mode, 1);
+                let sg = Shardgate::start(Options::new().io_driver(driver));
+                let tenant = refusing_route(&sg, "refuse", server.port);
+                let (status, text, headers) =
+                    curl_post(&sg, h2, "refuse.localhost", &tenant.key, &body);
+                let what = format!("[{driver} {mode} h2={h2}]");
+                assert_eq!(status, 200, "{what} {text}");
+                assert_eq!(
+                    text.as_bytes(),
+                    [b"echo:".as_slice(), &body].concat(),
+                    "{what}"
+                );
+                let stats = server.stats();
+                assert_eq!(stats["refused"], 1, "{what} {stats}");
+                assert_eq!(stats["served"], 1, "{what} {stats}");
+                // GOAWAY: the connection is not reused, the second stream goes on a new
+                // one; a refused stream leaves its connection open for the next.
+                let (connections, served_by) = match mode {
+                    "goaway" => (2, "c2s1"),
+                    _ => (1, "c1s3"),
+                };
+                assert_eq!(stats["connections"], connections, "{what} {stats}");
+                assert!(
+                    headers.contains(&format!("x-served-by: {served_by}")),
+                    "{what} {headers}"
+                );
+                if mode == "reset_late" {
+                    // The whole body had reached the refused stream before it went again.
+                    assert_eq!(stats["refused_body_bytes"][0], body.len(), "{what} {stats}");
+                }
+                assert_eq!(refused_failures(&sg), 1.0, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refused_stream_whose_body_was_not_kept_or_refused_every_time_is_503() {
+    for driver in io_drivers() {
+        // 200 KiB, all of it on the stream before the refusal: past the 64 KiB kept to
+        // send again, so it cannot go again.
+        let big = vec![b'x'; 200 * 1024];
+        let mut server = RefusingServer::start("reset_late", 1);
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let tenant = refusing_route(&sg, "big", server.port);
+        for h2 in [true, false] {
+            let (status, text, _) = curl_post(&sg, h2, "big.localhost", &tenant.key, &big);
+            // The first request's stream is refused; the second's (on the same connection)
+            // is served.
+            let want = if h2 { 503 } else { 200 };
+            assert_eq!(status, want, "[{driver} h2={h2}] {text}");
+            if h2 {
+                assert!(text.contains("refused the request"), "[{driver}] {text}");
+            }
+        }
+        let stats = server.stats();
+        assert_eq!(stats["refused"], 1, "[{driver}] {stats}");
+        assert_eq!(
+            stats["refused_body_bytes"][0],
+            big.len(),
+            "[{driver}] {stats}"
+        );
+        drop(server);
+
+        // An upstream that refuses every stream: the request went three times (once and
+        // twice more), then 503.
+        let mut server = RefusingServer::start("goaway", 100);
+        let tenant = refusing_route(&sg, "always", server.port);
+        let (status, text, _) = curl_post(&sg, true, "always.localhost", &tenant.key, b"x");
+        assert_eq!(status, 503, "[{driver}] {text}");
+        let stats = server.stats();
+        assert_eq!(stats["refused"], 3, "[{driver}] {stats}");
+        assert_eq!(stats["served"], 0, "[{driver}] {stats}");
+    }
+}
