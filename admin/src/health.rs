@@ -5,9 +5,10 @@
 //! `interval`: `tcp` connects; `http` sends `GET <path>` and expects a 2xx or 3xx status
 //! line within `timeout`; `grpc` speaks the gRPC health checking protocol over h2c
 //! (`grpc.health.v1.Health/Check` for `grpc_service`) and expects `grpc-status: 0` with
-//! the status SERVING — except on `https` targets, where `http` and `grpc` only connect for
-//! now (the admin thread has no TLS client yet; a plain request to a TLS port would take
-//! every https target down), and say so in the log once per target. `unhealthy_threshold` consecutive failures take a target down,
+//! the status SERVING. On `https` targets both go over TLS with the client requests to the
+//! target use ([`ProbeTls`], given by the proxy: the same roots, `tls` settings, client
+//! certificate and server name, ALPN `http/1.1` or `h2`), so a target whose certificate a
+//! request would refuse fails its probes too. `unhealthy_threshold` consecutive failures take a target down,
 //! `healthy_threshold` consecutive successes bring it back. New targets start healthy.
 //!
 //! A flip is published as a new snapshot (only the affected gateway is recompiled), through
@@ -22,9 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
+use monoio_compat::StreamWrapper;
+use monoio_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
 use shardgate_core::model::{ActiveHealthCheck, HealthCheckKind};
+use shardgate_core::snapshot::CompiledUpstream;
 use uuid::Uuid;
 
 use crate::api::Api;
@@ -32,12 +37,52 @@ use crate::api::Api;
 /// How often the prober looks for due probes and finished ones.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The TLS clients of `https` targets, as the proxy's requests use them. Made on the admin
+/// thread (it may keep per-thread state, as the proxy's per-worker clients do).
+pub trait ProbeTls {
+    /// The client for `upstream`'s target `index`; `None` when the upstream's `tls`
+    /// settings do not build (its requests are refused, and so are its probes).
+    fn client(&self, upstream: &CompiledUpstream, index: usize) -> Option<TlsClient>;
+}
+
+/// Makes the prober's [`ProbeTls`] on the admin thread (`None`: none can be made there).
+pub type ProbeTlsMaker = Box<dyn FnOnce() -> Option<Box<dyn ProbeTls>> + Send>;
+
+/// One TLS client configuration, as the probes of a target use it.
+#[derive(Clone)]
+pub struct TlsClient {
+    /// ALPN `http/1.1`: `http` checks.
+    pub http1: TlsConnector,
+    /// ALPN `h2`: `grpc` checks.
+    pub h2: TlsConnector,
+    /// The name sent and verified (the upstream's `tls.server_name`, else the host).
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a probe reaches its target.
+#[derive(Clone)]
+enum Way {
+    Plain,
+    /// An `https` target with its client (`None`: the settings do not build).
+    Tls(Option<TlsClient>),
+    /// An `https` target and no TLS client to probe it with (a prober started without
+    /// [`ProbeTls`]): connecting is all it can check.
+    ConnectOnly,
+}
+
 struct Probe {
     gateway: Uuid,
     addr: SocketAddr,
     host_header: String,
-    /// An `https` target: probed by connecting only (see the module docs).
-    https: bool,
+    way: Way,
     check: ActiveHealthCheck,
     healthy: bool,
     successes: u32,
@@ -46,8 +91,8 @@ struct Probe {
     in_flight: bool,
 }
 
-/// Runs until `stop` is set.
-pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
+/// Runs until `stop` is set; `tls` probes the `https` targets.
+pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>, tls: Option<Box<dyn ProbeTls>>) {
     let mut probes: HashMap<u64, Probe> = HashMap::new();
     let results: Rc<RefCell<Vec<(u64, bool)>>> = Rc::default();
     while !stop.load(Ordering::Acquire) {
@@ -61,22 +106,28 @@ pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
                 let Some(check) = &upstream.spec.spec.health_checks.active else {
                     continue;
                 };
-                for target in &upstream.targets {
+                for (index, target) in upstream.targets.iter().enumerate() {
                     let Some(addr) = target.addr else { continue };
                     seen.insert(target.key);
+                    // Looked up each turn: the upstream's `tls` settings may change.
+                    let way = match &tls {
+                        _ if !target.https || check.kind == HealthCheckKind::Tcp => Way::Plain,
+                        Some(tls) => Way::Tls(tls.client(upstream, index)),
+                        None => Way::ConnectOnly,
+                    };
                     let probe = probes.entry(target.key).or_insert_with(|| {
-                        if target.https && check.kind != HealthCheckKind::Tcp {
+                        if matches!(way, Way::ConnectOnly) {
                             tracing::warn!(
                                 target = %target.host_header,
                                 "http or grpc health check on an https target: probing by TCP \
-                                 connect only (TLS health probes are not built yet)"
+                                 connect only (no TLS client for probes)"
                             );
                         }
                         Probe {
                             gateway: gateway.id,
                             addr,
                             host_header: target.host_header.to_string(),
-                            https: target.https,
+                            way: way.clone(),
                             check: check.clone(),
                             healthy: !target.down,
                             successes: 0,
@@ -87,6 +138,7 @@ pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
                     });
                     probe.gateway = gateway.id;
                     probe.check = check.clone();
+                    probe.way = way;
                 }
             }
         }
@@ -139,16 +191,16 @@ pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
             }
             probe.in_flight = true;
             probe.next_due = now + probe.check.interval.as_duration();
-            let (key, addr, host, https, check) = (
+            let (key, addr, host, way, check) = (
                 *key,
                 probe.addr,
                 probe.host_header.clone(),
-                probe.https,
+                probe.way.clone(),
                 probe.check.clone(),
             );
             let results = results.clone();
             monoio::spawn(async move {
-                let ok = probe_once(addr, &host, https, &check).await;
+                let ok = probe_once(addr, &host, way, &check).await;
                 results.borrow_mut().push((key, ok));
             });
         }
@@ -156,35 +208,42 @@ pub async fn run(api: Rc<RefCell<Api>>, stop: Arc<AtomicBool>) {
 }
 
 /// One probe: true when the target answered as configured within the timeout.
-async fn probe_once(addr: SocketAddr, host: &str, https: bool, check: &ActiveHealthCheck) -> bool {
+async fn probe_once(addr: SocketAddr, host: &str, way: Way, check: &ActiveHealthCheck) -> bool {
     let work = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        if check.kind == HealthCheckKind::Tcp || https {
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        if check.kind == HealthCheckKind::Tcp {
             return Some(true);
         }
-        if check.kind == HealthCheckKind::Grpc {
-            return grpc_check(stream, host, &check.grpc_service).await;
-        }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shardgate-health-check\r\nConnection: close\r\n\r\n",
-            check.path
-        );
-        let (written, _) = stream.write_all(request.into_bytes()).await;
-        written.ok()?;
-        let mut head = Vec::with_capacity(512);
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let (len, cap) = (head.len(), head.capacity());
-            use monoio::buf::IoBufMut;
-            let (read, buf) = stream.read(head.slice_mut(len..cap)).await;
-            head = buf.into_inner();
-            if read.ok()? == 0 {
-                break;
+        let grpc = check.kind == HealthCheckKind::Grpc;
+        match way {
+            Way::ConnectOnly => Some(true),
+            // As a request would be: refused.
+            Way::Tls(None) => Some(false),
+            Way::Plain if grpc => {
+                use monoio::io::IntoPollIo;
+                let io = tcp.into_poll_io().ok()?;
+                grpc_check(io, "http", host, &check.grpc_service).await
             }
-            if head.len() == head.capacity() {
-                head.reserve(512);
+            Way::Plain => http_check(tcp, host, &check.path).await,
+            Way::Tls(Some(client)) if grpc => {
+                let tls = client.h2.connect(client.name, tcp).await.ok()?;
+                if tls.alpn_protocol().as_deref() != Some(b"h2") {
+                    // A gRPC target that does not speak HTTP/2 cannot serve a call.
+                    return Some(false);
+                }
+                let (read, write) = tls.into_split();
+                let io = tokio::io::join(
+                    StreamWrapper::new_with_buffer_size(read, 16 * 1024, 0),
+                    StreamWrapper::new_with_buffer_size(write, 0, 16 * 1024),
+                );
+                grpc_check(io, "https", host, &check.grpc_service).await
+            }
+            Way::Tls(Some(client)) => {
+                let tls = client.http1.connect(client.name, tcp).await.ok()?;
+                http_check(tls, host, &check.path).await
             }
         }
-        Some(status_is_healthy(&head))
     };
     matches!(
         monoio::time::timeout(check.timeout.as_duration(), work).await,
@@ -192,19 +251,48 @@ async fn probe_once(addr: SocketAddr, host: &str, https: bool, check: &ActiveHea
     )
 }
 
+/// `GET <path>` on `stream`: `Some(true)` when the status line says 2xx or 3xx.
+async fn http_check<S: AsyncReadRent + AsyncWriteRent>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> Option<bool> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shardgate-health-check\r\nConnection: close\r\n\r\n"
+    );
+    let (written, _) = stream.write_all(request.into_bytes()).await;
+    written.ok()?;
+    let mut head = Vec::with_capacity(512);
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+        let (len, cap) = (head.len(), head.capacity());
+        use monoio::buf::IoBufMut;
+        let (read, buf) = stream.read(head.slice_mut(len..cap)).await;
+        head = buf.into_inner();
+        if read.ok()? == 0 {
+            break;
+        }
+        if head.len() == head.capacity() {
+            head.reserve(512);
+        }
+    }
+    Some(status_is_healthy(&head))
+}
+
 /// The largest health answer read (a `HealthCheckResponse` is a few bytes).
 const MAX_GRPC_ANSWER: usize = 4096;
 
-/// One `grpc.health.v1.Health/Check` call over h2c on `stream`: `Some(true)` when the
-/// answer is `grpc-status: 0` with the status SERVING (`None`: the exchange failed).
-async fn grpc_check(stream: TcpStream, host: &str, service: &str) -> Option<bool> {
-    use monoio::io::IntoPollIo;
-    let io = stream.into_poll_io().ok()?;
+/// One `grpc.health.v1.Health/Check` call over HTTP/2 on `io` (h2c, or TLS that chose
+/// `h2`): `Some(true)` when the answer is `grpc-status: 0` with the status SERVING
+/// (`None`: the exchange failed).
+async fn grpc_check<T>(io: T, scheme: &str, host: &str, service: &str) -> Option<bool>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let (sender, connection) = h2::client::handshake(io).await.ok()?;
     let call = async {
         let request = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{host}/grpc.health.v1.Health/Check"))
+            .uri(format!("{scheme}://{host}/grpc.health.v1.Health/Check"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("user-agent", "shardgate-health-check")

@@ -23,6 +23,7 @@ use shardgate_core::state::{ApplyError, Mutation, State};
 use crate::api::Api;
 use crate::broadcast::Broadcaster;
 use crate::devcert;
+use crate::health::ProbeTlsMaker;
 use crate::http::{self, ServerLimits};
 use crate::resolve::CompileEnv;
 use crate::store::{Durable, Store, StoreOptions};
@@ -170,8 +171,14 @@ impl Admin {
         self.snapshot.clone()
     }
 
-    /// Binds the admin listener (bind errors surface here) and runs the API on its own thread.
-    pub fn spawn(self, broadcaster: Broadcaster) -> Result<AdminThread, AdminError> {
+    /// Binds the admin listener (bind errors surface here) and runs the API on its own
+    /// thread; `probe_tls` makes, on that thread, the TLS clients of health probes to
+    /// `https` targets.
+    pub fn spawn(
+        self,
+        broadcaster: Broadcaster,
+        probe_tls: ProbeTlsMaker,
+    ) -> Result<AdminThread, AdminError> {
         let listen = self.opts.listen;
         let listener = std::net::TcpListener::bind(listen)
             .map_err(|e| AdminError(format!("cannot listen on {listen} (admin API): {e}")))?;
@@ -194,7 +201,7 @@ impl Admin {
         );
         let join = std::thread::Builder::new()
             .name("shardgate-admin".into())
-            .spawn(move || run(listener, api, stop_flag))
+            .spawn(move || run(listener, api, stop_flag, probe_tls))
             .map_err(|e| AdminError(format!("cannot start the admin thread: {e}")))?;
         Ok(AdminThread {
             local_addr,
@@ -204,7 +211,7 @@ impl Admin {
     }
 }
 
-fn run(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>) {
+fn run(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>, probe_tls: ProbeTlsMaker) {
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -226,7 +233,7 @@ fn run(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>) {
         // One thread, so the API handler (synchronous) and the health checker (between its
         // awaits) take turns on the same state without locks.
         let api = Rc::new(RefCell::new(api));
-        monoio::spawn(crate::health::run(api.clone(), stop.clone()));
+        monoio::spawn(crate::health::run(api.clone(), stop.clone(), probe_tls()));
         monoio::spawn(flush_usage(api.clone(), stop.clone()));
         let serving = api.clone();
         http::serve(

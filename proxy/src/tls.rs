@@ -45,6 +45,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     SupportedProtocolVersion,
 };
+use shardgate_admin::health::{ProbeTls, ProbeTlsMaker, TlsClient as ProbeClient};
 use shardgate_core::balance::hash_bytes;
 use shardgate_core::model::{Record, TlsSettings, TlsVersion, UpstreamSpec};
 use shardgate_core::snapshot::{CompiledTarget, CompiledUpstream, Snapshot};
@@ -550,13 +551,7 @@ async fn handshake(
         tracing::debug!(%host, "the upstream's tls settings did not build; refusing the handshake");
         return Err(TlsFailure::Handshake);
     };
-    let name = match (&client.server_name, host.parse::<IpAddr>()) {
-        (Some(name), _) => name.clone(),
-        (None, Ok(ip)) => ServerName::IpAddress(ip.into()),
-        (None, Err(_)) => {
-            ServerName::try_from(host.to_owned()).map_err(|_| TlsFailure::BadServerName)?
-        }
-    };
+    let name = server_name(client, host)?;
     match connector.connect(name, tcp).await {
         Ok(stream) => Ok(stream),
         Err(error) => {
@@ -572,6 +567,40 @@ async fn handshake(
             Err(failure)
         }
     }
+}
+
+/// The name `client` sends and verifies for a target at `host`: its `tls.server_name`, or
+/// else the host (an IP address sends no SNI).
+fn server_name(client: &Client, host: &str) -> Result<ServerName<'static>, TlsFailure> {
+    match (&client.server_name, host.parse::<IpAddr>()) {
+        (Some(name), _) => Ok(name.clone()),
+        (None, Ok(ip)) => Ok(ServerName::IpAddress(ip.into())),
+        (None, Err(_)) => {
+            ServerName::try_from(host.to_owned()).map_err(|_| TlsFailure::BadServerName)
+        }
+    }
+}
+
+/// The admin thread's health probes to `https` targets: a set of clients of its own, as a
+/// worker has, handed out per target exactly as that target's requests use them.
+struct Probes(UpstreamTls);
+
+impl ProbeTls for Probes {
+    fn client(&self, upstream: &CompiledUpstream, index: usize) -> Option<ProbeClient> {
+        let target = upstream.targets.get(index)?;
+        let dial = dial(Some(&self.0), upstream, target, index);
+        let client = dial.client()?;
+        Some(ProbeClient {
+            http1: client.connector.clone()?,
+            h2: client.connector_h2.clone()?,
+            name: server_name(client, &target.host).ok()?,
+        })
+    }
+}
+
+/// Makes, on the admin thread, the TLS clients its health probes use (after [`init`]).
+pub fn probe_tls() -> ProbeTlsMaker {
+    Box::new(|| UpstreamTls::for_worker().map(|tls| Box::new(Probes(tls)) as Box<dyn ProbeTls>))
 }
 
 /// The TLS failure behind an I/O error on an upstream connection, if it is one. In TLS 1.3

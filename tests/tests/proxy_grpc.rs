@@ -34,6 +34,21 @@ impl GrpcServer {
         GrpcServer::start_with(&[cert, key])
     }
 
+    /// Over TLS with a certificate for `name` from `ca` (its files live in the returned
+    /// directory).
+    fn start_tls_for(ca: &TestCa, name: &str) -> (GrpcServer, tempfile::TempDir) {
+        let cert = ca.server_cert(&[name]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert.cert_pem()).expect("write the certificate");
+        std::fs::write(&key_file, cert.key_pem()).expect("write the key");
+        let server = GrpcServer::start_tls(
+            cert_file.to_str().expect("UTF-8 path"),
+            key_file.to_str().expect("UTF-8 path"),
+        );
+        (server, dir)
+    }
+
     /// One that takes PINGs as often as they come (see `http2_keepalive` below).
     fn start_permitting_pings() -> GrpcServer {
         GrpcServer::spawn(&[], true)
@@ -295,16 +310,7 @@ fn an_http11_client_reaches_an_http2_upstream_with_trailers_as_chunked_trailers(
 #[test]
 fn grpc_reaches_a_tls_upstream_over_h2_with_alpn() {
     let ca = TestCa::new("grpc-upstream-ca");
-    let cert = ca.server_cert(&["grpc.upstream.test"]);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cert_file = dir.path().join("cert.pem");
-    let key_file = dir.path().join("key.pem");
-    std::fs::write(&cert_file, cert.cert_pem()).expect("write the certificate");
-    std::fs::write(&key_file, cert.key_pem()).expect("write the key");
-    let server = GrpcServer::start_tls(
-        cert_file.to_str().expect("UTF-8 path"),
-        key_file.to_str().expect("UTF-8 path"),
-    );
+    let (server, _files) = GrpcServer::start_tls_for(&ca, "grpc.upstream.test");
     for driver in io_drivers() {
         let sg = Shardgate::start(Options::new().io_driver(driver));
         let tenant = grpc_route_to(
@@ -703,5 +709,45 @@ fn a_refused_stream_whose_body_was_not_kept_or_refused_every_time_is_503() {
         let stats = server.stats();
         assert_eq!(stats["refused"], 3, "[{driver}] {stats}");
         assert_eq!(stats["served"], 0, "[{driver}] {stats}");
+    }
+}
+
+#[test]
+fn a_grpc_health_check_on_a_tls_target_speaks_h2_over_tls_with_the_upstreams_settings() {
+    // The server's certificate names `grpc.upstream.test` and is signed by a CA only the
+    // upstream's `tls` settings trust: a probe that did not use them could not pass.
+    let ca = TestCa::new("grpc-health-ca");
+    let (mut server, _files) = GrpcServer::start_tls_for(&ca, "grpc.upstream.test");
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let tenant = grpc_route_to(
+            &sg,
+            "tlscheck",
+            json!({"host": "127.0.0.1", "port": server.port, "protocol": "https"}),
+            json!({
+                "tls": {"ca_pem": ca.cert_pem(), "server_name": "grpc.upstream.test"},
+                "health_checks": {"active": {
+                    "type": "grpc", "grpc_service": "test.Echo", "interval": "200ms",
+                    "timeout": "1s", "healthy_threshold": 1, "unhealthy_threshold": 1
+                }}
+            }),
+            json!([]),
+        );
+        let up = call_until(&sg, "tlscheck.localhost", &tenant.key, "OK");
+        assert_eq!(up["code"], "OK", "[{driver}] {up}");
+        // Only a probe that reaches the health service over TLS sees NOT_SERVING (a
+        // connect-only probe would keep the target in).
+        server.say("not_serving");
+        let out = call_until(&sg, "tlscheck.localhost", &tenant.key, "UNAVAILABLE");
+        server.say("serving");
+        assert_eq!(out["code"], "UNAVAILABLE", "[{driver}] {out}");
+        assert!(
+            out["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("no healthy upstream target")),
+            "[{driver}] taken out by its probe: {out}"
+        );
+        let back = call_until(&sg, "tlscheck.localhost", &tenant.key, "OK");
+        assert_eq!(back["code"], "OK", "[{driver}] {back}");
     }
 }

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use shardgate_tests::tenant::Tenant;
+use shardgate_tests::tenant::{Tenant, merge};
+use shardgate_tests::tls::{TestCa, TlsUpstream};
 use shardgate_tests::upstream::{CountingServer, DeadPort};
 use shardgate_tests::{Options, Shardgate, io_drivers, json};
 
@@ -27,6 +28,32 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A service on `upstream` with no retries (so only health checks can keep requests off a
+/// bad target) at `/x`; waits until six requests in a row succeed, then sends `n` more,
+/// each of which must get 200: the client, for more checks.
+fn only_healthy_targets_serve(
+    tenant: &Tenant,
+    upstream: &str,
+    n: usize,
+    driver: &str,
+) -> shardgate_tests::Client {
+    let service = tenant.service("svc", upstream, json!({"retries": 0}));
+    tenant.rule(json!({"path": "/x", "service_id": service}));
+    let client = tenant.client();
+    let healthy = eventually(Duration::from_secs(5), || {
+        (0..6).all(|_| client.get("/x").status == 200)
+    });
+    assert!(
+        healthy,
+        "[{driver}] the bad target was never taken out of rotation"
+    );
+    for i in 0..n {
+        let resp = client.get("/x");
+        assert_eq!(resp.status, 200, "[{driver}] request {i}: {resp}");
+    }
+    client
+}
+
 #[test]
 fn a_target_failing_active_checks_gets_no_traffic_even_without_retries() {
     for driver in io_drivers() {
@@ -39,22 +66,7 @@ fn a_target_failing_active_checks_gets_no_traffic_even_without_retries() {
             vec![live.target(json!({})), dead.target(json!({}))],
             active_check(),
         );
-        // No retries: only the health check can keep requests off the dead target.
-        let service = tenant.service("svc", &upstream, json!({"retries": 0}));
-        tenant.rule(json!({"path": "/x", "service_id": service}));
-
-        let client = tenant.client();
-        let healthy = eventually(Duration::from_secs(5), || {
-            (0..6).all(|_| client.get("/x").status == 200)
-        });
-        assert!(
-            healthy,
-            "[{driver}] the dead target was never taken out of rotation"
-        );
-        for i in 0..50 {
-            let resp = client.get("/x");
-            assert_eq!(resp.status, 200, "[{driver}] request {i}: {resp}");
-        }
+        only_healthy_targets_serve(&tenant, &upstream, 50, driver);
         // The probes themselves reach the live target at its health path.
         assert!(
             live.requests().iter().any(|seen| seen.target == "/health"),
@@ -107,4 +119,57 @@ fn a_target_that_fails_its_checks_and_recovers_comes_back() {
         seen.iter().any(|t| t == "/health") && seen.iter().any(|t| t == "/x"),
         "the restarted server was probed and then served: {seen:?}"
     );
+}
+
+#[test]
+fn http_checks_on_https_targets_speak_http_over_tls_verified_as_requests_are() {
+    // Both targets accept TCP connections and TLS handshakes; the bad one's certificate is
+    // signed by a CA the upstream does not trust. Probes that only connected would keep it
+    // in rotation, and with no retries some requests would get its 502.
+    let ca = TestCa::new("probe root");
+    let stranger = TestCa::new("stranger root");
+    let good = TlsUpstream::start("good", &ca.server_cert(&["127.0.0.1"]));
+    let bad = TlsUpstream::start("bad", &stranger.server_cert(&["127.0.0.1"]));
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver).workers(2));
+        let tenant = Tenant::create(&sg, "tlshealth");
+        let mut settings = active_check();
+        merge(&mut settings, json!({"tls": {"ca_pem": ca.cert_pem()}}));
+        let upstream = tenant.upstream("pool", vec![good.target(), bad.target()], settings);
+        let client = only_healthy_targets_serve(&tenant, &upstream, 0, driver);
+        for i in 0..20 {
+            let resp = client.get("/x");
+            assert_eq!(resp.text(), "good GET /x", "[{driver}] request {i}: {resp}");
+        }
+        // The probes are HTTP requests inside TLS, verified with the upstream's CA.
+        assert!(
+            good.requests().iter().any(|seen| seen.target == "/health"
+                && seen.header("user-agent") == Some("shardgate-health-check")),
+            "[{driver}] no probe reached the good target over TLS"
+        );
+        assert!(
+            bad.wait_for_handshake_failures(1, Duration::from_secs(2)),
+            "[{driver}] the probes' handshakes with the untrusted target failed"
+        );
+        let metrics = sg.admin().get("/metrics").expect_status(200).text();
+        let healthy_of = |port: u16| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("shardgate_upstream_target_healthy{")
+                        && l.contains(&format!("target=\"127.0.0.1:{port}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(
+            healthy_of(good.addr().port()).as_deref(),
+            Some("1"),
+            "[{driver}] {metrics}"
+        );
+        assert_eq!(
+            healthy_of(bad.addr().port()).as_deref(),
+            Some("0"),
+            "[{driver}] {metrics}"
+        );
+    }
 }

@@ -281,7 +281,7 @@ fn run_with(config: Config, on_ready: &mut dyn FnMut(Ready)) -> Result<u8, Fatal
         };
     }
 
-    let admin_thread = match admin.spawn(broadcaster) {
+    let admin_thread = match admin.spawn(broadcaster, crate::tls::probe_tls()) {
         Ok(admin_thread) => admin_thread,
         Err(e) => {
             workers.shutdown(&signals, config.shutdown_grace);
