@@ -319,7 +319,7 @@ pub async fn forward(
 }
 
 /// Whether the policy retries `failure` (the method and body were checked already).
-fn policy_retries(policy: &RetryPolicy, failure: UpstreamFailure) -> bool {
+pub(crate) fn policy_retries(policy: &RetryPolicy, failure: UpstreamFailure) -> bool {
     match failure {
         UpstreamFailure::TimedOut => policy.retries_on(RetryCondition::Timeout),
         UpstreamFailure::ClosedWithoutAnswer | UpstreamFailure::FailedWhileAnswering => {
@@ -335,7 +335,7 @@ fn policy_retries(policy: &RetryPolicy, failure: UpstreamFailure) -> bool {
 
 /// Sleeps before retry number `attempts` (1 = the first retry): a random time up to
 /// `min(backoff_max, backoff_base × 2^(attempts−1))`, never past the request's deadline.
-async fn backoff(policy: &RetryPolicy, attempts: usize, req: &UpstreamRequest) {
+pub(crate) async fn backoff(policy: &RetryPolicy, attempts: usize, req: &UpstreamRequest) {
     let base = policy.backoff_base.as_duration().as_micros() as u64;
     let cap = policy.backoff_max.as_duration().as_micros() as u64;
     let ceiling = base

@@ -7,11 +7,16 @@
 //! untouched. Connections are per worker and per target, multiplexing streams up to what
 //! the upstream allows (SETTINGS_MAX_CONCURRENT_STREAMS: a stream beyond it waits for a
 //! free one). A connect failure moves on to another target, as on HTTP/1.1. Once a stream
-//! is open, the request is sent again only when the upstream refused the stream
-//! unprocessed (REFUSED_STREAM, or a GOAWAY below it: a server shutting down or shedding
-//! load), from the body kept so far ([`Kept`], at most [`MAX_RESEND_BODY_BYTES`]), any
-//! method, at most [`REFUSED_RESENDS`] times; anything else is answered, not retried (its
-//! body may be half processed).
+//! is open, the request goes again from the body kept so far ([`Kept`]: until the answer
+//! begins, at most [`MAX_RESEND_BODY_BYTES`]):
+//! - when the upstream refused the stream unprocessed (REFUSED_STREAM, or a GOAWAY below
+//!   it: a server shutting down or shedding load), any method, at most [`REFUSED_RESENDS`]
+//!   times, not counted as one of the service's `retries`;
+//! - as the service's `retry_policy` says, as on HTTP/1.1: a timeout, a reset or a listed
+//!   5xx before the answer's head, for idempotent requests (or any with `non_idempotent`),
+//!   to another target, within the retry budget and after a jittered backoff.
+//!
+//! Both within the retry budget. Once the answer's head went out, nothing is retried.
 //!
 //! `grpc-timeout` bounds the request like a service `timeout` (the smaller wins): before
 //! the response head it is a 504 (DEADLINE_EXCEEDED to a gRPC client), after it the
@@ -43,7 +48,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, parse_response};
 use shardgate_core::metrics::Cause;
-use shardgate_core::model::{Http2Keepalive, ServiceType};
+use shardgate_core::model::{Http2Keepalive, RetryPolicy, ServiceType};
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
 
 use crate::downstream::Downstream;
@@ -117,27 +122,32 @@ pub async fn forward(
         .picker
         .budget(service.id, policy, false, crate::plane::now_ms());
     let max_attempts = 1 + service.spec.spec.retries as usize;
+    // The service's retry policy, as on HTTP/1.1: another target after a failure the
+    // policy lists that came before the answer's head, for an idempotent request (or any
+    // with `non_idempotent`) whose body is still kept to send again.
+    let retry_method = req.idempotent || policy.non_idempotent;
     let mut attempts = 0;
     let mut last = UpstreamFailure::NoHealthyTarget;
     let mut refusals = 0;
     let mut sent_head = false;
+    // Targets tried, per upstream of the service (by position), across retries.
+    let mut tried: Vec<Vec<usize>> = vec![Vec::new(); service.upstreams.len()];
     let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-    let (upstream, i, result) = loop {
+    loop {
         let mut opened = None;
-        'upstreams: for upstream in &service.upstreams {
+        'upstreams: for (u, upstream) in service.upstreams.iter().enumerate() {
             if !upstream_speaks_h2(service, upstream) {
                 continue;
             }
-            let mut tried = Vec::new();
             while attempts < max_attempts {
                 if past_deadline() {
                     last = UpstreamFailure::DeadlineExceeded;
                     break 'upstreams;
                 }
-                let Some(i) = plane.picker.target(upstream, req.hash, &tried) else {
+                let Some(i) = plane.picker.target(upstream, req.hash, &tried[u]) else {
                     continue 'upstreams;
                 };
-                tried.push(i);
+                tried[u].push(i);
                 attempts += 1;
                 let Some(target) = upstream.targets.get(i) else {
                     continue;
@@ -149,7 +159,7 @@ pub async fn forward(
                 let keepalive = upstream.spec.spec.http2_keepalive.as_ref();
                 match sender(ctx, &dial, connect_timeout, keepalive).await {
                     Ok(sender) => {
-                        opened = Some((upstream.clone(), i, sender));
+                        opened = Some((u, upstream.clone(), i, sender));
                         break 'upstreams;
                     }
                     // A failure the deadline caused (a client's grpc-timeout included) says
@@ -170,7 +180,7 @@ pub async fn forward(
                 }
             }
         }
-        let Some((upstream, i, sender)) = opened else {
+        let Some((u, upstream, i, sender)) = opened else {
             return refuse(client, Refusal::Upstream(last), effects, req).await;
         };
         let request = match upstream.targets.get(i).map(|t| upstream_request(req, t)) {
@@ -188,15 +198,16 @@ pub async fn forward(
             write: spec.write_timeout.as_duration(),
             body_limit,
         };
+        // A 5xx the policy lists is handed back unsent while another attempt may follow.
+        let retry_status = (retry_method && attempts < max_attempts).then_some(policy);
         let exchange = relay(
             client,
-            sender,
-            request,
+            (sender, request),
             &mut upload,
             req,
             effects,
             timeouts,
-            &mut sent_head,
+            (&mut sent_head, retry_status),
         );
         let result = match deadline {
             Some(deadline) => match monoio::time::timeout_at(deadline, exchange).await {
@@ -206,85 +217,147 @@ pub async fn forward(
             None => exchange.await,
         };
         drop(in_flight);
-        if !matches!(result, Err(Relayed::Refused)) {
-            break (upstream, i, result);
-        }
-        // The upstream did not process the stream (it is shutting down, or shedding
-        // load): the request goes again on another stream, whatever its method, as the
-        // kept body allows. Not a failure of the target (no passive health, no circuit),
-        // and not one of the service's `retries`; within the retry budget, and at most
-        // REFUSED_RESENDS times. A connection that sent GOAWAY is not reused: the pool
-        // hands out only connections that can open streams.
-        client.note(|t| {
-            t.upstream_head();
-            t.failed(Cause::Refused);
-        });
-        let spent = refusals == REFUSED_RESENDS || past_deadline();
-        if spent
-            || !plane
-                .picker
-                .budget(service.id, policy, true, crate::plane::now_ms())
-        {
-            if !spent {
-                client.note(|t| t.obs.budget_exhausted = true);
+        match result {
+            // The upstream did not process the stream (it is shutting down, or shedding
+            // load): the request goes again on another stream, whatever its method, as
+            // the kept body allows. Not a failure of the target (no passive health, no
+            // circuit), and not one of the service's `retries`; within the retry budget,
+            // and at most REFUSED_RESENDS times. A connection that sent GOAWAY is not
+            // reused: the pool hands out only connections that can open streams.
+            Err(Relayed::Refused) => {
+                client.note(|t| {
+                    t.upstream_head();
+                    t.failed(Cause::Refused);
+                });
+                let spent = refusals == REFUSED_RESENDS || past_deadline();
+                if spent
+                    || !plane
+                        .picker
+                        .budget(service.id, policy, true, crate::plane::now_ms())
+                {
+                    if !spent {
+                        client.note(|t| t.obs.budget_exhausted = true);
+                    }
+                    let failure = Refusal::Upstream(UpstreamFailure::Refused);
+                    return refuse(client, failure, effects, req).await;
+                }
+                refusals += 1;
+                attempts -= 1;
+                // The same target may take it (on a connection that can open streams).
+                tried[u].retain(|&t| t != i);
             }
-            let failure = Refusal::Upstream(UpstreamFailure::Refused);
-            return refuse(client, failure, effects, req).await;
+            Err(Relayed::Failed(failure))
+                if retry_method
+                    && attempts < max_attempts
+                    && !responding(client, sent_head)
+                    && !upload.kept.borrow().let_go
+                    && crate::forward::policy_retries(policy, failure) =>
+            {
+                failed_attempt(client, ctx, &upstream, i, failure);
+                last = failure;
+                if !plane
+                    .picker
+                    .budget(service.id, policy, true, crate::plane::now_ms())
+                {
+                    client.note(|t| t.obs.budget_exhausted = true);
+                    return refuse(client, Refusal::Upstream(failure), effects, req).await;
+                }
+                crate::forward::backoff(policy, attempts, req).await;
+            }
+            result => {
+                let context = (effects, req, body_limit, sent_head);
+                return settle(client, ctx, (&upstream, i), result, context).await;
+            }
         }
-        refusals += 1;
-        attempts -= 1;
-    };
-    // Neither a deadline nor a refused stream says the target failed.
-    let its_own = |failure: UpstreamFailure| {
-        !matches!(
-            failure,
-            UpstreamFailure::DeadlineExceeded | UpstreamFailure::Refused
-        )
-    };
-    let circuit_ok = match &result {
-        Ok(_) => Some(client.status_sent() < 500),
-        Err(Relayed::Failed(failure)) if its_own(*failure) => Some(false),
-        Err(_) => None,
-    };
-    if let Some(ok) = circuit_ok {
-        plane.circuit(&upstream, i, ok);
     }
+}
+
+/// Whether the answer to the client has begun (its head went out).
+fn responding(client: &Client, sent_head: bool) -> bool {
+    match &client.stream {
+        Downstream::H2(stream) => stream.responding(),
+        _ => sent_head,
+    }
+}
+
+/// What a failed attempt at target `i` tells: its cause to the trace, and — unless the
+/// failure is not the target's own (a deadline, a refused stream) — passive health and
+/// the target's circuit. A connection that failed to answer in time, or closed under the
+/// stream, is not offered to the next request.
+fn failed_attempt(
+    client: &Client,
+    ctx: &WorkerContext,
+    upstream: &CompiledUpstream,
+    i: usize,
+    failure: UpstreamFailure,
+) {
+    let plane = ctx.plane();
     client.note(|t| {
         t.upstream_head();
-        match &result {
-            Ok(_) if t.obs.status >= 500 => t.failed(Cause::Status5xx),
-            Err(Relayed::Failed(failure)) => t.failed(failure.cause()),
-            _ => {}
-        }
+        t.failed(failure.cause());
     });
+    if its_own(failure) {
+        plane.picker.report(upstream, i, false);
+        plane.circuit(upstream, i, false);
+    }
+    if matches!(
+        failure,
+        UpstreamFailure::TimedOut
+            | UpstreamFailure::ClosedWithoutAnswer
+            | UpstreamFailure::FailedWhileAnswering
+    ) && let Some(target) = upstream.targets.get(i)
+    {
+        let dial = tls::dial(plane.upstream_tls.as_ref(), upstream, target, i);
+        plane.h2_upstreams.remove(dial.target().key);
+    }
+}
+
+/// Whether `failure` says something about the target (a deadline or a refused stream
+/// does not).
+fn its_own(failure: UpstreamFailure) -> bool {
+    !matches!(
+        failure,
+        UpstreamFailure::DeadlineExceeded | UpstreamFailure::Refused
+    )
+}
+
+/// The last attempt's outcome: reported, and the client answered when the relay did not.
+async fn settle(
+    client: &mut Client,
+    ctx: &WorkerContext,
+    (upstream, i): (&CompiledUpstream, usize),
+    result: Result<bool, Relayed>,
+    (effects, req, body_limit, sent_head): (&Effects, &UpstreamRequest, u64, bool),
+) -> io::Result<Outcome> {
+    let plane = ctx.plane();
     let failure = match result {
         Ok(keep_alive) => {
-            plane.picker.report(&upstream, i, true);
+            let ok = client.status_sent() < 500;
+            plane.circuit(upstream, i, ok);
+            plane.picker.report(upstream, i, true);
+            client.note(|t| {
+                t.upstream_head();
+                if t.obs.status >= 500 {
+                    t.failed(Cause::Status5xx);
+                }
+            });
             return Ok(Outcome::Done { keep_alive });
         }
         Err(Relayed::ClientGone) => {
-            client.note(Trace::client_left);
+            client.note(|t| {
+                t.upstream_head();
+                t.client_left();
+            });
             return Ok(Outcome::Done { keep_alive: false });
         }
-        Err(Relayed::BodyTooLarge) => Refusal::BodyTooLarge { limit: body_limit },
-        // Handled in the loop above.
+        Err(Relayed::BodyTooLarge) => {
+            client.note(Trace::upstream_head);
+            Refusal::BodyTooLarge { limit: body_limit }
+        }
+        // The caller sends refused streams again, or answers them itself.
         Err(Relayed::Refused) => Refusal::Upstream(UpstreamFailure::Refused),
         Err(Relayed::Failed(failure)) => {
-            if its_own(failure) {
-                plane.picker.report(&upstream, i, false);
-            }
-            // A connection that failed to answer in time, or closed under the stream, is
-            // not offered to the next request.
-            if matches!(
-                failure,
-                UpstreamFailure::TimedOut
-                    | UpstreamFailure::ClosedWithoutAnswer
-                    | UpstreamFailure::FailedWhileAnswering
-            ) && let Some(target) = upstream.targets.get(i)
-            {
-                let dial = tls::dial(plane.upstream_tls.as_ref(), &upstream, target, i);
-                plane.h2_upstreams.remove(dial.target().key);
-            }
+            failed_attempt(client, ctx, upstream, i, failure);
             Refusal::Upstream(failure)
         }
     };
@@ -295,11 +368,7 @@ pub async fn forward(
     // Before the response head, the gateway answers (trailers-only for gRPC); after it,
     // an HTTP/2 stream ends with grpc-status 4 (deadline) or a reset, an HTTP/1.1
     // connection closes.
-    let responding = match &client.stream {
-        Downstream::H2(stream) => stream.responding(),
-        _ => sent_head,
-    };
-    if !responding {
+    if !responding(client, sent_head) {
         return refuse(client, failure, effects, req).await;
     }
     if let Downstream::H2(stream) = &mut client.stream {
@@ -643,13 +712,12 @@ fn upstream_request(req: &UpstreamRequest, target: &CompiledTarget) -> Result<Re
 #[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Client,
-    mut sender: SendRequest<Bytes>,
-    request: Request<()>,
+    (mut sender, request): (SendRequest<Bytes>, Request<()>),
     upload: &mut Upload,
     req: &UpstreamRequest,
     effects: &Effects,
     timeouts: Timeouts,
-    sent_head: &mut bool,
+    (sent_head, retry_status): (&mut bool, Option<&RetryPolicy>),
 ) -> Result<bool, Relayed> {
     let no_body = upload.no_body;
     let kept = &upload.kept;
@@ -661,10 +729,9 @@ async fn relay(
             .await
             .map_err(|_| Relayed::Failed(UpstreamFailure::TimedOut))?
             .map_err(|e| refused_or(e, kept, UpstreamFailure::ClosedWithoutAnswer))?;
-        // The upstream took the stream: nothing needs sending again.
-        kept.borrow_mut().let_go();
         Ok(response)
     };
+    let retry = (kept, retry_status);
     match &mut upload.source {
         // HTTP/2: both directions at once (bidirectional streams).
         Source::H2(h2) => {
@@ -673,7 +740,7 @@ async fn relay(
             let up = pump_up(h2, up_body, kept, timeouts, &received);
             let down = async {
                 let response = response.await?;
-                answer(client, response, req, effects, timeouts, sent_head).await
+                answer(client, response, req, effects, timeouts, sent_head, retry).await
             };
             let mut up = pin!(up);
             let mut down = pin!(down);
@@ -719,7 +786,8 @@ async fn relay(
                 whole_body = pump_h1(client, h1, up_body, kept, req, timeouts).await?;
             }
             let response = response.await?;
-            let keep_alive = answer(client, response, req, effects, timeouts, sent_head).await?;
+            let keep_alive =
+                answer(client, response, req, effects, timeouts, sent_head, retry).await?;
             // A body the upstream stopped reading is still (partly) in the connection.
             Ok(keep_alive && whole_body)
         }
@@ -915,6 +983,7 @@ async fn pump_h1(
 /// the same headers; to an HTTP/2 client that head becomes HEADERS in [`H2Stream`], and the
 /// chunked body and its trailers become DATA and trailers. `Ok`: whether an HTTP/1.1
 /// client's connection may be kept.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     client: &mut Client,
     response: Response<RecvStream>,
@@ -922,8 +991,20 @@ async fn answer(
     effects: &Effects,
     timeouts: Timeouts,
     sent_head: &mut bool,
+    (kept, retry_status): (&RefCell<Kept>, Option<&RetryPolicy>),
 ) -> Result<bool, Relayed> {
     let (parts, mut body) = response.into_parts();
+    // A 5xx the retry policy lists, while another attempt may follow and the body is
+    // still kept: handed back unsent (the stream is reset as `body` drops).
+    let status = parts.status.as_u16();
+    if status >= 500
+        && retry_status.is_some_and(|policy| policy.retries_status(status))
+        && !kept.borrow().let_go
+    {
+        return Err(Relayed::Failed(UpstreamFailure::AnsweredWithError(status)));
+    }
+    // The upstream took the stream and answers it: nothing needs sending again.
+    kept.borrow_mut().let_go();
     let h2_client = matches!(client.stream, Downstream::H2(_));
     let keep_alive = !h2_client && req.client_keep_alive && !req.http10;
     // The upstream's head as HTTP/1.1: its length when it gave one, else chunked (the way
@@ -947,7 +1028,6 @@ async fn answer(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let status = parts.status.as_u16();
     client.note(|t| {
         t.obs.status = status;
         t.upstream_head();

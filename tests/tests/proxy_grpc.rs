@@ -504,23 +504,29 @@ fn a_grpc_health_check_takes_a_not_serving_target_out_and_brings_it_back() {
     }
 }
 
-/// The refusing HTTP/2 upstream (tests/python/h2_refusing.py), stopped on drop.
-struct RefusingServer {
+/// The faulty HTTP/2 upstream (tests/python/h2_faulty.py), stopped on drop.
+struct FaultyServer {
     child: Child,
     lines: BufReader<std::process::ChildStdout>,
     port: u16,
 }
 
-impl RefusingServer {
-    /// Refuses the first stream of each of its first `refusals` connections, as `mode`
-    /// says (`goaway`, `reset`, `reset_late`).
-    fn start(mode: &str, refusals: u32) -> RefusingServer {
+impl FaultyServer {
+    /// Fails the first stream of each of its first `faults` connections, as `mode` says
+    /// (`goaway`, `reset`, `reset_late`, `status503`, `reset_error`).
+    fn start(mode: &str, faults: u32) -> FaultyServer {
+        FaultyServer::spawn(&[mode, &faults.to_string()])
+    }
+
+    /// Fails every stream, as `mode` says.
+    fn failing_every_stream(mode: &str) -> FaultyServer {
+        FaultyServer::spawn(&[mode, "1000000", "every"])
+    }
+
+    fn spawn(args: &[&str]) -> FaultyServer {
         let mut child = Command::new(python())
-            .args([
-                concat!(env!("CARGO_MANIFEST_DIR"), "/python/h2_refusing.py"),
-                mode,
-                &refusals.to_string(),
-            ])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/h2_faulty.py"))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -532,7 +538,7 @@ impl RefusingServer {
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("the refusing server did not start: {line:?}"));
-        RefusingServer { child, lines, port }
+        FaultyServer { child, lines, port }
     }
 
     /// Connections, refused streams, served streams, and the body bytes each refused
@@ -548,7 +554,7 @@ impl RefusingServer {
     }
 }
 
-impl Drop for RefusingServer {
+impl Drop for FaultyServer {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.kill();
@@ -556,8 +562,8 @@ impl Drop for RefusingServer {
     }
 }
 
-/// `curl` POSTing `body` (from a file) to `http://<host>/<path>` on the plain proxy port,
-/// over HTTP/2 with prior knowledge or HTTP/1.1: the status, the body and the headers.
+/// `curl` POSTing `body` (from a file) to `http://<host>/refusing/order` on the plain proxy
+/// port, over HTTP/2 with prior knowledge or HTTP/1.1: the status, the body and the headers.
 fn curl_post(
     sg: &Shardgate,
     h2: bool,
@@ -565,12 +571,27 @@ fn curl_post(
     key: &str,
     body: &[u8],
 ) -> (u16, String, String) {
+    curl_refusing(sg, h2, host, key, Some(body))
+}
+
+/// `curl` GET of `/refusing/x`, as [`curl_post`]: the status and the body.
+fn curl_get(sg: &Shardgate, h2: bool, host: &str, key: &str) -> (u16, String) {
+    let (status, text, _) = curl_refusing(sg, h2, host, key, None);
+    (status, text)
+}
+
+fn curl_refusing(
+    sg: &Shardgate,
+    h2: bool,
+    host: &str,
+    key: &str,
+    body: Option<&[u8]>,
+) -> (u16, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (file, headers) = (dir.path().join("body"), dir.path().join("headers"));
-    std::fs::write(&file, body).expect("write the body");
     let port = sg.proxy_addr().port();
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--noproxy", "*"])
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "20", "--noproxy", "*"])
         .arg(if h2 {
             "--http2-prior-knowledge"
         } else {
@@ -578,12 +599,20 @@ fn curl_post(
         })
         .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
         .args(["-H", &format!("X-API-Key: {key}")])
-        .args(["-H", "Content-Type: application/octet-stream"])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
         .args(["-D", &headers.display().to_string()])
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://{host}:{port}/refusing/order"))
+        .args(["-w", "\n%{http_code}"]);
+    let path = match body {
+        Some(body) => {
+            std::fs::write(&file, body).expect("write the body");
+            curl.args(["-H", "Content-Type: application/octet-stream"])
+                .arg("--data-binary")
+                .arg(format!("@{}", file.display()));
+            "/refusing/order"
+        }
+        None => "/refusing/x",
+    };
+    let output = curl
+        .arg(format!("http://{host}:{port}{path}"))
         .output()
         .expect("run curl (tests/run installs it)");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -636,7 +665,7 @@ fn a_stream_the_upstream_refuses_unprocessed_is_sent_again_with_its_body() {
     for driver in io_drivers() {
         for mode in ["goaway", "reset", "reset_late"] {
             for h2 in [true, false] {
-                let mut server = RefusingServer::start(mode, 1);
+                let mut server = FaultyServer::start(mode, 1);
                 let sg = Shardgate::start(Options::new().io_driver(driver));
                 let tenant = refusing_route(&sg, "refuse", server.port);
                 let (status, text, headers) =
@@ -678,7 +707,7 @@ fn a_refused_stream_whose_body_was_not_kept_or_refused_every_time_is_503() {
         // 200 KiB, all of it on the stream before the refusal: past the 64 KiB kept to
         // send again, so it cannot go again.
         let big = vec![b'x'; 200 * 1024];
-        let mut server = RefusingServer::start("reset_late", 1);
+        let mut server = FaultyServer::start("reset_late", 1);
         let sg = Shardgate::start(Options::new().io_driver(driver));
         let tenant = refusing_route(&sg, "big", server.port);
         for h2 in [true, false] {
@@ -702,7 +731,7 @@ fn a_refused_stream_whose_body_was_not_kept_or_refused_every_time_is_503() {
 
         // An upstream that refuses every stream: the request went three times (once and
         // twice more), then 503.
-        let mut server = RefusingServer::start("goaway", 100);
+        let mut server = FaultyServer::start("goaway", 100);
         let tenant = refusing_route(&sg, "always", server.port);
         let (status, text, _) = curl_post(&sg, true, "always.localhost", &tenant.key, b"x");
         assert_eq!(status, 503, "[{driver}] {text}");
@@ -749,5 +778,99 @@ fn a_grpc_health_check_on_a_tls_target_speaks_h2_over_tls_with_the_upstreams_set
         );
         let back = call_until(&sg, "tlscheck.localhost", &tenant.key, "OK");
         assert_eq!(back["code"], "OK", "[{driver}] {back}");
+    }
+}
+
+#[test]
+fn the_retry_policy_moves_an_http2_request_that_failed_before_its_answer_to_another_target() {
+    // Target `bad` fails every stream after taking its whole body (503, or RST_STREAM
+    // INTERNAL_ERROR: processed, then failed); `good` answers. The balancer sends some of
+    // each run's requests to `bad` first; the upstreams' own counts say how many.
+    let body = b"order=42".to_vec();
+    for driver in io_drivers() {
+        for mode in ["status503", "reset_error"] {
+            let mut bad = FaultyServer::failing_every_stream(mode);
+            let mut good = FaultyServer::start("reset", 0);
+            let sg = Shardgate::start(Options::new().io_driver(driver).workers(1));
+            let (bad_port, good_port) = (bad.port, good.port);
+            let route = |subdomain: &str, policy: Value| {
+                let tenant = Tenant::create(&sg, subdomain);
+                let upstream = tenant.upstream(
+                    "pair",
+                    vec![
+                        json!({"host": "127.0.0.1", "port": bad_port}),
+                        json!({"host": "127.0.0.1", "port": good_port}),
+                    ],
+                    json!({"http2": true}),
+                );
+                let service = tenant.service("pair", &upstream, policy);
+                tenant.rule(json!({"path": "/refusing/*", "service_id": service}));
+                tenant
+            };
+            let what = format!("[{driver} {mode}]");
+            let mut failed_so_far = 0;
+            let mut failed_since = |bad: &mut FaultyServer| {
+                let failed = bad.stats()["failed"].as_u64().unwrap_or_default();
+                let since = failed - failed_so_far;
+                failed_so_far = failed;
+                since
+            };
+            // Default policy: GET is idempotent, so a failure goes to the other target.
+            let idempotent = route("get", json!({"retries": 1}));
+            for i in 0..6 {
+                let (status, text) = curl_get(&sg, i % 2 == 0, "get.localhost", &idempotent.key);
+                assert_eq!(status, 200, "{what} GET {i}: {text}");
+            }
+            let failed = failed_since(&mut bad);
+            assert!(failed >= 1, "{what} some GETs failed on `bad` first");
+            assert_eq!(
+                good.stats()["served"],
+                6,
+                "{what} and were retried on `good`"
+            );
+            // POST is not idempotent: a failure after the upstream took it is answered.
+            let post = route("post", json!({"retries": 1}));
+            let statuses: Vec<u16> = (0..6)
+                .map(|i| curl_post(&sg, i % 2 == 0, "post.localhost", &post.key, &body).0)
+                .collect();
+            let failed = failed_since(&mut bad) as usize;
+            let want = if mode == "status503" { 503 } else { 502 };
+            assert!(failed >= 1, "{what} {statuses:?}");
+            assert_eq!(
+                statuses.iter().filter(|&&s| s == want).count(),
+                failed,
+                "{what} {statuses:?}"
+            );
+            assert_eq!(
+                statuses.iter().filter(|&&s| s == 200).count(),
+                6 - failed,
+                "{what} {statuses:?}"
+            );
+            // Unless the policy says `non_idempotent`: then the kept body goes again.
+            let policy = json!({"retries": 1, "retry_policy": {"non_idempotent": true}});
+            let anyway = route("anyway", policy);
+            for i in 0..6 {
+                let (status, text, _) =
+                    curl_post(&sg, i % 2 == 0, "anyway.localhost", &anyway.key, &body);
+                assert_eq!(status, 200, "{what} POST {i}: {text}");
+                assert_eq!(
+                    text.as_bytes(),
+                    [b"echo:".as_slice(), &body].concat(),
+                    "{what}"
+                );
+            }
+            assert!(
+                failed_since(&mut bad) >= 1,
+                "{what} some POSTs were retried"
+            );
+            // Each failed POST had brought its whole body.
+            let stats = bad.stats();
+            assert!(
+                stats["failed_body_bytes"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().all(|n| n == 0 || n == body.len())),
+                "{what} {stats}"
+            );
+        }
     }
 }

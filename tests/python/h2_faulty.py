@@ -1,21 +1,26 @@
-"""An h2c upstream that refuses streams the way HTTP/2 servers do when they shut down or
-are overloaded, for tests/tests/proxy_grpc.rs (a stream the server refused was not
-processed, RFC 9113 section 8.7, so a gateway may send it again on another stream).
+"""An h2c upstream that fails streams the way HTTP/2 servers do, for
+tests/tests/proxy_grpc.rs: refusing them when it shuts down or is overloaded (a refused
+stream was not processed, RFC 9113 section 8.7, so a gateway may send it again on another
+stream), or failing them after it took them.
 
-    h2_refusing.py MODE REFUSALS
+    h2_faulty.py MODE FAULTS [every]
 
 prints its port, then serves until stdin closes. The first stream of each of the first
-REFUSALS connections is refused; every other stream is answered 200 with the request body
-after "echo:" and `x-served-by: c<connection>s<stream>`. MODE says how a stream is refused:
+FAULTS connections (with `every`: each of their streams) fails as MODE says; every other
+stream is answered 200 with the request body after "echo:" and
+`x-served-by: c<connection>s<stream>`. MODE:
 
     goaway        GOAWAY (last stream 0, NO_ERROR) as soon as its HEADERS arrive, then the
                   connection is closed once the client has gone
     reset         RST_STREAM REFUSED_STREAM as soon as its HEADERS arrive (the connection
                   stays open and serves the next stream)
     reset_late    RST_STREAM REFUSED_STREAM once its whole body has arrived
+    status503     answered 503 once its whole body has arrived (processed, and failed)
+    reset_error   RST_STREAM INTERNAL_ERROR once its whole body has arrived (processed)
 
-A line "stats" on stdin prints a JSON line: connections, streams refused, streams served
-and the body bytes each refused stream carried.
+A line "stats" on stdin prints a JSON line: connections, streams refused, streams failed
+(503, INTERNAL_ERROR), streams served and the body bytes each refused or failed stream
+carried.
 """
 import json
 import socket
@@ -28,10 +33,11 @@ import h2.errors
 import h2.events
 
 LOCK = threading.Lock()
-STATS = {"connections": 0, "refused": 0, "served": 0, "refused_body_bytes": []}
+STATS = {"connections": 0, "refused": 0, "failed": 0, "served": 0, "refused_body_bytes": [],
+         "failed_body_bytes": []}
 
 
-def serve_connection(sock, number, mode, refuse_first):
+def serve_connection(sock, number, mode, refuse_first, every):
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
     conn.initiate_connection()
@@ -64,9 +70,7 @@ def serve_connection(sock, number, mode, refuse_first):
                         elif mode == "reset":
                             conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                             count_refused(0)
-                    first = False
-                    if event.stream_ended is not None:
-                        finish(conn, sid, bodies, refused, mode, number)
+                    first = every
                 elif isinstance(event, h2.events.DataReceived):
                     if event.stream_id in bodies:
                         bodies[event.stream_id] += event.data
@@ -89,12 +93,25 @@ def count_refused(body_bytes):
         STATS["refused_body_bytes"].append(body_bytes)
 
 
+def count_failed(body_bytes):
+    with LOCK:
+        STATS["failed"] += 1
+        STATS["failed_body_bytes"].append(body_bytes)
+
+
 def finish(conn, sid, bodies, refused, mode, number):
     body = bytes(bodies.pop(sid, b""))
     if sid in refused:
         if mode == "reset_late":
             conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             count_refused(len(body))
+        elif mode == "reset_error":
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            count_failed(len(body))
+        elif mode == "status503":
+            conn.send_headers(sid, [(":status", "503"), ("content-length", "11")])
+            conn.send_data(sid, b"unavailable", end_stream=True)
+            count_failed(len(body))
         return
     reply = b"echo:" + body
     conn.send_headers(sid, [
@@ -108,7 +125,7 @@ def finish(conn, sid, bodies, refused, mode, number):
         STATS["served"] += 1
 
 
-def main(mode, refusals):
+def main(mode, refusals, every=False):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -125,7 +142,7 @@ def main(mode, refusals):
                 STATS["connections"] += 1
                 number = STATS["connections"]
             threading.Thread(target=serve_connection,
-                             args=(sock, number, mode, number <= refusals),
+                             args=(sock, number, mode, number <= refusals, every),
                              daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
@@ -136,4 +153,4 @@ def main(mode, refusals):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["every"])
