@@ -38,6 +38,7 @@ use crate::plane::WorkerContext;
 use crate::plugins::Effects;
 use crate::refusal::{Refusal, UpstreamFailure};
 use crate::respond::{self, Answer, Relay};
+use crate::retry::{backoff, policy_retries};
 use crate::timed;
 use crate::tls::{self, Conn, TlsFailure};
 use crate::wire;
@@ -316,36 +317,6 @@ pub async fn forward(
     let refusal = Refusal::Upstream(failure);
     respond::refuse(client, refusal, &effects, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
-}
-
-/// Whether the policy retries `failure` (the method and body were checked already).
-pub(crate) fn policy_retries(policy: &RetryPolicy, failure: UpstreamFailure) -> bool {
-    match failure {
-        UpstreamFailure::TimedOut => policy.retries_on(RetryCondition::Timeout),
-        UpstreamFailure::ClosedWithoutAnswer | UpstreamFailure::FailedWhileAnswering => {
-            policy.retries_on(RetryCondition::Reset)
-        }
-        UpstreamFailure::AnsweredWithError(status) => policy.retries_status(status),
-        UpstreamFailure::ConnectFailed | UpstreamFailure::Tls(_) => {
-            policy.retries_on(RetryCondition::ConnectFailure)
-        }
-        _ => false,
-    }
-}
-
-/// Sleeps before retry number `attempts` (1 = the first retry): a random time up to
-/// `min(backoff_max, backoff_base × 2^(attempts−1))`, never past the request's deadline.
-pub(crate) async fn backoff(policy: &RetryPolicy, attempts: usize, req: &UpstreamRequest) {
-    let base = policy.backoff_base.as_duration().as_micros() as u64;
-    let cap = policy.backoff_max.as_duration().as_micros() as u64;
-    let ceiling = base
-        .saturating_mul(1u64 << (attempts.saturating_sub(1)).min(20))
-        .min(cap);
-    if ceiling == 0 {
-        return;
-    }
-    let pause = Duration::from_micros(crate::observe::next_random() % (ceiling + 1));
-    monoio::time::sleep(req.bounded(pause)).await;
 }
 
 /// No target of `upstream` is usable now: when that is because each is at its

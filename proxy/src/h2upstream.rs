@@ -251,7 +251,7 @@ pub async fn forward(
                     && attempts < max_attempts
                     && !responding(client, sent_head)
                     && !upload.kept.borrow().let_go
-                    && crate::forward::policy_retries(policy, failure) =>
+                    && crate::retry::policy_retries(policy, failure) =>
             {
                 failed_attempt(client, ctx, &upstream, i, failure);
                 last = failure;
@@ -262,7 +262,7 @@ pub async fn forward(
                     client.note(|t| t.obs.budget_exhausted = true);
                     return refuse(client, Refusal::Upstream(failure), effects, req).await;
                 }
-                crate::forward::backoff(policy, attempts, req).await;
+                crate::retry::backoff(policy, attempts, req).await;
             }
             result => {
                 let context = (effects, req, body_limit, sent_head);

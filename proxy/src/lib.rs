@@ -40,6 +40,8 @@ pub mod pick;
 pub mod rewrite;
 // Attempts, retries and fallbacks; the request body upstream.
 pub mod forward;
+// The retry policy, as both upstream protocols apply it.
+pub mod retry;
 // AI services: the provider APIs, translation, metering, guardrails (issue 15).
 pub mod ai;
 pub mod ai_call;
