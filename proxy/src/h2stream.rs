@@ -400,19 +400,25 @@ impl H2Stream {
     fn begin(&mut self, head: &shardgate_core::http1::ResponseHead, buf: &[u8]) -> io::Result<()> {
         let mut headers = HeaderMap::with_capacity(head.headers.len());
         let connection = head.connection_tokens(buf);
-        for (name, value) in head.headers(buf) {
+        // The head copied once, each value a slice of that copy: one allocation, not one
+        // per value (`from_bytes` copies; measured 2.3 % of the worker in an h2 profile).
+        let shared = Bytes::copy_from_slice(buf.get(..head.head_len).unwrap_or(buf));
+        for span in head.headers.as_slice() {
+            let (name, value) = (span.name.get(buf), span.value.range());
             if CONNECTION_SPECIFIC
                 .iter()
                 .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
                 || name.eq_ignore_ascii_case(b"te")
                 || connection.iter().any(|t| t.eq_ignore_ascii_case(name))
+                || value.end > shared.len()
             {
                 continue;
             }
             // `from_bytes` lowercases (HTTP/2 field names are lowercase).
-            let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-            else {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(Bytes::slice(&shared, value)),
+            ) else {
                 continue;
             };
             headers.append(name, value);
