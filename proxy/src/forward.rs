@@ -27,7 +27,7 @@ use std::io;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
-use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, ResponseHead, parse_response};
+use shardgate_core::http1::{BodyKind, ChunkedScanner, Parse, ResponseHead, parse_response_into};
 use shardgate_core::metrics::Cause;
 use shardgate_core::model::{RetryCondition, RetryPolicy};
 use shardgate_core::snapshot::{CompiledService, CompiledTarget, CompiledUpstream};
@@ -483,10 +483,13 @@ async fn attempt(
     let retryable = plan.replayable && (req.idempotent || leg.policy.non_idempotent) && !leg.last;
     let mut rbuf = plane.heads.take();
     let limits = &plane.settings.head_limits;
-    let head: ResponseHead = loop {
+    // Parsed in place and lent to the relay: a head is ~2 KiB (its field spans inline), and
+    // returning it by value copied it two or three times per request.
+    let mut head = ResponseHead::default();
+    loop {
         if !rbuf.is_empty() {
-            match parse_response(&rbuf, req.is_head, limits) {
-                Ok(Parse::Complete(head)) if head.is_interim() => {
+            match parse_response_into(&rbuf, req.is_head, limits, &mut head) {
+                Ok(Parse::Complete(())) if head.is_interim() => {
                     if head.status != 100 {
                         let interim = rbuf[..head.head_len].to_vec();
                         client
@@ -497,7 +500,7 @@ async fn attempt(
                     rbuf.drain(..head.head_len);
                     continue;
                 }
-                Ok(Parse::Complete(head)) => break head,
+                Ok(Parse::Complete(())) => break,
                 Ok(Parse::Partial) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, target = %target.host_header, "invalid upstream response head");
@@ -573,7 +576,7 @@ async fn attempt(
                 return Err(Failure::Upstream { failure, retryable });
             }
         }
-    };
+    }
 
     client.note(|t| t.upstream_head());
     if head.status == 101 && !switch_was_asked_for(req, &mut head.headers.get_all(&rbuf, "upgrade"))
@@ -598,7 +601,11 @@ async fn attempt(
         client.consume(body_start + plan.in_buffer);
         plan.consumed = true;
     }
-    let answer = Answer { up, rbuf, head };
+    let answer = Answer {
+        up,
+        rbuf,
+        head: &head,
+    };
     Ok(respond::relay_response(client, answer, req, (upstream, target), ctx, effects).await?)
 }
 

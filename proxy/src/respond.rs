@@ -31,10 +31,10 @@ pub enum Relay {
 /// An upstream's answer whose head has been read: its connection, the bytes read so far
 /// (the head and perhaps the start of the body) and the parsed head.
 #[derive(Debug)]
-pub struct Answer {
+pub struct Answer<'h> {
     pub up: Conn,
     pub rbuf: Vec<u8>,
-    pub head: ResponseHead,
+    pub head: &'h ResponseHead,
 }
 
 /// Answers with the gateway's own response for `refusal`, with the headers earlier plugins
@@ -212,7 +212,7 @@ fn fill(out: &mut Vec<u8>, prefix: &[u8], take: usize, head_len: usize) -> std::
 /// Streams the response to the client and parks the upstream connection when it is clean.
 pub async fn relay_response(
     client: &mut Client,
-    answer: Answer,
+    answer: Answer<'_>,
     req: &UpstreamRequest,
     (upstream, target): (&CompiledUpstream, &CompiledTarget),
     ctx: &WorkerContext,
@@ -231,12 +231,12 @@ pub async fn relay_response(
     // A reply buffer: a head buffer's worth of read plus room for the head to grow (the
     // gateway's own headers), so a full first read goes out in one write.
     let mut out = plane.replies.take();
-    client_head(&mut out, &head, &rbuf, req, effects, keep_alive, rechunk);
+    client_head(&mut out, head, &rbuf, req, effects, keep_alive, rechunk);
     let prefix = &rbuf[head.head_len..];
 
     if upgraded {
         out.clear();
-        client_head(&mut out, &head, &rbuf, req, effects, false, false);
+        client_head(&mut out, head, &rbuf, req, effects, false, false);
         let to_client = prefix.to_vec();
         plane.heads.give(rbuf);
         client.write(out).await.map_err(|_| Relay::ClientGone)?;
