@@ -735,36 +735,35 @@ async fn relay(
     match &mut upload.source {
         // HTTP/2: both directions at once (bidirectional streams).
         Source::H2(h2) => {
-            let received = std::cell::Cell::new(0u64);
-            let trace = client.trace.clone();
-            let up = pump_up(h2, up_body, kept, timeouts, &received);
-            let down = async {
-                let response = response.await?;
-                answer(client, response, req, effects, timeouts, sent_head, retry).await
-            };
-            let mut up = pin!(up);
-            let mut down = pin!(down);
-            let mut up_done = no_body;
-            let result = poll_fn(|cx| {
-                if !up_done {
-                    match up.as_mut().poll(cx) {
-                        Poll::Ready(Ok(())) => up_done = true,
-                        // The upstream stopped taking the body (it may have answered early
-                        // and reset the stream with NO_ERROR, or refused it): its answer
-                        // decides.
-                        Poll::Ready(Err(Relayed::Failed(_))) => up_done = true,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {}
+            let taken_before = h2.taken;
+            let result = {
+                let mut up = pin!(pump_up(h2, up_body, kept, timeouts));
+                let mut down = pin!(async {
+                    let response = response.await?;
+                    answer(client, response, req, effects, timeouts, sent_head, retry).await
+                });
+                let mut up_done = no_body;
+                poll_fn(|cx| {
+                    if !up_done {
+                        match up.as_mut().poll(cx) {
+                            Poll::Ready(Ok(())) => up_done = true,
+                            // The upstream stopped taking the body (it may have answered
+                            // early and reset the stream with NO_ERROR, or refused it): its
+                            // answer decides.
+                            Poll::Ready(Err(Relayed::Failed(_))) => up_done = true,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {}
+                        }
                     }
-                }
-                // The answer decides: once it is complete, what the client still sends is
-                // moot.
-                down.as_mut().poll(cx)
-            })
-            .await;
-            if let Some(trace) = trace {
-                trace.borrow_mut().obs.bytes_in += received.get();
-            }
+                    // The answer decides: once it is complete, what the client still sends
+                    // is moot.
+                    down.as_mut().poll(cx)
+                })
+                .await
+            };
+            // The client's bytes this stream took (a resent body counts once).
+            let taken = h2.taken - taken_before;
+            client.note(|t| t.obs.bytes_in += taken);
             result
         }
         // HTTP/1.1: the body first (its bytes share the client's one buffer), then the
@@ -843,7 +842,6 @@ async fn pump_up(
     mut up: SendStream<Bytes>,
     kept: &RefCell<Kept>,
     timeouts: Timeouts,
-    received: &std::cell::Cell<u64>,
 ) -> Result<(), Relayed> {
     let Some(body) = h2.body.as_mut() else {
         return Ok(());
@@ -861,7 +859,6 @@ async fn pump_up(
             Some(Ok(data)) => {
                 let len = data.len();
                 h2.taken += len as u64;
-                received.set(received.get() + len as u64);
                 if h2.taken > timeouts.body_limit {
                     up.send_reset(h2::Reason::CANCEL);
                     return Err(Relayed::BodyTooLarge);
