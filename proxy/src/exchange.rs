@@ -17,6 +17,7 @@ use crate::observe::{RequestId, Trace, TraceHandle};
 use crate::refusal::ErrorResponse;
 use crate::timed;
 use crate::tls::Conn;
+use crate::vectored::HeadAndBody;
 
 /// After a final error answer, how long and how much unread request data is drained
 /// before closing, so the close does not become an RST that destroys the response.
@@ -86,6 +87,27 @@ impl Client {
             self.note(|t| t.obs.bytes_out += n);
         }
         (res, bytes)
+    }
+
+    /// Whether the client is on plain TCP (where a vectored write is one `writev`; a TLS or
+    /// HTTP/2 stream would take it one buffer at a time).
+    pub fn is_plain(&self) -> bool {
+        matches!(self.stream, Downstream::Plain(_))
+    }
+
+    /// Writes all of `write` within the client I/O timeout; gives it back for reuse
+    /// (`None` when the write timed out).
+    pub async fn write_head_and_body(
+        &mut self,
+        write: HeadAndBody,
+    ) -> (io::Result<()>, Option<HeadAndBody>) {
+        let n = write.len() as u64;
+        let (res, write) =
+            timed::write_head_and_body(&mut self.stream, write, self.io_timeout, &self.timer).await;
+        if res.is_ok() {
+            self.note(|t| t.obs.bytes_out += n);
+        }
+        (res, write)
     }
 
     /// Reads into `buf` (appending) within the client I/O timeout.

@@ -64,6 +64,8 @@ pub mod wire;
 // (socket I/O bounded in time, by per-connection deadlines on a per-worker wheel)
 pub mod deadline;
 pub mod timed;
+#[allow(unsafe_code)]
+pub mod vectored;
 // (TLS to upstreams: the client configuration and the upstream connection type)
 pub mod tls;
 // (the client's stream, plain or TLS, and the listener's TLS configuration)

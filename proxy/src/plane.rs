@@ -24,6 +24,7 @@ use crate::pool::ConnPool;
 use crate::settings::ProxySettings;
 use crate::shutdown::Shutdown;
 use crate::tls::UpstreamTls;
+use crate::vectored::Vectors;
 
 /// One worker's data-plane state.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct Plane {
     pub lines: BufferPool,
     /// Buffers for streaming bodies.
     pub bodies: BufferPool,
+    /// iovec pairs for writing a response head and its first body bytes at once.
+    pub vectors: Vectors,
     pub upstreams: ConnPool,
     pub picker: Picker,
     /// Open client connections on this worker.
@@ -73,6 +76,7 @@ impl Plane {
             replies: BufferPool::new(REPLY_BUFFER, 1024),
             lines: BufferPool::new(LINE_BUFFER, 2048),
             bodies: BufferPool::new(BODY_BUFFER, 256),
+            vectors: Vectors::default(),
             upstreams: ConnPool::default(),
             picker: Picker::new(worker),
             connections: Cell::new(0),

@@ -12,11 +12,12 @@ use shardgate_core::router::Method;
 use shardgate_core::snapshot::{CompiledTarget, CompiledUpstream};
 
 use crate::exchange::{Client, Outcome, Tunnel, UpstreamRequest};
-use crate::plane::WorkerContext;
+use crate::plane::{Plane, WorkerContext};
 use crate::plugins::Effects;
 use crate::refusal::Refusal;
 use crate::timed;
 use crate::tls::Conn;
+use crate::vectored::HeadAndBody;
 use crate::wire;
 
 /// Why relaying a response failed before the client saw any of it, or could be told more.
@@ -200,13 +201,40 @@ pub(crate) fn client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends to `out` what fits of `prefix[..take]` (the body bytes that came with the head,
-/// which starts at `head_len` of the read buffer); returns the range of the read buffer
-/// that did not fit.
-fn fill(out: &mut Vec<u8>, prefix: &[u8], take: usize, head_len: usize) -> std::ops::Range<usize> {
-    let fit = take.min(out.capacity() - out.len());
-    out.extend_from_slice(&prefix[..fit]);
-    head_len + fit..head_len + take
+/// Writes the client's head `out` and then `rbuf[send]` (body bytes that came with the
+/// upstream's head), and gives both buffers back to their pools. On plain TCP that is one
+/// vectored write from the buffers as they are; otherwise the head buffer takes what fits
+/// of the body bytes and the rest follows in a second write, so a big first read never
+/// grows the buffer out of its pool.
+async fn send_head(
+    client: &mut Client,
+    mut out: Vec<u8>,
+    rbuf: Vec<u8>,
+    send: std::ops::Range<usize>,
+    plane: &Plane,
+) -> std::io::Result<()> {
+    if client.is_plain() && !send.is_empty() {
+        let write = HeadAndBody::new(&plane.vectors, out, rbuf, send);
+        let (written, back) = client.write_head_and_body(write).await;
+        if let Some(back) = back {
+            let (out, rbuf) = back.into_parts(&plane.vectors);
+            plane.replies.give(out);
+            plane.heads.give(rbuf);
+        }
+        return written;
+    }
+    let fit = send.len().min(out.capacity() - out.len());
+    out.extend_from_slice(&rbuf[send.start..send.start + fit]);
+    let spill = send.start + fit..send.end;
+    let (mut written, mut out) = client.write_returning(out).await;
+    if written.is_ok() && !spill.is_empty() {
+        out.clear();
+        out.extend_from_slice(&rbuf[spill]);
+        (written, out) = client.write_returning(out).await;
+    }
+    plane.heads.give(rbuf);
+    plane.replies.give(out);
+    written
 }
 
 /// Streams the response to the client and parks the upstream connection when it is clean.
@@ -246,10 +274,9 @@ pub async fn relay_response(
         }));
     }
 
-    // What of the prefix belongs to this body, and how the rest is read. The head buffer
-    // takes what fits of it; the rest (`spill`, a range of `rbuf`) follows in a second
-    // write, so a big first read never grows the buffer out of its pool.
-    let mut spill = 0..0;
+    // What of the prefix belongs to this body (`send`, a range of `rbuf` that goes out
+    // right behind the head), and how the rest is read.
+    let mut send = 0..0;
     let mut clean;
     let mut scanner = ChunkedScanner::default();
     let mut remaining: u64 = 0;
@@ -263,13 +290,13 @@ pub async fn relay_response(
             let take = (prefix.len() as u64).min(n) as usize;
             clean = take == prefix.len();
             remaining = n - take as u64;
-            spill = fill(&mut out, prefix, take, head.head_len);
+            send = head.head_len..head.head_len + take;
             body_done = remaining == 0;
         }
         BodyKind::Chunked => match scanner.scan(prefix) {
             Ok(scanned) => {
                 clean = scanned.consumed == prefix.len();
-                spill = fill(&mut out, prefix, scanned.consumed, head.head_len);
+                send = head.head_len..head.head_len + scanned.consumed;
                 body_done = scanned.done;
             }
             Err(_) => {
@@ -286,21 +313,13 @@ pub async fn relay_response(
                     out.extend_from_slice(prefix);
                     out.extend_from_slice(b"\r\n");
                 } else {
-                    spill = fill(&mut out, prefix, prefix.len(), head.head_len);
+                    send = head.head_len..rbuf.len();
                 }
             }
             body_done = false;
         }
     }
-    // The reply buffer goes back to the pool: one buffer per response, not one allocation.
-    let (mut written, mut out) = client.write_returning(out).await;
-    if written.is_ok() && !spill.is_empty() {
-        out.clear();
-        out.extend_from_slice(&rbuf[spill]);
-        (written, out) = client.write_returning(out).await;
-    }
-    plane.heads.give(rbuf);
-    plane.replies.give(out);
+    let written = send_head(client, out, rbuf, send, plane).await;
     written.map_err(|_| Relay::ClientGone)?;
 
     let mut chunk = plane.bodies.take();
