@@ -19,6 +19,7 @@
 //! at compile time. Plugins that need nothing per request (no chain) cost one empty-slice
 //! check; no allocation happens unless a plugin adds headers or transforms.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -131,8 +132,23 @@ impl RateLimitView {
         }
     }
 
-    /// Writes the header lines (`Name: value\r\n`) into a response head.
+    /// Writes the header lines (`Name: value\r\n`) into a response head. What depends only
+    /// on the policies (names, limits, windows: most of the bytes and half the numbers) is
+    /// rendered once per worker for each of the last few sets of policies seen and copied;
+    /// only the counts are formatted per response.
     pub fn write(&self, out: &mut Vec<u8>) {
+        if self.tightest.is_none() {
+            return;
+        }
+        let key = self
+            .policies
+            .map(|p| p.map(|q| (q.dimension, q.limit, q.window_secs)));
+        RENDERED.with_borrow_mut(|memo| memo.get(&key).write(self, out));
+    }
+
+    /// [`RateLimitView::write`] with every byte formatted: for quotas beyond the six kept
+    /// policies, and the reference the rendered form is tested against.
+    fn write_direct(&self, out: &mut Vec<u8>) {
         let Some(t) = self.tightest else { return };
         let line = |out: &mut Vec<u8>, name: &str, n: u64| {
             out.extend_from_slice(name.as_bytes());
@@ -180,6 +196,157 @@ impl RateLimitView {
             .filter_map(|(name, value)| static_name(name).map(|n| (n, value.to_owned())))
             .collect()
     }
+}
+
+/// The policies of a [`RateLimitView`] as the rendered headers depend on them:
+/// dimension, limit and window of each, in order.
+type PolicyKey = [Option<(Dimension, u64, u64)>; 6];
+
+/// Sets of policies a worker keeps rendered (a worker serving more limiter configurations
+/// than this at once renders again on a miss: what every response cost before).
+const RENDERED_SETS: usize = 4;
+
+/// The policy-only parts of the rate-limit headers, for one set of policies: each part
+/// ends where a per-response count follows.
+#[derive(Debug, Default)]
+struct Rendered {
+    key: PolicyKey,
+    bytes: Vec<u8>,
+    /// Per policy: `X-RateLimit-Limit: L\r\nX-RateLimit-Remaining: `.
+    generic: [std::ops::Range<usize>; 6],
+    /// Per policy: `X-RateLimit-<Dim>-Limit: L\r\nX-RateLimit-<Dim>-Remaining: `.
+    dimensional: [std::ops::Range<usize>; 6],
+    /// Per policy: `\r\nX-RateLimit-<Dim>-Reset: `.
+    reset: [std::ops::Range<usize>; 6],
+    /// `RateLimit-Policy: …\r\nRateLimit: "`.
+    policy: std::ops::Range<usize>,
+}
+
+impl Rendered {
+    fn render(&mut self, key: &PolicyKey) {
+        self.key = *key;
+        let bytes = &mut self.bytes;
+        bytes.clear();
+        let mark = |bytes: &Vec<u8>, start: usize| start..bytes.len();
+        for (i, policy) in key.iter().enumerate() {
+            let Some((dimension, limit, _)) = *policy else {
+                (self.generic[i], self.dimensional[i], self.reset[i]) = (0..0, 0..0, 0..0);
+                continue;
+            };
+            let [limit_name, remaining_name, reset_name] = dimension_prefix(dimension);
+            let start = bytes.len();
+            bytes.extend_from_slice(b"X-RateLimit-Limit: ");
+            crate::wire::push_decimal(bytes, limit);
+            bytes.extend_from_slice(b"\r\nX-RateLimit-Remaining: ");
+            self.generic[i] = mark(bytes, start);
+            let start = bytes.len();
+            for part in [limit_name, ": "] {
+                bytes.extend_from_slice(part.as_bytes());
+            }
+            crate::wire::push_decimal(bytes, limit);
+            for part in ["\r\n", remaining_name, ": "] {
+                bytes.extend_from_slice(part.as_bytes());
+            }
+            self.dimensional[i] = mark(bytes, start);
+            let start = bytes.len();
+            for part in ["\r\n", reset_name, ": "] {
+                bytes.extend_from_slice(part.as_bytes());
+            }
+            self.reset[i] = mark(bytes, start);
+        }
+        let start = bytes.len();
+        bytes.extend_from_slice(b"RateLimit-Policy: ");
+        for (i, (dimension, limit, window)) in key.iter().flatten().enumerate() {
+            if i > 0 {
+                bytes.extend_from_slice(b", ");
+            }
+            bytes.push(b'"');
+            bytes.extend_from_slice(dimension.as_str().as_bytes());
+            bytes.extend_from_slice(b"\";q=");
+            crate::wire::push_decimal(bytes, *limit);
+            bytes.extend_from_slice(b";w=");
+            crate::wire::push_decimal(bytes, *window);
+        }
+        bytes.extend_from_slice(b"\r\nRateLimit: \"");
+        self.policy = mark(bytes, start);
+    }
+
+    /// Writes `view`'s headers (whose policies are this set's).
+    fn write(&self, view: &RateLimitView, out: &mut Vec<u8>) {
+        let find = |q: &Quota| {
+            self.key
+                .iter()
+                .position(|p| *p == Some((q.dimension, q.limit, q.window_secs)))
+        };
+        let Some(t) = view.tightest else { return };
+        // Every quota the lines name is one of the kept policies, unless more than six
+        // were recorded: those are formatted directly.
+        let Some(tightest) = find(&t) else {
+            return view.write_direct(out);
+        };
+        let mut dimensions = [None; 3];
+        for (slot, quota) in dimensions.iter_mut().zip(&view.per_dimension) {
+            if let Some(q) = quota {
+                let Some(i) = find(q) else {
+                    return view.write_direct(out);
+                };
+                *slot = Some((i, q));
+            }
+        }
+        let part = |range: &std::ops::Range<usize>| &self.bytes[range.clone()];
+        out.extend_from_slice(part(&self.generic[tightest]));
+        crate::wire::push_decimal(out, t.remaining);
+        out.extend_from_slice(b"\r\nX-RateLimit-Reset: ");
+        crate::wire::push_decimal(out, t.reset_secs);
+        out.extend_from_slice(b"\r\n");
+        for (i, q) in dimensions.iter().flatten() {
+            out.extend_from_slice(part(&self.dimensional[*i]));
+            crate::wire::push_decimal(out, q.remaining);
+            out.extend_from_slice(part(&self.reset[*i]));
+            crate::wire::push_decimal(out, q.reset_secs);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(part(&self.policy));
+        out.extend_from_slice(t.dimension.as_str().as_bytes());
+        out.extend_from_slice(b"\";r=");
+        crate::wire::push_decimal(out, t.remaining);
+        out.extend_from_slice(b";t=");
+        crate::wire::push_decimal(out, t.reset_secs);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// One worker's rendered sets, replaced round-robin.
+#[derive(Debug)]
+struct Memo {
+    sets: Vec<Rendered>,
+    next: usize,
+}
+
+impl Memo {
+    fn get(&mut self, key: &PolicyKey) -> &Rendered {
+        if let Some(i) = self.sets.iter().position(|r| r.key == *key) {
+            return &self.sets[i];
+        }
+        let i = if self.sets.len() < RENDERED_SETS {
+            self.sets.push(Rendered::default());
+            self.sets.len() - 1
+        } else {
+            let i = self.next;
+            self.next = (i + 1) % RENDERED_SETS;
+            i
+        };
+        self.sets[i].render(key);
+        &self.sets[i]
+    }
+}
+
+thread_local! {
+    /// This worker thread's rendered rate-limit header parts (one runtime per thread: per
+    /// worker, nothing shared).
+    static RENDERED: RefCell<Memo> = const {
+        RefCell::new(Memo { sets: Vec::new(), next: 0 })
+    };
 }
 
 /// The `&'static` spelling of a rate-limit header name.
@@ -412,4 +579,79 @@ pub fn answer_preflight(
         key_id: None,
     };
     preflight(settings, &facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(dimension: Dimension, limit: u64, remaining: u64, reset_secs: u64) -> Quota {
+        Quota {
+            dimension,
+            limit,
+            remaining,
+            reset_secs,
+            window_secs: 60,
+        }
+    }
+
+    fn both(view: &RateLimitView) -> (String, String) {
+        let (mut rendered, mut direct) = (Vec::new(), Vec::new());
+        view.write(&mut rendered);
+        view.write_direct(&mut direct);
+        (
+            String::from_utf8(rendered).expect("ascii"),
+            String::from_utf8(direct).expect("ascii"),
+        )
+    }
+
+    #[test]
+    fn rendered_headers_equal_the_directly_formatted_ones() {
+        use Dimension::{Global, PerIp, PerUser};
+        let mut views = Vec::new();
+        let mut one = RateLimitView::default();
+        one.record([quota(PerIp, 5, 4, 60)]);
+        views.push(one);
+        let mut three = RateLimitView::default();
+        three.record([
+            quota(Global, 1_000_000_000, 999_999_998, 59),
+            quota(PerIp, 100, 7, 3),
+            quota(PerUser, 20, 19, 60),
+        ]);
+        views.push(three.clone());
+        // A gateway and a rule limiter: six policies, the same dimension twice.
+        let mut six = three.clone();
+        six.record([
+            quota(Global, 50, 0, 1),
+            quota(PerIp, 123_456_789_012, 123_456_789_011, 60),
+            quota(PerUser, 3, 2, 12),
+        ]);
+        views.push(six.clone());
+        // A seventh quota is tighter than all but is not among the kept policies.
+        let mut seven = six.clone();
+        seven.record([quota(PerIp, 1, 0, 9)]);
+        views.push(seven);
+        // More sets than a worker keeps, twice round, so entries are replaced.
+        for limit in 1..=(RENDERED_SETS as u64 + 2) {
+            let mut v = RateLimitView::default();
+            v.record([quota(Global, limit * 10, limit, 60)]);
+            views.push(v);
+        }
+        for _ in 0..2 {
+            for view in &views {
+                let (rendered, direct) = both(view);
+                assert_eq!(rendered, direct);
+                assert!(rendered.contains("RateLimit-Policy: "), "{rendered}");
+            }
+        }
+        let (text, _) = both(&six);
+        assert!(
+            text.starts_with("X-RateLimit-Limit: 50\r\nX-RateLimit-Remaining: 0\r\n"),
+            "{text}"
+        );
+        assert!(RateLimitView::default().is_empty());
+        let mut none = Vec::new();
+        RateLimitView::default().write(&mut none);
+        assert!(none.is_empty());
+    }
 }
