@@ -89,8 +89,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
                         full-quiet without request metrics, full-logged with the access log,
                         full-untracked without per-key usage tracking; opt-in:
                         full-quiet-twin, a second full-quiet whose side-by-side run with
-                        full-quiet measures the method's own bias; full-logged-twin, the
-                        same for full-logged)
+                        full-quiet measures the method's own bias; full-logged-twin and
+                        h2-twin, the same for full-logged and h2)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -106,9 +106,9 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --from-json FILE      only re-render the report (Markdown, SVG) from a results JSON
   --access-log PATH     where full-logged writes its access log (default: a file in the
                         run's temporary directory; /dev/null leaves the file system out)
-  --twin-bin PATH       the shardgate binary full-quiet-twin and full-logged-twin run
-                        (default: the same one): side by side with full-quiet and
-                        full-logged they compare two builds (A/B)
+  --twin-bin PATH       the shardgate binary the *-twin scenarios run (default: the
+                        same one): side by side with full-quiet, full-logged or h2 they
+                        compare two builds (A/B)
 ";
 
 fn parse_args() -> Result<Config, String> {
@@ -1003,8 +1003,8 @@ fn run(config: &Config) -> Result<(), String> {
         }
     }
 
-    // Side by side (issues 13 and 14): each feature's two configurations at the same time,
-    // when both were asked for (plain HTTP, the first size).
+    // Side by side (issues 13 and 14, and A/Bs of two builds): each feature's two
+    // configurations at the same time, when both were asked for (the first size).
     let mut side_by_side: Vec<Value> = Vec::new();
     for c in &side::COMPARISONS {
         let find = |name: &str| shardgates.iter().find(|s| s.scenario.name == name);
@@ -1017,6 +1017,7 @@ fn run(config: &Config) -> Result<(), String> {
                 addr: t.addr(),
                 headers: t.headers(true),
                 pid: s.process.pid(),
+                h2: s.scenario.tls == Some(TlsMode::H2),
             })
         };
         let (b, k) = (side_of(b)?, side_of(k)?);

@@ -9,7 +9,8 @@
 //! both, and the ratio of their CPU per request keeps only what differs between them. The
 //! gateways share the proxy CPUs' caches and time, the same for both; neither is saturated
 //! the way a run alone is, so the absolute figures are not comparable with the sequential
-//! rounds', only the ratio is the point. The wrk started first alternates by round.
+//! rounds', only the ratio is the point. The wrk started first alternates by round. The
+//! HTTP/2 pair (`h2`, `h2-twin`) runs the same way under two h2loads.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use shardgate_bench::cpu::threads_cpu_ns_of;
 
-use crate::load::WrkJob;
+use crate::load::{H2loadJob, Running, WrkJob};
 use crate::report::median;
 
 /// A comparison: `candidate` costs at most `limit` more CPU per request than `baseline`
@@ -30,7 +31,7 @@ pub struct Comparison {
     pub limit: Option<f64>,
 }
 
-pub const COMPARISONS: [Comparison; 5] = [
+pub const COMPARISONS: [Comparison; 6] = [
     Comparison {
         what: "metrics + access log",
         baseline: "full-quiet",
@@ -62,6 +63,13 @@ pub const COMPARISONS: [Comparison; 5] = [
         candidate: "full-logged-twin",
         limit: None,
     },
+    // Over HTTP/2 (TLS, h2load): each side gets half of the `h2` scenario's load.
+    Comparison {
+        what: "nothing, HTTP/2 (A/A: the method's bias)",
+        baseline: "h2",
+        candidate: "h2-twin",
+        limit: None,
+    },
 ];
 
 /// One gateway: where its load goes, with which headers, and its process.
@@ -69,7 +77,13 @@ pub struct Side {
     pub addr: SocketAddr,
     pub headers: Vec<(String, String)>,
     pub pid: u32,
+    /// HTTP/2 over TLS (h2load) instead of HTTP/1.1 (wrk).
+    pub h2: bool,
 }
+
+/// Each side's h2load load: half of the `h2` scenario's 10 connections × 100 streams.
+const H2_CONNECTIONS: usize = 5;
+const H2_STREAMS: usize = 100;
 
 /// The load both sides get (each its own wrk with these settings).
 pub struct Load<'a> {
@@ -109,7 +123,20 @@ pub fn round(
     candidate: &Side,
     baseline_first: bool,
 ) -> Result<(Value, Value), String> {
-    fn job<'a>(load: &Load<'a>, side: &'a Side) -> WrkJob<'a> {
+    fn spawn(load: &Load<'_>, side: &Side) -> Result<Running, String> {
+        if side.h2 {
+            return H2loadJob {
+                cpus: load.cpus,
+                threads: 1,
+                connections: H2_CONNECTIONS,
+                streams: H2_STREAMS,
+                seconds: load.seconds,
+                addr: side.addr,
+                path: load.path,
+                headers: &side.headers,
+            }
+            .spawn();
+        }
         WrkJob {
             wrk: load.wrk,
             script: load.script,
@@ -121,12 +148,13 @@ pub fn round(
             path: load.path,
             headers: &side.headers,
         }
+        .spawn()
     }
     let (b0, c0) = (cpu_ns(baseline.pid)?, cpu_ns(candidate.pid)?);
     let (first, second) = if baseline_first {
-        (job(load, baseline).spawn()?, job(load, candidate).spawn()?)
+        (spawn(load, baseline)?, spawn(load, candidate)?)
     } else {
-        (job(load, candidate).spawn()?, job(load, baseline).spawn()?)
+        (spawn(load, candidate)?, spawn(load, baseline)?)
     };
     let (first, second) = (first.finish()?, second.finish()?);
     let (b1, c1) = (cpu_ns(baseline.pid)?, cpu_ns(candidate.pid)?);

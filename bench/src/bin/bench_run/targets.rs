@@ -252,6 +252,19 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             epoll: false,
             observe: Observe::Default,
         },
+        // `h2` again (opt-in: --scenarios h2,h2-twin): side by side with `h2` under h2load,
+        // the A/A check of the method over HTTP/2, and with --twin-bin an A/B of two builds'
+        // HTTP/2 path.
+        Scenario {
+            name: "h2-twin",
+            auth: false,
+            rate_limit: false,
+            rules: 1,
+            keys: 0,
+            tls: Some(TlsMode::H2),
+            epoll: false,
+            observe: Observe::Default,
+        },
         // The same as `bare` and `full`, on the epoll driver (opt-in: --scenarios).
         Scenario {
             name: "bare-epoll",
@@ -310,8 +323,8 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
     ]
 }
 
-/// Whether `name` is a twin scenario (a second `full-quiet` or `full-logged`, opt-in), the
-/// one `--twin-bin` runs.
+/// Whether `name` is a twin scenario (a second `full-quiet`, `full-logged` or `h2`,
+/// opt-in), the one `--twin-bin` runs.
 pub fn is_twin(name: &str) -> bool {
     name.ends_with("-twin")
 }
