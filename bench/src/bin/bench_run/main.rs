@@ -1047,6 +1047,17 @@ fn run(config: &Config) -> Result<(), String> {
                 rk["rps"].as_f64().unwrap_or(0.0),
                 side::added(&rb, &rk) * 100.0
             ));
+            // The access-log writer thread's own CPU, when a side has one.
+            let writer = |r: &Value| r["log_writer_us_per_req"].as_f64().filter(|w| *w > 0.0);
+            if writer(&rb).is_some() || writer(&rk).is_some() {
+                progress.say(&format!(
+                    "  of which the access-log writer thread: {} {:.3} µs/req, {} {:.3} µs/req",
+                    c.baseline,
+                    writer(&rb).unwrap_or(0.0),
+                    c.candidate,
+                    writer(&rk).unwrap_or(0.0),
+                ));
+            }
             rounds.push((rb, rk));
         }
         let mut summary = side::summary(c, rounds, config.twin_bin.as_deref());

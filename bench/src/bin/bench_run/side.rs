@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use shardgate_bench::cpu::threads_cpu_ns_of;
+use shardgate_bench::cpu::threads_cpu_ns_split;
 
 use crate::load::{H2loadJob, Running, WrkJob};
 use crate::report::median;
@@ -95,8 +95,13 @@ pub struct Load<'a> {
     pub path: &'a str,
 }
 
-/// What one side did in one round.
-fn measured(wrk: &Value, cpu_ns: u64) -> Value {
+/// The access-log writer thread's name as `/proc/<pid>/task/<tid>/comm` shows it (15 bytes
+/// of `shardgate-access-log`).
+const LOG_WRITER: &str = "shardgate-acces";
+
+/// What one side did in one round (`cpu_ns`: the whole process, and its access-log writer
+/// thread).
+fn measured(wrk: &Value, (cpu_ns, writer_ns): (u64, u64)) -> Value {
     let requests = wrk["requests"].as_u64().unwrap_or(0);
     let duration_s = wrk["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
     let errors: u64 = ["connect", "read", "write", "status", "timeout"]
@@ -108,12 +113,18 @@ fn measured(wrk: &Value, cpu_ns: u64) -> Value {
         "rps": if duration_s > 0.0 { requests as f64 / duration_s } else { 0.0 },
         "cpu_s": cpu_ns as f64 / 1e9,
         "cpu_us_per_req": if requests > 0 { cpu_ns as f64 / 1e3 / requests as f64 } else { f64::NAN },
+        // The writer's share: whether a round's cost moved with the log's own thread.
+        "log_writer_us_per_req": if requests > 0 { writer_ns as f64 / 1e3 / requests as f64 } else { f64::NAN },
         "errors": errors,
     })
 }
 
-fn cpu_ns(pid: u32) -> Result<u64, String> {
-    threads_cpu_ns_of(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
+fn cpu_ns(pid: u32) -> Result<(u64, u64), String> {
+    threads_cpu_ns_split(pid, LOG_WRITER).map_err(|e| format!("CPU time of {pid}: {e}"))
+}
+
+fn since((total, writer): (u64, u64), (total0, writer0): (u64, u64)) -> (u64, u64) {
+    (total.saturating_sub(total0), writer.saturating_sub(writer0))
 }
 
 /// One round: both sides under load at once. Returns (baseline, candidate).
@@ -164,8 +175,8 @@ pub fn round(
         (second, first)
     };
     Ok((
-        measured(&b_wrk, b1.saturating_sub(b0)),
-        measured(&c_wrk, c1.saturating_sub(c0)),
+        measured(&b_wrk, since(b1, b0)),
+        measured(&c_wrk, since(c1, c0)),
     ))
 }
 
