@@ -140,10 +140,14 @@ impl RateLimitView {
         if self.tightest.is_none() {
             return;
         }
-        let key = self
-            .policies
-            .map(|p| p.map(|q| (q.dimension, q.limit, q.window_secs)));
+        let key = self.key();
         RENDERED.with_borrow_mut(|memo| memo.get(&key).write(self, out));
+    }
+
+    /// What the rendered headers depend on (see [`PolicyKey`]).
+    fn key(&self) -> PolicyKey {
+        self.policies
+            .map(|p| p.map(|q| (q.dimension, q.limit, q.window_secs)))
     }
 
     /// [`RateLimitView::write`] with every byte formatted: for quotas beyond the six kept
@@ -649,6 +653,9 @@ mod tests {
             text.starts_with("X-RateLimit-Limit: 50\r\nX-RateLimit-Remaining: 0\r\n"),
             "{text}"
         );
+        // The rendered form is what `write` used: the last sets written are in the memo.
+        let key = six.key();
+        assert!(RENDERED.with_borrow(|memo| memo.sets.iter().any(|r| r.key == key)));
         assert!(RateLimitView::default().is_empty());
         let mut none = Vec::new();
         RateLimitView::default().write(&mut none);

@@ -190,6 +190,16 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
         epoll: false,
         observe: Observe::Default,
     };
+    let h2 = Scenario {
+        name: TlsMode::H2.scenario(),
+        auth: false,
+        rate_limit: false,
+        rules: 1,
+        keys: 0,
+        tls: Some(TlsMode::H2),
+        epoll: false,
+        observe: Observe::Default,
+    };
     vec![
         Scenario {
             name: "bare",
@@ -242,28 +252,13 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
             epoll: false,
             observe: Observe::Default,
         },
-        Scenario {
-            name: TlsMode::H2.scenario(),
-            auth: false,
-            rate_limit: false,
-            rules: 1,
-            keys: 0,
-            tls: Some(TlsMode::H2),
-            epoll: false,
-            observe: Observe::Default,
-        },
+        h2.clone(),
         // `h2` again (opt-in: --scenarios h2,h2-twin): side by side with `h2` under h2load,
         // the A/A check of the method over HTTP/2, and with --twin-bin an A/B of two builds'
         // HTTP/2 path.
         Scenario {
             name: "h2-twin",
-            auth: false,
-            rate_limit: false,
-            rules: 1,
-            keys: 0,
-            tls: Some(TlsMode::H2),
-            epoll: false,
-            observe: Observe::Default,
+            ..h2
         },
         // The same as `bare` and `full`, on the epoll driver (opt-in: --scenarios).
         Scenario {
