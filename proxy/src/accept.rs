@@ -107,28 +107,24 @@ pub(crate) async fn accept_loop(
                             let Some(slot) = Slot::acquire(&ctx) else {
                                 return Ok(());
                             };
-                            let acceptor = ctx
+                            let config = ctx
                                 .plane()
                                 .listener_tls
                                 .acceptor(&ctx.snapshot().certificates);
                             let limit = ctx.plane().settings.header_timeout;
                             // Boxed: the handshake's state is gone once it is done, and the
                             // session (over a kilobyte) is never part of this task.
-                            let tls = Box::new(
-                                Box::pin(downstream::handshake(&acceptor, stream, limit)).await?,
-                            );
-                            drop(acceptor);
-                            if tls.is_h2() {
-                                let Some(stream) = (*tls).into_inner() else {
-                                    return Ok(());
-                                };
+                            let done =
+                                Box::pin(downstream::handshake(&config, stream, limit)).await?;
+                            drop(config);
+                            if done.is_h2() {
                                 let served =
-                                    crate::h2server::serve(H2Io::tls(stream), peer, ctx, true);
+                                    crate::h2server::serve(done.into_h2()?, peer, ctx, true);
                                 let served = Box::pin(served).await;
                                 drop(slot);
                                 return served;
                             }
-                            let downstream = Downstream::Tls(tls);
+                            let downstream = Downstream::Tls(done.into_http1());
                             // A TLS connection never becomes h2c: ALPN decided.
                             serve_in_slot(downstream, peer, ctx, Some(slot))
                                 .await

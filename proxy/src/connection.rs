@@ -247,26 +247,53 @@ struct Handoff {
     done: Cell<Option<Served>>,
 }
 
-/// Free request slots a worker keeps (beyond that, a burst's extra slots are freed).
-const MAX_FREE_SLOTS: usize = 256;
+/// Free request slots a worker keeps however few were in use lately.
+const MIN_KEPT_SLOTS: usize = 256;
+
+/// A worker's free request slots. A slot given back is kept; [`RequestSlot::trim`] (once a
+/// second) frees those beyond the most in use at once since the trim before, or
+/// [`MIN_KEPT_SLOTS`] if more. So a steady load of many requests at once (1 000 HTTP/2
+/// streams) reuses its slots, where a fixed cap had it allocate (and drop) ~16 KiB per
+/// request beyond the cap, and a burst's slots are gone a second or two after it.
+#[derive(Default)]
+struct FreeSlots {
+    free: Vec<RequestSlot>,
+    /// The most slots in use at once since the last trim.
+    peak: usize,
+}
 
 thread_local! {
     /// This worker thread's free request slots (one runtime per thread: per worker).
-    static FREE_SLOTS: RefCell<Vec<RequestSlot>> = const { RefCell::new(Vec::new()) };
+    static FREE_SLOTS: RefCell<FreeSlots> = RefCell::new(FreeSlots::default());
+    /// This worker's slots, free or in use (counted by construction and drop, so a slot
+    /// dropped with its connection instead of given back is not counted as in use).
+    static LIVE_SLOTS: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        LIVE_SLOTS.with(|live| live.set(live.get().saturating_sub(1)));
+    }
 }
 
 impl RequestSlot {
     /// A free slot, or a new one.
     pub(crate) fn take() -> RequestSlot {
-        FREE_SLOTS
-            .with(|free| free.borrow_mut().pop())
-            .unwrap_or_else(|| {
-                let handoff = Rc::new(Handoff::default());
-                RequestSlot {
-                    future: Box::pin(run_slot(handoff.clone())),
-                    handoff,
-                }
-            })
+        let reused = FREE_SLOTS.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let slot = slots.free.pop();
+            let live = LIVE_SLOTS.with(Cell::get) + usize::from(slot.is_none());
+            slots.peak = slots.peak.max(live - slots.free.len());
+            slot
+        });
+        reused.unwrap_or_else(|| {
+            LIVE_SLOTS.with(|live| live.set(live.get() + 1));
+            let handoff = Rc::new(Handoff::default());
+            RequestSlot {
+                future: Box::pin(run_slot(handoff.clone())),
+                handoff,
+            }
+        })
     }
 
     /// Serves one request of `client` in this slot. The slot's future is polled by (and
@@ -288,12 +315,24 @@ impl RequestSlot {
     }
 
     pub(crate) fn free(self) {
-        FREE_SLOTS.with(|free| {
-            let mut free = free.borrow_mut();
-            if free.len() < MAX_FREE_SLOTS {
-                free.push(self);
-            }
+        FREE_SLOTS.with(|slots| slots.borrow_mut().free.push(self));
+    }
+
+    /// Frees the slots beyond what the last second needed (see [`FreeSlots`]); the
+    /// worker's housekeeping calls it once a second. Returns how many are kept free.
+    pub(crate) fn trim() -> usize {
+        let extra = FREE_SLOTS.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let in_use = LIVE_SLOTS.with(Cell::get).saturating_sub(slots.free.len());
+            let keep = slots.peak.max(MIN_KEPT_SLOTS).saturating_sub(in_use);
+            slots.peak = in_use;
+            let extra = slots.free.len().saturating_sub(keep);
+            // The oldest: the stack's top is the slots used last, warm in the cache.
+            slots.free.drain(..extra).collect::<Vec<_>>()
         });
+        // Dropped outside the borrow.
+        drop(extra);
+        FREE_SLOTS.with(|slots| slots.borrow().free.len())
     }
 }
 
@@ -471,5 +510,42 @@ async fn read_head(
             Ok(_) => {}
             Err(e) => return Err(ReadHead::Io(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_now() -> usize {
+        FREE_SLOTS.with(|slots| slots.borrow().free.len())
+    }
+
+    #[test]
+    fn free_slots_follow_the_last_seconds_peak_and_never_drop_below_the_floor() {
+        // A burst of 300 at once: all kept through the next trim, then back to the floor.
+        let burst: Vec<RequestSlot> = (0..300).map(|_| RequestSlot::take()).collect();
+        burst.into_iter().for_each(RequestSlot::free);
+        assert_eq!(free_now(), 300);
+        assert_eq!(
+            RequestSlot::trim(),
+            300,
+            "the second that needed 300 keeps 300"
+        );
+        assert_eq!(
+            RequestSlot::trim(),
+            MIN_KEPT_SLOTS,
+            "a quiet second: the floor"
+        );
+        assert_eq!(LIVE_SLOTS.with(Cell::get), MIN_KEPT_SLOTS);
+
+        // Slots in use count against the peak; one dropped instead of given back is gone.
+        let held: Vec<RequestSlot> = (0..10).map(|_| RequestSlot::take()).collect();
+        assert_eq!(RequestSlot::trim(), MIN_KEPT_SLOTS - 10);
+        let mut held = held.into_iter();
+        drop(held.next());
+        held.for_each(RequestSlot::free);
+        assert_eq!(LIVE_SLOTS.with(Cell::get), MIN_KEPT_SLOTS - 1);
+        assert_eq!(RequestSlot::trim(), MIN_KEPT_SLOTS - 1);
     }
 }

@@ -9,6 +9,13 @@
 //! process-wide ticketer (a client that comes back on another core resumes too) and a
 //! per-worker session-id cache for TLS 1.2 clients without tickets.
 //!
+//! The handshake is the gateway's own ([`handshake`]), in completion mode: every byte it
+//! reads goes into the session, so whatever the client sent right behind its Finished
+//! (an HTTP/2 preface, a request) is in the session when ALPN's choice is known, and the
+//! session and the socket can be handed over apart (monoio-rustls's handshake may leave
+//! such bytes in a buffer of its stream). HTTP/1.1 then drives them with monoio-rustls;
+//! HTTP/2 in poll mode ([`crate::h2io`]).
+//!
 //! monoio-rustls keeps its own read and write buffers and panics if an I/O future is
 //! dropped mid-operation and the stream is used again. Timeouts drop futures, so
 //! [`TlsClient`] marks an operation as started and refuses (an I/O error, never a panic)
@@ -22,14 +29,20 @@ use std::time::Duration;
 
 use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio_rustls::{ServerTlsStream, TlsAcceptor};
-use rustls::ServerConfig;
+use monoio_rustls::ServerTlsStream;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
+use rustls::{ServerConfig, ServerConnection};
 use shardgate_core::certs::ServerCertificates;
 
+use crate::h2io::H2Io;
 use crate::h2stream::H2Stream;
+
+/// Bytes the handshake reads at once. At most this much arrives behind the client's
+/// Finished in the read that ends the handshake, well under the plaintext rustls holds
+/// unread (16 KiB), so all of it fits in the session.
+const HANDSHAKE_READ: usize = 4096;
 
 /// TLS 1.2 session ids kept per worker.
 const SESSIONS_PER_WORKER: usize = 4096;
@@ -55,7 +68,7 @@ pub fn init() {
 /// last saw.
 pub struct ListenerTls {
     sessions: Arc<ServerSessionMemoryCache>,
-    current: RefCell<Option<(Arc<ServerCertificates>, TlsAcceptor)>>,
+    current: RefCell<Option<(Arc<ServerCertificates>, Arc<ServerConfig>)>>,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -74,18 +87,18 @@ impl Default for ListenerTls {
 }
 
 impl ListenerTls {
-    /// The acceptor for `certificates`: the cached one while the table is the same `Arc`
-    /// (one pointer comparison per connection), else a new configuration.
-    pub fn acceptor(&self, certificates: &Arc<ServerCertificates>) -> TlsAcceptor {
+    /// The server configuration for `certificates`: the cached one while the table is the
+    /// same `Arc` (one pointer comparison per connection), else a new one.
+    pub fn acceptor(&self, certificates: &Arc<ServerCertificates>) -> Arc<ServerConfig> {
         let mut current = self.current.borrow_mut();
-        if let Some((table, acceptor)) = current.as_ref()
+        if let Some((table, config)) = current.as_ref()
             && Arc::ptr_eq(table, certificates)
         {
-            return acceptor.clone();
+            return config.clone();
         }
-        let acceptor = TlsAcceptor::from(Arc::new(self.config(certificates.clone())));
-        *current = Some((certificates.clone(), acceptor.clone()));
-        acceptor
+        let config = Arc::new(self.config(certificates.clone()));
+        *current = Some((certificates.clone(), config.clone()));
+        config
     }
 
     fn config(&self, certificates: Arc<ServerCertificates>) -> ServerConfig {
@@ -105,23 +118,113 @@ impl ListenerTls {
 /// Runs the server handshake on `tcp` within `limit` (the header timeout: a client that
 /// stalls mid-handshake costs a timer, not memory for long).
 pub async fn handshake(
-    acceptor: &TlsAcceptor,
+    config: &Arc<ServerConfig>,
     tcp: TcpStream,
     limit: Duration,
-) -> io::Result<TlsClient> {
-    match monoio::time::timeout(limit, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Ok(TlsClient {
-            stream,
-            busy: false,
-        }),
-        Ok(Err(e)) => Err(io::Error::new(
+) -> io::Result<Box<Handshaken>> {
+    let failed = |e: &dyn std::fmt::Display| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             format!("TLS handshake failed: {e}"),
-        )),
+        )
+    };
+    let session = ServerConnection::new(config.clone()).map_err(|e| failed(&e))?;
+    match monoio::time::timeout(limit, complete(tcp, session)).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(failed(&e)),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "TLS handshake timed out",
         )),
+    }
+}
+
+/// Drives `session` through the handshake over `tcp`: the session's flights out, the
+/// client's in, every byte read handed to the session before the next read.
+async fn complete(
+    mut tcp: TcpStream,
+    mut session: ServerConnection,
+) -> io::Result<Box<Handshaken>> {
+    let mut out = Vec::new();
+    let mut input = Vec::with_capacity(HANDSHAKE_READ);
+    loop {
+        // Before the handshake's end is checked: TLS 1.3 tickets follow the last flight.
+        if session.wants_write() {
+            out.clear();
+            while session.wants_write() {
+                session.write_tls(&mut out)?;
+            }
+            let (written, buf) = tcp.write_all(out).await;
+            out = buf;
+            written?;
+            continue;
+        }
+        if !session.is_handshaking() {
+            return Ok(Box::new(Handshaken { tcp, session }));
+        }
+        input.clear();
+        let (read, buf) = tcp.read(input).await;
+        input = buf;
+        if read? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the connection mid-handshake",
+            ));
+        }
+        let mut rest = &input[..];
+        while !rest.is_empty() {
+            if session.read_tls(&mut rest)? == 0 {
+                return Err(io::Error::other(
+                    "the handshake's input did not fit the session",
+                ));
+            }
+            if let Err(e) = session.process_new_packets() {
+                // The alert rustls queued, best effort: the handshake failed either way.
+                out.clear();
+                if session.write_tls(&mut out).is_ok() && !out.is_empty() {
+                    let _ = tcp.write_all(out).await;
+                }
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+}
+
+/// A client's TLS connection whose handshake is done: the socket and the session apart,
+/// for the protocol ALPN chose to drive. Boxed where it is made: the session is over a
+/// kilobyte, and the connection's task never holds it.
+pub struct Handshaken {
+    tcp: TcpStream,
+    session: ServerConnection,
+}
+
+impl std::fmt::Debug for Handshaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshaken")
+            .field("h2", &self.is_h2())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshaken {
+    /// Whether the client and the gateway agreed on HTTP/2 (ALPN `h2`).
+    pub fn is_h2(&self) -> bool {
+        self.session.alpn_protocol() == Some(b"h2")
+    }
+
+    /// The connection as HTTP/1.1 reads and writes it.
+    pub fn into_http1(self: Box<Self>) -> Box<TlsClient> {
+        let Handshaken { tcp, session } = *self;
+        Box::new(TlsClient {
+            stream: ServerTlsStream::new(tcp, session),
+            busy: false,
+        })
+    }
+
+    /// The connection as HTTP/2 reads and writes it.
+    pub fn into_h2(self: Box<Self>) -> io::Result<H2Io> {
+        let Handshaken { tcp, session } = *self;
+        H2Io::tls(tcp, session)
     }
 }
 
@@ -191,11 +294,6 @@ impl TlsClient {
     /// The stream for a tunnel; `None` when an earlier operation was interrupted.
     pub fn into_inner(self) -> Option<ServerTlsStream<TcpStream>> {
         (!self.busy).then_some(self.stream)
-    }
-
-    /// Whether the client and the gateway agreed on HTTP/2 (ALPN `h2`).
-    pub fn is_h2(&self) -> bool {
-        self.stream.alpn_protocol().as_deref() == Some(b"h2")
     }
 }
 

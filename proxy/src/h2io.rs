@@ -4,14 +4,19 @@
 //! - Plain (h2c, prior knowledge): the socket in monoio's poll mode ([`TcpStreamPoll`]: a
 //!   readiness wait then a non-blocking `recv`/`send`, no copy), after the bytes the
 //!   HTTP/1.1 reader had already taken (the connection preface, perhaps more).
-//! - TLS (ALPN `h2`): the rustls stream split into its read and write halves, each behind
-//!   monoio's completion-to-poll adapter ([`StreamWrapper`]), so a read waits while frames
-//!   are written (h2 always keeps a read pending). The adapter copies once each way; the
-//!   decision and its cost are in docs/RUNTIME.md.
+//! - TLS from a client (ALPN `h2`): the socket in poll mode under the rustls session the
+//!   handshake left ([`PollTls`]). rustls reads ciphertext from the socket into its own
+//!   buffer and writes its records to the socket, so the only copies are rustls's own
+//!   (plaintext out of its buffer into h2's, h2's frames into a record as it encrypts).
+//!   Records wait in the session until h2 flushes, then leave in one `writev`.
+//! - TLS to an upstream (ALPN `h2`): the rustls stream split into its read and write
+//!   halves, each behind monoio's completion-to-poll adapter ([`StreamWrapper`]), so a read
+//!   waits while frames are written (h2 always keeps a read pending). The adapter copies
+//!   once each way; the decisions and their costs are in docs/RUNTIME.md.
 
-use std::io;
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,7 +24,8 @@ use monoio::io::{IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio_compat::StreamWrapper;
-use monoio_rustls::{ClientTlsStream, ServerTlsStream};
+use monoio_rustls::ClientTlsStream;
+use rustls::ServerConnection;
 
 /// Bytes per adapter buffer on the TLS path: one TLS record's worth of plaintext, the most
 /// `h2` writes at once with its default frame size.
@@ -33,8 +39,10 @@ pub enum H2Io {
         /// Always `Some` until drop, which hands it to `linger`.
         tcp: Option<TcpStreamPoll>,
     },
-    /// A client's (server side) or an upstream's (client side) TLS stream, split.
-    Tls {
+    /// A client's TLS connection. Boxed: the session is kilobytes.
+    Tls(Box<PollTls>),
+    /// An upstream's TLS stream, split.
+    TlsSplit {
         read: Pin<Box<dyn AsyncRead>>,
         write: Pin<Box<dyn AsyncWrite>>,
     },
@@ -44,7 +52,8 @@ impl std::fmt::Debug for H2Io {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             H2Io::Plain { .. } => "H2Io::Plain",
-            H2Io::Tls { .. } => "H2Io::Tls",
+            H2Io::Tls(_) => "H2Io::Tls",
+            H2Io::TlsSplit { .. } => "H2Io::TlsSplit",
         })
     }
 }
@@ -58,26 +67,21 @@ impl H2Io {
         })
     }
 
-    /// A client's TLS connection that negotiated `h2`.
-    pub fn tls(stream: ServerTlsStream<TcpStream>) -> H2Io {
-        H2Io::split(stream)
+    /// A client's TLS connection that negotiated `h2`, its handshake done: every byte the
+    /// client sent so far is in `session` (none may be left in another buffer).
+    pub fn tls(tcp: TcpStream, session: ServerConnection) -> io::Result<H2Io> {
+        Ok(H2Io::Tls(Box::new(PollTls {
+            tcp: tcp.into_poll_io()?,
+            session,
+            closing: false,
+            deferred: false,
+        })))
     }
 
     /// A TLS connection to an upstream that agreed to `h2`.
     pub fn tls_upstream(stream: ClientTlsStream<TcpStream>) -> H2Io {
-        H2Io::split(stream)
-    }
-
-    fn split<S>(stream: S) -> H2Io
-    where
-        S: monoio::io::Split
-            + monoio::io::AsyncReadRent
-            + monoio::io::AsyncWriteRent
-            + Unpin
-            + 'static,
-    {
         let (read, write) = stream.into_split();
-        H2Io::Tls {
+        H2Io::TlsSplit {
             read: Box::pin(StreamWrapper::new_with_buffer_size(
                 read,
                 TLS_ADAPTER_BUFFER,
@@ -111,7 +115,8 @@ impl AsyncRead for H2Io {
                     None => Poll::Ready(Ok(())),
                 }
             }
-            H2Io::Tls { read, .. } => read.as_mut().poll_read(cx, buf),
+            H2Io::Tls(tls) => tls.poll_read(cx, buf),
+            H2Io::TlsSplit { read, .. } => read.as_mut().poll_read(cx, buf),
         }
     }
 }
@@ -125,15 +130,34 @@ impl AsyncWrite for H2Io {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write(cx, buf),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            H2Io::Tls { write, .. } => write.as_mut().poll_write(cx, buf),
+            H2Io::Tls(tls) => tls.poll_write(cx, &[IoSlice::new(buf)]),
+            H2Io::TlsSplit { write, .. } => write.as_mut().poll_write(cx, buf),
         }
     }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            H2Io::Tls(tls) => tls.poll_write(cx, bufs),
+            H2Io::TlsSplit { write, .. } => write.as_mut().poll_write_vectored(cx, bufs),
+        }
+    }
+
+    // Not `is_write_vectored`: h2 then chains every DATA payload over 256 bytes (1 KiB
+    // otherwise) behind its buffer, and a chained payload flushes the connection before
+    // the next frame: a write per 1 KiB response where a buffer of them went at once.
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_flush(cx),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
-            H2Io::Tls { write, .. } => write.as_mut().poll_flush(cx),
+            H2Io::Tls(tls) => tls.poll_flush(cx),
+            H2Io::TlsSplit { write, .. } => write.as_mut().poll_flush(cx),
         }
     }
 
@@ -141,8 +165,155 @@ impl AsyncWrite for H2Io {
         match self.get_mut() {
             H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_shutdown(cx),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
-            H2Io::Tls { write, .. } => write.as_mut().poll_shutdown(cx),
+            H2Io::Tls(tls) => tls.poll_shutdown(cx),
+            H2Io::TlsSplit { write, .. } => write.as_mut().poll_shutdown(cx),
         }
+    }
+}
+
+/// A client's TLS session over its socket in poll mode.
+pub struct PollTls {
+    tcp: TcpStreamPoll,
+    session: ServerConnection,
+    /// close_notify was queued.
+    closing: bool,
+    /// A flush let the rest of this turn of the loop run before writing.
+    deferred: bool,
+}
+
+impl std::fmt::Debug for PollTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollTls")
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The socket as the blocking `Read` and `Write` rustls reads from and writes to: not ready
+/// is `WouldBlock`, and the task is woken when it is.
+struct SyncSocket<'a, 'b> {
+    tcp: &'a mut TcpStreamPoll,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for SyncSocket<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for SyncSocket<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PollTls {
+    fn io<'a, 'b>(tcp: &'a mut TcpStreamPoll, cx: &'a mut Context<'b>) -> SyncSocket<'a, 'b> {
+        SyncSocket { tcp, cx }
+    }
+
+    /// Plaintext the session holds, else ciphertext from the socket until a record opens.
+    /// The end: `Ok` with nothing read after the client's close_notify, `UnexpectedEof`
+    /// when the socket closed without one.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut reader = self.session.reader();
+            match reader.fill_buf() {
+                Ok(plain) => {
+                    let n = plain.len().min(buf.remaining());
+                    buf.put_slice(&plain[..n]);
+                    reader.consume(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match self.session.read_tls(&mut Self::io(&mut self.tcp, cx)) {
+                // The socket's end: rustls knows it now, and its reader says which end.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if let Err(e) = self.session.process_new_packets() {
+                // The alert rustls queued for the client, if the socket takes it now.
+                let _ = self.session.write_tls(&mut Self::io(&mut self.tcp, cx));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+        }
+    }
+
+    /// Takes plaintext into records that wait in the session (up to rustls's buffer limit,
+    /// 64 KiB) for [`PollTls::poll_flush`]; only a full session writes to the socket here.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let n = self.session.writer().write_vectored(bufs)?;
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            ready!(self.poll_send(cx))?;
+        }
+    }
+
+    /// Writes every record the session holds to the socket.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut Self::io(&mut self.tcp, cx)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes the records out, after the other tasks this turn of the loop woke: h2 flushes
+    /// each time its connection is polled, which is once per stream that answered, and
+    /// the streams answered in the same turn then share one `writev` (the completion
+    /// adapter got the same from io_uring, whose send waits for the turn's end).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.session.wants_write() && !self.deferred {
+            self.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.deferred = false;
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    /// close_notify, then the socket's write side.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.closing {
+            self.session.send_close_notify();
+            self.closing = true;
+        }
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 

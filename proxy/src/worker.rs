@@ -480,8 +480,8 @@ fn stop_listening(id: usize, listener: &std::net::TcpListener) {
 }
 
 /// Worker housekeeping: gives idle rate-limit leases back every 20 ms (so traffic spread
-/// over workers is not under-admitted) and closes expired idle upstream connections once a
-/// second.
+/// over workers is not under-admitted); once a second, closes expired idle upstream
+/// connections and frees the request slots the last second did not need.
 async fn sweep_pools(ctx: Rc<WorkerContext>) {
     let mut ticks = 0u32;
     while !ctx.shutdown().is_triggered() {
@@ -498,6 +498,7 @@ async fn sweep_pools(ctx: Rc<WorkerContext>) {
             log.flush(&plane.metrics);
         }
         if ticks.is_multiple_of(50) {
+            crate::connection::RequestSlot::trim();
             plane.upstreams.sweep();
             plane.h2_upstreams.sweep();
             let metrics = &plane.metrics;

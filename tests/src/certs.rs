@@ -183,6 +183,42 @@ impl TlsClient {
         Ok(TlsStream(Box::new(stream)))
     }
 
+    /// Like [`TlsClient::connect`], but `first` (plaintext) leaves in the same TCP write as
+    /// the client's Finished, as an eager client's first request can (TLS 1.3: the
+    /// client's flight is the handshake's last). The server gets both in one read.
+    pub fn connect_sending(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        first: &[u8],
+    ) -> io::Result<TlsStream> {
+        let mut sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        sock.set_write_timeout(Some(IO_TIMEOUT))?;
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| io::Error::other(format!("server name {server_name:?}: {e}")))?;
+        let mut conn =
+            ClientConnection::new(self.config.clone(), name).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            // While handshaking, only the hello goes out on its own; the last flight (the
+            // Finished) waits below for `first`.
+            while conn.wants_write() {
+                conn.write_tls(&mut sock)?;
+            }
+            if conn.read_tls(&mut sock)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            conn.process_new_packets().map_err(io::Error::other)?;
+        }
+        conn.writer().write_all(first)?;
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        sock.write_all(&out)?;
+        Ok(TlsStream(Box::new(StreamOwned::new(conn, sock))))
+    }
+
     /// One handshake for `server_name` (see [`TlsClient::connect`]) and what it served.
     pub fn handshake(&self, addr: SocketAddr, server_name: &str) -> Result<Served, String> {
         let stream = self

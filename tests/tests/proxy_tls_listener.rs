@@ -7,7 +7,7 @@
 //! connections.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -340,6 +340,81 @@ fn tls11_client_hello() -> Vec<u8> {
     let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
     record.extend(handshake);
     record
+}
+
+/// A client may send its first request in the same segment as its Finished: the bytes
+/// the handshake's last read brought behind the Finished must reach HTTP/1.1 or HTTP/2,
+/// whichever ALPN chose (here over 4 KiB of them, more than one handshake read).
+#[test]
+fn a_request_in_the_same_write_as_the_clients_finished_is_answered() {
+    let pad = "p".repeat(6000);
+    for driver in io_drivers() {
+        let sg = Shardgate::start(Options::new().io_driver(driver));
+        let tls = sg.expect_tls_addr();
+
+        let client = TlsClient::with(Trust::Any, &[&rustls::version::TLS13], &["http/1.1"]);
+        let request = format!(
+            "GET /first HTTP/1.1\r\nHost: api.localhost\r\nX-Pad: {pad}\r\nConnection: close\r\n\r\n"
+        );
+        let mut stream = client
+            .connect_sending(tls, "api.localhost", request.as_bytes())
+            .unwrap_or_else(|e| panic!("[{driver}] handshake: {e}"));
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "[{driver}] HTTP/1.1 answer to the request sent with the Finished: {:?}",
+            &answer[..answer.len().min(200)]
+        );
+
+        // HTTP/2: the preface, SETTINGS and a GET whose header block is over 5 KiB.
+        let client = TlsClient::with(Trust::Any, &[&rustls::version::TLS13], &["h2"]);
+        let mut block = vec![0x82, 0x87, 0x84, 0x41, 13];
+        block.extend(b"api.localhost");
+        // x-pad: 5000 bytes, a literal without indexing (HPACK integer 5000 = 127 + 4873).
+        block.extend([0x00, 5]);
+        block.extend(b"x-pad");
+        block.extend([0x7f, 0x89, 0x26]);
+        block.extend(std::iter::repeat_n(b'p', 5000));
+        let mut first = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        first.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let len = block.len() as u32;
+        first.extend(&len.to_be_bytes()[1..]);
+        // HEADERS, END_STREAM | END_HEADERS, stream 1.
+        first.extend([0x1, 0x5, 0, 0, 0, 1]);
+        first.extend(block);
+        let mut stream = client
+            .connect_sending(tls, "api.localhost", &first)
+            .unwrap_or_else(|e| panic!("[{driver}] h2 handshake: {e}"));
+        assert_eq!(stream.served().alpn.as_deref(), Some("h2"), "[{driver}]");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        let mut answered = false;
+        while !answered && Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend(&buf[..n]),
+            }
+            // Walk the frames: a HEADERS frame (type 1) on stream 1 is the answer.
+            let mut at = 0;
+            while got.len() >= at + 9 {
+                let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+                let stream_id =
+                    u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+                if got[at + 3] == 0x1 && stream_id & 0x7fff_ffff == 1 {
+                    answered = true;
+                }
+                at += 9 + len;
+            }
+        }
+        assert!(
+            answered,
+            "[{driver}] HTTP/2 answer (HEADERS on stream 1) to the request sent with the Finished; got {} bytes",
+            got.len()
+        );
+    }
 }
 
 #[test]
