@@ -543,10 +543,12 @@ impl Api {
         let base = format!("/api/v1/gateways/{gw}");
         let up = Self::id(&self.post(
             &format!("{base}/upstreams"),
-            // Idle upstream connections kept: 256, nginx's `keepalive 256` (the h2 scenario's
-            // 1000 concurrent streams need more than the default 64 on both sides).
+            // Idle upstream connections kept: 1024, nginx's `keepalive 1024`. The h2 scenario
+            // has 1000 streams in flight, each on an upstream HTTP/1.1 connection; a pool
+            // smaller than that closes and reopens connections at a rate set by each
+            // proxy's burst pattern, and the run measures that churn (docs/RUNTIME.md).
             &json!({"name": "origin", "targets": [{"host": upstream.ip().to_string(), "port": upstream.port()}],
-                    "pool": {"max_idle": 256}}),
+                    "pool": {"max_idle": 1024}}),
         )?)?;
         let svc = Self::id(&self.post(
             &format!("{base}/services"),
@@ -707,7 +709,7 @@ http {{\n\
     scgi_temp_path {d}/scgi;\n\
     upstream origin {{\n\
         server {up};\n\
-        keepalive 256;\n\
+        keepalive 1024;\n\
         keepalive_requests 1000000000;\n\
     }}\n\
     server {{\n\
@@ -722,7 +724,7 @@ http {{\n\
     }}\n\
 }}\n",
         workers = opt.workers,
-        conns = opt.connections + 1024,
+        conns = opt.connections + 2048,
         up = opt.upstream,
     )
 }
