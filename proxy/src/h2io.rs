@@ -2,8 +2,9 @@
 //! poll-based I/O traits, served by monoio without a tokio runtime).
 //!
 //! - Plain (h2c, prior knowledge): the socket in monoio's poll mode ([`TcpStreamPoll`]: a
-//!   readiness wait then a non-blocking `recv`/`send`, no copy), after the bytes the
-//!   HTTP/1.1 reader had already taken (the connection preface, perhaps more).
+//!   readiness wait then a non-blocking `recv`/`send`), after the bytes the HTTP/1.1
+//!   reader had already taken (the connection preface, perhaps more). What h2 writes waits
+//!   in an [`Outbox`] until it flushes, and goes out in one `send` per loop turn.
 //! - TLS from a client (ALPN `h2`): the socket in poll mode under the rustls session the
 //!   handshake left ([`PollTls`]). rustls reads ciphertext from the socket into its own
 //!   buffer and writes its records to the socket, so the only copies are rustls's own
@@ -38,6 +39,8 @@ pub enum H2Io {
         prefix: Bytes,
         /// Always `Some` until drop, which hands it to `linger`.
         tcp: Option<TcpStreamPoll>,
+        /// What h2 wrote, until its flush.
+        out: Outbox,
     },
     /// A client's TLS connection. Boxed: the session is kilobytes.
     Tls(Box<PollTls>),
@@ -64,6 +67,7 @@ impl H2Io {
         Ok(H2Io::Plain {
             prefix: Bytes::from(prefix),
             tcp: Some(tcp.into_poll_io()?),
+            out: Outbox::default(),
         })
     }
 
@@ -103,7 +107,7 @@ impl AsyncRead for H2Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            H2Io::Plain { prefix, tcp } => {
+            H2Io::Plain { prefix, tcp, .. } => {
                 if prefix.has_remaining() {
                     let n = prefix.len().min(buf.remaining());
                     buf.put_slice(&prefix[..n]);
@@ -128,7 +132,11 @@ impl AsyncWrite for H2Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write(cx, buf),
+            H2Io::Plain {
+                tcp: Some(tcp),
+                out,
+                ..
+            } => out.poll_write(tcp, cx, buf),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
             H2Io::Tls(tls) => tls.poll_write(cx, &[IoSlice::new(buf)]),
             H2Io::TlsSplit { write, .. } => write.as_mut().poll_write(cx, buf),
@@ -141,7 +149,17 @@ impl AsyncWrite for H2Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            H2Io::Plain {
+                tcp: Some(tcp),
+                out,
+                ..
+            } => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                out.poll_write(tcp, cx, first)
+            }
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
             H2Io::Tls(tls) => tls.poll_write(cx, bufs),
             H2Io::TlsSplit { write, .. } => write.as_mut().poll_write_vectored(cx, bufs),
@@ -154,7 +172,11 @@ impl AsyncWrite for H2Io {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_flush(cx),
+            H2Io::Plain {
+                tcp: Some(tcp),
+                out,
+                ..
+            } => out.poll_flush(tcp, cx),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
             H2Io::Tls(tls) => tls.poll_flush(cx),
             H2Io::TlsSplit { write, .. } => write.as_mut().poll_flush(cx),
@@ -163,11 +185,82 @@ impl AsyncWrite for H2Io {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            H2Io::Plain { tcp: Some(tcp), .. } => Pin::new(tcp).poll_shutdown(cx),
+            H2Io::Plain {
+                tcp: Some(tcp),
+                out,
+                ..
+            } => {
+                ready!(out.poll_send(tcp, cx))?;
+                Pin::new(tcp).poll_shutdown(cx)
+            }
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Ok(())),
             H2Io::Tls(tls) => tls.poll_shutdown(cx),
             H2Io::TlsSplit { write, .. } => write.as_mut().poll_shutdown(cx),
         }
+    }
+}
+
+/// The bytes h2 wrote to a plain connection, sent when it flushes: a poll-mode write is a
+/// `send` at once, and h2 writes each time its connection task is polled, about once per
+/// stream that answered. Kept until the flush, and the flush first lets the rest of the
+/// loop turn run (as [`PollTls::poll_flush`]), the streams answered in one turn share one
+/// `send`. Freed when sent, so an idle connection holds none.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buf: Vec<u8>,
+    deferred: bool,
+}
+
+/// An outbox holding this much sends before it takes more.
+const OUTBOX_LIMIT: usize = 64 * 1024;
+
+impl Outbox {
+    fn poll_write(
+        &mut self,
+        tcp: &mut TcpStreamPoll,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.len() >= OUTBOX_LIMIT {
+            ready!(self.poll_send(tcp, cx))?;
+        }
+        let n = buf.len().min(OUTBOX_LIMIT - self.buf.len());
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(n.max(16 * 1024));
+        }
+        self.buf.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        &mut self,
+        tcp: &mut TcpStreamPoll,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() && !self.deferred {
+            self.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.deferred = false;
+        self.poll_send(tcp, cx)
+    }
+
+    fn poll_send(&mut self, tcp: &mut TcpStreamPoll, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut sent = 0;
+        while sent < self.buf.len() {
+            match Pin::new(&mut *tcp).poll_write(cx, &self.buf[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.buf.drain(..sent);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.buf = Vec::new();
+        Poll::Ready(Ok(()))
     }
 }
 
