@@ -110,7 +110,7 @@ pub(crate) async fn accept_loop(
                             let config = ctx
                                 .plane()
                                 .listener_tls
-                                .acceptor(&ctx.snapshot().certificates);
+                                .server_config(&ctx.snapshot().certificates);
                             let limit = ctx.plane().settings.header_timeout;
                             // Boxed: the handshake's state is gone once it is done, and the
                             // session (over a kilobyte) is never part of this task.

@@ -283,7 +283,7 @@ impl RequestSlot {
             let mut slots = slots.borrow_mut();
             let slot = slots.free.pop();
             let live = LIVE_SLOTS.with(Cell::get) + usize::from(slot.is_none());
-            slots.peak = slots.peak.max(live - slots.free.len());
+            slots.peak = slots.peak.max(live.saturating_sub(slots.free.len()));
             slot
         });
         reused.unwrap_or_else(|| {

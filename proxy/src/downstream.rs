@@ -5,7 +5,7 @@
 //! snapshot's SNI table ([`shardgate_core::certs::ServerCertificates`]) and rebuilt only
 //! when that table changes, so a replaced certificate takes effect for new handshakes while
 //! open connections keep the configuration they negotiated with. TLS 1.2 and 1.3 with
-//! rustls's safe defaults (ring), ALPN `http/1.1`. Resumption: session tickets from one
+//! rustls's safe defaults (ring), ALPN `h2` and `http/1.1`. Resumption: session tickets from one
 //! process-wide ticketer (a client that comes back on another core resumes too) and a
 //! per-worker session-id cache for TLS 1.2 clients without tickets.
 //!
@@ -89,7 +89,7 @@ impl Default for ListenerTls {
 impl ListenerTls {
     /// The server configuration for `certificates`: the cached one while the table is the
     /// same `Arc` (one pointer comparison per connection), else a new one.
-    pub fn acceptor(&self, certificates: &Arc<ServerCertificates>) -> Arc<ServerConfig> {
+    pub fn server_config(&self, certificates: &Arc<ServerCertificates>) -> Arc<ServerConfig> {
         let mut current = self.current.borrow_mut();
         if let Some((table, config)) = current.as_ref()
             && Arc::ptr_eq(table, certificates)

@@ -362,12 +362,18 @@ impl PollTls {
         if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            let n = self.session.writer().write_vectored(bufs)?;
-            if n > 0 {
-                return Poll::Ready(Ok(n));
-            }
-            ready!(self.poll_send(cx))?;
+        let n = self.session.writer().write_vectored(bufs)?;
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
+        // The session's buffer is full: empty it, then it takes the bytes (or never will).
+        ready!(self.poll_send(cx))?;
+        match self.session.writer().write_vectored(bufs)? {
+            0 => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the TLS session takes no more data",
+            ))),
+            n => Poll::Ready(Ok(n)),
         }
     }
 
