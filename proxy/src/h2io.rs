@@ -77,7 +77,6 @@ impl H2Io {
         Ok(H2Io::Tls(Box::new(PollTls {
             tcp: tcp.into_poll_io()?,
             session,
-            closing: false,
             deferred: false,
         })))
     }
@@ -138,35 +137,12 @@ impl AsyncWrite for H2Io {
                 ..
             } => out.poll_write(tcp, cx, buf),
             H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            H2Io::Tls(tls) => tls.poll_write(cx, &[IoSlice::new(buf)]),
+            H2Io::Tls(tls) => tls.poll_write(cx, buf),
             H2Io::TlsSplit { write, .. } => write.as_mut().poll_write(cx, buf),
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            H2Io::Plain {
-                tcp: Some(tcp),
-                out,
-                ..
-            } => {
-                let first = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &b[..]);
-                out.poll_write(tcp, cx, first)
-            }
-            H2Io::Plain { tcp: None, .. } => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            H2Io::Tls(tls) => tls.poll_write(cx, bufs),
-            H2Io::TlsSplit { write, .. } => write.as_mut().poll_write_vectored(cx, bufs),
-        }
-    }
-
-    // Not `is_write_vectored`: h2 then chains every DATA payload over 256 bytes (1 KiB
+    // Not vectored (`is_write_vectored`, so no `poll_write_vectored` either): h2 then chains every DATA payload over 256 bytes (1 KiB
     // otherwise) behind its buffer, and a chained payload flushes the connection before
     // the next frame: a write per 1 KiB response where a buffer of them went at once.
 
@@ -200,14 +176,13 @@ impl AsyncWrite for H2Io {
     }
 }
 
-/// The bytes h2 wrote to a plain connection, sent when it flushes: a poll-mode write is a
-/// `send` at once, and h2 writes each time its connection task is polled, about once per
-/// stream that answered. Kept until the flush, and the flush first lets the rest of the
-/// loop turn run (as [`PollTls::poll_flush`]), the streams answered in one turn share one
-/// `send`. Freed when sent, so an idle connection holds none.
+/// The bytes h2 wrote to a plain connection, kept until it flushes (a poll-mode write is a
+/// `send` at once), then sent after the rest of the loop turn ([`defer_once`]). Freed when
+/// sent, so an idle connection holds none.
 #[derive(Debug, Default)]
 pub struct Outbox {
     buf: Vec<u8>,
+    /// This flush already let the rest of the loop turn run.
     deferred: bool,
 }
 
@@ -237,12 +212,7 @@ impl Outbox {
         tcp: &mut TcpStreamPoll,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.buf.is_empty() && !self.deferred {
-            self.deferred = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        self.deferred = false;
+        ready!(defer_once(&mut self.deferred, !self.buf.is_empty(), cx));
         self.poll_send(tcp, cx)
     }
 
@@ -264,20 +234,33 @@ impl Outbox {
     }
 }
 
+/// A flush's first call with something to `send`: `Pending` once, the task woken, so the
+/// other tasks this turn of the loop woke run first. h2 flushes each time its connection
+/// is polled, about once per stream that answered; the streams answered in one turn then
+/// share one write (the completion adapter got the same from io_uring, whose send waits
+/// for the turn's end). `deferred` says this flush already waited.
+fn defer_once(deferred: &mut bool, to_send: bool, cx: &mut Context<'_>) -> Poll<()> {
+    if to_send && !*deferred {
+        *deferred = true;
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
+    }
+    *deferred = false;
+    Poll::Ready(())
+}
+
 /// A client's TLS session over its socket in poll mode.
 pub struct PollTls {
     tcp: TcpStreamPoll,
     session: ServerConnection,
-    /// close_notify was queued.
-    closing: bool,
-    /// A flush let the rest of this turn of the loop run before writing.
+    /// This flush already let the rest of the loop turn run ([`defer_once`]).
     deferred: bool,
 }
 
 impl std::fmt::Debug for PollTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PollTls")
-            .field("closing", &self.closing)
+            .field("deferred", &self.deferred)
             .finish_non_exhaustive()
     }
 }
@@ -354,21 +337,17 @@ impl PollTls {
 
     /// Takes plaintext into records that wait in the session (up to rustls's buffer limit,
     /// 64 KiB) for [`PollTls::poll_flush`]; only a full session writes to the socket here.
-    fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if bufs.iter().all(|b| b.is_empty()) {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = self.session.writer().write_vectored(bufs)?;
+        let n = self.session.writer().write(buf)?;
         if n > 0 {
             return Poll::Ready(Ok(n));
         }
         // The session's buffer is full: empty it, then it takes the bytes (or never will).
         ready!(self.poll_send(cx))?;
-        match self.session.writer().write_vectored(bufs)? {
+        match self.session.writer().write(buf)? {
             0 => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "the TLS session takes no more data",
@@ -390,27 +369,21 @@ impl PollTls {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes the records out, after the other tasks this turn of the loop woke: h2 flushes
-    /// each time its connection is polled, which is once per stream that answered, and
-    /// the streams answered in the same turn then share one `writev` (the completion
-    /// adapter got the same from io_uring, whose send waits for the turn's end).
+    /// Writes the records out, after the rest of the loop turn ([`defer_once`]).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.session.wants_write() && !self.deferred {
-            self.deferred = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        self.deferred = false;
+        ready!(defer_once(
+            &mut self.deferred,
+            self.session.wants_write(),
+            cx
+        ));
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
     /// close_notify, then the socket's write side.
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.closing {
-            self.session.send_close_notify();
-            self.closing = true;
-        }
+        // Queued once however often this is polled (rustls sends one alert at most).
+        self.session.send_close_notify();
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
