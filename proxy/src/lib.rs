@@ -82,6 +82,7 @@ pub mod h2upstream;
 pub mod unwind;
 // (one worker's state, its snapshot and clock)
 pub mod buffer;
+pub mod clock;
 pub mod plane;
 pub mod pool;
 pub mod settings;

@@ -169,7 +169,7 @@ impl Default for Trace {
 impl Trace {
     /// Ready for the next request (buffers kept).
     pub fn reset(&mut self) {
-        self.start = Instant::now();
+        self.start = crate::clock::now();
         self.id.len = 0;
         self.obs = Observation::default();
         self.head_seen = false;
@@ -200,14 +200,16 @@ impl Trace {
             self.obs.retries = self.obs.retries.saturating_add(1);
         }
         self.obs.attempts = self.obs.attempts.saturating_add(1);
-        self.attempt_began = Some(Instant::now());
+        self.attempt_began = Some(crate::clock::now());
     }
 
     /// The current attempt's response head arrived, or it ended without one: its time
     /// counts toward the upstream time (once per attempt).
     pub fn upstream_head(&mut self) {
         if let Some(began) = self.attempt_began.take() {
-            let us = began.elapsed().as_micros() as u64;
+            let us = crate::clock::now()
+                .saturating_duration_since(began)
+                .as_micros() as u64;
             self.obs.upstream_us = Some(self.obs.upstream_us.unwrap_or(0) + us);
         }
     }
@@ -241,7 +243,7 @@ pub fn finish(trace: &mut Trace, ctx: &WorkerContext, peer: std::net::SocketAddr
         // Like nginx: the client closed before it was answered.
         trace.obs.status = 499;
     }
-    let now = Instant::now();
+    let now = crate::clock::now();
     trace.obs.total_us = now.saturating_duration_since(trace.start).as_micros() as u64;
     let plane = ctx.plane();
     let (metrics, usage) = (plane.settings.request_metrics, plane.settings.usage);

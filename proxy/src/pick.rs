@@ -183,7 +183,7 @@ impl Picker {
     /// (most targets have neither: a saturated core's profile showed `clock_gettime` as
     /// shardgate's largest user-space item), then shared by the targets one pick looks at.
     fn usable(&self, upstream: &CompiledUpstream, i: usize, now: &OnceCell<Instant>) -> bool {
-        let now = || *now.get_or_init(Instant::now);
+        let now = || *now.get_or_init(crate::clock::now);
         let Some(target) = upstream.targets.get(i) else {
             return false;
         };
@@ -237,7 +237,7 @@ impl Picker {
     /// otherwise serve is behind an open circuit (`Some(true)`), or at its
     /// `max_connections` (`Some(false)`); `None` for any other reason.
     pub fn blocked(&self, upstream: &CompiledUpstream, exclude: &[usize]) -> Option<bool> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut open = false;
         let mut full = false;
         for (i, target) in upstream.targets.iter().enumerate() {
@@ -283,7 +283,7 @@ impl Picker {
         else {
             return None;
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         let open_for = settings.open_duration.as_duration();
         let mut breakers = self.breakers.borrow_mut();
         let breaker = breakers.entry(target.key).or_default();
@@ -407,7 +407,7 @@ impl Picker {
             if let Some(breaker) = self.breakers.borrow_mut().get_mut(&target.key)
                 && !matches!(breaker, Breaker::Closed { .. })
             {
-                let now = Instant::now();
+                let now = crate::clock::now();
                 match breaker {
                     Breaker::Open { until } if *until <= now => {
                         *breaker = Breaker::HalfOpen {
@@ -466,7 +466,7 @@ impl Picker {
         }
         state.consecutive_failures += 1;
         if state.consecutive_failures >= passive.max_failures {
-            state.down_until = Some(Instant::now() + passive.cooldown.as_duration());
+            state.down_until = Some(crate::clock::now() + passive.cooldown.as_duration());
             state.consecutive_failures = 0;
             tracing::warn!(
                 upstream = %upstream.id,

@@ -98,19 +98,18 @@ impl Plane {
     }
 }
 
-/// Milliseconds of one process-wide monotonic clock: what every worker passes to the rate
-/// limiters, so their slots agree.
 /// Wall-clock Unix seconds (key expiry, budget periods, `created` of translated answers).
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_now()
 }
 
+/// Milliseconds of one process-wide monotonic clock: what every worker passes to the rate
+/// limiters, so their slots agree (read through [`crate::clock::now`]).
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    let now = crate::clock::now();
+    now.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// What a worker's tasks share: its id, its current snapshot, its shutdown flag.

@@ -53,7 +53,7 @@ impl ConnPool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         list.used = true;
-        let now = Instant::now();
+        let now = crate::clock::now();
         while let Some(conn) = list.conns.pop() {
             if conn.expires > now {
                 return Some(conn.stream);
@@ -77,7 +77,7 @@ impl ConnPool {
         }
         list.push(Idle {
             stream,
-            expires: Instant::now() + idle_timeout,
+            expires: crate::clock::now() + idle_timeout,
         });
     }
 
@@ -126,14 +126,14 @@ impl H2Pool {
     pub fn get(&self, key: u64) -> Option<SendRequest<Bytes>> {
         let mut conns = self.conns.borrow_mut();
         let (sender, used) = conns.get_mut(&key)?;
-        *used = Instant::now();
+        *used = crate::clock::now();
         Some(sender.clone())
     }
 
     pub fn insert(&self, key: u64, sender: SendRequest<Bytes>) {
         self.conns
             .borrow_mut()
-            .insert(key, (sender, Instant::now()));
+            .insert(key, (sender, crate::clock::now()));
     }
 
     /// Forgets a connection that failed (its task ends on its own).
