@@ -89,10 +89,11 @@ impl Client {
         (res, bytes)
     }
 
-    /// Whether the client is on plain TCP (where a vectored write is one `writev`; a TLS or
-    /// HTTP/2 stream would take it one buffer at a time).
-    pub fn is_plain(&self) -> bool {
-        matches!(self.stream, Downstream::Plain(_))
+    /// Whether a vectored write suits the client: on plain TCP it is one `writev`, an
+    /// HTTP/2 stream takes each slice where it lies (a TLS stream would take it one buffer,
+    /// one record, at a time).
+    pub fn takes_vectored(&self) -> bool {
+        matches!(self.stream, Downstream::Plain(_) | Downstream::H2(_))
     }
 
     /// Writes all of `write` within the client I/O timeout; gives it back for reuse

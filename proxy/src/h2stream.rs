@@ -711,14 +711,18 @@ impl monoio::io::AsyncWriteRent for H2Stream {
         (res.map(|()| len), buf)
     }
 
+    /// A response head and the body bytes that came with it (`respond::send_head`): each
+    /// slice is taken where it lies, not copied into one buffer first.
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        (
-            Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "vectored writes to an HTTP/2 stream",
-            )),
-            buf,
-        )
+        let mut written = Ok(0);
+        for slice in rent::slices(&buf) {
+            if let Err(e) = self.write_all_of(slice).await {
+                written = Err(e);
+                break;
+            }
+            written = written.map(|len| len + slice.len());
+        }
+        (written, buf)
     }
 
     async fn flush(&mut self) -> io::Result<()> {

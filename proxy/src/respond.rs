@@ -213,7 +213,7 @@ async fn send_head(
     send: std::ops::Range<usize>,
     plane: &Plane,
 ) -> std::io::Result<()> {
-    if client.is_plain() && !send.is_empty() {
+    if client.takes_vectored() && !send.is_empty() {
         let write = HeadAndBody::new(&plane.vectors, out, rbuf, send);
         let (written, back) = client.write_head_and_body(write).await;
         if let Some(back) = back {
