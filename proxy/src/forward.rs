@@ -145,7 +145,7 @@ pub async fn forward(
     req: &UpstreamRequest,
     service: &CompiledService,
     ctx: &WorkerContext,
-    effects: Effects,
+    effects: &Effects,
     body_limit: u64,
 ) -> io::Result<Outcome> {
     let plane = ctx.plane();
@@ -154,7 +154,7 @@ pub async fn forward(
         Ok(plan) => plan,
         Err(refusal) => {
             client.consume(client.buf.len());
-            respond::refuse(client, refusal, &effects, true, req.is_head).await?;
+            respond::refuse(client, refusal, effects, true, req.is_head).await?;
             client.linger().await;
             return Ok(Outcome::Done { keep_alive: false });
         }
@@ -222,7 +222,7 @@ pub async fn forward(
             };
             let in_flight = plane.picker.started(upstream, i);
             client.note(|t| t.attempt(upstream.id, i));
-            let result = attempt(client, req, &mut plan, leg, ctx, (&effects, body_limit)).await;
+            let result = attempt(client, req, &mut plan, leg, ctx, (effects, body_limit)).await;
             drop(in_flight);
             client.note(|t| {
                 t.upstream_head();
@@ -292,7 +292,7 @@ pub async fn forward(
                 Err(Failure::BodyTooLarge) => {
                     client.buf.clear();
                     let refusal = Refusal::BodyTooLarge { limit: body_limit };
-                    respond::refuse(client, refusal, &effects, true, req.is_head).await?;
+                    respond::refuse(client, refusal, effects, true, req.is_head).await?;
                     return Ok(Outcome::Done { keep_alive: false });
                 }
             }
@@ -315,7 +315,7 @@ pub async fn forward(
         client.consume(consumed.min(client.buf.len()));
     }
     let refusal = Refusal::Upstream(failure);
-    respond::refuse(client, refusal, &effects, !keep_alive, req.is_head).await?;
+    respond::refuse(client, refusal, effects, !keep_alive, req.is_head).await?;
     Ok(Outcome::Done { keep_alive })
 }
 

@@ -48,7 +48,6 @@ use crate::route;
 struct Decision {
     request: UpstreamRequest,
     service: Arc<CompiledService>,
-    effects: Effects,
     body_limit: u64,
     /// A request to an `ai` service: its AI plugins and budget.
     ai: Option<Box<crate::ai::AiPlan>>,
@@ -82,17 +81,18 @@ pub async fn handle(
             t.snapshot = Some(snapshot.clone());
         }
     });
-    match decide(client, head, &snapshot, ctx) {
+    // Filled in place by `decide` (a few hundred bytes: moved, it was a `memcpy` per request).
+    let mut effects = Effects::default();
+    match decide(client, head, &snapshot, ctx, &mut effects) {
         Ok(mut d) => {
             let outcome = if let Some(plan) = d.ai.take() {
                 let (req, service) = (&d.request, &d.service);
-                crate::ai::serve(client, req, service, ctx, &d.effects, d.body_limit, plan).await
+                crate::ai::serve(client, req, service, ctx, &effects, d.body_limit, plan).await
             } else if crate::h2upstream::speaks_h2(&d.service) {
                 let (req, service) = (&d.request, &d.service);
-                crate::h2upstream::forward(client, req, service, ctx, &d.effects, d.body_limit)
-                    .await
+                crate::h2upstream::forward(client, req, service, ctx, &effects, d.body_limit).await
             } else {
-                forward::forward(client, &d.request, &d.service, ctx, d.effects, d.body_limit).await
+                forward::forward(client, &d.request, &d.service, ctx, &effects, d.body_limit).await
             };
             let lines = &ctx.plane().lines;
             lines.give(d.request.request_line);
@@ -119,6 +119,7 @@ fn decide(
     head: &RequestHead,
     snapshot: &Snapshot,
     ctx: &WorkerContext,
+    effects: &mut Effects,
 ) -> Result<Decision, Box<Refused>> {
     let plane = ctx.plane();
     let settings = &plane.settings;
@@ -157,19 +158,18 @@ fn decide(
         client_ip,
         key_id,
     };
-    let mut effects = Effects::default();
     if let Err(refusal) = plugins::pre_request(
         plane,
         gateway.plugins.stage(Stage::PreRequest),
         &facts,
-        &mut effects,
+        effects,
     ) {
         // The rejecting plugin's answer carries its own headers (rate limits).
         return Err(alone(refusal));
     }
     let (route, rule) = match matched(gateway, lookup) {
         Ok(found) => found,
-        Err(refusal) => return Err(refused(refusal, effects)),
+        Err(refusal) => return Err(refused(refusal, std::mem::take(effects))),
     };
     client.note(|t| {
         t.obs.rule = rule.id;
@@ -179,24 +179,20 @@ fn decide(
         if let Some(scope) = &entry.scope
             && !scope.admits(rule.id, rule.spec.service_ids(), head.method)
         {
-            return Err(refused(Refusal::KeyOutOfScope, effects));
+            return Err(refused(Refusal::KeyOutOfScope, std::mem::take(effects)));
         }
-        expiry_warning(gateway, entry, &mut effects);
+        expiry_warning(gateway, entry, effects);
     }
     if let Err(refusal) = plugins::pre_request(
         plane,
         rule.plugins.stage(Stage::PreRequest),
         &facts,
-        &mut effects,
+        effects,
     ) {
-        return Err(refused(refusal, effects));
+        return Err(refused(refusal, std::mem::take(effects)));
     }
-    plugins::pre_response(
-        gateway.plugins.stage(Stage::PreResponse),
-        &facts,
-        &mut effects,
-    );
-    plugins::pre_response(rule.plugins.stage(Stage::PreResponse), &facts, &mut effects);
+    plugins::pre_response(gateway.plugins.stage(Stage::PreResponse), &facts, effects);
+    plugins::pre_response(rule.plugins.stage(Stage::PreResponse), &facts, effects);
 
     let body_limit = effects
         .body_limit
@@ -206,11 +202,11 @@ fn decide(
     {
         return Err(refused(
             Refusal::BodyTooLarge { limit: body_limit },
-            effects,
+            std::mem::take(effects),
         ));
     }
     let Some(service) = plane.picker.service(rule).cloned() else {
-        return Err(refused(Refusal::NoService, effects));
+        return Err(refused(Refusal::NoService, std::mem::take(effects)));
     };
     let mut request_id = RequestId::default();
     client.note(|t| {
@@ -252,7 +248,6 @@ fn decide(
     Ok(Decision {
         request,
         service,
-        effects,
         body_limit,
         ai,
     })
