@@ -1,6 +1,7 @@
 //! The three places the HTTP/2 bridge touches monoio's rent buffers by pointer: copying
-//! into a read buffer, viewing a write buffer and viewing a vectored write's slices. monoio's own sockets do the same through the
-//! kernel; [`crate::h2stream::H2Stream`] is a stream in memory, so it copies itself.
+//! into a read buffer, viewing a write buffer and viewing a vectored write's slices.
+//! monoio's own sockets do the same through the kernel; [`crate::h2stream::H2Stream`] is a
+//! stream in memory, so it copies itself.
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 
