@@ -994,6 +994,62 @@ fn a_request_whose_client_leaves_before_the_answer_is_counted_as_499() {
     }
 }
 
+/// The time a request reads is taken once per poll of its connection's task
+/// (`proxy/src/clock.rs`); the durations the access log reports still span the I/O between
+/// the steps: an upstream that takes 300 ms before answering shows as at least that, in
+/// `upstream_time` and in `total_time`, and the second request on the same connection
+/// starts its own clock.
+#[test]
+fn logged_times_span_a_slow_upstreams_wait() {
+    let wait = Duration::from_millis(300);
+    for driver in io_drivers() {
+        let dir = tempfile::tempdir().expect("a directory for the access log");
+        let log = dir.path().join("access.log");
+        let sg = Shardgate::start(
+            Options::new()
+                .workers(1)
+                .io_driver(driver)
+                .arg("--access-log")
+                .arg(&log),
+        );
+        let slow = CountingServer::builder("slow").delay(wait).start();
+        let shop = Tenant::create(&sg, "shop");
+        shop.route(
+            "slow",
+            "/slow",
+            vec![slow.target(json!({}))],
+            json!({}),
+            json!({"methods": ["GET"]}),
+        );
+        let client = shop.client();
+        let mut wire = Wire::open(&client);
+        let first = wire.exchange("GET", "/slow", &[("X-Request-Id", "slow-1")], b"");
+        let second = wire.exchange("GET", "/slow", &[("X-Request-Id", "slow-2")], b"");
+        assert_eq!(
+            (first.resp.status, second.resp.status),
+            (200, 200),
+            "[{driver}] both answered"
+        );
+        let lines = wait_for_lines(&log, 2);
+        let by_id = by_request_id(&lines, &format!("[{driver}] slow upstream"));
+        for id in ["slow-1", "slow-2"] {
+            let line = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("[{driver}] no access-log line for {id}: {lines:?}"));
+            let upstream = line["upstream_time"].as_f64().unwrap_or(-1.0);
+            let total = line["total_time"].as_f64().unwrap_or(-1.0);
+            assert!(
+                upstream >= wait.as_secs_f64() && upstream < 5.0,
+                "[{driver}] {id}: upstream_time {upstream} for a {wait:?} wait: {line}"
+            );
+            assert!(
+                total >= upstream && total < 5.0,
+                "[{driver}] {id}: total_time {total} against upstream_time {upstream}: {line}"
+            );
+        }
+    }
+}
+
 /// `tests/python/h2_request.py` against `sg`'s plain listener as the tenant's gateway.
 fn h2_request(sg: &Shardgate, tenant: &Tenant, path: &str, id: &str, mode: &str) -> Child {
     let port = sg.proxy_addr().port().to_string();
