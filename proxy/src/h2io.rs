@@ -142,9 +142,10 @@ impl AsyncWrite for H2Io {
         }
     }
 
-    // Not vectored (`is_write_vectored`, so no `poll_write_vectored` either): h2 then chains every DATA payload over 256 bytes (1 KiB
-    // otherwise) behind its buffer, and a chained payload flushes the connection before
-    // the next frame: a write per 1 KiB response where a buffer of them went at once.
+    // Not vectored (no `is_write_vectored`, so no `poll_write_vectored`): to a vectored
+    // writer h2 chains every DATA payload over 256 bytes behind its buffer (over 1 KiB to
+    // any other), and a chained payload flushes the connection before the next frame: a
+    // write per 1 KiB response where a buffer of them went at once.
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
