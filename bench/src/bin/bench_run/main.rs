@@ -89,8 +89,9 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
                         full-quiet without request metrics, full-logged with the access log,
                         full-untracked without per-key usage tracking; opt-in:
                         full-quiet-twin, a second full-quiet whose side-by-side run with
-                        full-quiet measures the method's own bias; full-logged-twin and
-                        h2-twin, the same for full-logged and h2)
+                        full-quiet measures the method's own bias; full-logged-twin,
+                        full-epoll-twin and h2-twin, the same for full-logged,
+                        full-epoll and h2)
   --rules N             rules in the `full` scenario (default 100)
   --keys N              API keys in the `full` scenario (default 10000)
   --idle-conns N        idle keep-alive connections for the memory test (default 10000)
@@ -107,7 +108,8 @@ usage: bench/run [--smoke] [flags]   (this binary: bench_run, started by bench/r
   --access-log PATH     where full-logged writes its access log (default: a file in the
                         run's temporary directory; /dev/null leaves the file system out)
   --twin-bin PATH       the shardgate binary the *-twin scenarios run (default: the
-                        same one): side by side with full-quiet, full-logged or h2 they
+                        same one): side by side with full-quiet, full-logged,
+                        full-epoll or h2 they
                         compare two builds (A/B)
 ";
 
@@ -279,7 +281,11 @@ mod tests {
                 scenarios,
             ]))
         };
-        for pair in ["full-quiet,full-quiet-twin", "full-logged,full-logged-twin"] {
+        for pair in [
+            "full-quiet,full-quiet-twin",
+            "full-logged,full-logged-twin",
+            "full-epoll,full-epoll-twin",
+        ] {
             let c = with_twin(pair).expect("the pair is asked for");
             assert_eq!(c.twin_bin, Some(PathBuf::from("/tmp/other")), "{pair}");
         }

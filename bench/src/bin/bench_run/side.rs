@@ -31,7 +31,7 @@ pub struct Comparison {
     pub limit: Option<f64>,
 }
 
-pub const COMPARISONS: [Comparison; 6] = [
+pub const COMPARISONS: [Comparison; 7] = [
     Comparison {
         what: "metrics + access log",
         baseline: "full-quiet",
@@ -61,6 +61,12 @@ pub const COMPARISONS: [Comparison; 6] = [
         what: "nothing, access log on (A/A: the method's bias)",
         baseline: "full-logged",
         candidate: "full-logged-twin",
+        limit: None,
+    },
+    Comparison {
+        what: "nothing, epoll driver (A/A: the method's bias)",
+        baseline: "full-epoll",
+        candidate: "full-epoll-twin",
         limit: None,
     },
     // Over HTTP/2 (TLS, h2load): each side gets half of the `h2` scenario's load.

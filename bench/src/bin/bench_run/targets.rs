@@ -273,13 +273,15 @@ pub fn scenarios(rules: usize, keys: usize) -> Vec<Scenario> {
         },
         Scenario {
             name: "full-epoll",
-            auth: true,
-            rate_limit: true,
-            rules,
-            keys: keys.max(1),
-            tls: None,
             epoll: true,
-            observe: Observe::Default,
+            ..full.clone()
+        },
+        // `full-epoll` again (opt-in: --scenarios full-epoll,full-epoll-twin): the A/A check
+        // on the epoll driver, and with --twin-bin an A/B of two builds' epoll path.
+        Scenario {
+            name: "full-epoll-twin",
+            epoll: true,
+            ..full.clone()
         },
         // `full` with request metrics and the access log both off, and both on (opt-in:
         // --scenarios full-quiet,full-logged): what observing each request costs.
@@ -854,13 +856,17 @@ mod tests {
                 (bare.auth, bare.rate_limit, bare.rules, bare.keys)
             );
         }
-        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 11);
+        assert!(all.iter().filter(|s| s.tls.is_none()).count() == 12);
     }
 
     #[test]
     fn epoll_scenarios_are_bare_and_full_on_the_other_driver() {
         let all = scenarios(100, 10_000);
-        for (name, twin) in [("bare-epoll", "bare"), ("full-epoll", "full")] {
+        for (name, twin) in [
+            ("bare-epoll", "bare"),
+            ("full-epoll", "full"),
+            ("full-epoll-twin", "full"),
+        ] {
             let find = |n: &str| all.iter().find(|s| s.name == n).expect("a scenario");
             let (s, t) = (find(name), find(twin));
             assert!(s.epoll && !t.epoll);
@@ -869,14 +875,14 @@ mod tests {
                 (t.auth, t.rate_limit, t.rules, t.keys, t.tls)
             );
         }
-        assert_eq!(all.iter().filter(|s| s.epoll).count(), 2);
+        assert_eq!(all.iter().filter(|s| s.epoll).count(), 3);
     }
 
     #[test]
     fn each_twin_is_its_scenario_again() {
         let all = scenarios(100, 10_000);
         let find = |n: &str| all.iter().find(|s| s.name == n).expect("a scenario");
-        for base in ["full-quiet", "full-logged"] {
+        for base in ["full-quiet", "full-logged", "full-epoll"] {
             let (s, t) = (find(base), find(&format!("{base}-twin")));
             assert_eq!(
                 (
