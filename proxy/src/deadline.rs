@@ -27,6 +27,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// turn.
 const SLOTS: usize = 1024;
 const NEVER: u64 = u64::MAX;
+/// Entries each slot has room for before it first grows (8 bytes each: 32 KiB a wheel).
+const SLOT_ROOM: usize = 4;
 
 /// One worker's deadline wheel.
 pub struct Wheel {
@@ -54,7 +56,10 @@ impl Default for Wheel {
         Wheel {
             start: Instant::now(),
             now: Cell::new(0),
-            slots: RefCell::new((0..SLOTS).map(|_| Vec::new()).collect()),
+            // Room in every slot from the start: a connection waiting hot
+            // (`connection::hot_wait`) puts its timer a tick or two ahead every tick, so a
+            // fresh wheel would otherwise allocate into each slot on its first turn.
+            slots: RefCell::new((0..SLOTS).map(|_| Vec::with_capacity(SLOT_ROOM)).collect()),
             entries: Cell::new(0),
             ticker: Cell::new(None),
         }

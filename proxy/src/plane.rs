@@ -31,7 +31,7 @@ use crate::vectored::Vectors;
 pub struct Plane {
     pub settings: Arc<ProxySettings>,
     /// Buffers for request and response heads.
-    pub heads: BufferPool,
+    pub heads: Rc<BufferPool>,
     /// Buffers for the client's response head and the first body bytes.
     pub replies: BufferPool,
     /// Buffers for the upstream request line and header block.
@@ -44,6 +44,12 @@ pub struct Plane {
     pub picker: Picker,
     /// Open client connections on this worker.
     pub connections: Cell<usize>,
+    /// Keep-alive connections waiting for their next request with a head buffer at hand
+    /// (`connection::hot_wait`).
+    pub hot_waits: Cell<usize>,
+    /// Whether keep-alive connections may wait hot: on the epoll driver only (set by the
+    /// worker when its runtime is built; see `connection::hot_wait`).
+    pub hot_wait_on: Cell<bool>,
     /// This worker's leased rate-limit buckets.
     pub rate_limits: RefCell<WorkerBuckets>,
     /// This worker's TLS client for https targets.
@@ -72,7 +78,7 @@ impl Plane {
             access_log: settings.access_log.clone().map(WorkerLog::new),
             rate_limits: RefCell::new(settings.rate_limits.worker()),
             settings,
-            heads: BufferPool::new(HEAD_BUFFER, 1024),
+            heads: Rc::new(BufferPool::new(HEAD_BUFFER, 1024)),
             replies: BufferPool::new(REPLY_BUFFER, 1024),
             lines: BufferPool::new(LINE_BUFFER, 2048),
             bodies: BufferPool::new(BODY_BUFFER, 256),
@@ -80,6 +86,8 @@ impl Plane {
             upstreams: ConnPool::default(),
             picker: Picker::new(worker),
             connections: Cell::new(0),
+            hot_waits: Cell::new(0),
+            hot_wait_on: Cell::new(false),
             upstream_tls: UpstreamTls::for_worker(),
             listener_tls: ListenerTls::default(),
             wheel: Rc::new(Wheel::default()),

@@ -407,6 +407,7 @@ async fn run(spec: WorkerSpec, stop: UnixStream, driver: DriverKind, events: Sen
     let initial = link.try_latest().unwrap_or_else(|| link.initial());
     let version = initial.version;
     let ctx = Rc::new(WorkerContext::new(id, initial, settings));
+    ctx.plane().hot_wait_on.set(driver == DriverKind::Epoll);
     link.report_applied(version);
 
     let canceller = Canceller::new();

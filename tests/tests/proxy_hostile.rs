@@ -489,6 +489,110 @@ fn request_body_over_max_body_gets_413_whether_framed_by_length_or_chunked() {
     }
 }
 
+/// A keep-alive connection that sends its requests back to back is waited for with a
+/// receive already posted (`connection::hot_wait`); one that pauses has that receive
+/// cancelled and waits as an idle one. Whatever the timing around that switch — a request
+/// just before, during or after the cancel, a head in two pieces, two requests in one
+/// write — every request is answered, in order, with its own response, and the connection
+/// still closes at the keep-alive timeout.
+#[test]
+fn a_busy_connection_that_pauses_loses_no_request_and_still_idles_out() {
+    for driver in io_drivers() {
+        let sg = Shardgate::start(
+            Options::new()
+                .io_driver(driver)
+                .arg("--keepalive-timeout")
+                .arg("1s"),
+        );
+        let up = CountingServer::start("hot");
+        let tenant = Tenant::create(&sg, "hot");
+        tenant.route(
+            "hot",
+            "/x",
+            vec![up.target(json!({}))],
+            json!({}),
+            json!({}),
+        );
+        let client = tenant.client();
+        let mut conn = client.open();
+        let mut sent = 0;
+        let expect = |conn: &mut shardgate_tests::connection::Connection, n: usize| {
+            let resp = conn.read_response(false);
+            let want = format!("hot GET /x?n={n}");
+            assert!(
+                resp.status == 200 && resp.body == want.as_bytes(),
+                "[{driver}] request {n}: {resp}"
+            );
+        };
+        // Back to back (hot), then after pauses around the window (10 ms, cancelled at
+        // 10–30 ms) and well past it.
+        let pauses_ms = [
+            0, 0, 0, 0, 5, 9, 11, 15, 20, 25, 30, 35, 40, 60, 0, 0, 100, 0, 0,
+        ];
+        for pause in pauses_ms {
+            thread::sleep(Duration::from_millis(pause));
+            sent += 1;
+            conn.send("GET", &format!("/x?n={sent}"), &[], b"");
+            expect(&mut conn, sent);
+        }
+        // A head in two pieces, the second after the window passed.
+        for _ in 0..3 {
+            sent += 1;
+            conn.send("GET", &format!("/x?n={sent}"), &[], b"");
+            expect(&mut conn, sent);
+        }
+        sent += 1;
+        let whole = client.request_bytes("GET", &format!("/x?n={sent}"), &[], b"");
+        let (first, rest) = whole.split_at(10);
+        conn.write(first);
+        thread::sleep(Duration::from_millis(50));
+        conn.write(rest);
+        expect(&mut conn, sent);
+        // Two requests in one write, after a hot wait and after a cancelled one.
+        for pause in [0, 60] {
+            thread::sleep(Duration::from_millis(pause));
+            let mut both = client.request_bytes("GET", &format!("/x?n={}", sent + 1), &[], b"");
+            both.extend(client.request_bytes("GET", &format!("/x?n={}", sent + 2), &[], b""));
+            conn.write(&both);
+            expect(&mut conn, sent + 1);
+            expect(&mut conn, sent + 2);
+            sent += 2;
+        }
+        let paths: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+        let want: Vec<String> = (1..=sent).map(|n| format!("/x?n={n}")).collect();
+        assert_eq!(paths, want, "[{driver}] what the upstream received");
+
+        // Busy, then idle: closed at the keep-alive timeout, not before.
+        for _ in 0..5 {
+            sent += 1;
+            conn.send("GET", &format!("/x?n={sent}"), &[], b"");
+            expect(&mut conn, sent);
+        }
+        let idle_since = Instant::now();
+        let (closed, rest) = conn.wait_for_close(Duration::from_secs(4));
+        let lived = idle_since.elapsed();
+        assert!(
+            closed == Closed::Yes && rest.is_empty(),
+            "[{driver}] busy-then-idle connection: {closed:?}, {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            lived >= Duration::from_millis(900) && lived < Duration::from_millis(2500),
+            "[{driver}] busy-then-idle connection closed after {lived:?}, keep-alive timeout 1 s"
+        );
+
+        // A busy client that closes: the worker goes on serving others.
+        let mut gone = client.open();
+        for n in 0..5 {
+            gone.send("GET", &format!("/x?gone={n}"), &[], b"");
+            assert_eq!(gone.read_response(false).status, 200, "[{driver}]");
+        }
+        drop(gone);
+        let mut next = client.open();
+        assert_eq!(next.get("/x?after=1").status, 200, "[{driver}]");
+    }
+}
+
 #[test]
 fn idle_keep_alive_connection_closes_after_the_keepalive_timeout() {
     for driver in io_drivers() {
