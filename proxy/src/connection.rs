@@ -3,8 +3,9 @@
 //!
 //! Memory while idle is the point of the shape of this loop: between requests the
 //! connection holds no buffer (it waits for readability under its deadline, then borrows a
-//! buffer from the worker's pool; on the epoll driver a busy connection holds one for at
-//! most ~10 ms after its response, see [`hot_wait`]), and the per-request state (the parsed head, the
+//! buffer from the worker's pool; on the epoll driver a busy connection keeps its request
+//! slot and a buffer for at most ~10 ms after its response, see [`hot_wait`]), and the
+//! per-request state (the parsed head, the
 //! exchange) lives in a [`RequestSlot`] borrowed from the worker only while a request is
 //! in flight, so an idle keep-alive connection costs its small task, its timer and its
 //! socket (under 1 KiB), not kilobytes of buffers. Slots are reused, never moved: a
@@ -26,10 +27,8 @@ use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use monoio::net::TcpStream;
 use shardgate_core::http1::{HeadError, Parse, RequestHead, parse_request_into};
 
-use crate::clock;
 use crate::deadline::{Elapsed, Timer};
 use crate::downstream::Downstream;
 use crate::exchange::{Client, Outcome, Tunnel};
@@ -123,9 +122,6 @@ pub fn serve_in_slot(
             return Ok(None);
         };
         let mut first = true;
-        // Whether the next wait reads at once (see `hot_wait`); a connection earns it by
-        // sending a request soon after the last response.
-        let mut hot = false;
         let served: io::Result<Option<Then>> = loop {
             if client.buf.is_empty() {
                 if client.buf.capacity() > 0 {
@@ -142,28 +138,20 @@ pub fn serve_in_slot(
                     let idle = plane.settings.keepalive_timeout;
                     match &mut client.stream {
                         Downstream::Plain(tcp) => {
-                            if hot {
-                                match hot_wait(tcp, &client.timer, plane).await {
-                                    HotWait::Bytes(buf) => client.buf = buf,
-                                    HotWait::Closed => break Ok(None),
-                                    HotWait::Cold => hot = false,
+                            client.waited_from = millis();
+                            let readable = monoio::select! {
+                                ready = client.timer.within(idle, tcp.readable(false)) => {
+                                    matches!(ready, Ok(Ok(_)))
                                 }
+                                _ = ctx.shutdown().triggered() => false,
+                            };
+                            if !readable {
+                                break Ok(None);
                             }
-                            if client.buf.capacity() == 0 {
-                                let began = clock::now();
-                                let readable = monoio::select! {
-                                    ready = client.timer.within(idle, tcp.readable(false)) => {
-                                        matches!(ready, Ok(Ok(_)))
-                                    }
-                                    _ = ctx.shutdown().triggered() => false,
-                                };
-                                if !readable {
-                                    break Ok(None);
-                                }
-                                hot = plane.hot_wait_on.get()
-                                    && clock::now().saturating_duration_since(began) < HOT_WINDOW;
-                                client.buf = plane.heads.take();
-                            }
+                            // A request soon after the response: wait hot after this one.
+                            client.hot = plane.hot_wait_on.get()
+                                && millis().wrapping_sub(client.waited_from) < HOT_WINDOW_MS;
+                            client.buf = plane.heads.take();
                         }
                         // One request per HTTP/2 stream: never idle here.
                         Downstream::H2(_) => break Ok(None),
@@ -229,16 +217,23 @@ pub fn serve_in_slot(
 }
 
 /// How soon after its response a connection must send its next request to be waited for
-/// [hot](hot_wait) the next time, and how long a hot wait holds its buffer (plus up to two
-/// ticks of the deadline wheel) before it waits as an idle connection does.
+/// [hot](hot_wait) after that one, and how long a hot wait holds its buffer (plus up to two
+/// ticks of the deadline wheel) before the connection waits as an idle one does.
 const HOT_WINDOW: Duration = Duration::from_millis(10);
+const HOT_WINDOW_MS: u32 = HOT_WINDOW.as_millis() as u32;
 
-/// Hot waits at once on one worker: each holds a head buffer, so at most ~4 MiB.
+/// Hot waits at once on one worker: each holds a head buffer and a request slot.
 const MAX_HOT_WAITS: usize = 256;
 
+/// The worker's clock in wrapping milliseconds: how long a connection waited, kept in four
+/// bytes of its [`Client`].
+fn millis() -> u32 {
+    crate::plane::now_ms() as u32
+}
+
 enum HotWait {
-    /// The next request's first bytes, in a pooled head buffer.
-    Bytes(Vec<u8>),
+    /// The next request's first bytes are in `client.buf`.
+    Bytes,
     /// The client closed, or the socket failed.
     Closed,
     /// Nothing came within the window: wait as an idle connection.
@@ -247,24 +242,38 @@ enum HotWait {
 
 /// A busy keep-alive connection's wait for its next request, on the epoll driver: a
 /// `recv` into a pooled head buffer, where an idle connection's wait confirms readiness
-/// with a `poll(2)` and then receives (`docs/RUNTIME.md`, "Hot waits": 4.6 % less CPU
-/// per request). The buffer is held for at most [`HOT_WINDOW`]; then the receive is given
-/// up (its future dropped: an epoll receive runs its syscall within one poll, so nothing
-/// is in flight and no byte is lost), the buffer goes back to the pool
-/// ([`Lent`](crate::buffer::Lent)) and the
-/// connection waits holding none. Only connections whose last wait was shorter than the
-/// window wait this way, at most [`MAX_HOT_WAITS`] at once, so idle connections still
-/// hold no buffer. Not on io_uring, where the readiness poll and the receive cost no more
-/// than one receive (measured) and a posted receive can only be given up by a
-/// cancellation.
-async fn hot_wait(tcp: &mut TcpStream, timer: &Timer, plane: &Plane) -> HotWait {
+/// with a `poll(2)` and then receives (`docs/RUNTIME.md`, "Hot waits": 6.5 % less CPU
+/// per request). It runs in the request slot that served the last request, right after
+/// it, so the connection's own future (what an idle connection costs) does not carry its
+/// state. The buffer is held for at most [`HOT_WINDOW`]; then the receive is given up
+/// (its future dropped: an epoll receive runs its syscall within one poll, so nothing is
+/// in flight and no byte is lost), the buffer goes back to the pool
+/// ([`Lent`](crate::buffer::Lent)) and the connection waits holding none. Only connections
+/// whose last wait was shorter than the window wait this way (`Client::hot`), at most
+/// [`MAX_HOT_WAITS`] at once, so idle connections hold no buffer. Not on io_uring, where
+/// the readiness poll and the receive cost no more than one receive (measured) and a
+/// posted receive can only be given up by a cancellation.
+async fn hot_wait(client: &mut Client, plane: &Plane) -> HotWait {
     let waits = &plane.hot_waits;
-    if waits.get() >= MAX_HOT_WAITS {
+    let Downstream::Plain(tcp) = &mut client.stream else {
+        return HotWait::Cold;
+    };
+    if waits.get() >= MAX_HOT_WAITS || !client.buf.is_empty() {
         return HotWait::Cold;
     }
     let _counted = Counted::enter(waits);
-    match timer.within(HOT_WINDOW, tcp.read(plane.heads.lend())).await {
-        Ok((Ok(n), lent)) if n > 0 => HotWait::Bytes(lent.into_inner()),
+    if client.buf.capacity() > 0 {
+        plane.heads.give(std::mem::take(&mut client.buf));
+    }
+    match client
+        .timer
+        .within(HOT_WINDOW, tcp.read(plane.heads.lend()))
+        .await
+    {
+        Ok((Ok(n), lent)) if n > 0 => {
+            client.buf = lent.into_inner();
+            HotWait::Bytes
+        }
         Ok(_) => HotWait::Closed,
         Err(Elapsed) => HotWait::Cold,
     }
@@ -427,21 +436,35 @@ async fn run_slot(handoff: Rc<Handoff>) {
             None => Poll::Pending,
         })
         .await;
-        trace.borrow_mut().reset();
-        client.trace = Some(trace.clone());
-        // Records the request even when its future is dropped midway (an HTTP/2 stream the
-        // client reset): then as 499 unless an answer already went out.
-        let mut unfinished = Unfinished {
-            trace: trace.clone(),
-            ctx: ctx.clone(),
-            peer: client.peer,
-            armed: true,
+        let step = loop {
+            trace.borrow_mut().reset();
+            client.trace = Some(trace.clone());
+            // Records the request even when its future is dropped midway (an HTTP/2 stream
+            // the client reset): then as 499 unless an answer already went out.
+            let mut unfinished = Unfinished {
+                trace: trace.clone(),
+                ctx: ctx.clone(),
+                peer: client.peer,
+                armed: true,
+            };
+            let step = serve_request(&mut client, &mut head, &ctx).await;
+            client.trace = None;
+            unfinished.armed = false;
+            drop(unfinished);
+            observe::finish(&mut trace.borrow_mut(), &ctx, client.peer);
+            if !(client.hot && matches!(step, Ok(Step::Next))) {
+                break step;
+            }
+            client.fresh = false;
+            match hot_wait(&mut client, ctx.plane()).await {
+                HotWait::Bytes => {}
+                HotWait::Closed => break Ok(Step::Close),
+                HotWait::Cold => {
+                    client.hot = false;
+                    break step;
+                }
+            }
         };
-        let step = serve_request(&mut client, &mut head, &ctx).await;
-        client.trace = None;
-        unfinished.armed = false;
-        drop(unfinished);
-        observe::finish(&mut trace.borrow_mut(), &ctx, client.peer);
         handoff.done.set(Some((client, step)));
     }
 }
@@ -592,6 +615,44 @@ async fn read_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an idle keep-alive connection's task holds is this future (plus the task's
+    /// header, its timer and its socket): `bench/run`'s idle test measures the whole, this
+    /// catches growth where it starts. The allocator rounds to size classes 128 bytes apart
+    /// here, so a few bytes over a class cost 128 per connection.
+    const IDLE_FUTURE_LIMIT: usize = 432;
+
+    #[test]
+    fn a_connections_future_stays_within_its_size() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("its address");
+            let tcp = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let snapshot = shardgate_core::snapshot::Snapshot::compile(
+                1,
+                &shardgate_core::state::State::default(),
+                &shardgate_core::snapshot::LiteralOnly,
+            );
+            let ctx = Rc::new(WorkerContext::new(
+                0,
+                std::sync::Arc::new(snapshot),
+                std::sync::Arc::new(crate::settings::ProxySettings::new("localhost")),
+            ));
+            let future = serve_in_slot(Downstream::Plain(tcp), addr, ctx, None);
+            let size = std::mem::size_of_val(&future);
+            eprintln!("serve_in_slot future: {size} bytes");
+            assert!(
+                size <= IDLE_FUTURE_LIMIT,
+                "a connection's future is {size} bytes, over {IDLE_FUTURE_LIMIT}"
+            );
+        });
+    }
 
     fn free_now() -> usize {
         FREE_SLOTS.with(|slots| slots.borrow().free.len())

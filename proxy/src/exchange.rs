@@ -37,6 +37,12 @@ pub struct Client {
     pub timer: Timer,
     /// No request has been read on this connection yet (an HTTP/2 preface may come).
     pub fresh: bool,
+    /// Wait for the next request hot (`connection::hot_wait`): the last one came soon
+    /// after the response before it.
+    pub hot: bool,
+    /// When the connection's current idle wait began, in the worker's wrapping
+    /// milliseconds (`connection::millis`).
+    pub waited_from: u32,
     /// The running request's trace (set by its request slot; `None` between requests).
     pub trace: Option<TraceHandle>,
 }
@@ -69,6 +75,8 @@ impl Client {
             io_timeout,
             timer,
             fresh: true,
+            hot: false,
+            waited_from: 0,
             trace: None,
         }
     }
