@@ -258,7 +258,7 @@ async fn hot_wait(client: &mut Client, plane: &Plane) -> HotWait {
     let Downstream::Plain(tcp) = &mut client.stream else {
         return HotWait::Cold;
     };
-    if waits.get() >= MAX_HOT_WAITS || !client.buf.is_empty() {
+    if waits.get() >= MAX_HOT_WAITS {
         return HotWait::Cold;
     }
     let _counted = Counted::enter(waits);
@@ -655,6 +655,68 @@ mod tests {
                 size <= IDLE_FUTURE_LIMIT,
                 "a connection's future is {size} bytes, over {IDLE_FUTURE_LIMIT}"
             );
+        });
+    }
+
+    /// `hot_wait` itself, on the epoll driver over a real socket: bytes already sent come
+    /// back in the client's buffer; with nothing sent it gives up within the window plus two
+    /// ticks and its buffer is back in the pool (not freed); a closed peer is `Closed`; and
+    /// the worker's count of hot waits is back to 0 after each.
+    #[test]
+    fn a_hot_wait_gets_bytes_gives_up_its_buffer_after_the_window_and_sees_a_close() {
+        use std::io::Write;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("its address");
+            let tcp = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let (mut peer, _) = listener.accept().expect("accept");
+            let snapshot = shardgate_core::snapshot::Snapshot::compile(
+                1,
+                &shardgate_core::state::State::default(),
+                &shardgate_core::snapshot::LiteralOnly,
+            );
+            let ctx = Rc::new(WorkerContext::new(
+                0,
+                std::sync::Arc::new(snapshot),
+                std::sync::Arc::new(crate::settings::ProxySettings::new("localhost")),
+            ));
+            let plane = ctx.plane();
+            monoio::spawn(crate::deadline::tick(plane.wheel.clone()));
+            let timer = Timer::new(&plane.wheel);
+            let mut client = Client::new(Downstream::Plain(tcp), addr, HOT_WINDOW, timer);
+
+            peer.write_all(b"GET / HTTP/1.1\r\n").expect("send");
+            assert!(matches!(hot_wait(&mut client, plane).await, HotWait::Bytes));
+            assert_eq!(client.buf, b"GET / HTTP/1.1\r\n");
+            assert_eq!(plane.hot_waits.get(), 0);
+
+            let lent = plane.heads.take();
+            let ptr = lent.as_ptr();
+            plane.heads.give(lent);
+            client.buf = Vec::new();
+            let began = std::time::Instant::now();
+            assert!(matches!(hot_wait(&mut client, plane).await, HotWait::Cold));
+            let waited = began.elapsed();
+            assert!(
+                waited >= HOT_WINDOW && waited < HOT_WINDOW + 4 * crate::deadline::TICK,
+                "gave up after {waited:?}"
+            );
+            let back = plane.heads.take();
+            assert_eq!(back.as_ptr(), ptr, "the lent buffer is back in the pool");
+            assert_eq!(plane.hot_waits.get(), 0);
+
+            drop(peer);
+            assert!(matches!(
+                hot_wait(&mut client, plane).await,
+                HotWait::Closed
+            ));
+            assert_eq!(plane.hot_waits.get(), 0);
         });
     }
 

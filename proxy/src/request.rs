@@ -53,16 +53,10 @@ struct Decision {
     ai: Option<Box<crate::ai::AiPlan>>,
 }
 
-/// The refusal of the step that refused, with what earlier plugins promised for the answer.
-/// Boxed: refusals are the rare path, and the decision stays small on the common one.
-struct Refused {
-    refusal: Refusal,
-    effects: Effects,
-}
-
-fn refused(refusal: Refusal, effects: Effects) -> Box<Refused> {
-    Box::new(Refused { refusal, effects })
-}
+/// The refusal of the step that refused (what earlier plugins promised for the answer is in
+/// the caller's `Effects`, filled in place). Boxed: refusals are the rare path, and the
+/// decision stays small on the common one.
+type Refused = Box<Refusal>;
 
 /// Handles one request whose head is at the start of `client.buf`.
 pub async fn handle(
@@ -103,12 +97,12 @@ pub async fn handle(
             if let Refusal::Plugin {
                 rejection: Rejection::RateLimited { exceeded, .. },
                 ..
-            } = &no.refusal
+            } = &*no
             {
                 let dimension = Dimension::ALL.iter().position(|d| *d == exceeded.dimension);
                 client.note(|t| t.obs.rate_limited = dimension.map(|d| d as u8));
             }
-            respond::reject(client, head, no.refusal, &no.effects).await
+            respond::reject(client, head, *no, &effects).await
         }
     }
 }
@@ -120,22 +114,21 @@ fn decide(
     snapshot: &Snapshot,
     ctx: &WorkerContext,
     effects: &mut Effects,
-) -> Result<Decision, Box<Refused>> {
+) -> Result<Decision, Refused> {
     let plane = ctx.plane();
     let settings = &plane.settings;
     let buf = &client.buf[..];
-    let alone = |refusal| refused(refusal, Effects::default());
 
-    let gateway = gateway(snapshot, head, buf, &settings.base_domain).map_err(alone)?;
+    let gateway = gateway(snapshot, head, buf, &settings.base_domain).map_err(Box::new)?;
     client.note(|t| t.obs.gateway = gateway.id);
-    let normal = path(head, buf, settings.encoded_slashes).map_err(alone)?;
+    let normal = path(head, buf, settings.encoded_slashes).map_err(Box::new)?;
     let lookup = head
         .method
         .map(|method| route::lookup(&gateway.router, method, &normal, head, buf));
     let client_ip = plugins::client_ip(client.peer.ip(), head, buf, &settings.trusted_proxies);
 
     if let Some(answer) = preflight(gateway, head, buf, &normal, client_ip) {
-        return Err(alone(answer));
+        return Err(Box::new(answer));
     }
 
     let public = matches!(&lookup, Some(Lookup::Matched(m))
@@ -146,7 +139,7 @@ fn decide(
     } else {
         key(gateway, head, buf).map_err(|refusal| {
             client.note(|t| t.unauthenticated = true);
-            alone(refusal)
+            Box::new(refusal)
         })?
     };
     let key_id = key.map(|entry| entry.id.into_bytes());
@@ -164,12 +157,14 @@ fn decide(
         &facts,
         effects,
     ) {
-        // The rejecting plugin's answer carries its own headers (rate limits).
-        return Err(alone(refusal));
+        // The rejecting plugin's answer carries its own headers (rate limits), without
+        // what the plugins before it added.
+        *effects = Effects::default();
+        return Err(Box::new(refusal));
     }
     let (route, rule) = match matched(gateway, lookup) {
         Ok(found) => found,
-        Err(refusal) => return Err(refused(refusal, std::mem::take(effects))),
+        Err(refusal) => return Err(Box::new(refusal)),
     };
     client.note(|t| {
         t.obs.rule = rule.id;
@@ -179,7 +174,7 @@ fn decide(
         if let Some(scope) = &entry.scope
             && !scope.admits(rule.id, rule.spec.service_ids(), head.method)
         {
-            return Err(refused(Refusal::KeyOutOfScope, std::mem::take(effects)));
+            return Err(Box::new(Refusal::KeyOutOfScope));
         }
         expiry_warning(gateway, entry, effects);
     }
@@ -189,7 +184,7 @@ fn decide(
         &facts,
         effects,
     ) {
-        return Err(refused(refusal, std::mem::take(effects)));
+        return Err(Box::new(refusal));
     }
     plugins::pre_response(gateway.plugins.stage(Stage::PreResponse), &facts, effects);
     plugins::pre_response(rule.plugins.stage(Stage::PreResponse), &facts, effects);
@@ -200,13 +195,10 @@ fn decide(
     if let BodyKind::Length(n) = head.body
         && n > body_limit
     {
-        return Err(refused(
-            Refusal::BodyTooLarge { limit: body_limit },
-            std::mem::take(effects),
-        ));
+        return Err(Box::new(Refusal::BodyTooLarge { limit: body_limit }));
     }
     let Some(service) = plane.picker.service(rule).cloned() else {
-        return Err(refused(Refusal::NoService, std::mem::take(effects)));
+        return Err(Box::new(Refusal::NoService));
     };
     let mut request_id = RequestId::default();
     client.note(|t| {
